@@ -1,0 +1,221 @@
+"""The ISO library in the admin: the operators' main view of it.
+
+Adding and editing go through `isos.services`, exactly as the API does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import filesizeformat
+from django.utils.html import format_html, format_html_join
+
+from isos import services
+from isos.choices import Architecture, IsoStatus, OsType
+from isos.models import IsoImage, IsoTag, RetiredIsoId
+from isos.services import IsoMetadata
+from vaporsite.errors import VaporError
+
+
+def _apply_error(form: forms.Form, exc: VaporError) -> None:
+    field = exc.field if exc.field in form.fields else None
+    form.add_error(field, exc.message)
+
+
+class IsoAddForm(forms.ModelForm):
+    """Register a host file or start a download; the service does the work."""
+
+    path = forms.CharField(required=False, max_length=4096, help_text="A file inside the allowed ISO directories.")
+    url = forms.URLField(required=False, max_length=2048, assume_scheme="https", help_text="http(s) URL to download.")
+    checksum = forms.CharField(required=False, max_length=80, help_text="sha256:HEX or md5:HEX (downloads only).")
+    name = forms.CharField(required=False, max_length=255, help_text="Defaults to the file name.")
+    os_type = forms.ChoiceField(required=False, choices=OsType.choices)
+    os_variant = forms.CharField(required=False, max_length=64, help_text="osinfo-db short id; guessed from the label if empty.")
+    architecture = forms.ChoiceField(required=False, choices=Architecture.choices)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    tag_names = forms.CharField(required=False, label="Tags", help_text="Comma-separated.")
+
+    class Meta:
+        model = IsoImage
+        fields: list[str] = []
+
+    created: IsoImage | None = None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        if bool(data.get("path")) == bool(data.get("url")):
+            raise forms.ValidationError("Give either a path or a URL.")
+        meta = IsoMetadata(
+            name=data.get("name", ""),
+            os_type=data.get("os_type", ""),
+            os_variant=data.get("os_variant", ""),
+            architecture=data.get("architecture", ""),
+            description=data.get("description", ""),
+            tags=tuple(t.strip() for t in data.get("tag_names", "").split(",") if t.strip()),
+        )
+        # The admin's add view runs in one transaction: if anything after this
+        # fails, the row goes too and the queued task is never sent.
+        try:
+            if data.get("url"):
+                self.created = services.iso_create_download(url=data["url"], meta=meta, checksum=data.get("checksum", ""))
+            else:
+                if data.get("checksum"):
+                    raise forms.ValidationError({"checksum": "Only used with a URL."})
+                self.created = services.iso_register_path(path=data["path"], meta=meta)
+        except VaporError as exc:
+            _apply_error(self, exc)
+        return data
+
+
+class IsoChangeForm(forms.ModelForm):
+    class Meta:
+        model = IsoImage
+        fields = ["name", "os_type", "os_variant", "architecture", "description", "tags"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors or self.instance.pk is None:
+            return data
+        changes: dict[str, object] = {k: data[k] for k in self.Meta.fields if k in data and k != "tags"}
+        changes["tags"] = [t.name for t in data.get("tags", [])]
+        try:
+            services.iso_update(iso=self.instance, changes=changes)
+        except VaporError as exc:
+            _apply_error(self, exc)
+        return data
+
+
+def _run_each(label: str, service: Callable[..., IsoImage]) -> Callable[..., None]:
+    def action(modeladmin: IsoImageAdmin, request: HttpRequest, queryset: QuerySet[IsoImage]) -> None:
+        done, failed = 0, []
+        for iso in queryset:
+            try:
+                service(iso=iso)
+                done += 1
+            except VaporError as exc:
+                failed.append(exc.message)
+        if done:
+            modeladmin.message_user(request, f"{label}: {done} ISO(s).", messages.SUCCESS)
+        for message in failed:
+            modeladmin.message_user(request, message, messages.WARNING)
+
+    action.__name__ = f"action_{service.__name__}"
+    return action
+
+
+@admin.register(IsoImage)
+class IsoImageAdmin(admin.ModelAdmin):
+    list_display = ["name", "status_column", "human_size", "os_column", "boot_type", "use_count", "last_used", "tag_list"]
+    list_filter = ["status", "os_type", "architecture", "boot_type", "tags"]
+    search_fields = ["id", "name", "path", "description", "os_variant", "volume_label", "md5_hash", "sha256_hash"]
+    readonly_fields = [
+        "id", "path", "status_column", "human_size", "boot_type", "volume_label", "md5_hash", "sha256_hash",
+        "source_url", "expected_checksum", "downloaded", "error", "uploaded_at", "last_used", "use_count",
+        "used_by",
+    ]  # fmt: skip
+    filter_horizontal = ["tags"]
+    actions = [
+        admin.action(description="Hash the selected ISOs again")(_run_each("Re-hashing", services.iso_rehash)),
+        admin.action(description="Retry the selected failed or cancelled ISOs")(_run_each("Retrying", services.iso_retry)),
+        admin.action(description="Cancel the selected downloads")(_run_each("Cancelled", services.iso_cancel)),
+    ]
+    change_list_template = "admin/isos/isoimage/change_list.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[IsoImage]:
+        return super().get_queryset(request).prefetch_related("tags")
+
+    def get_form(self, request: HttpRequest, obj: IsoImage | None = None, change: bool = False, **kwargs: Any) -> Any:
+        kwargs["form"] = IsoChangeForm if obj else IsoAddForm
+        if obj is None:
+            kwargs["fields"] = [f for f in IsoAddForm.base_fields]
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: IsoImage | None = None) -> Any:
+        if obj is None:
+            return [
+                ("Source", {"fields": ["path", "url", "checksum"]}),
+                ("Metadata", {"fields": ["name", "os_type", "os_variant", "architecture", "description", "tag_names"]}),
+            ]
+        return [
+            (None, {"fields": ["id", "name", "path", "status_column", "error"]}),
+            ("Metadata", {"fields": ["os_type", "os_variant", "architecture", "description", "tags"]}),
+            ("File", {"fields": ["human_size", "boot_type", "volume_label", "md5_hash", "sha256_hash"]}),
+            ("Source", {"fields": ["source_url", "expected_checksum", "downloaded"]}),
+            ("Usage", {"fields": ["uploaded_at", "last_used", "use_count", "used_by"]}),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: IsoImage | None = None) -> Any:
+        return self.readonly_fields if obj else []
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
+        if change:
+            return form.instance  # IsoChangeForm.clean already saved through iso_update
+        return form.created
+
+    def save_model(self, request: HttpRequest, obj: IsoImage, form: Any, change: bool) -> None:
+        """Nothing to do: the service saved the row during validation."""
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        busy = IsoImage.objects.filter(status__in=[IsoStatus.DOWNLOADING, IsoStatus.HASHING]).exists()
+        return super().changelist_view(request, {**(extra_context or {}), "refresh_seconds": 3 if busy else 0})
+
+    @admin.display(description="Status", ordering="status")
+    def status_column(self, obj: IsoImage) -> str:
+        if obj.status in (IsoStatus.DOWNLOADING, IsoStatus.HASHING):
+            percent = obj.progress
+            shown = f"{percent:.0f}%" if percent is not None else filesizeformat(obj.bytes_done)
+            return format_html(
+                '{} <progress max="100" value="{}" title="{}" style="width:8em"></progress> {}',
+                obj.get_status_display(),
+                percent or 0,
+                shown,
+                shown,
+            )
+        if obj.status == IsoStatus.FAILED:
+            return format_html('<span style="color:#ba2121" title="{}">Failed</span>', obj.error)
+        return obj.get_status_display()
+
+    @admin.display(description="Size", ordering="size")
+    def human_size(self, obj: IsoImage) -> str:
+        return filesizeformat(obj.size) if obj.size is not None else "-"
+
+    @admin.display(description="OS", ordering="os_variant")
+    def os_column(self, obj: IsoImage) -> str:
+        return " / ".join(v for v in (obj.os_variant or obj.os_type, obj.architecture) if v) or "-"
+
+    @admin.display(description="Tags")
+    def tag_list(self, obj: IsoImage) -> str:
+        return ", ".join(tag.name for tag in obj.tags.all())
+
+    @admin.display(description="Used by")
+    def used_by(self, obj: IsoImage) -> str:
+        names = obj.attachments.values_list("vm__name", flat=True)
+        return format_html_join(", ", "{}", ((n,) for n in names)) or "-"
+
+
+@admin.register(IsoTag)
+class IsoTagAdmin(admin.ModelAdmin):
+    search_fields = ["name"]
+
+
+@admin.register(RetiredIsoId)
+class RetiredIsoIdAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "path", "deleted_at", "file_deleted"]
+    search_fields = ["id", "name", "path"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,106 @@
+"""Request and response shapes of the ISO API. Shape only: rules live in
+`isos.services`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from isos.choices import Architecture, IsoStatus, OsType
+from isos.models import IsoImage
+from isos.services import IsoMetadata
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo in a script is a 400, not a silent no-op."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class IsoSerializer(serializers.ModelSerializer):
+    """One ISO as the spec shows it, plus status and download progress."""
+
+    tags = serializers.SerializerMethodField()
+    progress = serializers.FloatField(read_only=True, allow_null=True, help_text="Percent; 100 when ready.")
+
+    class Meta:
+        model = IsoImage
+        fields = [
+            "id", "name", "path", "size", "os_type", "os_variant", "architecture", "boot_type", "description",
+            "uploaded_at", "last_used", "use_count", "md5_hash", "sha256_hash", "tags",
+            "status", "progress", "bytes_done", "bytes_total", "source_url", "error", "volume_label",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_tags(self, obj: IsoImage) -> list[str]:
+        # Uses the prefetched tags: no query per ISO.
+        return [tag.name for tag in obj.tags.all()]
+
+
+class IsoListSerializer(serializers.Serializer):
+    isos = IsoSerializer(many=True)
+
+
+class _MetadataFields(StrictSerializer):
+    name = serializers.CharField(max_length=255, required=False)
+    os_type = serializers.ChoiceField(choices=[c for c in OsType.values if c], required=False, allow_blank=True)
+    os_variant = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    architecture = serializers.ChoiceField(choices=[c for c in Architecture.values if c], required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=4000)
+    tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=50)
+
+    def metadata(self) -> IsoMetadata:
+        data = self.validated_data
+        return IsoMetadata(
+            name=data.get("name", ""),
+            os_type=data.get("os_type", ""),
+            os_variant=data.get("os_variant", ""),
+            architecture=data.get("architecture", ""),
+            description=data.get("description", ""),
+            tags=tuple(data.get("tags", ())),
+        )
+
+
+class IsoCreateSerializer(_MetadataFields):
+    """Register by `path` (a file on the host) or download from `url`: exactly one."""
+
+    url = serializers.CharField(max_length=2048, required=False)
+    path = serializers.CharField(max_length=4096, required=False)
+    checksum = serializers.CharField(
+        max_length=80, required=False, allow_blank=True, help_text="sha256:HEX or md5:HEX the download must match (url only)."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        has_url, has_path = bool(attrs.get("url")), bool(attrs.get("path"))
+        if has_url and has_path:
+            raise serializers.ValidationError({"url": ["give either url or path, not both"]})
+        if not has_url and not has_path:
+            raise serializers.ValidationError({"path": ["one of url or path is required"]})
+        if has_path and attrs.get("checksum"):
+            raise serializers.ValidationError({"checksum": ["only used with url: a registered file is hashed, not verified"]})
+        return attrs
+
+
+class IsoUpdateSerializer(_MetadataFields):
+    """PATCH: metadata only. The file's facts (path, hashes, source) are read-only."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            fixed = sorted(set(data) & set(IsoSerializer.Meta.fields) - set(self.fields))
+            if fixed:
+                raise serializers.ValidationError({name: ["read-only: describes the file, cannot be changed"] for name in fixed})
+        return super().to_internal_value(data)
+
+
+class IsoFilterSerializer(StrictSerializer):
+    tag = serializers.ListField(child=serializers.CharField(max_length=64), required=False)
+    os_type = serializers.ChoiceField(choices=OsType.values, required=False)
+    architecture = serializers.ChoiceField(choices=Architecture.values, required=False)
+    status = serializers.ChoiceField(choices=IsoStatus.values, required=False)
+    search = serializers.CharField(max_length=200, required=False)

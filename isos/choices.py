@@ -1,0 +1,35 @@
+from django.db import models
+
+
+class IsoStatus(models.TextChoices):
+    DOWNLOADING = "downloading", "Downloading"
+    HASHING = "hashing", "Hashing"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class BootType(models.TextChoices):
+    BIOS = "bios", "BIOS"
+    UEFI = "uefi", "UEFI"
+    HYBRID = "hybrid", "BIOS + UEFI"
+    NONE = "none", "Not bootable"
+    UNKNOWN = "", "Not inspected yet"
+
+
+class OsType(models.TextChoices):
+    LINUX = "linux", "Linux"
+    WINDOWS = "windows", "Windows"
+    BSD = "bsd", "BSD"
+    OTHER = "other", "Other"
+    UNKNOWN = "", "Unknown"
+
+
+class Architecture(models.TextChoices):
+    X86_64 = "x86_64", "x86_64"
+    I686 = "i686", "i686"
+    AARCH64 = "aarch64", "aarch64"
+    PPC64LE = "ppc64le", "ppc64le"
+    S390X = "s390x", "s390x"
+    RISCV64 = "riscv64", "riscv64"
+    UNKNOWN = "", "Unknown"

@@ -1,0 +1,179 @@
+"""The long-running ISO work: downloading and hashing. Run by django-q2.
+
+Both are idempotent: they act only on a row in the status they expect and
+finish with a conditional UPDATE, so a task delivered twice, or a download
+cancelled or deleted while it runs, leaves one consistent outcome. Each
+progress write doubles as the cancellation check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from isos.choices import IsoStatus
+from isos.download import FetchCancelled, FetchError, FetchPolicy, fetch
+from isos.hashing import Digests, DualHasher, hash_file
+from isos.inspect import guess_os, inspect_iso
+from isos.models import IsoImage
+from isos.services import iso_fail, temp_path
+from vaporsite.errors import VaporError
+
+log = logging.getLogger("vapor.isos")
+
+PROGRESS_INTERVAL = 0.5  # seconds between progress writes (and cancel checks)
+
+
+class _Progress:
+    """Writes bytes_done at most every PROGRESS_INTERVAL; raises FetchCancelled
+    once the row has left `status` (cancelled, deleted)."""
+
+    def __init__(self, iso_id: str, status: str) -> None:
+        self.iso_id, self.status = iso_id, status
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < PROGRESS_INTERVAL:
+            return
+        self.last = now
+        fields: dict[str, object] = {"bytes_done": done, "updated_at": timezone.now()}
+        if total is not None:
+            fields["bytes_total"] = total
+        if not IsoImage.objects.filter(pk=self.iso_id, status=self.status).update(**fields):
+            raise FetchCancelled(f"ISO {self.iso_id} is no longer {self.status}")
+
+
+def iso_run_download(*, iso_id: str, sleep: Callable[[float], None] = time.sleep) -> None:
+    iso = IsoImage.objects.filter(pk=iso_id, status=IsoStatus.DOWNLOADING).first()
+    if iso is None:
+        return  # cancelled, deleted, or already finished by an earlier delivery
+    temp = temp_path(iso)
+    attempts = settings.VAPOR.download_attempts
+    policy = FetchPolicy.from_settings()
+    for attempt in range(1, attempts + 1):
+        try:
+            digests = _download_once(iso, temp, policy)
+            break
+        except FetchCancelled:
+            temp.unlink(missing_ok=True)
+            log.info("download of %s stopped: cancelled or deleted", iso_id)
+            return
+        except FetchError as exc:
+            temp.unlink(missing_ok=True)
+            if exc.transient and attempt < attempts:
+                note = f"attempt {attempt} of {attempts} failed: {exc.message}; retrying"
+                IsoImage.objects.filter(pk=iso_id, status=IsoStatus.DOWNLOADING).update(error=note, bytes_done=0)
+                sleep(min(2**attempt, 30))
+                continue
+            iso_fail(iso_id=iso_id, error=_attempts_note(exc.message, attempt), expect=IsoStatus.DOWNLOADING)
+            return
+        except VaporError as exc:  # e.g. a redirect to a refused address
+            temp.unlink(missing_ok=True)
+            iso_fail(iso_id=iso_id, error=exc.message, expect=IsoStatus.DOWNLOADING)
+            return
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            iso_fail(iso_id=iso_id, error=f"cannot write {temp}: {exc.strerror or exc}", expect=IsoStatus.DOWNLOADING)
+            return
+    _finish_download(iso, temp, digests)
+
+
+def _attempts_note(message: str, attempt: int) -> str:
+    return message if attempt == 1 else f"{message} (after {attempt} attempts)"
+
+
+def _download_once(iso: IsoImage, temp: Path, policy: FetchPolicy) -> Digests:
+    progress = _Progress(iso.pk, IsoStatus.DOWNLOADING)
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    # "wb" truncates: a leftover from a killed worker is replaced, never appended to.
+    with DualHasher() as hasher, open(temp, "wb") as out:
+        result = fetch(iso.source_url, out, policy=policy, on_chunk=hasher.update, on_progress=progress)
+        out.flush()
+        os.fsync(out.fileno())
+        progress(result.bytes_written, result.content_length or result.bytes_written, force=True)
+        return hasher.digests()
+
+
+def _finish_download(iso: IsoImage, temp: Path, digests: Digests) -> None:
+    def fail(reason: str) -> None:
+        temp.unlink(missing_ok=True)
+        iso_fail(iso_id=iso.pk, error=reason, expect=IsoStatus.DOWNLOADING)
+
+    if iso.expected_checksum and not digests.matches(iso.expected_checksum):
+        algorithm = iso.expected_checksum.split(":", 1)[0]
+        actual = digests.md5 if algorithm == "md5" else digests.sha256
+        return fail(f"checksum mismatch: expected {iso.expected_checksum}, got {algorithm}:{actual}")
+    try:
+        info = inspect_iso(temp, field="url")
+    except VaporError as exc:
+        return fail(f"the download is not an ISO image: {exc.message}")
+    final = Path(iso.path)
+    try:
+        os.link(temp, final)  # atomic and never overwrites an existing file
+    except FileExistsError:
+        return fail(f"{final} appeared on the host during the download; not overwritten")
+    except OSError as exc:
+        return fail(f"cannot move the download into place at {final}: {exc.strerror or exc}")
+    temp.unlink(missing_ok=True)
+    guess = guess_os(info.volume_label, final.name)
+    fields: dict[str, object] = {
+        "status": IsoStatus.READY,
+        "size": info.size,
+        "bytes_done": info.size,
+        "bytes_total": info.size,
+        "md5_hash": digests.md5,
+        "sha256_hash": digests.sha256,
+        "boot_type": info.boot_type,
+        "volume_label": info.volume_label,
+        "error": "",
+        "updated_at": timezone.now(),
+    }
+    if not iso.os_type and not iso.os_variant:
+        fields.update(os_type=guess.os_type, os_variant=guess.os_variant)
+    if not iso.architecture:
+        fields["architecture"] = guess.architecture
+    if not IsoImage.objects.filter(pk=iso.pk, status=IsoStatus.DOWNLOADING).update(**fields):
+        final.unlink(missing_ok=True)  # cancelled or deleted at the last moment
+        return None
+    log.info("downloaded %s to %s (%d bytes)", iso.pk, final, info.size)
+    return None
+
+
+def iso_run_hash(*, iso_id: str) -> None:
+    iso = IsoImage.objects.filter(pk=iso_id, status=IsoStatus.HASHING).first()
+    if iso is None:
+        return
+    path = Path(iso.path)
+    progress = _Progress(iso_id, IsoStatus.HASHING)
+    done = 0
+
+    def advance(chunk: int) -> None:
+        nonlocal done
+        done += chunk
+        progress(done, iso.size)
+
+    try:
+        size = path.stat().st_size
+        digests = hash_file(path, on_progress=advance)
+    except FetchCancelled:
+        return
+    except OSError as exc:
+        iso_fail(iso_id=iso_id, error=f"cannot read {path}: {exc.strerror or exc}", expect=IsoStatus.HASHING)
+        return
+    IsoImage.objects.filter(pk=iso_id, status=IsoStatus.HASHING).update(
+        status=IsoStatus.READY,
+        md5_hash=digests.md5,
+        sha256_hash=digests.sha256,
+        size=size,
+        bytes_done=size,
+        bytes_total=size,
+        error="",
+        updated_at=timezone.now(),
+    )

@@ -1,0 +1,102 @@
+"""The ISO library."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+
+from isos.choices import Architecture, BootType, IsoStatus, OsType
+
+ISO_ID_PREFIX = "iso-"
+
+
+def new_iso_id() -> str:
+    """`iso-` + 12 hex digits. Uniqueness against live and retired ids is
+    enforced by `isos.services.iso_allocate_id`; this only draws a candidate."""
+    return ISO_ID_PREFIX + secrets.token_hex(6)
+
+
+class IsoTag(models.Model):
+    """A label to organise ISOs ("ubuntu", "lts", "drivers")."""
+
+    name = models.SlugField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class IsoImage(models.Model):
+    """An ISO image known to Vapor: registered from a host path or downloaded.
+
+    Only `ready` images may be attached to VMs. `downloaded` tells whether the
+    file is Vapor's own (deleted with the entry) or an operator's (left alone).
+    """
+
+    id = models.CharField(primary_key=True, max_length=16, editable=False)
+    name = models.CharField(max_length=255, unique=True)
+    path = models.CharField(max_length=4096, unique=True, help_text="Absolute path on the host, symlinks resolved.")
+    size = models.BigIntegerField(null=True, blank=True, help_text="Bytes.")
+    os_type = models.CharField(max_length=16, choices=OsType.choices, blank=True)
+    os_variant = models.CharField(max_length=64, blank=True, help_text="osinfo-db short id, e.g. ubuntu22.04.")
+    architecture = models.CharField(max_length=16, choices=Architecture.choices, blank=True)
+    boot_type = models.CharField(max_length=8, choices=BootType.choices, blank=True)
+    volume_label = models.CharField(max_length=64, blank=True)
+    description = models.TextField(blank=True)
+    tags = models.ManyToManyField(IsoTag, blank=True, related_name="isos")
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+    use_count = models.PositiveIntegerField(default=0)
+    md5_hash = models.CharField(max_length=32, blank=True)
+    sha256_hash = models.CharField(max_length=64, blank=True)
+
+    status = models.CharField(max_length=16, choices=IsoStatus.choices, default=IsoStatus.READY, db_index=True)
+    source_url = models.URLField(max_length=2048, blank=True)
+    expected_checksum = models.CharField(max_length=80, blank=True, help_text="algorithm:hex the download must match.")
+    downloaded = models.BooleanField(default=False, help_text="Vapor downloaded the file and deletes it with the entry.")
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "ISO image"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id__regex=r"^iso-[0-9a-f]{12}$"), name="iso_id_format"),
+            models.CheckConstraint(condition=models.Q(status__in=IsoStatus.values), name="iso_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def progress(self) -> float | None:
+        """Download progress in percent; capped at 99 until the file is verified."""
+        if self.status == IsoStatus.READY:
+            return 100.0
+        if not self.bytes_total:
+            return None
+        percent = 100.0 * self.bytes_done / self.bytes_total
+        return round(min(percent, 99.0), 1)
+
+
+class RetiredIsoId(models.Model):
+    """Ids of deleted ISOs, so an id is never handed out twice (scripts may
+    hold on to one), and a record of who deleted what."""
+
+    id = models.CharField(primary_key=True, max_length=16)
+    name = models.CharField(max_length=255)
+    path = models.CharField(max_length=4096)
+    deleted_at = models.DateTimeField(auto_now_add=True)
+    file_deleted = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "deleted ISO"
+        ordering = ["-deleted_at"]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.name})"

@@ -1,0 +1,314 @@
+"""ISO library rules: registration, downloads, metadata, deletion, usage.
+
+Every entry point (API, admin, management command, task) calls these.
+Background work is enqueued with `transaction.on_commit`, so a task never
+sees a row that was rolled back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from isos import osinfo
+from isos.choices import IsoStatus
+from isos.download import FetchPolicy, validate_url
+from isos.hashing import Digests
+from isos.inspect import guess_os, inspect_iso
+from isos.models import IsoImage, IsoTag, RetiredIsoId, new_iso_id
+from vaporsite.errors import Conflict, InvalidInput
+from vaporsite.paths import guard_file
+
+log = logging.getLogger("vapor.isos")
+
+CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|md5:[0-9a-fA-F]{32})$")
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+@dataclass(frozen=True)
+class IsoMetadata:
+    """What a caller may say about an ISO. Empty strings mean "not given"."""
+
+    name: str = ""
+    os_type: str = ""
+    os_variant: str = ""
+    architecture: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def iso_allocate_id() -> str:
+    """A fresh id that no live or deleted ISO ever had."""
+    while True:
+        candidate = new_iso_id()
+        if not IsoImage.objects.filter(pk=candidate).exists() and not RetiredIsoId.objects.filter(pk=candidate).exists():
+            return candidate
+
+
+def _clean_tags(tags: tuple[str, ...] | list[str]) -> list[str]:
+    cleaned: list[str] = []
+    for raw in tags:
+        tag = str(raw).strip().lower()
+        if not TAG_RE.match(tag):
+            raise InvalidInput(
+                f"tag {raw!r} must be 1-64 lower-case letters, digits, '-' or '_', starting with a letter or digit",
+                field="tags",
+            )
+        if tag not in cleaned:
+            cleaned.append(tag)
+    return cleaned
+
+
+def _set_tags(iso: IsoImage, tags: list[str]) -> None:
+    objs = [IsoTag.objects.get_or_create(name=tag)[0] for tag in tags]
+    iso.tags.set(objs)
+
+
+def _resolve_os(meta: IsoMetadata, *, label: str, filename: str) -> tuple[str, str, str]:
+    """Caller's values win; the label only fills what the caller left out."""
+    variant = osinfo.validate_os_variant(meta.os_variant)
+    os_type, architecture = meta.os_type, meta.architecture
+    if not os_type and not variant:
+        guess = guess_os(label, filename)
+        os_type, variant = guess.os_type, guess.os_variant
+        architecture = architecture or guess.architecture
+    elif not architecture:
+        architecture = guess_os(label, filename).architecture
+    if variant and not os_type:
+        os_type = osinfo.os_type_for(variant)
+    return os_type, variant, architecture
+
+
+def _check_free(*, name: str, path: str) -> None:
+    clash = IsoImage.objects.filter(path=path).values_list("pk", flat=True).first()
+    if clash:
+        raise Conflict(f"{path} is already registered as {clash}", field="path", code="path_taken", existing_id=clash)
+    clash = IsoImage.objects.filter(name=name).values_list("pk", flat=True).first()
+    if clash:
+        raise Conflict(f"an ISO named {name!r} is already registered ({clash})", field="name", code="name_taken", existing_id=clash)
+
+
+def _create(**fields: object) -> IsoImage:
+    tags = fields.pop("tags")
+    try:
+        with transaction.atomic():
+            iso = IsoImage.objects.create(id=iso_allocate_id(), **fields)
+            _set_tags(iso, list(tags))  # type: ignore[call-overload]
+    except IntegrityError as exc:
+        # Lost a race against another request for the same name or path.
+        raise Conflict(f"the name or path was registered at the same time: {exc}", code="conflict") from exc
+    return iso
+
+
+def _enqueue(func: str, iso_id: str) -> None:
+    from django_q.tasks import async_task
+
+    transaction.on_commit(lambda: async_task(func, iso_id, task_name=f"{func.rsplit('.', 1)[-1]} {iso_id}"))
+
+
+# --- registration ----------------------------------------------------------
+
+
+def iso_register_path(*, path: str, meta: IsoMetadata, digests: Digests | None = None, field: str = "path") -> IsoImage:
+    """Register an ISO file already on the host.
+
+    Registered at once; without `digests` it is `hashing` until the
+    background task fills the hashes in and makes it `ready`.
+    """
+    resolved = guard_file(path, roots=settings.VAPOR.allowed_iso_roots, field=field, what="ISO file")
+    info = inspect_iso(resolved, field=field)
+    tags = _clean_tags(meta.tags)
+    os_type, variant, architecture = _resolve_os(meta, label=info.volume_label, filename=resolved.name)
+    name = meta.name or resolved.name
+    _check_free(name=name, path=str(resolved))
+    iso = _create(
+        name=name,
+        path=str(resolved),
+        size=info.size,
+        bytes_total=info.size,
+        os_type=os_type,
+        os_variant=variant,
+        architecture=architecture,
+        boot_type=info.boot_type,
+        volume_label=info.volume_label,
+        description=meta.description,
+        tags=tags,
+        status=IsoStatus.READY if digests else IsoStatus.HASHING,
+        md5_hash=digests.md5 if digests else "",
+        sha256_hash=digests.sha256 if digests else "",
+        bytes_done=info.size if digests else 0,
+    )
+    if digests is None:
+        _enqueue("isos.tasks.hash_iso", iso.pk)
+    log.info("registered %s %s (%s)", iso.pk, iso.path, iso.status)
+    return iso
+
+
+def _download_filename(url: str) -> str:
+    base = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    safe = SAFE_FILENAME_RE.sub("_", base).strip("._") or "download"
+    return safe if safe.lower().endswith(".iso") else f"{safe}.iso"
+
+
+def iso_create_download(*, url: str, meta: IsoMetadata, checksum: str = "") -> IsoImage:
+    """Register an ISO to be downloaded by the background worker (status `downloading`)."""
+    if checksum and not CHECKSUM_RE.match(checksum):
+        raise InvalidInput("must be 'sha256:' and 64 hex digits or 'md5:' and 32 hex digits", field="checksum")
+    validate_url(url, FetchPolicy.from_settings())
+    tags = _clean_tags(meta.tags)
+    variant = osinfo.validate_os_variant(meta.os_variant)
+    os_type = meta.os_type or (osinfo.os_type_for(variant) if variant else "")
+    filename = _download_filename(url)
+    dest = settings.VAPOR.download_dir / filename
+    name = meta.name or filename
+    _check_free(name=name, path=str(dest))
+    if dest.exists():
+        raise Conflict(
+            f"{dest} already exists on the host; register it by path, or download under another file name",
+            field="url",
+            code="file_exists",
+        )
+    iso = _create(
+        name=name,
+        path=str(dest),
+        os_type=os_type,
+        os_variant=variant,
+        architecture=meta.architecture,
+        description=meta.description,
+        tags=tags,
+        status=IsoStatus.DOWNLOADING,
+        source_url=url,
+        expected_checksum=checksum.lower(),
+        downloaded=True,
+    )
+    _enqueue("isos.tasks.download_iso", iso.pk)
+    log.info("download queued %s from %s", iso.pk, url)
+    return iso
+
+
+# --- changes ---------------------------------------------------------------
+
+EDITABLE = ("name", "os_type", "os_variant", "architecture", "description")
+
+
+def iso_update(*, iso: IsoImage, changes: dict[str, object]) -> IsoImage:
+    """Change metadata. Path, source and hashes are facts about the file and stay."""
+    unknown = sorted(set(changes) - {*EDITABLE, "tags"})
+    if unknown:
+        raise InvalidInput(f"{unknown[0]} cannot be changed", field=unknown[0], code="read_only")
+    if "os_variant" in changes:
+        changes["os_variant"] = osinfo.validate_os_variant(str(changes["os_variant"]))
+    name = changes.get("name")
+    if name and name != iso.name and IsoImage.objects.filter(name=name).exclude(pk=iso.pk).exists():
+        raise Conflict(f"an ISO named {name!r} is already registered", field="name", code="name_taken")
+    with transaction.atomic():
+        for key in EDITABLE:
+            if key in changes:
+                setattr(iso, key, changes[key])
+        try:
+            iso.save()
+        except IntegrityError as exc:
+            raise Conflict(f"an ISO named {name!r} is already registered", field="name", code="name_taken") from exc
+        if "tags" in changes:
+            _set_tags(iso, _clean_tags(changes["tags"]))  # type: ignore[arg-type]
+    return iso
+
+
+def temp_path(iso: IsoImage) -> Path:
+    """Where a download is written before it is verified and renamed."""
+    final = Path(iso.path)
+    return final.with_name(f".{final.name}.{iso.pk}.part")
+
+
+def iso_delete(*, iso: IsoImage) -> None:
+    """Delete the entry; the file too when Vapor downloaded it. 409 while a VM uses it."""
+    users = sorted(set(iso.attachments.values_list("vm__name", flat=True)))
+    if users:
+        raise Conflict(
+            f"ISO {iso.pk} is attached to {len(users)} VM(s): {', '.join(users)}; detach it or delete the VM(s) first",
+            code="iso_in_use",
+            vms=users,
+        )
+    file_deleted = False
+    with transaction.atomic():
+        RetiredIsoId.objects.create(id=iso.pk, name=iso.name, path=iso.path, file_deleted=iso.downloaded)
+        iso.delete()
+    if iso.downloaded:
+        for leftover in (Path(iso.path), temp_path(iso)):
+            try:
+                leftover.unlink()
+                file_deleted = True
+            except FileNotFoundError:
+                pass
+    log.info("deleted %s %s (file deleted: %s)", iso.pk, iso.path, file_deleted)
+
+
+def iso_cancel(*, iso: IsoImage) -> IsoImage:
+    """Stop a download; the worker notices at its next progress update."""
+    updated = IsoImage.objects.filter(pk=iso.pk, status=IsoStatus.DOWNLOADING).update(
+        status=IsoStatus.CANCELLED, error="cancelled by user", updated_at=timezone.now()
+    )
+    iso.refresh_from_db()
+    if not updated:
+        raise Conflict(f"ISO {iso.pk} is {iso.status}, not downloading: nothing to cancel", code="not_downloading")
+    temp_path(iso).unlink(missing_ok=True)
+    return iso
+
+
+def iso_retry(*, iso: IsoImage) -> IsoImage:
+    """Start a failed or cancelled download (or hashing) again."""
+    if iso.status not in (IsoStatus.FAILED, IsoStatus.CANCELLED):
+        raise Conflict(f"ISO {iso.pk} is {iso.status}; only failed or cancelled ISOs can be retried", code="not_retryable")
+    if iso.source_url and iso.downloaded and not Path(iso.path).exists():
+        status, task = IsoStatus.DOWNLOADING, "isos.tasks.download_iso"
+    else:
+        status, task = IsoStatus.HASHING, "isos.tasks.hash_iso"
+    with transaction.atomic():
+        IsoImage.objects.filter(pk=iso.pk).update(status=status, error="", bytes_done=0, updated_at=timezone.now())
+        _enqueue(task, iso.pk)
+    iso.refresh_from_db()
+    return iso
+
+
+def iso_rehash(*, iso: IsoImage) -> IsoImage:
+    """Hash the file again (after it was replaced or to verify it)."""
+    if iso.status in (IsoStatus.DOWNLOADING, IsoStatus.HASHING):
+        raise Conflict(f"ISO {iso.pk} is {iso.status}; wait for it to finish", code="busy")
+    with transaction.atomic():
+        IsoImage.objects.filter(pk=iso.pk).update(status=IsoStatus.HASHING, error="", bytes_done=0, updated_at=timezone.now())
+        _enqueue("isos.tasks.hash_iso", iso.pk)
+    iso.refresh_from_db()
+    return iso
+
+
+def iso_record_use(*, iso: IsoImage) -> None:
+    """use_count + 1 and last_used = now in one UPDATE: no lost increments."""
+    IsoImage.objects.filter(pk=iso.pk).update(use_count=F("use_count") + 1, last_used=timezone.now())
+
+
+def iso_fail(*, iso_id: str, error: str, expect: str) -> bool:
+    """Mark failed unless the status moved on (cancelled, deleted) meanwhile."""
+    log.warning("ISO %s failed: %s", iso_id, error)
+    return bool(IsoImage.objects.filter(pk=iso_id, status=expect).update(status=IsoStatus.FAILED, error=error, updated_at=timezone.now()))
+
+
+def orphan_temp_files() -> list[Path]:
+    """Partial downloads no running download owns (a killed worker's leftovers)."""
+    directory: Path = settings.VAPOR.download_dir
+    if not directory.is_dir():
+        return []
+    live = {temp_path(iso) for iso in IsoImage.objects.filter(status=IsoStatus.DOWNLOADING).only("id", "path")}
+    return [p for p in directory.glob(".*.part") if p not in live and p.is_file() and not os.path.islink(p)]

@@ -1,0 +1,16 @@
+"""django-q2 entry points. Thin: they take an id and call the job.
+
+Parameter names avoid django-q2's reserved keywords (hook, group, timeout, ...).
+"""
+
+from __future__ import annotations
+
+from isos import jobs
+
+
+def download_iso(iso_id: str) -> None:
+    jobs.iso_run_download(iso_id=iso_id)
+
+
+def hash_iso(iso_id: str) -> None:
+    jobs.iso_run_hash(iso_id=iso_id)

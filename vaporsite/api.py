@@ -1,0 +1,69 @@
+"""API plumbing shared by every app: one error shape for every failure.
+
+Every error body has ``detail`` (words) and ``code``; input errors add
+``field`` (the first field at fault) and ``errors`` (field -> messages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from vaporsite.errors import VaporError
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error response (for the OpenAPI schema)."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    field = serializers.CharField(required=False)
+    errors = serializers.DictField(required=False)
+
+
+def _first_field(errors: Any) -> str | None:
+    """The dotted path of the first field at fault, e.g. ``disks.1.size``."""
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            if key == "non_field_errors":
+                continue
+            nested = _first_field(value)
+            return f"{key}.{nested}" if nested else str(key)
+    if isinstance(errors, list):
+        for index, item in enumerate(errors):
+            if isinstance(item, (dict, list)) and item:
+                nested = _first_field(item)
+                return f"{index}.{nested}" if nested else str(index)
+    return None
+
+
+def _flatten(detail: Any) -> str:
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            text = _flatten(value)
+            return text if key == "non_field_errors" else f"{key}: {text}"
+    if isinstance(detail, list):
+        for item in detail:
+            if item:
+                return _flatten(item)
+        return ""
+    return str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, VaporError):
+        return Response(exc.as_dict(), status=exc.status)
+    if isinstance(exc, exceptions.ValidationError):
+        body: dict[str, Any] = {"detail": _flatten(exc.detail) or "Invalid input.", "code": "invalid", "errors": exc.detail}
+        field = _first_field(exc.detail)
+        if field:
+            body["field"] = field
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "detail" in response.data:
+        detail = response.data["detail"]
+        response.data = {"detail": str(detail), "code": getattr(detail, "code", "error")}
+    return response

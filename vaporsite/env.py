@@ -1,0 +1,208 @@
+"""Read Vapor's configuration from the environment.
+
+`load()` never raises: a bad value falls back to its default and is recorded
+in `Config.problems`, which the system checks (`vaporsite/checks.py`) turn
+into errors naming the variable. That keeps `manage.py check` usable as the
+place where a misconfiguration is explained.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dj_database_url
+from django.core.management.utils import get_random_secret_key
+
+T = TypeVar("T")
+
+DEFAULT_ISO_DIRS = "/var/lib/libvirt/images/iso:/var/lib/vapor/iso:/usr/share/iso"
+DEFAULT_DOWNLOAD_DIR = "/var/lib/vapor/iso"
+# A fixed key is fine for a developer machine; `check --deploy` flags it.
+DEV_SECRET_KEY = "django-insecure-vapor-development-key-change-me"
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Problem:
+    variable: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    database: dict[str, Any]
+    secret_key: str
+    debug: bool
+    allowed_hosts: list[str]
+    libvirt_uri: str
+    iso_dirs: tuple[Path, ...]
+    iso_roots: tuple[Path, ...]
+    download_dir: Path
+    download_allow_private: bool
+    download_allowed_networks: tuple[str, ...]
+    download_max_bytes: int
+    download_connect_timeout: float
+    download_read_timeout: float
+    download_attempts: int
+    osinfo_dir: Path
+    q_workers: int
+    q_timeout: int
+    q_sync: bool
+    log_level: str
+    secure_cookies: bool
+    ssl_redirect: bool
+    hsts_seconds: int
+    problems: tuple[Problem, ...] = field(default=())
+
+    @property
+    def allowed_iso_roots(self) -> tuple[Path, ...]:
+        """Every directory an ISO may live in: search dirs, download dir, extra roots."""
+        roots: list[Path] = []
+        for root in (*self.iso_dirs, self.download_dir, *self.iso_roots):
+            if root not in roots:
+                roots.append(root)
+        return tuple(roots)
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[Problem] = []
+
+    def raw(self, name: str, default: str) -> str:
+        return self.environ.get(name, default)
+
+    def parse(self, name: str, default: T, convert: Callable[[str], T], what: str) -> T:
+        value = self.environ.get(name)
+        if value is None:
+            return default
+        try:
+            return convert(value.strip())
+        except (TypeError, ValueError) as exc:
+            detail = f": {exc}" if str(exc) else ""
+            self.problems.append(Problem(name, f"{value!r} is not {what}{detail}"))
+            return default
+
+    def flag(self, name: str, default: bool) -> bool:
+        return self.parse(name, default, _to_bool, "a boolean (1/0, true/false, yes/no, on/off)")
+
+    def number(self, name: str, default: int, minimum: int) -> int:
+        def convert(text: str) -> int:
+            number = int(text)
+            if number < minimum:
+                raise ValueError(f"must be at least {minimum}")
+            return number
+
+        return self.parse(name, default, convert, "a whole number")
+
+    def seconds(self, name: str, default: float) -> float:
+        def convert(text: str) -> float:
+            number = float(text)
+            if number <= 0:
+                raise ValueError("must be greater than 0")
+            return number
+
+        return self.parse(name, default, convert, "a number of seconds")
+
+    def dirs(self, name: str, default: str) -> tuple[Path, ...]:
+        def convert(text: str) -> tuple[Path, ...]:
+            parts = [p for p in text.split(":") if p]
+            for part in parts:
+                if not os.path.isabs(part):
+                    raise ValueError(f"{part!r} is not an absolute path")
+            return tuple(Path(os.path.normpath(p)) for p in parts)
+
+        return self.parse(name, convert(default) if default else (), convert, "a ':'-separated list of absolute directories")
+
+    def directory(self, name: str, default: str) -> Path:
+        def convert(text: str) -> Path:
+            if not os.path.isabs(text):
+                raise ValueError("must be an absolute path")
+            return Path(os.path.normpath(text))
+
+        return self.parse(name, Path(default), convert, "an absolute directory")
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ValueError("")
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    import ipaddress
+
+    nets = tuple(n.strip() for n in text.split(",") if n.strip())
+    for net in nets:
+        ipaddress.ip_network(net, strict=False)
+    return nets
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    env = _Reader(os.environ if environ is None else environ)
+    base_dir = Path(__file__).resolve().parent.parent
+    data_dir = Path(env.raw("VAPOR_DATA_DIR", str(base_dir / "var"))).absolute()
+    sqlite_default = f"sqlite:///{data_dir / 'vapor.sqlite3'}"
+
+    def database(text: str) -> dict[str, Any]:
+        config = dict(dj_database_url.parse(text, conn_max_age=0))
+        if not config.get("ENGINE"):
+            raise ValueError("unknown scheme")
+        if "sqlite" in config["ENGINE"]:
+            # Tasks and web requests write concurrently: wait for the lock
+            # instead of failing at once with "database is locked".
+            config.setdefault("OPTIONS", {})["timeout"] = 30
+        return config
+
+    debug = env.flag("VAPOR_DEBUG", True)
+    secret_key = env.raw("VAPOR_SECRET_KEY", "") or (DEV_SECRET_KEY if debug else get_random_secret_key())
+    if not debug and not env.raw("VAPOR_SECRET_KEY", ""):
+        env.problems.append(Problem("VAPOR_SECRET_KEY", "must be set when VAPOR_DEBUG is off (sessions would not survive a restart)"))
+    hosts = [h.strip() for h in env.raw("VAPOR_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+    if not hosts:
+        env.problems.append(Problem("VAPOR_ALLOWED_HOSTS", "is empty: no host name would be served"))
+
+    config = Config(
+        data_dir=data_dir,
+        database=env.parse("DATABASE_URL", database(sqlite_default), database, "a database URL (sqlite:///PATH or postgres://USER@HOST:PORT/NAME)"),
+        secret_key=secret_key,
+        debug=debug,
+        allowed_hosts=hosts,
+        libvirt_uri=env.raw("VAPOR_LIBVIRT_URI", "qemu:///system"),
+        iso_dirs=env.dirs("VAPOR_ISO_DIRS", DEFAULT_ISO_DIRS),
+        iso_roots=env.dirs("VAPOR_ISO_ROOTS", ""),
+        download_dir=env.directory("VAPOR_ISO_DOWNLOAD_DIR", DEFAULT_DOWNLOAD_DIR),
+        download_allow_private=env.flag("VAPOR_DOWNLOAD_ALLOW_PRIVATE", False),
+        download_allowed_networks=env.parse("VAPOR_DOWNLOAD_ALLOWED_NETWORKS", (), _networks, "a comma-separated list of networks (CIDR)"),
+        download_max_bytes=env.number("VAPOR_DOWNLOAD_MAX_BYTES", 16 * 1024**3, 1),
+        download_connect_timeout=env.seconds("VAPOR_DOWNLOAD_CONNECT_TIMEOUT", 10.0),
+        download_read_timeout=env.seconds("VAPOR_DOWNLOAD_READ_TIMEOUT", 60.0),
+        download_attempts=env.number("VAPOR_DOWNLOAD_ATTEMPTS", 3, 1),
+        osinfo_dir=env.directory("VAPOR_OSINFO_DIR", "/usr/share/osinfo"),
+        q_workers=env.number("VAPOR_Q_WORKERS", 2, 1),
+        q_timeout=env.number("VAPOR_TASK_TIMEOUT", 6 * 3600, 10),
+        q_sync=env.flag("VAPOR_Q_SYNC", False),
+        log_level=env.raw("VAPOR_LOG_LEVEL", "INFO").upper(),
+        secure_cookies=env.flag("VAPOR_SECURE_COOKIES", True),
+        ssl_redirect=env.flag("VAPOR_SSL_REDIRECT", True),
+        hsts_seconds=env.number("VAPOR_HSTS_SECONDS", 31536000, 0),
+        problems=(),
+    )
+    if config.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        env.problems.append(Problem("VAPOR_LOG_LEVEL", f"{config.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"))
+    return _replace_problems(config, tuple(env.problems))
+
+
+def _replace_problems(config: Config, problems: tuple[Problem, ...]) -> Config:
+    from dataclasses import replace
+
+    return replace(config, problems=problems, log_level=config.log_level if config.log_level in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"} else "INFO")

@@ -1,0 +1,143 @@
+"""Vapor settings.
+
+Everything an operator may change comes from the environment (see
+``vaporsite/env.py`` and the README's configuration table). Bad values do not
+crash the import: they fall back to the default and are reported by the
+system checks in ``vaporsite/checks.py``, which name the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vaporsite import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+VAPOR = env.load()
+
+SECRET_KEY = VAPOR.secret_key
+DEBUG = VAPOR.debug
+ALLOWED_HOSTS = VAPOR.allowed_hosts
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_q",
+    "vaporsite.apps.VaporSiteConfig",
+    "isos.apps.IsosConfig",
+    "vms.apps.VmsConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "vaporsite.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "vaporsite.wsgi.application"
+
+DATABASES = {"default": VAPOR.database}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAPOR.data_dir / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Production hardening switches on with DEBUG off; `check --deploy` is clean
+# once VAPOR_SECRET_KEY and VAPOR_ALLOWED_HOSTS are set (README).
+if not DEBUG:
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SESSION_COOKIE_SECURE = VAPOR.secure_cookies
+    CSRF_COOKIE_SECURE = VAPOR.secure_cookies
+    SECURE_SSL_REDIRECT = VAPOR.ssl_redirect
+    SECURE_HSTS_SECONDS = VAPOR.hsts_seconds
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = VAPOR.hsts_seconds > 0
+    SECURE_HSTS_PRELOAD = VAPOR.hsts_seconds > 0
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["vaporsite.permissions.ModelPermissions"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "vaporsite.api.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Vapor API",
+    "DESCRIPTION": "Virtual machines on libvirt/QEMU hosts and an ISO library.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# django-q2. `retry` must exceed `timeout` (and the longest task), or the ORM
+# broker hands a running task out again; failures are kept for the admin.
+Q_CLUSTER = {
+    "name": "vapor",
+    "orm": "default",
+    "workers": VAPOR.q_workers,
+    "timeout": VAPOR.q_timeout,
+    "retry": VAPOR.q_timeout + 120,
+    "max_attempts": 3,
+    "ack_failures": True,
+    "save_limit": 1000,
+    "catch_up": False,
+    "sync": VAPOR.q_sync,
+    "label": "Tasks",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "vapor": {"handlers": ["console"], "level": VAPOR.log_level},
+        "django_q": {"handlers": ["console"], "level": "WARNING"},
+    },
+}

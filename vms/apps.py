@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class VmsConfig(AppConfig):
+    name = "vms"
+    verbose_name = "Virtual machines"
+    default_auto_field = "django.db.models.BigAutoField"
