@@ -242,18 +242,14 @@ def iso_delete(*, iso: IsoImage) -> None:
             code="iso_in_use",
             vms=users,
         )
-    file_deleted = False
+    iso_id, leftovers = iso.pk, (Path(iso.path), temp_path(iso))
     with transaction.atomic():
-        RetiredIsoId.objects.create(id=iso.pk, name=iso.name, path=iso.path, file_deleted=iso.downloaded)
+        RetiredIsoId.objects.create(id=iso_id, name=iso.name, path=iso.path, file_deleted=iso.downloaded)
         iso.delete()
     if iso.downloaded:
-        for leftover in (Path(iso.path), temp_path(iso)):
-            try:
-                leftover.unlink()
-                file_deleted = True
-            except FileNotFoundError:
-                pass
-    log.info("deleted %s %s (file deleted: %s)", iso.pk, iso.path, file_deleted)
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+    log.info("deleted %s %s (file deleted: %s)", iso_id, iso.path, iso.downloaded)
 
 
 def iso_cancel(*, iso: IsoImage) -> IsoImage:
