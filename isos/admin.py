@@ -22,7 +22,7 @@ from isos.services import IsoMetadata
 from vaporsite.errors import VaporError
 
 
-def _apply_error(form: forms.Form, exc: VaporError) -> None:
+def _apply_error(form: forms.BaseForm, exc: VaporError) -> None:
     field = exc.field if exc.field in form.fields else None
     form.add_error(field, exc.message)
 

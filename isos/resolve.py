@@ -75,8 +75,11 @@ def iso_resolve_ready(ref: str, *, field: str = "iso_path") -> ResolvedIso:
     if iso.status != IsoStatus.READY:
         progress = f" ({iso.progress:.0f}%)" if iso.progress is not None else ""
         reason = f": {iso.error}" if iso.error else ""
-        raise Conflict(f"ISO {iso.pk} ({iso.name}) is {iso.status}{progress}{reason}; only ready ISOs can be attached",
-                       field=field, code="iso_not_ready")
+        raise Conflict(
+            f"ISO {iso.pk} ({iso.name}) is {iso.status}{progress}{reason}; only ready ISOs can be attached",
+            field=field,
+            code="iso_not_ready",
+        )
     return resolved
 
 

@@ -52,7 +52,7 @@ def iso_dirs(tmp_path: Path, settings: pytest.FixtureRequest) -> IsoDirs:
 
 
 @pytest.fixture
-def run_tasks(django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def run_tasks(django_capture_on_commit_callbacks):
     """Inside `with run_tasks():` queued tasks run when the block ends."""
     return lambda: django_capture_on_commit_callbacks(execute=True)
 

@@ -21,7 +21,10 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
     field = serializers.CharField(required=False)
-    errors = serializers.DictField(required=False)
+
+
+# "errors" is also a Serializer property, so the field is added after the class exists.
+ErrorSerializer._declared_fields["errors"] = serializers.DictField(required=False, help_text="field -> messages")
 
 
 def _first_field(errors: Any) -> str | None:
@@ -34,7 +37,7 @@ def _first_field(errors: Any) -> str | None:
             return f"{key}.{nested}" if nested else str(key)
     if isinstance(errors, list):
         for index, item in enumerate(errors):
-            if isinstance(item, (dict, list)) and item:
+            if isinstance(item, dict | list) and item:
                 nested = _first_field(item)
                 return f"{index}.{nested}" if nested else str(index)
     return None

@@ -20,7 +20,7 @@ def environment_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
         Error(f"{problem.variable} {problem.message}", hint=f"Fix or unset {problem.variable}.", id="vapor.E001")
         for problem in settings.VAPOR.problems
     ]
-    q = settings.Q_CLUSTER
+    q: dict[str, Any] = settings.Q_CLUSTER
     if q["retry"] <= q["timeout"]:
         messages.append(
             Error(

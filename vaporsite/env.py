@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,9 +22,10 @@ T = TypeVar("T")
 DEFAULT_ISO_DIRS = "/var/lib/libvirt/images/iso:/var/lib/vapor/iso:/usr/share/iso"
 DEFAULT_DOWNLOAD_DIR = "/var/lib/vapor/iso"
 # A fixed key is fine for a developer machine; `check --deploy` flags it.
-DEV_SECRET_KEY = "django-insecure-vapor-development-key-change-me"
+DEV_SECRET_KEY = "django-insecure-vapor-development-key-change-me"  # noqa: S105
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     sqlite_default = f"sqlite:///{data_dir / 'vapor.sqlite3'}"
 
     def database(text: str) -> dict[str, Any]:
-        config = dict(dj_database_url.parse(text, conn_max_age=0))
+        config: dict[str, Any] = dict(dj_database_url.parse(text, conn_max_age=0))
         if not config.get("ENGINE"):
             raise ValueError("unknown scheme")
         if "sqlite" in config["ENGINE"]:
@@ -173,7 +174,9 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 
     config = Config(
         data_dir=data_dir,
-        database=env.parse("DATABASE_URL", database(sqlite_default), database, "a database URL (sqlite:///PATH or postgres://USER@HOST:PORT/NAME)"),
+        database=env.parse(
+            "DATABASE_URL", database(sqlite_default), database, "a database URL (sqlite:///PATH or postgres://USER@HOST:PORT/NAME)"
+        ),
         secret_key=secret_key,
         debug=debug,
         allowed_hosts=hosts,
@@ -197,12 +200,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         hsts_seconds=env.number("VAPOR_HSTS_SECONDS", 31536000, 0),
         problems=(),
     )
-    if config.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        env.problems.append(Problem("VAPOR_LOG_LEVEL", f"{config.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"))
-    return _replace_problems(config, tuple(env.problems))
-
-
-def _replace_problems(config: Config, problems: tuple[Problem, ...]) -> Config:
-    from dataclasses import replace
-
-    return replace(config, problems=problems, log_level=config.log_level if config.log_level in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"} else "INFO")
+    if config.log_level not in LOG_LEVELS:
+        env.problems.append(Problem("VAPOR_LOG_LEVEL", f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"))
+        config = replace(config, log_level="INFO")
+    return replace(config, problems=tuple(env.problems))

@@ -50,4 +50,3 @@ class HypervisorError(VaporError):
 
     status = 500
     code = "hypervisor_error"
-

@@ -22,7 +22,7 @@ class ModelPermissions(DjangoModelPermissions):
         "DELETE": ["%(app_label)s.delete_%(model_name)s"],
     }
 
-    def has_permission(self, request, view):  # type: ignore[no-untyped-def]
+    def has_permission(self, request, view):
         actions = getattr(view, "required_perms", None)
         if actions and request.method in actions:
             if not request.user or not request.user.is_authenticated:

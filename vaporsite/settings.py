@@ -113,6 +113,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "OsTypeEnum": "isos.choices.OsType",
+        "ArchitectureEnum": "isos.choices.Architecture",
+        "IsoStatusEnum": "isos.choices.IsoStatus",
+        "BootTypeEnum": "isos.choices.BootType",
+    },
 }
 
 # django-q2. `retry` must exceed `timeout` (and the longest task), or the ORM

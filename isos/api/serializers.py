@@ -49,9 +49,9 @@ class IsoListSerializer(serializers.Serializer):
 
 class _MetadataFields(StrictSerializer):
     name = serializers.CharField(max_length=255, required=False)
-    os_type = serializers.ChoiceField(choices=[c for c in OsType.values if c], required=False, allow_blank=True)
+    os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True)
     os_variant = serializers.CharField(max_length=64, required=False, allow_blank=True)
-    architecture = serializers.ChoiceField(choices=[c for c in Architecture.values if c], required=False, allow_blank=True)
+    architecture = serializers.ChoiceField(choices=Architecture.choices, required=False, allow_blank=True)
     description = serializers.CharField(required=False, allow_blank=True, max_length=4000)
     tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=50)
 
@@ -100,7 +100,7 @@ class IsoUpdateSerializer(_MetadataFields):
 
 class IsoFilterSerializer(StrictSerializer):
     tag = serializers.ListField(child=serializers.CharField(max_length=64), required=False)
-    os_type = serializers.ChoiceField(choices=OsType.values, required=False)
-    architecture = serializers.ChoiceField(choices=Architecture.values, required=False)
-    status = serializers.ChoiceField(choices=IsoStatus.values, required=False)
+    os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True)
+    architecture = serializers.ChoiceField(choices=Architecture.choices, required=False, allow_blank=True)
+    status = serializers.ChoiceField(choices=IsoStatus.choices, required=False)
     search = serializers.CharField(max_length=200, required=False)

@@ -1,11 +1,11 @@
 """Mounted under /api/v1/virtualmachines/ (the spec's paths, no trailing slash)."""
 
-from django.urls import path, re_path
+from django.urls import path
 
 from isos.api import views
 
 urlpatterns = [
-    re_path(r"^isos/?$", views.IsoCollectionView.as_view(), name="iso-list"),
+    path("isos", views.IsoCollectionView.as_view(), name="iso-list"),
     path("isos/<str:iso_id>", views.IsoItemView.as_view(), name="iso-detail"),
     path("isos/<str:iso_id>/cancel", views.IsoCancelView.as_view(), name="iso-cancel"),
     path("isos/<str:iso_id>/retry", views.IsoRetryView.as_view(), name="iso-retry"),

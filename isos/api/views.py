@@ -123,7 +123,7 @@ def _action_view(name: str, service: Any, summary: str) -> type[_IsoActionView]:
         action_name = name
 
         def act(self, iso: IsoImage) -> IsoImage:
-            return service(iso=iso)  # type: ignore[no-any-return]
+            return service(iso=iso)
 
         @decorated
         def post(self, request: Request, iso_id: str) -> Response:

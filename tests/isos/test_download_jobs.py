@@ -31,7 +31,7 @@ def files_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def start_download(api, run_tasks, url: str, **extra: object) -> dict:  # type: ignore[no-untyped-def]
+def start_download(api, run_tasks, url: str, **extra: object) -> dict:
     with run_tasks():
         response = api.post(URL, {"url": url, **extra}, format="json")
         assert response.status_code == 202, response.json()
@@ -46,7 +46,7 @@ def progress_log(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     original = jobs._Progress.__call__
     monkeypatch.setattr(jobs, "PROGRESS_INTERVAL", 0)
 
-    def spy(self, done, total, *, force=False):  # type: ignore[no-untyped-def]
+    def spy(self, done, total, *, force=False):
         original(self, done, total, force=force)
         seen.append(IsoImage.objects.get(pk=self.iso_id).bytes_done)
 
@@ -61,7 +61,7 @@ def test_download_with_matching_checksum_becomes_ready(api, iso_dirs, run_tasks,
     assert body["status"] == "ready", body["error"]
     assert body["path"] == str(iso_dirs.download / "debian-11.iso")
     assert Path(body["path"]).read_bytes() == iso_bytes
-    assert body["md5_hash"] == hashlib.md5(iso_bytes).hexdigest()  # noqa: S324
+    assert body["md5_hash"] == hashlib.md5(iso_bytes).hexdigest()
     assert body["sha256_hash"] == hashlib.sha256(iso_bytes).hexdigest()
     assert (body["size"], body["bytes_done"], body["bytes_total"], body["progress"]) == (len(iso_bytes),) * 3 + (100.0,)
     assert (body["boot_type"], body["os_variant"], body["source_url"]) == ("bios", "debian11", httpserver.url_for("/images/debian-11.iso"))
@@ -71,7 +71,7 @@ def test_download_with_matching_checksum_becomes_ready(api, iso_dirs, run_tasks,
 
 def test_md5_checksum_is_accepted_too(api, iso_dirs, run_tasks, httpserver, iso_bytes):
     httpserver.expect_request("/a.iso").respond_with_data(iso_bytes)
-    body = start_download(api, run_tasks, httpserver.url_for("/a.iso"), checksum="md5:" + hashlib.md5(iso_bytes).hexdigest())  # noqa: S324
+    body = start_download(api, run_tasks, httpserver.url_for("/a.iso"), checksum="md5:" + hashlib.md5(iso_bytes).hexdigest())
     assert body["status"] == "ready"
 
 
@@ -168,7 +168,7 @@ def test_cancel_stops_the_download_and_removes_the_partial_file(api, iso_dirs, r
     original = jobs._Progress.__call__
     calls = {"n": 0}
 
-    def cancel_after_first_chunk(self, done, total, *, force=False):  # type: ignore[no-untyped-def]
+    def cancel_after_first_chunk(self, done, total, *, force=False):
         calls["n"] += 1
         if calls["n"] == 2:  # an operator presses cancel while bytes flow
             response = api.post(f"{URL}/{self.iso_id}/cancel")
@@ -217,7 +217,7 @@ def test_redirect_is_followed(api, iso_dirs, run_tasks, httpserver, iso_bytes):
 
 
 @pytest.fixture
-def guard_on(iso_dirs, settings):  # type: ignore[no-untyped-def]
+def guard_on(iso_dirs, settings):
     settings.VAPOR = dataclasses.replace(settings.VAPOR, download_allow_private=False)
 
 
@@ -231,11 +231,13 @@ def test_guard_refuses_loopback_urls_with_no_connection(api, guard_on, httpserve
     assert httpserver.log == []
 
 
-@pytest.mark.parametrize("url", ["http://10.1.2.3/a.iso", "http://169.254.169.254/latest/meta-data/", "ftp://127.0.0.1/a.iso", "file:///etc/passwd"])
+@pytest.mark.parametrize(
+    "url", ["http://10.1.2.3/a.iso", "http://169.254.169.254/latest/meta-data/", "ftp://127.0.0.1/a.iso", "file:///etc/passwd"]
+)
 def test_guard_refuses_private_and_odd_urls(api, guard_on, url, monkeypatch):
     import urllib3
 
-    def no_connection(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def no_connection(*args, **kwargs):
         raise AssertionError("a connection was attempted")
 
     monkeypatch.setattr(urllib3.HTTPConnectionPool, "urlopen", no_connection)
@@ -256,9 +258,7 @@ def test_guard_refuses_a_redirect_to_loopback_in_the_worker(api, iso_dirs, run_t
         mirror.expect_request("/a.iso").respond_with_handler(
             lambda request: Response(status=302, headers={"Location": target.url_for("/a.iso")})
         )
-        settings.VAPOR = dataclasses.replace(
-            settings.VAPOR, download_allow_private=False, download_allowed_networks=("127.0.0.2/32",)
-        )
+        settings.VAPOR = dataclasses.replace(settings.VAPOR, download_allow_private=False, download_allowed_networks=("127.0.0.2/32",))
         body = start_download(api, run_tasks, f"http://127.0.0.2:{mirror.port}/a.iso")
     finally:
         mirror.clear()
@@ -273,4 +273,3 @@ def test_settings_default_keeps_the_guard_on() -> None:
     from vaporsite import env
 
     assert env.load({}).download_allow_private is False
-

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.resolve import iso_resolve, iso_resolve_ready
 from isos.services import IsoMetadata, iso_delete, iso_record_use, iso_register_path
-from isos.hashing import hash_file
 from tests.isofactory import make_iso
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 
 pytestmark = pytest.mark.django_db
 
 
-def ready(path, name=""):  # type: ignore[no-untyped-def]
+def ready(path, name=""):
     return iso_register_path(path=str(path), meta=IsoMetadata(name=name), digests=hash_file(path))
 
 

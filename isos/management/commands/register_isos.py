@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from isos.hashing import Digests, hash_file
-from isos.inspect import inspect_iso, is_iso_image
+from isos.inspect import is_iso_image
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from vaporsite.errors import VaporError
@@ -77,7 +77,7 @@ class Command(BaseCommand):
             explicit = not top.is_dir()
             files = [top] if explicit else list(self._walk(top, recursive))
             for file in files:
-                if not explicit and (file.is_symlink() and file.is_dir() or not file.is_file()):
+                if not explicit and ((file.is_symlink() and file.is_dir()) or not file.is_file()):
                     continue
                 try:
                     resolved = guard_file(str(file), roots=roots, field="path", what="file")
@@ -97,14 +97,20 @@ class Command(BaseCommand):
                 found.append(Candidate(resolved, resolved.stat().st_size))
         return found
 
-    def _register(self, candidates: list[Candidate], tags: tuple[str, ...], jobs: int, failed: list[tuple[str, str]], verbosity: int) -> int:
+    def _register(
+        self, candidates: list[Candidate], tags: tuple[str, ...], jobs: int, failed: list[tuple[str, str]], verbosity: int
+    ) -> int:
         registered = 0
         total = sum(c.size for c in candidates)
         with (
             tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="hashing", file=self.stderr, disable=None) as bar,
             ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hash") as pool,
         ):
-            futures: dict[Future[Digests], Candidate] = {pool.submit(hash_file, c.path, on_progress=bar.update): c for c in candidates}
+
+            def advance(count: int) -> None:
+                bar.update(count)
+
+            futures: dict[Future[Digests], Candidate] = {pool.submit(hash_file, c.path, on_progress=advance): c for c in candidates}
             for future in as_completed(futures):
                 candidate = futures[future]
                 try:

@@ -1,0 +1,469 @@
+"""Download a URL into a file the caller owns, without letting the URL reach inside our network.
+
+A download URL comes from an API user, and the server fetching it usually sits
+next to things that user must not reach: the hypervisor's own services on
+loopback, the LAN, the cloud metadata endpoint. Checking the host *name* is not
+enough (any name can resolve to 127.0.0.1), and checking the address and then
+letting the HTTP library look the name up again loses to DNS rebinding. So:
+
+1. the URL's shape is checked (http/https, a host, no userinfo, no numeric
+   host in the decimal/octal/hex spellings that parsers disagree about);
+2. the host is resolved once, and *every* address must be global (or inside
+   an explicitly allowed network), otherwise the whole URL is refused;
+3. the connection goes to one of the addresses that were checked, with the
+   original name in the Host header and, for https, in SNI and certificate
+   verification, so TLS still proves we talk to the named server;
+4. redirects are followed by hand, and each hop goes through steps 1-3 again
+   (a redirect to http://169.254.169.254/ was the classic bypass).
+
+No Django models here: the task that records progress and hashes the bytes
+lives elsewhere and hands us callbacks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import SplitResult, urljoin, urlsplit
+
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool, Timeout
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util.ssl_match_hostname import CertificateError
+
+from vaporsite.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# 408 and 429 mean "not now"; a retry later can succeed, like a 5xx.
+TRANSIENT_STATUSES = frozenset({408, 429})
+SUCCESS_STATUSES = frozenset({200, 203})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Named separately so the refusal says what the address is, not just "private".
+# AWS/GCP/Azure/OpenStack, AWS ECS tasks, AWS over IPv6, Alibaba Cloud.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200"))
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")  # a NAT64 gateway turns these into the embedded IPv4
+# What people mean by "private" (RFC 1918, IPv6 ULA). ipaddress.is_private also covers documentation and
+# benchmark ranges; those are refused too, as "not publicly routable", which is the truer description.
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What a download may do. `from_settings()` in the app; tests build their own."""
+
+    allow_private: bool = False
+    allowed_networks: tuple[str, ...] = ()
+    max_bytes: int = 16 * 1024**3
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_redirects: int = 5
+
+    @classmethod
+    def from_settings(cls) -> FetchPolicy:
+        """Read settings.VAPOR at call time, so a test that swaps the config is honoured."""
+        from django.conf import settings
+
+        config = settings.VAPOR
+        return cls(
+            allow_private=config.download_allow_private,
+            allowed_networks=tuple(config.download_allowed_networks),
+            max_bytes=config.download_max_bytes,
+            connect_timeout=config.download_connect_timeout,
+            read_timeout=config.download_read_timeout,
+        )
+
+
+class UrlRefused(InvalidInput):
+    """The URL may not be fetched: wrong shape or an address inside our network. A 400 on field "url"."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="url", code="url_refused")
+
+
+class HostNotFound(UrlRefused):
+    """The host name did not resolve. A 400 when the user submits the URL; `fetch` turns it into a FetchError,
+    because by then the URL was accepted once and the lookup may only be failing for a while."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class FetchError(Exception):
+    """The download failed. `transient` says whether trying again later may succeed."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+
+
+class FetchCancelled(Exception):
+    """Raised by the caller's `on_progress` to stop a download; `fetch` lets it through untouched."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    final_url: str
+    bytes_written: int
+    content_length: int | None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A checked URL: where to connect and what to say when we get there."""
+
+    url: str
+    scheme: str
+    host: str  # ASCII (IDNA) name or bare IP, no brackets
+    port: int
+    host_header: str
+    request_target: str
+    addresses: tuple[str, ...]
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, in resolver order, without duplicates. Raises socket.gaierror."""
+    addresses: list[str] = []
+    for family, _type, _proto, _canon, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP):
+        if family in (socket.AF_INET, socket.AF_INET6) and str(sockaddr[0]) not in addresses:
+            addresses.append(str(sockaddr[0]))
+    return addresses
+
+
+def validate_url(url: str, policy: FetchPolicy) -> list[str]:
+    """Check `url`'s shape, resolve its host and check every address. Returns the addresses that may be used."""
+    return list(_check(url, policy).addresses)
+
+
+def _check(url: str, policy: FetchPolicy) -> _Target:
+    parts = _split(url)
+    host, literal = _host(parts)
+    port = _port(parts)
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        try:
+            addresses = resolve_host(host, port)
+        except (socket.gaierror, UnicodeError) as exc:
+            transient = isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
+            reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
+            raise HostNotFound(f"the host {host} could not be resolved ({reason})", transient=transient) from exc
+        if not addresses:
+            raise HostNotFound(f"the host {host} has no IPv4 or IPv6 address", transient=False)
+    if not policy.allow_private:
+        _check_addresses(host, literal is not None, addresses, policy.allowed_networks)
+    bracketed = f"[{host}]" if ":" in host else host
+    return _Target(
+        url=url,
+        scheme=parts.scheme.lower(),
+        host=host,
+        port=port,
+        host_header=bracketed if parts.port is None else f"{bracketed}:{port}",
+        request_target=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+        addresses=tuple(addresses),
+    )
+
+
+def _split(url: str) -> SplitResult:
+    if not isinstance(url, str) or not url:
+        raise UrlRefused("the URL is empty")
+    # urlsplit silently drops tabs and newlines and strips spaces; a URL containing them is not what it looks like.
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise UrlRefused("the URL contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise UrlRefused(f"the URL cannot be parsed: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        shown = f"{scheme}://" if scheme else "no scheme"
+        raise UrlRefused(f"only http:// and https:// URLs can be downloaded, not {shown}")
+    if not parts.netloc or not parts.hostname:
+        raise UrlRefused("the URL has no host")
+    if "@" in parts.netloc:
+        raise UrlRefused("the URL contains a user name or password (user:pass@host); credentials in URLs are not supported")
+    return parts
+
+
+def _port(parts: SplitResult) -> int:
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UrlRefused("the URL's port is not a number between 1 and 65535") from exc
+    if port == 0:
+        raise UrlRefused("the URL's port is not a number between 1 and 65535")
+    return port if port is not None else DEFAULT_PORTS[parts.scheme.lower()]
+
+
+def _host(parts: SplitResult) -> tuple[str, IPAddress | None]:
+    """The host in ASCII, and the address when the host is an IP literal."""
+    hostname = parts.hostname or ""
+    if parts.netloc.split("@")[-1].startswith("["):
+        try:
+            return hostname, ipaddress.IPv6Address(hostname)
+        except ValueError as exc:
+            raise UrlRefused(f"[{hostname}] is not a valid IPv6 address") from exc
+    try:
+        ascii_host = hostname.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise UrlRefused(f"the host name {hostname!r} is not valid") from exc
+    labels = ascii_host.removesuffix(".").split(".")
+    if len(ascii_host) > 253 or not all(_is_dns_label(label) for label in labels):
+        raise UrlRefused(f"the host name {hostname!r} is not valid")
+    # A host whose last label is a number is an IPv4 address to browsers and C libraries, which read
+    # "2130706433", "0x7f.1" and "0177.0.0.1" as 127.0.0.1. Only the plain dotted-decimal form is
+    # unambiguous, so anything else is refused rather than guessed at.
+    if _is_number(labels[-1]):
+        try:
+            return ascii_host, ipaddress.IPv4Address(ascii_host)
+        except ValueError:
+            raise UrlRefused(
+                f"the host {hostname!r} is an IP address written in an unusual form (decimal, octal, hex or shortened); "
+                "write IPv4 addresses as four decimal numbers, like 192.0.2.10"
+            ) from None
+    return ascii_host, None
+
+
+def _is_dns_label(label: str) -> bool:
+    return 0 < len(label) <= 63 and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
+
+
+def _is_number(label: str) -> bool:
+    lowered = label.lower()
+    if lowered.startswith("0x"):
+        return all(c in "0123456789abcdef" for c in lowered[2:])
+    return lowered.isdigit()
+
+
+def _check_addresses(host: str, literal: bool, addresses: Iterable[str], allowed_networks: tuple[str, ...]) -> None:
+    networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%")[0])
+        if _in_networks(address, networks):
+            continue
+        why = refusal_reason(address)
+        if why is None:
+            continue
+        said = f"the URL's host {host} is {why}" if literal else f"{host} resolves to {address}, {why}"
+        hint = "; only public addresses can be downloaded from (VAPOR_DOWNLOAD_ALLOWED_NETWORKS can allow an internal mirror)"
+        raise UrlRefused(said + hint)
+
+
+def _in_networks(address: IPAddress, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    candidates: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        candidates.append(address.ipv4_mapped)
+    return any(candidate in network for candidate in candidates for network in networks)
+
+
+def refusal_reason(address: IPAddress) -> str | None:
+    """Why a download may not connect to `address` ("a loopback address"), or None when it is public."""
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            inner = refusal_reason(address.ipv4_mapped)
+            return None if inner is None else f"an IPv4-mapped form of {address.ipv4_mapped}, {inner}"
+        for kind, embedded in (
+            ("6to4", address.sixtofour),
+            ("Teredo", address.teredo[1] if address.teredo else None),
+            ("NAT64", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in NAT64_PREFIX else None),
+        ):
+            if embedded is not None and (inner := refusal_reason(embedded)) is not None:
+                return f"a {kind} form of {embedded}, {inner}"
+    for test, words in (
+        (address.is_unspecified, "an unspecified address"),
+        (address.is_loopback, "a loopback address"),
+        (address.is_link_local, "a link-local address"),
+        (address.is_multicast, "a multicast address"),
+        (address in SHARED_ADDRESS_SPACE, "a shared (carrier-grade NAT) address"),
+        (any(address in network for network in PRIVATE_NETWORKS), "a private address"),
+        (address.is_reserved, "a reserved address"),
+        (not address.is_global, "an address that is not publicly routable"),
+    ):
+        if test:
+            return words
+    return None
+
+
+def fetch(
+    url: str,
+    dest: BinaryIO,
+    *,
+    policy: FetchPolicy,
+    on_chunk: Callable[[bytes], None],
+    on_progress: Callable[[int, int | None], None],
+) -> FetchResult:
+    """Stream `url` into `dest`, following redirects, within `policy`.
+
+    Each chunk is written to `dest`, then given to `on_chunk` (for hashing), then
+    `on_progress(bytes_so_far, content_length)` is called; `on_progress(0, length)`
+    also comes once the headers are in, so the caller learns the size early.
+    `dest` is never closed or removed here: on failure the caller deletes its
+    temp file. Raises UrlRefused, FetchError, or whatever the callbacks raise.
+    """
+    current = url
+    for hop in range(policy.max_redirects + 1):
+        try:
+            target = _check(current, policy)
+        except HostNotFound as exc:
+            raise FetchError(exc.message, transient=exc.transient) from exc
+        pool, response = _open(target, policy)
+        try:
+            if response.status in REDIRECT_STATUSES:
+                location = response.headers.get("Location")
+                if not location:
+                    raise FetchError(f"{target.host} answered HTTP {response.status} without a Location to go to", transient=False)
+                current = urljoin(current, location)
+                log.debug("redirect %d from %s to %s", hop + 1, target.url, current)
+                continue
+            _check_status(response, target)
+            length = _content_length(response)
+            if length is not None and length > policy.max_bytes:
+                raise FetchError(f"{target.url} is {length} bytes, more than the limit of {policy.max_bytes} bytes", transient=False)
+            written = _stream(response, target, dest, policy, length, on_chunk, on_progress)
+            return FetchResult(final_url=current, bytes_written=written, content_length=length)
+        finally:
+            response.close()
+            pool.close()
+    raise FetchError(f"too many redirects starting from {url} (more than {policy.max_redirects})", transient=False)
+
+
+def _pool(target: _Target, address: str) -> HTTPConnectionPool:
+    """A pool whose only way out is `address`; TLS verifies the certificate against the URL's host name."""
+    if target.scheme == "https":
+        tls_name = target.host.removesuffix(".")
+        return HTTPSConnectionPool(
+            address, target.port, maxsize=1, retries=False, cert_reqs="CERT_REQUIRED", server_hostname=tls_name, assert_hostname=tls_name
+        )
+    return HTTPConnectionPool(address, target.port, maxsize=1, retries=False)
+
+
+def _open(target: _Target, policy: FetchPolicy) -> tuple[HTTPConnectionPool, BaseHTTPResponse]:
+    """Send the GET to the first checked address that accepts a connection."""
+    headers = {"Host": target.host_header, "User-Agent": "Vapor ISO downloader", "Accept": "*/*", "Accept-Encoding": "identity"}
+    timeout = Timeout(connect=policy.connect_timeout, read=policy.read_timeout)
+    failure: FetchError | None = None
+    for address in target.addresses:
+        pool = _pool(target, address)
+        try:
+            response = pool.urlopen(
+                "GET",
+                target.request_target,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                timeout=timeout,
+                preload_content=False,
+                decode_content=False,
+                assert_same_host=False,
+            )
+        except ConnectTimeoutError as exc:  # includes NewConnectionError (refused, unreachable): try the next address
+            pool.close()
+            if isinstance(exc, NewConnectionError):
+                failure = FetchError(f"could not connect to {target.host} ({address}): {_reason(exc)}", transient=True)
+            else:
+                failure = FetchError(
+                    f"connecting to {target.host} ({address}) timed out after {policy.connect_timeout:g} s", transient=True
+                )
+            failure.__cause__ = exc
+            continue
+        except ReadTimeoutError as exc:
+            pool.close()
+            raise FetchError(f"{target.host} did not answer within {policy.read_timeout:g} seconds", transient=True) from exc
+        except SSLError as exc:
+            pool.close()
+            verify = any(isinstance(arg, ssl.SSLCertVerificationError | CertificateError) for arg in exc.args)
+            problem = "its certificate could not be verified" if verify else "the TLS handshake failed"
+            raise FetchError(f"secure connection to {target.host} failed, {problem}: {_reason(exc)}", transient=not verify) from exc
+        except (ProtocolError, HTTPError) as exc:
+            pool.close()
+            raise FetchError(f"connection to {target.host} failed before an answer came: {_reason(exc)}", transient=True) from exc
+        return pool, response
+    assert failure is not None, "a checked target always has at least one address"
+    raise failure
+
+
+def _check_status(response: BaseHTTPResponse, target: _Target) -> None:
+    status = response.status
+    if status in SUCCESS_STATUSES:
+        return
+    said = f"{target.host} answered HTTP {status} {response.reason or ''}".rstrip() + f" for {target.url}"
+    raise FetchError(said, transient=status >= 500 or status in TRANSIENT_STATUSES)
+
+
+def _content_length(response: BaseHTTPResponse) -> int | None:
+    """The announced body size; None when chunked or absent. Conflicting values are an error, as in RFC 9110."""
+    if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+        return None
+    raw = response.headers.get("Content-Length")
+    if raw is None:
+        return None
+    values = {v.strip() for v in raw.split(",")}
+    if len(values) != 1 or not next(iter(values)).isdigit():
+        raise FetchError(f"the server sent an invalid Content-Length: {raw!r}", transient=False)
+    return int(values.pop())
+
+
+def _stream(
+    response: BaseHTTPResponse,
+    target: _Target,
+    dest: BinaryIO,
+    policy: FetchPolicy,
+    length: int | None,
+    on_chunk: Callable[[bytes], None],
+    on_progress: Callable[[int, int | None], None],
+) -> int:
+    done = 0
+    of_total = f" of {length}" if length is not None else ""
+    on_progress(0, length)
+    try:
+        for chunk in response.stream(CHUNK_SIZE, decode_content=False):
+            if not chunk:
+                continue
+            if done + len(chunk) > policy.max_bytes:
+                raise FetchError(f"{target.url} is larger than the limit of {policy.max_bytes} bytes, stopped at {done}", transient=False)
+            dest.write(chunk)
+            on_chunk(chunk)
+            done += len(chunk)
+            on_progress(done, length)
+    except ReadTimeoutError as exc:
+        raise FetchError(
+            f"{target.host} sent nothing for {policy.read_timeout:g} seconds after {done}{of_total} bytes", transient=True
+        ) from exc
+    except (ProtocolError, SSLError) as exc:
+        raise FetchError(f"connection to {target.host} was cut after {done}{of_total} bytes ({_reason(exc)})", transient=True) from exc
+    if length is not None and done < length:
+        # http.client reports a short body as a clean end when the server closes at a chunk boundary.
+        raise FetchError(f"connection to {target.host} was cut after {done} of {length} bytes", transient=True)
+    if length is not None and done > length:
+        raise FetchError(f"{target.host} sent {done} bytes but announced {length}", transient=False)
+    return done
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause in words ("Connection refused"), not urllib3's repr chain."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,68 @@
+"""Database-sensitive behaviour, run against PostgreSQL by the test command."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from django.db import connection, connections
+
+from isos.hashing import hash_file
+from isos.models import IsoImage
+from isos.services import IsoMetadata, iso_record_use, iso_register_path
+from tests.isofactory import make_iso
+from vaporsite.errors import Conflict
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def in_threads(count: int, work) -> list[BaseException]:
+    """Run `work(index)` in `count` threads released at once; return their exceptions."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def body(index: int) -> None:
+        try:
+            barrier.wait()
+            work(index)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_the_suite_really_runs_on_postgresql() -> None:
+    assert connection.vendor == "postgresql"
+
+
+def test_concurrent_record_use_loses_no_increment(iso_dirs) -> None:
+    path: Path = make_iso(iso_dirs.search[0] / "a.iso")
+    iso = iso_register_path(path=str(path), meta=IsoMetadata(), digests=hash_file(path))
+
+    def use(_: int) -> None:
+        for _round in range(10):
+            iso_record_use(iso=IsoImage.objects.get(pk=iso.pk))
+
+    assert in_threads(16, use) == []
+    iso.refresh_from_db()
+    assert iso.use_count == 160
+    assert iso.last_used is not None
+
+
+def test_concurrent_registration_of_one_path_makes_one_row(iso_dirs) -> None:
+    path = make_iso(iso_dirs.search[0] / "a.iso")
+
+    def register(index: int) -> None:
+        iso_register_path(path=str(path), meta=IsoMetadata(name=f"n{index}"), digests=hash_file(path))
+
+    errors = in_threads(8, register)
+    assert IsoImage.objects.count() == 1
+    assert len(errors) == 7 and all(isinstance(e, Conflict) for e in errors), errors
