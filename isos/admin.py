@@ -46,6 +46,10 @@ class IsoAddForm(forms.ModelForm):
 
     created: IsoImage | None = None
 
+    def _post_clean(self) -> None:
+        """Skip ModelForm's instance validation: the service validated and
+        saved the real row in `clean`, and this form's instance is unused."""
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if self.errors:

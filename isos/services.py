@@ -11,6 +11,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -301,10 +302,27 @@ def iso_fail(*, iso_id: str, error: str, expect: str) -> bool:
     return bool(IsoImage.objects.filter(pk=iso_id, status=expect).update(status=IsoStatus.FAILED, error=error, updated_at=timezone.now()))
 
 
-def orphan_temp_files() -> list[Path]:
-    """Partial downloads no running download owns (a killed worker's leftovers)."""
+def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[str], list[Path]]:
+    """The janitor: a worker killed on timeout runs no `finally`.
+
+    Marks downloads and hashing that made no progress for `stale_after` as
+    failed, then removes partial files that no running download owns.
+    Returns (ids marked failed, files removed).
+    """
+    cutoff = timezone.now() - stale_after
+    stale = IsoImage.objects.filter(status__in=[IsoStatus.DOWNLOADING, IsoStatus.HASHING], updated_at__lt=cutoff)
+    stale_ids = list(stale.values_list("pk", flat=True))
+    if not dry_run:
+        minutes = int(stale_after.total_seconds() // 60)
+        for iso_id, status in stale.values_list("pk", "status"):
+            iso_fail(iso_id=iso_id, error=f"the worker stopped: no progress for {minutes} minutes; retry it", expect=status)
     directory: Path = settings.VAPOR.download_dir
-    if not directory.is_dir():
-        return []
-    live = {temp_path(iso) for iso in IsoImage.objects.filter(status=IsoStatus.DOWNLOADING).only("id", "path")}
-    return [p for p in directory.glob(".*.part") if p not in live and p.is_file() and not os.path.islink(p)]
+    orphans: list[Path] = []
+    if directory.is_dir():
+        running = IsoImage.objects.filter(status=IsoStatus.DOWNLOADING).exclude(pk__in=stale_ids).only("id", "path")
+        live = {temp_path(iso) for iso in running}
+        orphans = [p for p in directory.glob(".*.part") if p not in live and p.is_file() and not os.path.islink(p)]
+    if not dry_run:
+        for orphan in orphans:
+            orphan.unlink(missing_ok=True)
+    return stale_ids, orphans

@@ -14,3 +14,13 @@ def download_iso(iso_id: str) -> None:
 
 def hash_iso(iso_id: str) -> None:
     jobs.iso_run_hash(iso_id=iso_id)
+
+
+def cleanup_downloads() -> str:
+    """Hourly janitor (schedule created by migration isos.0002)."""
+    from datetime import timedelta
+
+    from isos.services import iso_cleanup
+
+    stale, orphans = iso_cleanup(stale_after=timedelta(minutes=30))
+    return f"failed {len(stale)} stalled, removed {len(orphans)} partial file(s)"
