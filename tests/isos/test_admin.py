@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/isos/isoimage/"
 
 
-def ready(path, **meta):  # type: ignore[no-untyped-def]
+def ready(path, **meta):
     return iso_register_path(path=str(path), meta=IsoMetadata(**meta), digests=hash_file(path))
 
 

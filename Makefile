@@ -1,0 +1,30 @@
+# Thin wrappers over scripts/: the scripts are the source of truth (and what
+# CI runs), so `make` adds no behaviour of its own.
+#   make run             set up, then serve on 127.0.0.1:8000 with a worker
+#   make test ARGS=-x    set up, then the whole suite (extra pytest arguments)
+#   make lint            ruff, mypy, migrations in sync, OpenAPI schema valid
+#   make bench           benchmarks (bench/), figures written to docs/BENCHMARKS.md
+
+PY := .venv/bin/python
+ARGS ?=
+
+.PHONY: run test lint bench venv
+
+run:
+	bash scripts/run.sh
+
+test:
+	bash scripts/test.sh $(ARGS)
+
+venv:
+	bash scripts/setup.sh --venv
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy .
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+# One line per benchmark module; --write refreshes its figures in docs/BENCHMARKS.md.
+bench: venv
+	$(PY) -m bench.isos_bench --write $(ARGS)
