@@ -1,8 +1,9 @@
 """md5 and sha256 of a stream in one pass, the two digests in parallel.
 
 hashlib releases the GIL for large updates, so feeding md5 on a helper
-thread while sha256 runs on the caller's costs about as much as md5 alone
-(docs/BENCHMARKS.md has the figures).
+thread while sha256 runs on the caller's costs about as much as md5 alone,
+when a second CPU is really free (docs/BENCHMARKS.md has the figures: 1.29x
+over one thread in the recorded run, no gain when only one CPU is given).
 """
 
 from __future__ import annotations
