@@ -27,4 +27,4 @@ lint: venv
 
 # One line per benchmark module; --write refreshes its figures in docs/BENCHMARKS.md.
 bench: venv
-	$(PY) -m bench.isos_bench.isos_bench --write $(ARGS)
+	$(PY) -m bench.isos_bench --write $(ARGS)

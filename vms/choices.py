@@ -12,3 +12,47 @@ class VmStatus(models.TextChoices):
 class CdromSlot(models.TextChoices):
     PRIMARY = "primary", "Primary (install media)"
     SECONDARY = "secondary", "Secondary (drivers)"
+
+
+class DiskSource(models.TextChoices):
+    NEW = "new", "New volume"
+    EXISTING = "existing", "Existing file"
+    CLONE = "clone", "Clone"
+
+
+class DiskFormat(models.TextChoices):
+    QCOW2 = "qcow2", "qcow2"
+    RAW = "raw", "raw"
+
+
+class DiskBus(models.TextChoices):
+    VIRTIO = "virtio", "virtio"
+    SATA = "sata", "SATA"
+    SCSI = "scsi", "SCSI (virtio-scsi)"
+    IDE = "ide", "IDE"
+
+
+class NicType(models.TextChoices):
+    NAT = "nat", "NAT (libvirt network)"
+    BRIDGE = "bridge", "Host bridge"
+
+
+class NicModel(models.TextChoices):
+    VIRTIO = "virtio", "virtio"
+    E1000E = "e1000e", "e1000e"
+    RTL8139 = "rtl8139", "rtl8139"
+
+
+class GraphicsType(models.TextChoices):
+    VNC = "vnc", "VNC"
+    SPICE = "spice", "SPICE"
+    NONE = "none", "None"
+
+
+class EventStatus(models.TextChoices):
+    DONE = "done", "Done"
+    SKIPPED = "skipped", "Skipped (already done)"
+    FAILED = "failed", "Failed"
+    UNDONE = "undone", "Undone"
+    UNDO_FAILED = "undo_failed", "Undo failed"
+    INFO = "info", "Info"

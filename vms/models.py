@@ -1,23 +1,46 @@
-"""Virtual machines. The VM-creation issue grows these; the ISO library needs
-to know which VMs hold an ISO, so the CD-ROM attachment exists from the start."""
+"""Virtual machines and what they are made of."""
 
 from __future__ import annotations
 
 from django.db import models
 
-from vms.choices import CdromSlot, VmStatus
+from isos.choices import Architecture, OsType
+from vms.choices import CdromSlot, DiskBus, DiskFormat, DiskSource, EventStatus, GraphicsType, NicModel, NicType, VmStatus
 
 
 class VirtualMachine(models.Model):
-    """A VM Vapor created (or is creating) on the libvirt host."""
+    """A VM Vapor created (or is creating) on the libvirt host.
+
+    The request as validated is stored here and in the related rows; the
+    provisioning task works only from them. The VNC password is kept
+    encrypted, only until the domain is defined (libvirt holds it then).
+    """
 
     name = models.CharField(max_length=64, unique=True)
     uuid = models.UUIDField(null=True, blank=True, unique=True, help_text="libvirt domain UUID.")
-    memory_mb = models.PositiveIntegerField(default=1024)
-    vcpus = models.PositiveSmallIntegerField(default=1)
+    memory_mb = models.PositiveIntegerField()
+    vcpus = models.PositiveSmallIntegerField()
+    os_type = models.CharField(max_length=16, choices=OsType.choices, blank=True)
+    os_variant = models.CharField(max_length=64, blank=True)
+    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=Architecture.X86_64)
+    virt_type = models.CharField(max_length=8, default="kvm", help_text="libvirt domain type: kvm or qemu (TCG).")
+    machine = models.CharField(max_length=32, default="q35")
+    uefi = models.BooleanField(default=False)
+    secure_boot = models.BooleanField(default=False)
+    tpm = models.BooleanField(default=False)
+    storage_pool = models.CharField(max_length=64, default="default")
+    autostart = models.BooleanField(default=False)
+    graphics_type = models.CharField(max_length=8, choices=GraphicsType.choices, default=GraphicsType.VNC)
+    graphics_port = models.IntegerField(default=-1, help_text="-1: libvirt assigns one.")
+    graphics_listen = models.CharField(max_length=64, default="127.0.0.1")
+    graphics_password_encrypted = models.TextField(blank=True, editable=False)
+    graphics_password_set = models.BooleanField(default=False)
+    serial_log = models.CharField(max_length=4096, blank=True, help_text="File the serial console is written to (empty: pty).")
     status = models.CharField(max_length=16, choices=VmStatus.choices, default=VmStatus.PROVISIONING, db_index=True)
     error = models.TextField(blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took the provisioning task.")
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
@@ -25,6 +48,49 @@ class VirtualMachine(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Disk(models.Model):
+    """One hard disk of a VM: a new volume, an existing file or a clone."""
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="disks")
+    order = models.PositiveSmallIntegerField()
+    source = models.CharField(max_length=8, choices=DiskSource.choices)
+    size_gb = models.PositiveIntegerField(null=True, blank=True)
+    format = models.CharField(max_length=8, choices=DiskFormat.choices, default=DiskFormat.QCOW2)
+    bus = models.CharField(max_length=8, choices=DiskBus.choices, default=DiskBus.VIRTIO)
+    boot_order = models.PositiveSmallIntegerField(null=True, blank=True)
+    readonly = models.BooleanField(default=False)
+    linked = models.BooleanField(default=False, help_text="Clone as a qcow2 overlay backed by the source.")
+    source_path = models.CharField(max_length=4096, blank=True, help_text="The existing file, or the clone's source.")
+    source_format = models.CharField(max_length=8, choices=DiskFormat.choices, blank=True)
+    path = models.CharField(max_length=4096, blank=True, help_text="The file the VM uses.")
+    volume_name = models.CharField(max_length=255, blank=True)
+    target_dev = models.CharField(max_length=8)
+    created_by_vapor = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["vm", "order"]
+        constraints = [models.UniqueConstraint(fields=["vm", "order"], name="disk_order_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.vm} {self.target_dev}"
+
+
+class NetworkInterface(models.Model):
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="nics")
+    order = models.PositiveSmallIntegerField()
+    type = models.CharField(max_length=8, choices=NicType.choices, default=NicType.NAT)
+    source = models.CharField(max_length=64, default="default")
+    model = models.CharField(max_length=8, choices=NicModel.choices, default=NicModel.VIRTIO)
+    mac = models.CharField(max_length=17, unique=True)
+
+    class Meta:
+        ordering = ["vm", "order"]
+        verbose_name = "network interface"
+
+    def __str__(self) -> str:
+        return f"{self.vm} {self.type}:{self.source}"
 
 
 class CdromAttachment(models.Model):
@@ -36,10 +102,31 @@ class CdromAttachment(models.Model):
     iso = models.ForeignKey("isos.IsoImage", on_delete=models.PROTECT, related_name="attachments")
     slot = models.CharField(max_length=16, choices=CdromSlot.choices, default=CdromSlot.PRIMARY)
     resolved_by = models.CharField(max_length=16, blank=True, help_text="Which resolution rule matched the reference.")
+    reference = models.CharField(max_length=4096, blank=True, help_text="The reference as the request gave it.")
+    target_dev = models.CharField(max_length=8, blank=True)
+    boot_order = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name = "CD-ROM"
+        ordering = ["vm", "slot"]
         constraints = [models.UniqueConstraint(fields=["vm", "slot"], name="one_iso_per_cdrom_slot")]
 
     def __str__(self) -> str:
         return f"{self.vm} {self.slot}: {self.iso_id}"
+
+
+class VmEvent(models.Model):
+    """One step of a VM's provisioning (or undo, or lifecycle action)."""
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(auto_now_add=True)
+    step = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=EventStatus.choices)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["vm", "at", "id"]
+        verbose_name = "event"
+
+    def __str__(self) -> str:
+        return f"{self.vm} {self.step} {self.status}"
