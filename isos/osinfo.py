@@ -119,6 +119,12 @@ def is_known(short_id: str, directory: Path | None = None) -> bool:
     return bool(short_id) and short_id in _catalogue(directory)
 
 
+def os_id_for(short_id: str, directory: Path | None = None) -> str:
+    """The libosinfo URI of a short id ("ubuntu22.04" -> "http://ubuntu.com/ubuntu/22.04"); "" if unknown."""
+    entry = _catalogue(directory).get(short_id)
+    return entry.os_id if entry else ""
+
+
 def os_type_for(short_id: str, directory: Path | None = None) -> str:
     """Map a short id to our coarse :class:`OsType`; ``""`` for an id the database does not have.
 

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db.models import Q
 
 from isos.choices import IsoStatus
+from isos.inspect import inspect_iso
 from isos.models import IsoImage, RetiredIsoId
 from isos.services import IsoMetadata, iso_register_path
 from vaporsite.errors import Conflict, InvalidInput, NotFound
@@ -48,7 +49,8 @@ class ResolvedIso:
     registered: bool = False  # True when the file was added to the library by this call
 
 
-def iso_resolve(ref: str, *, field: str = "iso_path") -> ResolvedIso:
+def iso_resolve(ref: str, *, field: str = "iso_path", register: bool = True) -> ResolvedIso:
+    """`register=False` (dry runs) returns an unsaved entry instead of registering."""
     if not isinstance(ref, str) or not ref.strip():
         raise InvalidInput("must be an ISO id, name, absolute path or file name", field=field)
     ref = ref.strip()
@@ -62,17 +64,21 @@ def iso_resolve(ref: str, *, field: str = "iso_path") -> ResolvedIso:
     if by_name:
         return ResolvedIso(by_name, ResolveRule.NAME)
     if ref.startswith("/"):
-        return _by_path(ref, field)
+        return _by_path(ref, field, register)
     if "/" in ref or ref in {".", ".."}:
         raise InvalidInput(f"{ref!r} is neither an absolute path nor a plain file name", field=field)
-    return _by_filename(ref, field)
+    return _by_filename(ref, field, register)
 
 
-def iso_resolve_ready(ref: str, *, field: str = "iso_path") -> ResolvedIso:
-    """Resolve, and insist the ISO can be attached now (409 otherwise)."""
-    resolved = iso_resolve(ref, field=field)
+def iso_resolve_ready(ref: str, *, field: str = "iso_path", register: bool = True) -> ResolvedIso:
+    """Resolve, and insist the ISO can be attached now (409 otherwise).
+
+    A file registered by this very call is complete (it was inspected) and
+    only its checksums are still being computed, so it may be attached.
+    """
+    resolved = iso_resolve(ref, field=field, register=register)
     iso = resolved.iso
-    if iso.status != IsoStatus.READY:
+    if iso.status != IsoStatus.READY and not resolved.registered:
         progress = f" ({iso.progress:.0f}%)" if iso.progress is not None else ""
         reason = f": {iso.error}" if iso.error else ""
         raise Conflict(
@@ -95,15 +101,22 @@ def _by_name(ref: str, field: str) -> IsoImage | None:
     return loose[0] if loose else None
 
 
-def _by_path(ref: str, field: str) -> ResolvedIso:
+def _register(path: str, field: str, register: bool) -> IsoImage:
+    if register:
+        return iso_register_path(path=path, meta=IsoMetadata(), field=field)
+    inspect_iso(Path(path), field=field)  # the same refusal a real registration would give
+    return IsoImage(id="", name=Path(path).name, path=path, status=IsoStatus.HASHING)
+
+
+def _by_path(ref: str, field: str, register: bool) -> ResolvedIso:
     resolved = guard_file(ref, roots=settings.VAPOR.allowed_iso_roots, field=field, what="ISO file")
     iso = IsoImage.objects.filter(path=str(resolved)).first()
     if iso:
         return ResolvedIso(iso, ResolveRule.PATH)
-    return ResolvedIso(iso_register_path(path=str(resolved), meta=IsoMetadata(), field=field), ResolveRule.PATH, registered=True)
+    return ResolvedIso(_register(str(resolved), field, register), ResolveRule.PATH, registered=True)
 
 
-def _by_filename(ref: str, field: str) -> ResolvedIso:
+def _by_filename(ref: str, field: str, register: bool) -> ResolvedIso:
     found: dict[str, str] = {}  # real path -> where it was seen, in search order
     for directory in settings.VAPOR.iso_dirs:
         candidate = Path(directory) / ref
@@ -125,5 +138,4 @@ def _by_filename(ref: str, field: str) -> ResolvedIso:
     iso = IsoImage.objects.filter(path=real).first()
     if iso:
         return ResolvedIso(iso, ResolveRule.FILENAME)
-    registered = iso_register_path(path=real, meta=IsoMetadata(), field=field)
-    return ResolvedIso(registered, ResolveRule.FILENAME, registered=True)
+    return ResolvedIso(_register(real, field, register), ResolveRule.FILENAME, registered=True)

@@ -52,6 +52,9 @@ class Config:
     download_read_timeout: float
     download_attempts: int
     osinfo_dir: Path
+    disk_roots: tuple[Path, ...]
+    virt_type: str
+    graphics_listen: str
     q_workers: int
     q_timeout: int
     q_sync: bool
@@ -139,6 +142,18 @@ def _to_bool(text: str) -> bool:
     raise ValueError("")
 
 
+def _virt_type(text: str) -> str:
+    if text not in {"auto", "kvm", "qemu"}:
+        raise ValueError("")
+    return text
+
+
+def _address(text: str) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(text))
+
+
 def _networks(text: str) -> tuple[str, ...]:
     import ipaddress
 
@@ -191,6 +206,9 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         download_read_timeout=env.seconds("VAPOR_DOWNLOAD_READ_TIMEOUT", 60.0),
         download_attempts=env.number("VAPOR_DOWNLOAD_ATTEMPTS", 3, 1),
         osinfo_dir=env.directory("VAPOR_OSINFO_DIR", "/usr/share/osinfo"),
+        disk_roots=env.dirs("VAPOR_DISK_ROOTS", ""),
+        virt_type=env.parse("VAPOR_VIRT_TYPE", "auto", _virt_type, "one of auto, kvm, qemu"),
+        graphics_listen=env.parse("VAPOR_GRAPHICS_LISTEN", "127.0.0.1", _address, "an IP address"),
         q_workers=env.number("VAPOR_Q_WORKERS", 2, 1),
         q_timeout=env.number("VAPOR_TASK_TIMEOUT", 6 * 3600, 10),
         q_sync=env.flag("VAPOR_Q_SYNC", False),

@@ -1,0 +1,173 @@
+"""An in-memory hypervisor for the Django-level tests (tier 2).
+
+It keeps the `Hypervisor` interface's promises (NotFound, Conflict, idempotent
+undefine/destroy), creates real files for volumes so deletion can be checked
+on disk, and can be told to fail any call, to exercise rollback. The real
+daemon is exercised by tests/integration.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vaporsite.errors import Conflict, HypervisorError, NotFound
+from vms.hypervisor import HostCapabilities, PoolInfo, VolumeInfo
+from vms.hypervisor.domain_xml import parse_domain
+
+
+@dataclass
+class FakeDomain:
+    xml: str
+    state: str = "shutoff"
+    autostart: bool = False
+
+
+@dataclass
+class FakeHypervisor:
+    pool_dir: Path
+    pools: dict[str, Path] = field(default_factory=dict)
+    networks: set[str] = field(default_factory=lambda: {"default"})
+    bridges: set[str] = field(default_factory=lambda: {"br0", "br-internal"})
+    domains: dict[str, FakeDomain] = field(default_factory=dict)
+    fail: dict[str, Exception] = field(default_factory=dict)  # method name -> error to raise
+    fail_after: dict[str, int] = field(default_factory=dict)  # method name -> calls that succeed first
+    calls: Counter[str] = field(default_factory=Counter)
+    max_vcpu: int = 255
+
+    def __post_init__(self) -> None:
+        self.pools.setdefault("default", self.pool_dir)
+
+    def _call(self, name: str) -> None:
+        self.calls[name] += 1
+        if name in self.fail and self.calls[name] > self.fail_after.get(name, 0):
+            raise self.fail[name]
+
+    # --- storage -----------------------------------------------------------
+    def list_pools(self) -> list[PoolInfo]:
+        return [PoolInfo(n, True, True, str(p), 10**12, 0, 10**12) for n, p in self.pools.items()]
+
+    def pool(self, name: str) -> PoolInfo:
+        if name not in self.pools:
+            raise NotFound(f"no storage pool with matching name '{name}'")
+        return PoolInfo(name, True, True, str(self.pools[name]), 10**12, 0, 10**12)
+
+    def _vol_path(self, pool: str, name: str) -> Path:
+        return self.pools[self.pool(pool).name] / name
+
+    def volume(self, pool: str, name: str) -> VolumeInfo:
+        path = self._vol_path(pool, name)
+        if not path.exists():
+            raise NotFound(f"no storage vol with matching name '{name}'")
+        return VolumeInfo(name, str(path), 0, path.stat().st_size, "qcow2")
+
+    def create_volume(self, pool: str, name: str, capacity_bytes: int, fmt: str = "qcow2") -> VolumeInfo:
+        self._call("create_volume")
+        path = self._vol_path(pool, name)
+        if path.exists():
+            raise Conflict(f"storage volume '{name}' exists already")
+        path.write_bytes(b"new volume " + str(capacity_bytes).encode())
+        return self.volume(pool, name)
+
+    def clone_volume(
+        self,
+        pool: str,
+        name: str,
+        source_path: str,
+        source_format: str,
+        *,
+        linked: bool,
+        fmt: str = "qcow2",
+        capacity_bytes: int | None = None,
+    ) -> VolumeInfo:
+        self._call("clone_volume")
+        path = self._vol_path(pool, name)
+        if path.exists():
+            raise Conflict(f"storage volume '{name}' exists already")
+        if linked:
+            path.write_text(f"overlay of {source_path}")
+        else:
+            shutil.copyfile(source_path, path)
+        return self.volume(pool, name)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        self._call("delete_volume")
+        path = self._vol_path(pool, name)
+        if not path.exists():
+            raise NotFound(f"no storage vol with matching name '{name}'")
+        path.unlink()
+
+    # --- networks and host ---------------------------------------------------
+    def network_exists(self, name: str) -> bool:
+        return name in self.networks
+
+    def bridge_exists(self, name: str) -> bool:
+        return name in self.bridges
+
+    def capabilities(self) -> HostCapabilities:
+        return HostCapabilities(arches={"x86_64": ("qemu", "kvm"), "i686": ("qemu", "kvm")}, kvm=True, host_arch="x86_64")
+
+    def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int:
+        return self.max_vcpu
+
+    # --- domains -------------------------------------------------------------
+    def list_domain_names(self) -> list[str]:
+        return sorted(self.domains)
+
+    def domain_exists(self, name: str) -> bool:
+        return name in self.domains
+
+    def _domain(self, name: str) -> FakeDomain:
+        if name not in self.domains:
+            raise NotFound(f"Domain not found: no domain with matching name '{name}'")
+        return self.domains[name]
+
+    def define_domain(self, xml: str) -> str:
+        self._call("define_domain")
+        live = parse_domain(xml)
+        if live.name in self.domains:
+            raise Conflict(f"domain '{live.name}' already exists")
+        self.domains[live.name] = FakeDomain(xml)
+        return live.uuid
+
+    def undefine_domain(self, name: str) -> None:
+        self._call("undefine_domain")
+        self.domains.pop(name, None)
+
+    def start_domain(self, name: str) -> None:
+        self._call("start_domain")
+        domain = self._domain(name)
+        if domain.state == "running":
+            raise HypervisorError("Requested operation is not valid: domain is already running")
+        domain.state = "running"
+
+    def destroy_domain(self, name: str) -> None:
+        self._call("destroy_domain")
+        if name in self.domains:
+            self.domains[name].state = "shutoff"
+
+    def shutdown_domain(self, name: str) -> None:
+        self._call("shutdown_domain")
+        self._domain(name).state = "shutoff"
+
+    def reboot_domain(self, name: str) -> None:
+        self._call("reboot_domain")
+        self._domain(name)
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        self._call("set_autostart")
+        self._domain(name).autostart = on
+
+    def domain_autostart(self, name: str) -> bool:
+        return self._domain(name).autostart
+
+    def domain_state(self, name: str) -> str:
+        return self._domain(name).state
+
+    def domain_xml(self, name: str, inactive: bool = False) -> str:
+        return self._domain(name).xml
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,212 @@
+"""Request and response shapes of the VM API. Shape only: rules live in
+`vms.services` (validation.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from isos.api.serializers import StrictSerializer
+from isos.choices import Architecture, OsType
+from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
+from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
+from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
+
+
+class DiskInSerializer(StrictSerializer):
+    size = serializers.IntegerField(required=False, help_text="GB: create a new volume of this size.")
+    path = serializers.CharField(required=False, max_length=4096, help_text="Use this existing disk image.")
+    clone_from = serializers.CharField(required=False, max_length=4096, help_text="Copy this image (or overlay it, with linked).")
+    format = serializers.ChoiceField(choices=DiskFormat.choices, default="qcow2")
+    source_format = serializers.ChoiceField(
+        choices=DiskFormat.choices, required=False, help_text="Format of path/clone_from if not `format` (default qcow2 for clones)."
+    )
+    bus = serializers.ChoiceField(choices=DiskBus.choices, default="virtio")
+    boot_order = serializers.IntegerField(required=False, allow_null=True)
+    readonly = serializers.BooleanField(default=False)
+    linked = serializers.BooleanField(default=False, help_text="With clone_from: a qcow2 overlay backed by the source.")
+
+
+class NicInSerializer(StrictSerializer):
+    type = serializers.ChoiceField(choices=NicType.choices, default="nat")
+    source = serializers.CharField(max_length=64, default="default")  # type: ignore[assignment]
+    model = serializers.ChoiceField(choices=NicModel.choices, default="virtio")
+
+
+class GraphicsInSerializer(StrictSerializer):
+    type = serializers.ChoiceField(choices=GraphicsType.choices, default="vnc")
+    port = serializers.IntegerField(default=-1)
+    password = serializers.CharField(required=False, allow_null=True, write_only=True, trim_whitespace=False, max_length=64)
+
+
+class _BaseVmIn(StrictSerializer):
+    name = serializers.CharField(max_length=200)
+    memory = serializers.IntegerField(help_text="MB")
+    vcpus = serializers.IntegerField()
+    iso_path = serializers.CharField(required=False, allow_null=True, max_length=4096, help_text="ISO id, name, path or file name.")
+    disk_size = serializers.IntegerField(required=False, help_text="Legacy: one new disk of this many GB.")
+    disk_path = serializers.CharField(required=False, max_length=4096, help_text="Legacy: one existing disk.")
+
+    def legacy_disks(self, attrs: dict[str, Any]) -> tuple[DiskRequest, ...] | None:
+        size, path = attrs.get("disk_size"), attrs.get("disk_path")
+        if size is not None and path is not None:
+            raise serializers.ValidationError({"disk_path": ["give disk_size or disk_path, not both"]})
+        if size is not None:
+            return (DiskRequest(size=size),)
+        if path is not None:
+            return (DiskRequest(path=path),)
+        return None
+
+    def to_request(self) -> VmRequest:
+        raise NotImplementedError
+
+
+class VmCreateSerializer(_BaseVmIn):
+    """POST /api/v1/virtualmachines/create-enhanced."""
+
+    disks = DiskInSerializer(many=True, required=False)
+    secondary_iso = serializers.CharField(required=False, allow_null=True, max_length=4096)
+    os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True)
+    os_variant = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    architecture = serializers.ChoiceField(choices=Architecture.choices, default="x86_64")
+    uefi = serializers.BooleanField(default=False)
+    secure_boot = serializers.BooleanField(default=False)
+    tpm = serializers.BooleanField(default=False)
+    networks = NicInSerializer(many=True, required=False)
+    graphics = GraphicsInSerializer(required=False)
+    storage_pool = serializers.CharField(default="default", max_length=64)
+    autostart = serializers.BooleanField(default=False)
+    template = serializers.CharField(required=False, allow_null=True, max_length=200)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        legacy = self.legacy_disks(attrs)
+        if legacy is not None and "disks" in attrs:
+            raise serializers.ValidationError({"disks": ["give disks or the legacy disk_size/disk_path, not both"]})
+        return attrs
+
+    def to_request(self) -> VmRequest:
+        data = self.validated_data
+        disks = self.legacy_disks(data) or tuple(DiskRequest(**d) for d in data.get("disks", []))
+        networks = tuple(NicRequest(**n) for n in data["networks"]) if "networks" in data else (NicRequest(),)
+        return VmRequest(
+            name=data["name"],
+            memory=data["memory"],
+            vcpus=data["vcpus"],
+            disks=disks,
+            iso_path=data.get("iso_path"),
+            secondary_iso=data.get("secondary_iso"),
+            os_type=data.get("os_type", ""),
+            os_variant=data.get("os_variant", ""),
+            architecture=data["architecture"],
+            uefi=data["uefi"],
+            secure_boot=data["secure_boot"],
+            tpm=data["tpm"],
+            networks=networks,
+            graphics=GraphicsRequest(**data["graphics"]) if "graphics" in data else GraphicsRequest(),
+            storage_pool=data["storage_pool"],
+            autostart=data["autostart"],
+            template=data.get("template"),
+        )
+
+
+class LegacyVmCreateSerializer(_BaseVmIn):
+    """POST /api/v1/virtualmachines/ - the old request of the spec's migration section."""
+
+    def to_request(self) -> VmRequest:
+        data = self.validated_data
+        return VmRequest(
+            name=data["name"],
+            memory=data["memory"],
+            vcpus=data["vcpus"],
+            disks=self.legacy_disks(data) or (),
+            iso_path=data.get("iso_path"),
+        )
+
+
+# --- responses ------------------------------------------------------------------
+
+
+class DiskOutSerializer(serializers.ModelSerializer):
+    size = serializers.IntegerField(source="size_gb", allow_null=True, help_text="GB, for new volumes.")
+
+    class Meta:
+        model = Disk
+        fields = ["order", "source", "path", "size", "format", "bus", "target_dev", "boot_order", "readonly", "linked", "source_path"]
+
+
+class CdromOutSerializer(serializers.ModelSerializer):
+    iso_id = serializers.CharField()
+    iso_name = serializers.CharField(source="iso.name")
+    path = serializers.CharField(source="iso.path")
+
+    class Meta:
+        model = CdromAttachment
+        fields = ["slot", "iso_id", "iso_name", "path", "reference", "resolved_by", "target_dev", "boot_order"]
+
+
+class NicOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = NetworkInterface
+        fields = ["order", "type", "source", "model", "mac"]
+
+
+class GraphicsOutSerializer(serializers.Serializer):
+    type = serializers.CharField(source="graphics_type")
+    port = serializers.IntegerField(source="graphics_port", help_text="-1 until libvirt assigns one (see the VM's detail).")
+    listen = serializers.CharField(source="graphics_listen")
+    password_set = serializers.BooleanField(source="graphics_password_set")
+
+
+class VmSerializer(serializers.ModelSerializer):
+    memory = serializers.IntegerField(source="memory_mb")
+    disks = DiskOutSerializer(many=True)
+    cdroms = CdromOutSerializer(many=True)
+    networks = NicOutSerializer(many=True, source="nics")
+    graphics = serializers.SerializerMethodField()
+
+    class Meta:
+        model = VirtualMachine
+        fields = [
+            "id", "name", "uuid", "status", "error", "memory", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
+            "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "disks", "cdroms", "networks", "graphics",
+            "created_at", "updated_at",
+        ]  # fmt: skip
+
+    @extend_schema_field(GraphicsOutSerializer(allow_null=True))
+    def get_graphics(self, vm: VirtualMachine) -> dict[str, Any] | None:
+        if vm.graphics_type == GraphicsType.NONE:
+            return None
+        data = dict(GraphicsOutSerializer(vm).data)
+        live_port = self.context.get("live_port")
+        if live_port is not None:
+            data["port"] = live_port
+        return data
+
+
+class VmEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = VmEvent
+        fields = ["at", "step", "status", "message"]
+
+
+class VmDetailSerializer(VmSerializer):
+    state = serializers.SerializerMethodField(help_text="The domain's live state from libvirt.")
+    events = VmEventSerializer(many=True)
+
+    class Meta(VmSerializer.Meta):
+        fields = [*VmSerializer.Meta.fields, "state", "events"]
+
+    def get_state(self, vm: VirtualMachine) -> str:
+        return str(self.context.get("state", ""))
+
+
+class VmListSerializer(serializers.Serializer):
+    virtualmachines = VmSerializer(many=True)
+
+
+class DryRunSerializer(serializers.Serializer):
+    plan = serializers.ListField(child=serializers.CharField())
+    domain_xml = serializers.CharField()
+    vm = VmSerializer()

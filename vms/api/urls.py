@@ -1,0 +1,12 @@
+"""Mounted under /api/v1/virtualmachines/."""
+
+from django.urls import path
+
+from vms.api import views
+
+urlpatterns = [
+    path("", views.VmCollectionView.as_view(), name="vm-list"),
+    path("create-enhanced", views.VmCreateEnhancedView.as_view(), name="vm-create-enhanced"),
+    path("<int:vm_id>", views.VmItemView.as_view(), name="vm-detail"),
+    *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],
+]

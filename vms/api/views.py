@@ -1,0 +1,120 @@
+"""VM endpoints. Thin: parse, call a service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from vaporsite.api import ErrorSerializer
+from vaporsite.errors import VaporError
+from vms import hypervisor
+from vms.api.serializers import (
+    DryRunSerializer,
+    LegacyVmCreateSerializer,
+    VmCreateSerializer,
+    VmDetailSerializer,
+    VmListSerializer,
+    VmSerializer,
+)
+from vms.hypervisor.domain_xml import parse_domain
+from vms.models import VirtualMachine
+from vms.selectors import vm_list
+from vms.services import vms as services
+from vms.services.vms import DryRun
+
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer}
+DRY_RUN = OpenApiParameter("dry_run", bool, description="Validate and show the plan and domain XML; create nothing.")
+
+
+def _accepted(request: Request, serializer: VmCreateSerializer | LegacyVmCreateSerializer) -> Response:
+    serializer.is_valid(raise_exception=True)
+    dry_run = request.query_params.get("dry_run", "").lower() in {"1", "true", "yes"}
+    result = services.vm_create(request=serializer.to_request(), dry_run=dry_run)
+    if isinstance(result, DryRun):
+        return Response({"plan": result.steps, "domain_xml": result.xml, "vm": VmSerializer(result.vm).data})
+    vm = vm_list().get(pk=result.pk)
+    location = request.build_absolute_uri(f"/api/v1/virtualmachines/{vm.pk}")
+    return Response(VmSerializer(vm).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
+
+
+class VmCreateEnhancedView(APIView):
+    queryset = VirtualMachine.objects.all()
+
+    @extend_schema(
+        operation_id="vms_create_enhanced",
+        request=VmCreateSerializer,
+        parameters=[DRY_RUN],
+        responses={202: VmSerializer, 200: DryRunSerializer, **ERRORS},
+        description="Create a VM with several disks, ISOs, firmware options, NICs and graphics. Provisioning runs in the background.",
+    )
+    def post(self, request: Request) -> Response:
+        return _accepted(request, VmCreateSerializer(data=request.data))
+
+
+class VmCollectionView(APIView):
+    queryset = VirtualMachine.objects.all()
+
+    @extend_schema(operation_id="vms_list", responses={200: VmListSerializer})
+    def get(self, request: Request) -> Response:
+        return Response({"virtualmachines": VmSerializer(vm_list(), many=True).data})
+
+    @extend_schema(
+        operation_id="vms_create_legacy",
+        request=LegacyVmCreateSerializer,
+        parameters=[DRY_RUN],
+        responses={202: VmSerializer, 200: DryRunSerializer, **ERRORS},
+        description="The basic creation request (single disk_size or disk_path). Prefer create-enhanced.",
+    )
+    def post(self, request: Request) -> Response:
+        return _accepted(request, LegacyVmCreateSerializer(data=request.data))
+
+
+class VmItemView(APIView):
+    queryset = VirtualMachine.objects.all()
+
+    @extend_schema(operation_id="vms_retrieve", responses={200: VmDetailSerializer, 404: ErrorSerializer})
+    def get(self, request: Request, vm_id: int) -> Response:
+        vm = get_object_or_404(vm_list().prefetch_related("events"), pk=vm_id)
+        context: dict[str, Any] = {}
+        hv = hypervisor.get_hypervisor()
+        try:
+            context["state"] = services.vm_sync_state(vm=vm, hv=hv)
+            if context["state"] not in ("", "missing"):
+                context["live_port"] = parse_domain(hv.domain_xml(vm.name)).graphics_port
+        except VaporError as exc:
+            context["state"] = f"unknown ({exc.message})"
+        return Response(VmDetailSerializer(vm, context=context).data)
+
+    @extend_schema(
+        operation_id="vms_destroy",
+        parameters=[OpenApiParameter("keep_disks", bool, description="Keep the volumes Vapor created.")],
+        responses={204: None, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer},
+    )
+    def delete(self, request: Request, vm_id: int) -> Response:
+        vm = get_object_or_404(VirtualMachine, pk=vm_id)
+        keep = request.query_params.get("keep_disks", "").lower() in {"1", "true", "yes"}
+        services.vm_delete(vm=vm, keep_disks=keep)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _action_view(action: str) -> type[APIView]:
+    class View(APIView):
+        queryset = VirtualMachine.objects.all()
+        required_perms = {"POST": ["change"]}
+
+        @extend_schema(operation_id=f"vms_{action.replace('-', '_')}", request=None, responses={200: VmSerializer, **ERRORS})
+        def post(self, request: Request, vm_id: int) -> Response:
+            vm = services.vm_action(vm=get_object_or_404(VirtualMachine, pk=vm_id), action=action)
+            return Response(VmSerializer(vm_list().get(pk=vm.pk)).data)
+
+    View.__name__ = View.__qualname__ = f"Vm{action.title().replace('-', '')}View"
+    return View
+
+
+ACTION_VIEWS = {action: _action_view(action) for action in services.ACTIONS}

@@ -1,0 +1,134 @@
+"""What a domain is made of, as frozen dataclasses.
+
+Services build these from a validated request; `domain_xml` turns them into
+libvirt XML (and reads live XML back). Nothing here knows Django or libvirt.
+Every value is final: target devices are assigned, paths resolved, formats
+explicit, so building the XML makes no decision of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DiskBus = Literal["virtio", "sata", "scsi", "ide"]
+DiskFormat = Literal["qcow2", "raw"]
+NicModel = Literal["virtio", "e1000e", "rtl8139"]
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A hard disk backed by a file on the host."""
+
+    path: str
+    format: DiskFormat
+    bus: DiskBus
+    target_dev: str  # "vda", "sda", "hda" ...
+    boot_order: int | None = None
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class CdromSpec:
+    """A CD-ROM holding an ISO file: always raw and read-only."""
+
+    path: str
+    target_dev: str  # on SATA: "sdX"
+    bus: Literal["sata", "ide", "scsi"] = "sata"
+    boot_order: int | None = None
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """`kind` "network" = a libvirt network (the API's "nat"); "bridge" = a host bridge."""
+
+    kind: Literal["network", "bridge"]
+    source: str
+    model: NicModel = "virtio"
+    mac: str | None = None
+
+
+@dataclass(frozen=True)
+class GraphicsSpec:
+    type: Literal["vnc", "spice"] = "vnc"
+    port: int = -1  # -1: libvirt picks one
+    listen: str = "127.0.0.1"
+    password: str | None = None  # write-only; masked by `domain_xml(..., mask_secrets=True)`
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    memory_mib: int
+    vcpus: int
+    virt_type: Literal["kvm", "qemu"] = "kvm"
+    arch: str = "x86_64"
+    machine: str = "q35"
+    firmware: Literal["bios", "efi"] = "bios"
+    secure_boot: bool = False
+    tpm: bool = False
+    uuid: str | None = None
+    title: str = ""
+    os_id: str = ""  # libosinfo URI, e.g. "http://ubuntu.com/ubuntu/22.04" (metadata only)
+    vapor_id: str = ""  # Vapor's VM id, stored in <metadata> to find the domain's owner
+    disks: tuple[DiskSpec, ...] = ()
+    cdroms: tuple[CdromSpec, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+    graphics: GraphicsSpec | None = field(default_factory=GraphicsSpec)
+    serial_log: str = ""  # a file the serial console is written to (tests read the guest's output there)
+
+
+@dataclass(frozen=True)
+class LiveDisk:
+    """A disk or CD-ROM as the running domain's XML shows it."""
+
+    device: Literal["disk", "cdrom"]
+    target_dev: str
+    bus: str
+    source: str
+    format: str
+    readonly: bool
+    boot_order: int | None
+
+
+@dataclass(frozen=True)
+class LiveDomain:
+    """What Vapor reads back from a domain's (live) XML."""
+
+    name: str
+    uuid: str
+    virt_type: str
+    firmware: str  # "efi" or "bios"
+    loader: str  # path of the firmware libvirt chose ("" for BIOS)
+    loader_secure: bool
+    smm: bool
+    tpm_model: str  # "" when no TPM
+    tpm_version: str
+    disks: tuple[LiveDisk, ...]
+    macs: tuple[str, ...]
+    graphics_type: str  # "" when none
+    graphics_port: int | None  # the port libvirt assigned (None when not running / none)
+    graphics_listen: str
+
+
+def target_devs(buses: list[str]) -> list[str]:
+    """Assign target devices in order: virtio -> vdX; sata and scsi share sdX; ide -> hdX."""
+    prefixes = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
+    counters: dict[str, int] = {}
+    result = []
+    for bus in buses:
+        prefix = prefixes[bus]
+        index = counters.get(prefix, 0)
+        counters[prefix] = index + 1
+        result.append(prefix + _letters(index))
+    return result
+
+
+def _letters(index: int) -> str:
+    """0 -> a, 25 -> z, 26 -> aa (the kernel's naming)."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("a") + rest) + name
+    return name

@@ -1,0 +1,187 @@
+"""Provisioning as a plan of undoable steps, run by the django-q2 task.
+
+`provision_steps(vm)` lists the steps from the VM's rows; `vm_provision`
+runs them, records each on the event log, and on any failure undoes the
+finished ones in reverse order. Only volumes Vapor created are ever deleted;
+existing disks are only read.
+
+A queue may deliver the task twice (or again after a worker died): a step
+whose "done" event is on the log is not run again, and a volume found
+without one is the leftover of an interrupted attempt (its name is derived
+from the VM's unique name and was checked free when the request came in), so
+it is removed and made anew rather than trusted half-copied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from isos import osinfo
+from isos.services import iso_record_use
+from vaporsite.errors import NotFound, VaporError
+from vms import hypervisor, secrets
+from vms.choices import DiskSource, EventStatus, NicType, VmStatus
+from vms.hypervisor import Hypervisor
+from vms.hypervisor.domain_xml import domain_xml
+from vms.hypervisor.specs import CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, NicSpec
+from vms.models import Disk, VirtualMachine, VmEvent
+
+log = logging.getLogger("vapor.vms")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[], None]
+    undo: Callable[[], None] | None = None
+    leftover: Callable[[], bool] | None = None  # True if a previous attempt left something to clear first
+
+
+def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpec:
+    """The domain as the VM's rows describe it."""
+    disks = tuple(
+        DiskSpec(path=d.path, format=d.format, bus=d.bus, target_dev=d.target_dev, boot_order=d.boot_order, readonly=d.readonly)  # type: ignore[arg-type]
+        for d in vm.disks.all()
+    )
+    cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
+    nics = tuple(
+        NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac)  # type: ignore[arg-type]
+        for n in vm.nics.all()
+    )
+    graphics = None
+    if vm.graphics_type != "none":
+        graphics = GraphicsSpec(type=vm.graphics_type, port=vm.graphics_port, listen=vm.graphics_listen, password=password)  # type: ignore[arg-type]
+    return DomainSpec(
+        name=vm.name,
+        uuid=str(vm.uuid) if vm.uuid else None,
+        memory_mib=vm.memory_mb,
+        vcpus=vm.vcpus,
+        virt_type=vm.virt_type,  # type: ignore[arg-type]
+        arch=vm.architecture,
+        machine=vm.machine,
+        firmware="efi" if vm.uefi else "bios",
+        secure_boot=vm.secure_boot,
+        tpm=vm.tpm,
+        os_id=osinfo.os_id_for(vm.os_variant) if vm.os_variant else "",
+        vapor_id=str(vm.pk or ""),
+        title=f"Vapor VM {vm.name}",
+        disks=disks,
+        cdroms=cdroms,
+        nics=nics,
+        graphics=graphics,
+        serial_log=vm.serial_log,
+    )
+
+
+def _volume_steps(vm: VirtualMachine, hv: Hypervisor, disk: Disk) -> Step:
+    pool = vm.storage_pool
+
+    def exists() -> bool:
+        try:
+            hv.volume(pool, disk.volume_name)
+        except NotFound:
+            return False
+        return True
+
+    def delete() -> None:
+        hv.delete_volume(pool, disk.volume_name)
+
+    if disk.source == DiskSource.NEW:
+
+        def run() -> None:
+            hv.create_volume(pool, disk.volume_name, (disk.size_gb or 0) * 1024**3, disk.format)
+
+        return Step(f"create volume {disk.volume_name}", run, delete, exists)
+
+    def clone() -> None:
+        hv.clone_volume(pool, disk.volume_name, disk.source_path, disk.source_format, linked=disk.linked, fmt=disk.format)
+
+    kind = "linked clone" if disk.linked else "clone"
+    return Step(f"{kind} {disk.source_path} to {disk.volume_name}", clone, delete, exists)
+
+
+def provision_steps(vm: VirtualMachine, hv: Hypervisor, password: str | None) -> list[Step]:
+    steps = [_volume_steps(vm, hv, d) for d in vm.disks.all() if d.source != DiskSource.EXISTING]
+
+    def define() -> None:
+        hv.define_domain(domain_xml(domain_spec(vm, password=password)))
+
+    def undefine() -> None:
+        hv.undefine_domain(vm.name)
+
+    steps.append(Step("define domain", define, undefine, lambda: hv.domain_exists(vm.name)))
+    if vm.autostart:
+        steps.append(Step("set autostart", lambda: hv.set_autostart(vm.name, True)))
+    steps.append(Step("start domain", lambda: hv.start_domain(vm.name), lambda: hv.destroy_domain(vm.name)))
+    return steps
+
+
+def _event(vm: VirtualMachine, step: str, status: str, message: str = "") -> None:
+    VmEvent.objects.create(vm=vm, step=step, status=status, message=message)
+
+
+def _claim(vm_id: int) -> bool:
+    """Take the task unless another delivery is running it (or it is finished)."""
+    stale = timezone.now() - timedelta(seconds=int(settings.Q_CLUSTER["timeout"]))
+    return bool(
+        VirtualMachine.objects.filter(pk=vm_id, status=VmStatus.PROVISIONING)
+        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale))
+        .update(claimed_at=timezone.now())
+    )
+
+
+def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
+    if not _claim(vm_id):
+        return
+    vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm_id)
+    hv = hv or hypervisor.get_hypervisor()
+    password = secrets.decrypt(vm.graphics_password_encrypted)
+    finished = set(vm.events.filter(status__in=[EventStatus.DONE, EventStatus.SKIPPED]).values_list("step", flat=True))
+    done: list[Step] = []
+    for step in provision_steps(vm, hv, password):
+        try:
+            if step.name in finished:
+                _event(vm, step.name, EventStatus.SKIPPED, "done by an earlier delivery of the task")
+            else:
+                if step.leftover is not None and step.leftover() and step.undo is not None:
+                    step.undo()
+                    _event(vm, step.name, EventStatus.INFO, "removed what an interrupted attempt left behind")
+                step.run()
+                _event(vm, step.name, EventStatus.DONE)
+            done.append(step)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, VaporError) else f"{type(exc).__name__}: {exc}"
+            _event(vm, step.name, EventStatus.FAILED, message)
+            _rollback(vm, done)
+            VirtualMachine.objects.filter(pk=vm.pk).update(
+                status=VmStatus.FAILED, error=f"{step.name} failed: {message}", graphics_password_encrypted=""
+            )
+            log.warning("provisioning %s failed at %r: %s", vm.name, step.name, message)
+            return
+        if step.name == "define domain":
+            # libvirt holds the password now; Vapor forgets it.
+            VirtualMachine.objects.filter(pk=vm.pk).update(graphics_password_encrypted="")
+    for cdrom in vm.cdroms.all():
+        iso_record_use(iso=cdrom.iso)
+    _event(vm, "record ISO use", EventStatus.DONE, ", ".join(c.iso_id for c in vm.cdroms.all()))
+    VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.RUNNING, error="")
+    log.info("provisioned %s", vm.name)
+
+
+def _rollback(vm: VirtualMachine, done: list[Step]) -> None:
+    for step in reversed(done):
+        if step.undo is None:
+            continue
+        try:
+            step.undo()
+            _event(vm, step.name, EventStatus.UNDONE)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, VaporError) else str(exc)
+            _event(vm, step.name, EventStatus.UNDO_FAILED, message)

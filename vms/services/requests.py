@@ -1,0 +1,62 @@
+"""A VM request after shape validation: what the caller asked for, typed.
+
+The API serializers (and the legacy endpoint) produce a `VmRequest`; the
+services check it against the host and the library (`validation.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DiskRequest:
+    size: int | None = None  # GB, for a new volume
+    path: str | None = None  # an existing disk image
+    clone_from: str | None = None  # an image to copy (or overlay, with linked)
+    format: str = "qcow2"
+    bus: str = "virtio"
+    boot_order: int | None = None
+    readonly: bool = False
+    linked: bool = False
+    source_format: str | None = None  # format of `path` / `clone_from`; defaults to `format`
+
+    @property
+    def kind(self) -> str:
+        return "new" if self.size is not None else "existing" if self.path is not None else "clone"
+
+
+@dataclass(frozen=True)
+class NicRequest:
+    type: str = "nat"
+    source: str = "default"
+    model: str = "virtio"
+
+
+@dataclass(frozen=True)
+class GraphicsRequest:
+    type: str = "vnc"
+    port: int = -1
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class VmRequest:
+    name: str
+    memory: int  # MB
+    vcpus: int
+    disks: tuple[DiskRequest, ...] = ()
+    iso_path: str | None = None
+    secondary_iso: str | None = None
+    os_type: str = ""
+    os_variant: str = ""
+    architecture: str = "x86_64"
+    uefi: bool = False
+    secure_boot: bool = False
+    tpm: bool = False
+    networks: tuple[NicRequest, ...] = (NicRequest(),)
+    graphics: GraphicsRequest = field(default_factory=GraphicsRequest)
+    storage_pool: str = "default"
+    autostart: bool = False
+    template: str | None = None
+    serial_log: str = ""  # not in the API: tests and diagnostics set it through the service

@@ -1,0 +1,333 @@
+"""Check a VM request against the rules, the library and the host; plan it.
+
+`vm_validate` writes nothing (ISO references are resolved with
+``register=False`` unless the caller asks otherwise) and raises the first
+problem it finds as a VaporError naming the request field, e.g.
+``disks.1.path``. Cheap checks run before those that ask the hypervisor or
+read files.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from isos import osinfo
+from isos.models import IsoImage
+from isos.resolve import iso_resolve_ready
+from vaporsite.errors import Conflict, InvalidInput, NotFound
+from vaporsite.paths import guard_file
+from vms.choices import CdromSlot, VmStatus
+from vms.hypervisor import Hypervisor, PoolInfo
+from vms.hypervisor.images import check_image_chain, image_info
+from vms.hypervisor.specs import target_devs
+from vms.models import Disk, NetworkInterface, VirtualMachine
+from vms.services.requests import VmRequest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+GIB = 1024**3
+MIN_MEMORY_MB = 64
+READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
+
+
+@dataclass(frozen=True)
+class PlannedDisk:
+    order: int
+    source: str  # new | existing | clone
+    size_gb: int | None
+    capacity_bytes: int
+    format: str
+    bus: str
+    boot_order: int | None
+    readonly: bool
+    linked: bool
+    source_path: str
+    source_format: str
+    path: str
+    volume_name: str
+    target_dev: str
+
+
+@dataclass(frozen=True)
+class PlannedCdrom:
+    slot: str
+    iso: IsoImage
+    rule: str
+    reference: str
+    registered: bool
+    target_dev: str
+    boot_order: int | None
+
+
+@dataclass(frozen=True)
+class PlannedNic:
+    order: int
+    type: str
+    source: str
+    model: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    request: VmRequest
+    virt_type: str
+    machine: str
+    os_type: str
+    os_id: str
+    pool: PoolInfo
+    disks: tuple[PlannedDisk, ...]
+    cdroms: tuple[PlannedCdrom, ...]
+    nics: tuple[PlannedNic, ...]
+
+
+def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = False) -> VmPlan:
+    _check_shape(request)
+    if request.template:
+        raise NotFound(f"template {request.template!r} not found (templates are not available yet)", field="template")
+    variant = osinfo.validate_os_variant(request.os_variant)
+    if VirtualMachine.objects.filter(name=request.name).exists():
+        raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken")
+    if hv.domain_exists(request.name):
+        raise Conflict(f"a domain named {request.name!r} already exists on the host", field="name", code="name_taken")
+    virt_type = _virt_type(request, hv)
+    pool = _pool(request, hv)
+    _check_networks(request, hv)
+    disks = _plan_disks(request, hv, pool)
+    cdroms = _plan_cdroms(request, disks, register_isos)
+    return VmPlan(
+        request=request,
+        virt_type=virt_type,
+        machine="q35",
+        os_type=request.os_type or (osinfo.os_type_for(variant) if variant else ""),
+        os_id=osinfo.os_id_for(variant) if variant else "",
+        pool=pool,
+        disks=disks,
+        cdroms=cdroms,
+        nics=_plan_nics(request),
+    )
+
+
+def _check_shape(request: VmRequest) -> None:
+    """Rules that need nothing but the request."""
+    if not NAME_RE.match(request.name):
+        raise InvalidInput("must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit", field="name")
+    if request.memory < MIN_MEMORY_MB:
+        raise InvalidInput(f"must be at least {MIN_MEMORY_MB} MB", field="memory")
+    if request.vcpus < 1:
+        raise InvalidInput("must be at least 1", field="vcpus")
+    if request.secure_boot and not request.uefi:
+        raise InvalidInput("Secure Boot needs UEFI: set uefi to true", field="secure_boot")
+    graphics = request.graphics
+    if graphics.port != -1 and not 5900 <= graphics.port <= 65535:
+        raise InvalidInput("must be -1 (automatic) or 5900-65535", field="graphics.port")
+    if graphics.password is not None:
+        if graphics.type == "none":
+            raise InvalidInput("a password needs graphics (vnc or spice)", field="graphics.password")
+        if not 1 <= len(graphics.password) <= 8:
+            raise InvalidInput("must be 1-8 characters (libvirt refuses longer VNC passwords)", field="graphics.password")
+    seen: dict[int, int] = {}
+    for index, disk in enumerate(request.disks):
+        field = f"disks.{index}"
+        given = [k for k in ("size", "path", "clone_from") if getattr(disk, k) is not None]
+        if len(given) != 1:
+            raise InvalidInput("give exactly one of size, path, clone_from", field=field)
+        if disk.size is not None and disk.size <= 0:
+            raise InvalidInput("must be greater than 0 (GB)", field=f"{field}.size")
+        if disk.readonly and disk.kind != "existing":
+            raise InvalidInput("only existing disks (path) can be read-only", field=f"{field}.readonly")
+        if disk.readonly and disk.bus not in READONLY_BUSES:
+            raise InvalidInput(
+                f"a read-only disk needs bus virtio or scsi: libvirt refuses read-only {disk.bus} disks", field=f"{field}.bus"
+            )
+        if disk.linked and disk.kind != "clone":
+            raise InvalidInput("linked only applies to clone_from", field=f"{field}.linked")
+        if disk.linked and disk.format != "qcow2":
+            raise InvalidInput("a linked clone is a qcow2 overlay: format must be qcow2", field=f"{field}.format")
+        if disk.boot_order is not None:
+            if disk.boot_order < 1:
+                raise InvalidInput("must be a positive number", field=f"{field}.boot_order")
+            if disk.boot_order in seen:
+                raise InvalidInput(
+                    f"boot_order {disk.boot_order} is already used by disks.{seen[disk.boot_order]}", field=f"{field}.boot_order"
+                )
+            seen[disk.boot_order] = index
+
+
+def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
+    caps = hv.capabilities()
+    offered = caps.arches.get(request.architecture)
+    if not offered:
+        raise InvalidInput(
+            f"the host cannot run {request.architecture} guests (it offers {', '.join(sorted(caps.arches))})", field="architecture"
+        )
+    wanted = settings.VAPOR.virt_type
+    virt_type = ("kvm" if "kvm" in offered else "qemu") if wanted == "auto" else wanted
+    if virt_type not in offered:
+        raise InvalidInput(f"VAPOR_VIRT_TYPE={wanted}, but the host offers {', '.join(offered)} for {request.architecture}")
+    maximum = hv.max_vcpus(request.architecture, virt_type, "q35")
+    if request.vcpus > maximum:
+        raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for q35/{virt_type})", field="vcpus")
+    return virt_type
+
+
+def _pool(request: VmRequest, hv: Hypervisor) -> PoolInfo:
+    try:
+        pool = hv.pool(request.storage_pool)
+    except NotFound:
+        raise NotFound(f"storage pool {request.storage_pool!r} does not exist", field="storage_pool") from None
+    if not pool.active:
+        raise NotFound(f"storage pool {request.storage_pool!r} is not active", field="storage_pool")
+    return pool
+
+
+def _check_networks(request: VmRequest, hv: Hypervisor) -> None:
+    for index, nic in enumerate(request.networks):
+        if nic.type == "nat" and not hv.network_exists(nic.source):
+            raise NotFound(f"libvirt network {nic.source!r} does not exist", field=f"networks.{index}.source")
+        if nic.type == "bridge" and not hv.bridge_exists(nic.source):
+            raise NotFound(f"host bridge {nic.source!r} does not exist", field=f"networks.{index}.source")
+
+
+def disk_roots(hv: Hypervisor) -> list[Path]:
+    """Where existing disks and clone sources may live: every pool's directory plus VAPOR_DISK_ROOTS."""
+    roots = [Path(pool.path) for pool in hv.list_pools() if pool.path]
+    return roots + [root for root in settings.VAPOR.disk_roots if root not in roots]
+
+
+def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[Path, int]:
+    if not raw.startswith("/"):
+        raise InvalidInput(f"{raw!r} is not an absolute path (protocol names such as json: or nbd: are refused)", field=field)
+    resolved = guard_file(raw, roots=roots, field=field, what="disk image")
+    try:
+        info = image_info(str(resolved), fmt)
+    except InvalidInput as exc:
+        hint = " (set source_format to the image's real format)" if "format" in exc.message.lower() else ""
+        raise InvalidInput(exc.message + hint, field=field, code=exc.code) from None
+    check_image_chain(info, roots, field=field)
+    return resolved, info.virtual_size
+
+
+def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo) -> tuple[PlannedDisk, ...]:
+    roots = disk_roots(hv)
+    targets = target_devs([d.bus for d in request.disks])  # CD-ROMs take the next sdX after these
+    orders = _boot_orders(request)
+    planned: list[PlannedDisk] = []
+    for index, disk in enumerate(request.disks):
+        field = f"disks.{index}"
+        source_path, source_format, capacity = "", "", (disk.size or 0) * GIB
+        if disk.kind != "new":
+            raw = disk.path if disk.kind == "existing" else disk.clone_from
+            source_format = disk.source_format or (disk.format if disk.kind == "existing" else "qcow2")
+            key = "path" if disk.kind == "existing" else "clone_from"
+            resolved, capacity = _inspect_source(str(raw), source_format, f"{field}.{key}", roots)
+            source_path = str(resolved)
+        if disk.kind == "existing":
+            _check_not_shared(source_path, disk.readonly, f"{field}.path")
+            volume_name, path = "", source_path
+        else:
+            volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
+            path = str(Path(pool.path) / volume_name)
+            if _volume_exists(hv, pool.name, volume_name):
+                raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field, code="volume_exists")
+        planned.append(
+            PlannedDisk(
+                order=index,
+                source=disk.kind,
+                size_gb=disk.size,
+                capacity_bytes=capacity,
+                format=source_format if disk.kind == "existing" else disk.format,
+                bus=disk.bus,
+                boot_order=orders[index],
+                readonly=disk.readonly,
+                linked=disk.linked,
+                source_path=source_path,
+                source_format=source_format,
+                path=path,
+                volume_name=volume_name,
+                target_dev=targets[index],
+            )
+        )
+    return tuple(planned)
+
+
+def _volume_exists(hv: Hypervisor, pool: str, name: str) -> bool:
+    try:
+        hv.volume(pool, name)
+    except NotFound:
+        return False
+    return True
+
+
+def _check_not_shared(path: str, readonly: bool, field: str) -> None:
+    """Two VMs writing one image corrupt it: refuse unless both only read it."""
+    users = Disk.objects.filter(path=path).exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])
+    if readonly:
+        users = users.filter(readonly=False)
+    names = sorted(set(users.values_list("vm__name", flat=True)))
+    if names:
+        raise Conflict(f"{path} is already attached to {', '.join(names)}", field=field, code="disk_in_use")
+
+
+def _iso_refs(request: VmRequest) -> list[tuple[str, str, str]]:
+    refs = [(CdromSlot.PRIMARY.value, "iso_path", request.iso_path), (CdromSlot.SECONDARY.value, "secondary_iso", request.secondary_iso)]
+    return [(slot, field, ref) for slot, field, ref in refs if ref]
+
+
+def _boot_orders(request: VmRequest) -> list[int | None]:
+    """Disk boot orders, plus one more for the primary CD-ROM (last item).
+
+    Explicit orders are kept. With none given, the first disk boots first:
+    an empty new disk falls through to the CD-ROM, an installed one boots.
+    """
+    orders: list[int | None] = [d.boot_order for d in request.disks]
+    if request.disks and all(o is None for o in orders):
+        orders[0] = 1
+    used = [o for o in orders if o is not None]
+    orders.append((max(used) + 1) if used else 1)
+    return orders
+
+
+def _plan_cdroms(request: VmRequest, disks: tuple[PlannedDisk, ...], register: bool) -> tuple[PlannedCdrom, ...]:
+    refs = _iso_refs(request)
+    targets = target_devs([d.bus for d in request.disks] + ["sata"] * len(refs))[len(request.disks) :]
+    cdrom_order = _boot_orders(request)[-1]
+    planned = []
+    for (slot, field, ref), target in zip(refs, targets, strict=True):
+        resolved = iso_resolve_ready(ref, field=field, register=register)
+        planned.append(
+            PlannedCdrom(
+                slot=slot,
+                iso=resolved.iso,
+                rule=resolved.rule,
+                reference=ref,
+                registered=resolved.registered,
+                target_dev=target,
+                boot_order=cdrom_order if slot == CdromSlot.PRIMARY else None,
+            )
+        )
+    if len({c.iso.path for c in planned}) < len(planned):
+        raise InvalidInput("secondary_iso is the same file as iso_path", field="secondary_iso")
+    return tuple(planned)
+
+
+def _plan_nics(request: VmRequest) -> tuple[PlannedNic, ...]:
+    macs: set[str] = set()
+    nics = []
+    for index, nic in enumerate(request.networks):
+        mac = _new_mac(macs)
+        macs.add(mac)
+        nics.append(PlannedNic(order=index, type=nic.type, source=nic.source, model=nic.model, mac=mac))
+    return tuple(nics)
+
+
+def _new_mac(taken: set[str]) -> str:
+    """A random MAC in QEMU's 52:54:00 range that no Vapor NIC has."""
+    while True:
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if mac not in taken and not NetworkInterface.objects.filter(mac=mac).exists():
+            return mac

@@ -1,0 +1,187 @@
+"""VM rules: create (and dry-run), lifecycle actions, delete."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from vaporsite.errors import Conflict, NotFound, VaporError
+from vms import hypervisor, secrets
+from vms.choices import DiskSource, EventStatus, VmStatus
+from vms.hypervisor import Hypervisor
+from vms.hypervisor.domain_xml import domain_xml
+from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
+from vms.services.provisioning import domain_spec, provision_steps
+from vms.services.requests import VmRequest
+from vms.services.validation import VmPlan, vm_validate
+
+log = logging.getLogger("vapor.vms")
+
+
+@dataclass(frozen=True)
+class DryRun:
+    vm: VirtualMachine  # unsaved-in-effect: its rows were rolled back
+    steps: list[str]
+    xml: str  # password masked
+
+
+class _DryRunRollback(Exception):
+    pass
+
+
+def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool = False) -> VirtualMachine | DryRun:
+    """Validate, store the VM and queue its provisioning (202).
+
+    A dry run does exactly the same inside a transaction that is rolled back,
+    so the plan and XML it shows are the ones a real run would use, and
+    nothing (no VM row, no ISO registered on the way, no task) remains.
+    """
+    hv = hv or hypervisor.get_hypervisor()
+    result: DryRun | None = None
+    try:
+        with transaction.atomic():
+            plan = vm_validate(request=request, hv=hv, register_isos=True)
+            vm = _store(plan)
+            if dry_run:
+                vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
+                steps = [s.name for s in provision_steps(vm, hv, None)] + ["record ISO use"]
+                result = DryRun(vm=vm, steps=steps, xml=domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True))
+                raise _DryRunRollback
+            transaction.on_commit(lambda: _enqueue(vm.pk))
+    except _DryRunRollback:
+        assert result is not None
+        return result
+    log.info("VM %s accepted (%s)", vm.name, vm.pk)
+    return vm
+
+
+def _enqueue(vm_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("vms.tasks.provision_vm", vm_id, task_name=f"provision VM {vm_id}")
+
+
+def _store(plan: VmPlan) -> VirtualMachine:
+    request = plan.request
+    graphics = request.graphics
+    try:
+        with transaction.atomic():
+            vm = VirtualMachine.objects.create(
+                name=request.name,
+                uuid=uuid.uuid4(),
+                memory_mb=request.memory,
+                vcpus=request.vcpus,
+                os_type=plan.os_type,
+                os_variant=request.os_variant,
+                architecture=request.architecture,
+                virt_type=plan.virt_type,
+                machine=plan.machine,
+                uefi=request.uefi,
+                secure_boot=request.secure_boot,
+                tpm=request.tpm,
+                storage_pool=plan.pool.name,
+                autostart=request.autostart,
+                graphics_type=graphics.type,
+                graphics_port=graphics.port,
+                graphics_listen=settings.VAPOR.graphics_listen,
+                graphics_password_encrypted=secrets.encrypt(graphics.password) if graphics.password else "",
+                graphics_password_set=bool(graphics.password),
+                serial_log=request.serial_log,
+                status=VmStatus.PROVISIONING,
+            )
+    except IntegrityError:
+        raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken") from None
+    Disk.objects.bulk_create(
+        Disk(
+            vm=vm,
+            order=d.order,
+            source=d.source,
+            size_gb=d.size_gb,
+            format=d.format,
+            bus=d.bus,
+            boot_order=d.boot_order,
+            readonly=d.readonly,
+            linked=d.linked,
+            source_path=d.source_path,
+            source_format=d.source_format,
+            path=d.path,
+            volume_name=d.volume_name,
+            target_dev=d.target_dev,
+            created_by_vapor=d.source != DiskSource.EXISTING,
+        )
+        for d in plan.disks
+    )
+    NetworkInterface.objects.bulk_create(
+        NetworkInterface(vm=vm, order=n.order, type=n.type, source=n.source, model=n.model, mac=n.mac) for n in plan.nics
+    )
+    CdromAttachment.objects.bulk_create(
+        CdromAttachment(
+            vm=vm, iso=c.iso, slot=c.slot, resolved_by=c.rule, reference=c.reference, target_dev=c.target_dev, boot_order=c.boot_order
+        )
+        for c in plan.cdroms
+    )
+    VmEvent.objects.create(vm=vm, step="accepted", status=EventStatus.INFO, message=f"{len(plan.disks)} disk(s), {len(plan.nics)} NIC(s)")
+    return vm
+
+
+# --- lifecycle ----------------------------------------------------------------
+
+ACTIONS = {
+    "start": ("start_domain", VmStatus.RUNNING),
+    "stop": ("shutdown_domain", None),  # ACPI: the guest decides when it is off
+    "force-stop": ("destroy_domain", VmStatus.STOPPED),
+    "reboot": ("reboot_domain", None),
+}
+
+
+def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None) -> VirtualMachine:
+    if vm.status in (VmStatus.PROVISIONING, VmStatus.DELETING, VmStatus.FAILED):
+        raise Conflict(f"VM {vm.name} is {vm.status}; {action} is not possible", code="vm_busy")
+    hv = hv or hypervisor.get_hypervisor()
+    method, status = ACTIONS[action]
+    getattr(hv, method)(vm.name)
+    VmEvent.objects.create(vm=vm, step=action, status=EventStatus.DONE)
+    if status:
+        VirtualMachine.objects.filter(pk=vm.pk).update(status=status)
+    vm.refresh_from_db()
+    return vm
+
+
+def vm_sync_state(*, vm: VirtualMachine, hv: Hypervisor) -> str:
+    """The live domain state; running/stopped status follows it."""
+    if vm.status not in (VmStatus.RUNNING, VmStatus.STOPPED):
+        return ""
+    try:
+        state = hv.domain_state(vm.name)
+    except NotFound:
+        return "missing"
+    status = VmStatus.RUNNING if state in ("running", "paused", "blocked") else VmStatus.STOPPED
+    if status != vm.status:
+        VirtualMachine.objects.filter(pk=vm.pk).update(status=status)
+        vm.status = status
+    return state
+
+
+def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None) -> None:
+    """Destroy and undefine the domain (NVRAM and TPM state too), delete the
+    volumes Vapor created unless `keep_disks`; existing disks are never touched."""
+    if vm.status == VmStatus.PROVISIONING and vm.claimed_at is not None:
+        raise Conflict(f"VM {vm.name} is being provisioned; delete it when that has finished", code="vm_busy")
+    hv = hv or hypervisor.get_hypervisor()
+    VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.DELETING)
+    try:
+        hv.undefine_domain(vm.name)
+        if not keep_disks:
+            for disk in vm.disks.filter(created_by_vapor=True):
+                with suppress(NotFound):  # never created, or rolled back
+                    hv.delete_volume(vm.storage_pool, disk.volume_name)
+    except VaporError as exc:
+        VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=f"delete failed: {exc.message}")
+        raise
+    vm.delete()
+    log.info("deleted VM %s (disks kept: %s)", vm.name, keep_disks)
