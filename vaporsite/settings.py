@@ -118,6 +118,15 @@ SPECTACULAR_SETTINGS = {
         "ArchitectureEnum": "isos.choices.Architecture",
         "IsoStatusEnum": "isos.choices.IsoStatus",
         "BootTypeEnum": "isos.choices.BootType",
+        "VmStatusEnum": "vms.choices.VmStatus",
+        "NicTypeEnum": "vms.choices.NicType",
+        "GraphicsTypeEnum": "vms.choices.GraphicsType",
+        "DiskSourceEnum": "vms.choices.DiskSource",
+        "DiskFormatEnum": "vms.choices.DiskFormat",
+        "DiskBusEnum": "vms.choices.DiskBus",
+        "NicModelEnum": "vms.choices.NicModel",
+        "EventStatusEnum": "vms.choices.EventStatus",
+        "CdromSlotEnum": "vms.choices.CdromSlot",
     },
 }
 
