@@ -55,6 +55,7 @@ class Config:
     disk_roots: tuple[Path, ...]
     virt_type: str
     graphics_listen: str
+    serial_log_dir: Path | None
     q_workers: int
     q_timeout: int
     q_sync: bool
@@ -142,6 +143,14 @@ def _to_bool(text: str) -> bool:
     raise ValueError("")
 
 
+def _optional_dir(text: str) -> Path | None:
+    if not text:
+        return None
+    if not os.path.isabs(text):
+        raise ValueError("must be an absolute path")
+    return Path(os.path.normpath(text))
+
+
 def _virt_type(text: str) -> str:
     if text not in {"auto", "kvm", "qemu"}:
         raise ValueError("")
@@ -208,6 +217,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         osinfo_dir=env.directory("VAPOR_OSINFO_DIR", "/usr/share/osinfo"),
         disk_roots=env.dirs("VAPOR_DISK_ROOTS", ""),
         virt_type=env.parse("VAPOR_VIRT_TYPE", "auto", _virt_type, "one of auto, kvm, qemu"),
+        serial_log_dir=env.parse("VAPOR_SERIAL_LOG_DIR", None, _optional_dir, "an absolute directory"),
         graphics_listen=env.parse("VAPOR_GRAPHICS_LISTEN", "127.0.0.1", _address, "an IP address"),
         q_workers=env.number("VAPOR_Q_WORKERS", 2, 1),
         q_timeout=env.number("VAPOR_TASK_TIMEOUT", 6 * 3600, 10),

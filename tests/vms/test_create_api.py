@@ -210,6 +210,7 @@ BASE = {"name": "bad", "memory": 1024, "vcpus": 1}
         ({"iso_path": "nothing.iso"}, 404, "iso_path"),
         ({"secondary_iso": "iso-0123456789ab"}, 404, "secondary_iso"),
         ({"unknown": 1}, 400, "unknown"),
+        ({"uefi": True, "secure_boot": True, "disks": [{"size": 1, "bus": "ide"}]}, 400, "disks.0.bus"),
     ],
 )
 def test_bad_input_is_refused_with_the_field_named_and_nothing_created(vm_api, hv, run_tasks, iso_dirs, disk_root, change, status, field):
@@ -285,3 +286,15 @@ def test_existing_disk_in_read_write_use_by_another_vm_is_409(vm_api, hv, run_ta
     response = create(vm_api, run_tasks, {**BASE, "name": "b", "disks": [{"path": str(shared), "readonly": True}]})
     assert (response.status_code, response.json()["code"]) == (409, "disk_in_use")
     assert Disk.objects.filter(path=str(shared)).count() == 1
+
+
+def test_ide_disks_get_the_pc_machine_and_serial_logs_go_to_the_configured_dir(vm_api, hv, run_tasks, settings, tmp_path):
+    import dataclasses
+
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, serial_log_dir=tmp_path / "serial")
+    response = create(vm_api, run_tasks, {**BASE, "name": "old", "disks": [{"size": 1, "bus": "ide"}]})
+    assert response.status_code == 202, response.json()
+    assert response.json()["disks"][0]["target_dev"] == "hda"
+    vm = VirtualMachine.objects.get()
+    assert (vm.machine, vm.serial_log) == ("pc", str(tmp_path / "serial" / "old.serial.log"))
+    assert 'machine="pc"' in hv.domains["old"].xml and "old.serial.log" in hv.domains["old"].xml

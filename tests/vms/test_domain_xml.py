@@ -274,11 +274,10 @@ def test_qcow2_disks_pass_discard_and_raw_disks_and_cdroms_do_not():
     }
 
 
-def test_serial_log_sends_serial_and_console_to_the_file():
+def test_serial_log_keeps_the_pty_and_logs_it_to_the_file():
     devices = el(tree(dataclasses.replace(example_1(), serial_log="/tmp/guest/serial.log")), "devices")
-    for tag in ("serial", "console"):
-        element = el(devices, tag)
-        assert (element.get("type"), el(element, "source").get("path")) == ("file", "/tmp/guest/serial.log")
+    assert el(devices, "serial").get("type") == "pty" and el(devices, "console").get("type") == "pty"
+    assert el(devices, "serial/log").attrib == {"file": "/tmp/guest/serial.log", "append": "off"}
     assert el(devices, "console/target").attrib == {"type": "serial", "port": "0"}
 
 
@@ -333,13 +332,15 @@ def test_metacharacters_in_every_string_field_stay_data(hostile: str):
     )
     root = tree(spec)
 
+    # 4 sources: 2 disks, 2 interfaces; the serial log is a <log file=...>, counted on its own.
+    assert len(root.findall("devices/serial/log")) == 1
     assert [len(root.findall(path)) for path in ("name", "uuid", "title", "devices/disk", "devices/interface", ".//source")] == [
         1,
         1,
         1,
         2,
         2,
-        6,
+        4,
     ]
     assert [root.findtext(path) for path in ("name", "uuid", "title")] == [hostile] * 3
     assert root.findtext("metadata/vapor:vm/vapor:id", namespaces=NS) == hostile
@@ -349,7 +350,7 @@ def test_metacharacters_in_every_string_field_stay_data(hostile: str):
     assert [el(d, "target").get("dev") for d in root.iterfind("devices/disk")] == [hostile, hostile]
     assert [el(i, "source").get(i.get("type", "")) for i in root.iterfind("devices/interface")] == [hostile, hostile]
     assert [m.get("address") for m in root.iterfind("devices/interface/mac")] == [hostile, hostile]
-    assert [el(root, f"devices/{tag}/source").get("path") for tag in ("serial", "console")] == [hostile, hostile]
+    assert el(root, "devices/serial/log").get("file") == hostile
     graphics = el(root, "devices/graphics")
     assert [graphics.get("listen"), graphics.get("passwd"), el(graphics, "listen").get("address")] == [hostile] * 3
     assert el(root, "devices/disk/source").get("file") != "/etc/shadow"

@@ -184,14 +184,13 @@ def _interface(devices: etree._Element, spec: NicSpec) -> None:
 
 
 def _serial_console(devices: etree._Element, log: str) -> None:
-    """A pty for `virsh console`, or a file the guest's serial output lands in."""
-    kind = "file" if log else "pty"
-    serial = _sub(devices, "serial", type=kind)
-    console = _sub(devices, "console", type=kind)
-    for element in (serial, console):
-        if log:
-            _sub(element, "source", path=log)
+    """A pty for `virsh console`; with `log`, virtlogd also copies what the
+    guest writes there to that file (boot diagnostics, in-guest tests)."""
+    serial = _sub(devices, "serial", type="pty")
+    if log:
+        _sub(serial, "log", file=log, append="off")
     _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
 
 

@@ -102,7 +102,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = Fal
     return VmPlan(
         request=request,
         virt_type=virt_type,
-        machine="q35",
+        machine=_machine(request),
         os_type=request.os_type or (osinfo.os_type_for(variant) if variant else ""),
         os_id=osinfo.os_id_for(variant) if variant else "",
         pool=pool,
@@ -148,6 +148,8 @@ def _check_shape(request: VmRequest) -> None:
             raise InvalidInput("linked only applies to clone_from", field=f"{field}.linked")
         if disk.linked and disk.format != "qcow2":
             raise InvalidInput("a linked clone is a qcow2 overlay: format must be qcow2", field=f"{field}.format")
+        if disk.bus == "ide" and request.secure_boot:
+            raise InvalidInput("Secure Boot needs the q35 machine, which has no IDE bus: use sata", field=f"{field}.bus")
         if disk.boot_order is not None:
             if disk.boot_order < 1:
                 raise InvalidInput("must be a positive number", field=f"{field}.boot_order")
@@ -156,6 +158,11 @@ def _check_shape(request: VmRequest) -> None:
                     f"boot_order {disk.boot_order} is already used by disks.{seen[disk.boot_order]}", field=f"{field}.boot_order"
                 )
             seen[disk.boot_order] = index
+
+
+def _machine(request: VmRequest) -> str:
+    """q35 unless a disk asks for IDE, which only the older `pc` machine has."""
+    return "pc" if any(d.bus == "ide" for d in request.disks) else "q35"
 
 
 def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
@@ -169,9 +176,10 @@ def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
     virt_type = ("kvm" if "kvm" in offered else "qemu") if wanted == "auto" else wanted
     if virt_type not in offered:
         raise InvalidInput(f"VAPOR_VIRT_TYPE={wanted}, but the host offers {', '.join(offered)} for {request.architecture}")
-    maximum = hv.max_vcpus(request.architecture, virt_type, "q35")
+    machine = _machine(request)
+    maximum = hv.max_vcpus(request.architecture, virt_type, machine)
     if request.vcpus > maximum:
-        raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for q35/{virt_type})", field="vcpus")
+        raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for {machine}/{virt_type})", field="vcpus")
     return virt_type
 
 

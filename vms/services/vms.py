@@ -66,6 +66,11 @@ def _enqueue(vm_id: int) -> None:
     async_task("vms.tasks.provision_vm", vm_id, task_name=f"provision VM {vm_id}")
 
 
+def _serial_log(name: str) -> str:
+    directory = settings.VAPOR.serial_log_dir
+    return str(directory / f"{name}.serial.log") if directory else ""
+
+
 def _store(plan: VmPlan) -> VirtualMachine:
     request = plan.request
     graphics = request.graphics
@@ -91,7 +96,7 @@ def _store(plan: VmPlan) -> VirtualMachine:
                 graphics_listen=settings.VAPOR.graphics_listen,
                 graphics_password_encrypted=secrets.encrypt(graphics.password) if graphics.password else "",
                 graphics_password_set=bool(graphics.password),
-                serial_log=request.serial_log,
+                serial_log=request.serial_log or _serial_log(request.name),
                 status=VmStatus.PROVISIONING,
             )
     except IntegrityError:
