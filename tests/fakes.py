@@ -49,6 +49,9 @@ class FakeHypervisor:
     def list_pools(self) -> list[PoolInfo]:
         return [PoolInfo(n, True, True, str(p), 10**12, 0, 10**12) for n, p in self.pools.items()]
 
+    def pool_paths(self) -> dict[str, str]:
+        return {n: str(p) for n, p in self.pools.items()}
+
     def pool(self, name: str) -> PoolInfo:
         if name not in self.pools:
             raise NotFound(f"no storage pool with matching name '{name}'")

@@ -33,8 +33,8 @@ def unique(prefix: str) -> str:
 
 def remove_pool(name: str) -> None:
     """Delete the pool's volumes, stop it and forget it; quiet about what is already gone."""
-    listed = virsh("vol-list", "--pool", name, "--name", check=False)
-    for volume in listed.stdout.split():
+    listed = virsh("vol-list", "--pool", name, check=False)  # virsh 9.0 has no --name here
+    for volume in [line.split()[0] for line in listed.stdout.splitlines()[2:] if line.strip()]:
         virsh("vol-delete", "--pool", name, volume, check=False)
     virsh("pool-destroy", name, check=False)
     virsh("pool-undefine", name, check=False)

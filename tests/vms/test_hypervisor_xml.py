@@ -29,6 +29,7 @@ QCOW2_VOLUME = """\
   <allocation unit="bytes">0</allocation>
   <target>
     <format type="qcow2"/>
+    <compat>1.1</compat>
   </target>
 </volume>
 """

@@ -12,6 +12,9 @@ import re
 
 from vaporsite.errors import Conflict, HypervisorError, InvalidInput, NotFound, VaporError
 
+VIR_ERR_INTERNAL_ERROR = 1
+VIR_ERR_NO_SUPPORT = 3
+VIR_ERR_INVALID_ARG = 8
 VIR_ERR_OPERATION_FAILED = 9
 VIR_ERR_DOM_EXIST = 28
 VIR_ERR_NETWORK_EXIST = 37
@@ -20,15 +23,20 @@ VIR_ERR_NO_NETWORK = 43
 VIR_ERR_NO_STORAGE_POOL = 49
 VIR_ERR_NO_STORAGE_VOL = 50
 VIR_ERR_OPERATION_INVALID = 55
+VIR_ERR_NO_INTERFACE = 57
+VIR_ERR_CONFIG_UNSUPPORTED = 67
 VIR_ERR_STORAGE_VOL_EXIST = 90
 
-NOT_FOUND_CODES = frozenset({VIR_ERR_NO_DOMAIN, VIR_ERR_NO_NETWORK, VIR_ERR_NO_STORAGE_POOL, VIR_ERR_NO_STORAGE_VOL})
+NOT_FOUND_CODES = frozenset({VIR_ERR_NO_DOMAIN, VIR_ERR_NO_NETWORK, VIR_ERR_NO_STORAGE_POOL, VIR_ERR_NO_STORAGE_VOL, VIR_ERR_NO_INTERFACE})
 CONFLICT_CODES = frozenset({VIR_ERR_DOM_EXIST, VIR_ERR_NETWORK_EXIST, VIR_ERR_STORAGE_VOL_EXIST})
 # libvirt 9 reports some name clashes with generic codes: defining a pool or
 # network whose name is taken ("operation failed: pool 'x' already exists with
 # uuid ..."), or a volume whose file is already on disk but unknown to the pool
-# ("volume target path '...' already exists"). Only the words tell them apart.
+# ("volume target path '...' already exists"), or a domain whose UUID another
+# domain holds ("domain 'x' is already defined with uuid ..."). Only the words
+# tell them apart.
 GENERIC_CODES = frozenset({VIR_ERR_OPERATION_FAILED, VIR_ERR_OPERATION_INVALID})
+_TAKEN = ("already exists", "already defined")
 
 # Names become file names (volumes in their pool's directory, pool and network
 # definitions under /etc/libvirt): a "/" or a leading "." would let a name
@@ -44,7 +52,7 @@ def from_libvirt(code: int, message: str, *, field: str | None = None) -> VaporE
     text = message.strip() or f"libvirt error {code}"
     if code in NOT_FOUND_CODES:
         return NotFound(text, field=field)
-    if code in CONFLICT_CODES or (code in GENERIC_CODES and "already exists" in text):
+    if code in CONFLICT_CODES or (code in GENERIC_CODES and any(words in text for words in _TAKEN)):
         return Conflict(text, field=field)
     return HypervisorError(text, libvirt_code=code)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from vaporsite.errors import InvalidInput
+from vms.hypervisor import HostCapabilities
 
 VOLUME_FORMATS = ("qcow2", "raw")
 
@@ -42,22 +43,60 @@ def dir_pool_xml(name: str, path: str) -> str:
     return _serialize(pool)
 
 
-def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2") -> str:
-    """A thin volume: `allocation` 0 so libvirt reserves no space up front.
-
-    The format is always stated, because an image whose format QEMU has to
-    guess can claim to be something else (CVE-2008-2004).
-    """
+def _check_volume(fmt: str, capacity_bytes: int) -> None:
     if fmt not in VOLUME_FORMATS:
         raise InvalidInput(f"unsupported volume format {fmt!r}; use one of {', '.join(VOLUME_FORMATS)}", field="format")
     if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
         raise InvalidInput(f"capacity must be a positive number of bytes, not {capacity_bytes!r}", field="capacity")
+
+
+def _volume(name: str, capacity_bytes: int, fmt: str) -> tuple[etree._Element, etree._Element]:
+    """The `<volume>` element and its `<target>`, thin (`allocation` 0)."""
+    _check_volume(fmt, capacity_bytes)
     volume = etree.Element("volume")
     _text(volume, "name", name)
     _text(volume, "capacity", str(capacity_bytes), unit="bytes")
     _text(volume, "allocation", "0", unit="bytes")
     target = etree.SubElement(volume, "target")
     etree.SubElement(target, "format", type=fmt)
+    return volume, target
+
+
+def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2") -> str:
+    """A thin volume: `allocation` 0 so libvirt reserves no space up front.
+
+    The format is always stated, because an image whose format QEMU has to
+    guess can claim to be something else (CVE-2008-2004).
+    """
+    volume, target = _volume(name, capacity_bytes, fmt)
+    if fmt == "qcow2":
+        # Without it libvirt writes QEMU 0.10's layout (no zero clusters, no lazy refcounts).
+        _text(target, "compat", "1.1")
+    return _serialize(volume)
+
+
+def clone_volume_xml(
+    name: str, capacity_bytes: int, fmt: str = "qcow2", *, backing_path: str | None = None, backing_format: str | None = None
+) -> str:
+    """The target of a clone: a full copy (no backing) or a linked qcow2 overlay.
+
+    An overlay names its backing file *and* that file's format: without the
+    format QEMU would probe the backing file, and a raw template holding a
+    qcow2 header would be read as qcow2 (CVE-2008-2004). qcow2 targets ask
+    for compat 1.1, because libvirt otherwise writes the 0.10 layout of
+    QEMU 0.10 (no zero clusters, no lazy refcounts).
+    """
+    volume, target = _volume(name, capacity_bytes, fmt)
+    if fmt == "qcow2":
+        _text(target, "compat", "1.1")
+    if backing_path is not None:
+        if fmt != "qcow2":
+            raise InvalidInput(f"a linked clone is a qcow2 overlay; format {fmt!r} cannot have a backing file", field="format")
+        if backing_format not in VOLUME_FORMATS:
+            raise InvalidInput(f"unsupported backing format {backing_format!r}; use one of {', '.join(VOLUME_FORMATS)}", field="format")
+        backing = etree.SubElement(volume, "backingStore")
+        _text(backing, "path", backing_path)
+        etree.SubElement(backing, "format", type=backing_format)
     return _serialize(volume)
 
 
@@ -148,3 +187,47 @@ def network_shape(document: str) -> NetworkShape:
         bridge="" if bridge is None else bridge.get("name", ""),
         cidr=cidr,
     )
+
+
+def domain_name(document: str) -> str:
+    """The `<name>` of a domain definition ("" if it has none)."""
+    return (parse(document).findtext("name") or "").strip()
+
+
+def interface_type(document: str) -> str:
+    """A host interface's kind as libvirt's interface driver reports it (bridge, ethernet, bond, vlan)."""
+    return parse(document).get("type", "")
+
+
+def host_capabilities(document: str) -> HostCapabilities:
+    """The architectures and domain types of `virConnectGetCapabilities`.
+
+    Only `hvm` guests count: Vapor builds full-virtualization domains, and
+    the same arch may appear under several guest entries (one per emulator),
+    so domain types are merged in the order libvirt lists them.
+    """
+    root = parse(document)
+    arches: dict[str, list[str]] = {}
+    for guest in root.iterfind("guest"):
+        if (guest.findtext("os_type") or "").strip() != "hvm":
+            continue
+        for arch in guest.iterfind("arch"):
+            offered = arches.setdefault(arch.get("name", ""), [])
+            for domain in arch.iterfind("domain"):
+                kind = domain.get("type", "")
+                if kind and kind not in offered:
+                    offered.append(kind)
+    arches.pop("", None)
+    host_arch = (root.findtext("host/cpu/arch") or "").strip()
+    return HostCapabilities(
+        arches={arch: tuple(kinds) for arch, kinds in arches.items()},
+        kvm="kvm" in arches.get(host_arch, ()),
+        host_arch=host_arch,
+    )
+
+
+def max_vcpus(document: str) -> int | None:
+    """`<vcpu max=...>` of `virConnectGetDomainCapabilities`; None if absent."""
+    node = parse(document).find("vcpu")
+    value = None if node is None else node.get("max")
+    return int(value) if value and value.isdigit() else None

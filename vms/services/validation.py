@@ -202,8 +202,8 @@ def _check_networks(request: VmRequest, hv: Hypervisor) -> None:
 
 
 def disk_roots(hv: Hypervisor) -> list[Path]:
-    """Where existing disks and clone sources may live: every pool's directory plus VAPOR_DISK_ROOTS."""
-    roots = [Path(pool.path) for pool in hv.list_pools() if pool.path]
+    """Where existing disks and clone sources may live: every directory pool plus VAPOR_DISK_ROOTS."""
+    roots = [Path(path) for path in hv.pool_paths().values()]
     return roots + [root for root in settings.VAPOR.disk_roots if root not in roots]
 
 
@@ -211,11 +211,14 @@ def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[
     if not raw.startswith("/"):
         raise InvalidInput(f"{raw!r} is not an absolute path (protocol names such as json: or nbd: are refused)", field=field)
     resolved = guard_file(raw, roots=roots, field=field, what="disk image")
+    # With the roots given, each backing file is checked before qemu-img opens it.
     try:
-        info = image_info(str(resolved), fmt)
+        info = image_info(str(resolved), fmt, roots=roots, field=field)
     except InvalidInput as exc:
-        hint = " (set source_format to the image's real format)" if "format" in exc.message.lower() else ""
-        raise InvalidInput(exc.message + hint, field=field, code=exc.code) from None
+        if "is not in" not in exc.message:  # qemu-img: "Image is not in qcow2 format"
+            raise
+        hint = "format" if field.endswith(".path") else "source_format"
+        raise InvalidInput(f"{exc.message}: set {hint} to the image's real format", field=field, code=exc.code) from None
     check_image_chain(info, roots, field=field)
     return resolved, info.virtual_size
 
