@@ -15,7 +15,7 @@ from tests.fakes import FakeHypervisor
 
 
 @pytest.fixture
-def hv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings) -> FakeHypervisor:  # type: ignore[no-untyped-def]
+def hv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings) -> FakeHypervisor:
     pool_dir = tmp_path / "pool"
     pool_dir.mkdir()
     fake = FakeHypervisor(pool_dir=pool_dir)
@@ -24,7 +24,7 @@ def hv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings) -> FakeHypervi
 
 
 @pytest.fixture
-def disk_root(tmp_path: Path, settings) -> Path:  # type: ignore[no-untyped-def]
+def disk_root(tmp_path: Path, settings) -> Path:
     """A directory in VAPOR_DISK_ROOTS holding templates and shared disks."""
     root = tmp_path / "shared"
     root.mkdir()

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/vms/virtualmachine/"
 
 
-def add(admin_client, run_tasks, **fields):  # type: ignore[no-untyped-def]
+def add(admin_client, run_tasks, **fields):
     data = {"vm_name": "web", "memory": 1024, "cpus": 1, "disk_size": 5, "disk_bus": "virtio", "network_type": "nat",
             "network_source": "default", "network_model": "virtio", "pool": "default", **fields}  # fmt: skip
     with run_tasks():

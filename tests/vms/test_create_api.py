@@ -24,13 +24,13 @@ def ready_iso(path: Path, name: str = "") -> IsoImage:
     return iso_register_path(path=str(path), meta=IsoMetadata(name=name), digests=hash_file(path))
 
 
-def create(vm_api, run_tasks, payload: dict, url: str = URL):  # type: ignore[no-untyped-def]
+def create(vm_api, run_tasks, payload: dict, url: str = URL):
     with run_tasks():
         response = vm_api.post(url, payload, format="json")
     return response
 
 
-def nothing_created(hv, before_isos: int = 0) -> None:  # type: ignore[no-untyped-def]
+def nothing_created(hv, before_isos: int = 0) -> None:
     assert not VirtualMachine.objects.exists()
     assert IsoImage.objects.count() == before_isos
     assert list(hv.pool_dir.iterdir()) == []

@@ -17,7 +17,7 @@ URL = "/api/v1/virtualmachines/create-enhanced"
 pytestmark = pytest.mark.django_db
 
 
-def create(vm_api, run_tasks, payload):  # type: ignore[no-untyped-def]
+def create(vm_api, run_tasks, payload):
     with run_tasks():
         response = vm_api.post(URL, payload, format="json")
     assert response.status_code == 202, response.json()

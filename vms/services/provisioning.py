@@ -129,7 +129,7 @@ def _event(vm: VirtualMachine, step: str, status: str, message: str = "") -> Non
 
 def _claim(vm_id: int) -> bool:
     """Take the task unless another delivery is running it (or it is finished)."""
-    stale = timezone.now() - timedelta(seconds=int(settings.Q_CLUSTER["timeout"]))
+    stale = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout)
     return bool(
         VirtualMachine.objects.filter(pk=vm_id, status=VmStatus.PROVISIONING)
         .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale))
