@@ -78,6 +78,16 @@ def api(operator: User) -> APIClient:
 
 
 @pytest.fixture
+def vm_api(db: None) -> APIClient:
+    """A user with every permission on VMs (and the ISO library), not a superuser."""
+    user = User.objects.create_user(username="vmop", password="pw-vmop")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=["vms", "isos"]))
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
 def viewer_api(db: None) -> APIClient:
     client = APIClient()
     client.force_authenticate(_user("viewer", "view_isoimage"))

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import Permission, User
-from rest_framework.test import APIClient
 
 from tests.fakes import FakeHypervisor
 
@@ -35,12 +33,3 @@ def disk_root(tmp_path: Path, settings) -> Path:
 def make_image(path: Path, size: str = "64M", fmt: str = "qcow2", *options: str) -> Path:
     subprocess.run(["qemu-img", "create", "-q", "-f", fmt, *options, str(path), size], check=True)
     return path
-
-
-@pytest.fixture
-def vm_api(db: None) -> APIClient:
-    user = User.objects.create_user("vmop", password="pw")
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="vms"))
-    client = APIClient()
-    client.force_authenticate(user)
-    return client

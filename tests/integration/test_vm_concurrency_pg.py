@@ -1,0 +1,48 @@
+"""20 simultaneous create-enhanced calls with one name, on PostgreSQL and the real daemon."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection, connections
+from rest_framework.test import APIClient
+
+from tests.integration.conftest import virsh
+from tests.integration.vm_support import URL, VmEnv, vm_env  # noqa: F401
+from vms.models import VirtualMachine
+
+pytestmark = [pytest.mark.postgres, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
+
+
+def test_twenty_parallel_creates_with_one_name_make_one_vm(vm_env: VmEnv, settings):
+    assert connection.vendor == "postgresql"
+    from django_q.conf import Conf
+
+    Conf.SYNC = True
+    user = User.objects.create_user("racer")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="vms"))
+    payload = {"name": "race", "memory": 256, "vcpus": 1, "disks": [{"size": 1}], "graphics": {"type": "none"}, "storage_pool": vm_env.pool}
+    barrier = threading.Barrier(20)
+    codes: list[int] = []
+
+    def call() -> None:
+        client = APIClient()
+        client.force_authenticate(user)
+        try:
+            barrier.wait()
+            codes.append(client.post(URL, payload, format="json").status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(codes) == [202] + [409] * 19
+    assert VirtualMachine.objects.filter(name="race").count() == 1
+    assert VirtualMachine.objects.get(name="race").status == "running"
+    assert virsh("list", "--all", "--name").stdout.split().count("race") == 1
+    assert vm_env.volumes() == {"race-disk0.qcow2"}
