@@ -71,3 +71,7 @@ def scratch_pool(hypervisor: LibvirtDriver, tmp_path_factory: pytest.TempPathFac
         yield pool
     finally:
         remove_pool(pool.name)
+
+
+# The VM fixtures live beside their helpers; imported last because they use the functions above.
+from tests.integration.vm_support import bridges, vm_env  # noqa: E402, F401

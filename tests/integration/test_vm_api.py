@@ -14,7 +14,7 @@ import pytest
 
 from tests.bootiso import MARKER, build_probe_iso, parse_probe_output
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import VmEnv, bridges, make_image, post, qemu_img, sha256, vm_env, wait_for  # noqa: F401
+from tests.integration.vm_support import VmEnv, make_image, post, qemu_img, sha256, wait_for
 from tests.isofactory import make_iso
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
@@ -166,7 +166,7 @@ def probe_iso(vm_env: VmEnv) -> Path:
     return target
 
 
-def boot_and_read(vm_api, run_tasks, vm_env: VmEnv, payload: dict):  # type: ignore[no-untyped-def,type-arg]
+def boot_and_read(vm_api, run_tasks, vm_env: VmEnv, payload: dict):
     response = post(vm_api, run_tasks, {"memory": 512, "vcpus": 1, "graphics": {"type": "none"}, "storage_pool": vm_env.pool, **payload})
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name=payload["name"])
@@ -188,7 +188,7 @@ def test_guest_sees_the_requested_disks_bios(vm_api, run_tasks, vm_env: VmEnv, p
             "name": "probe-bios",
             "iso_path": str(probe_iso),
             "disks": [{"size": 1, "bus": "sata"}, {"path": str(readonly), "format": "raw", "readonly": True}],
-        },  # fmt: skip
+        },
     )
     assert report.complete and report.firmware == "bios"
     assert sorted(d.name for d in report.disks) == ["sda", "sr0", "vda"]
@@ -211,7 +211,7 @@ def test_guest_sees_uefi_secure_boot_and_its_disks(vm_api, run_tasks, vm_env: Vm
             "secure_boot": True,
             "tpm": True,
             "disks": [{"size": 2, "bus": "virtio"}, {"size": 1, "bus": "scsi"}],
-        },  # fmt: skip
+        },
     )
     assert report.complete and (report.firmware, report.secure_boot) == ("efi", True)
     # The guest names devices itself: the virtio-scsi disk is its sda, the SATA CD-ROM its sr0.

@@ -10,7 +10,7 @@ from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import URL, VmEnv, vm_env  # noqa: F401
+from tests.integration.vm_support import URL, VmEnv
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]

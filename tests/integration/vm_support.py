@@ -47,7 +47,7 @@ def shared_dir(prefix: str) -> Path:
 
 
 @pytest.fixture
-def vm_env(hypervisor: LibvirtDriver, settings) -> Iterator[VmEnv]:  # type: ignore[no-untyped-def]
+def vm_env(hypervisor: LibvirtDriver, settings) -> Iterator[VmEnv]:
     top = shared_dir("vapor-it-")
     env = VmEnv(pool=unique("it-pool"), pool_dir=top / "pool", disks=top / "disks", isos=top / "isos", serial=top / "serial")
     for directory in (env.pool_dir, env.disks, env.isos, env.serial):
@@ -94,7 +94,7 @@ def bridges() -> Iterator[list[str]]:
             subprocess.run([*prefix, "ip", "link", "del", name], check=False, capture_output=True)
 
 
-def qemu_img(*args: str) -> dict:  # type: ignore[type-arg]
+def qemu_img(*args: str) -> dict:
     import json
 
     return json.loads(subprocess.run(["qemu-img", "info", "--output=json", *args], check=True, capture_output=True, text=True).stdout)
@@ -110,7 +110,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -119,6 +119,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def post(api, run_tasks, payload: dict):  # type: ignore[no-untyped-def,type-arg]
+def post(api, run_tasks, payload: dict):
     with run_tasks():
         return api.post(URL, payload, format="json")
