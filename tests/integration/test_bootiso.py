@@ -30,7 +30,7 @@ from tests.bootiso import MARKER, ProbeReport, build_probe_iso, parse_probe_outp
 from tests.integration.conftest import virsh
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 
-BOOT_TIMEOUT = 120.0  # TCG boots take 7-15 s here; generous for a loaded CI machine
+BOOT_TIMEOUT = 300.0  # TCG boots take 7-23 s alone; several TCG guests on 2 cores can take minutes
 POWEROFF_TIMEOUT = 30.0
 MIB = 1 << 20
 

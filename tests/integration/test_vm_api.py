@@ -172,7 +172,7 @@ def boot_and_read(vm_api, run_tasks, vm_env: VmEnv, payload: dict):
     vm = VirtualMachine.objects.get(name=payload["name"])
     assert vm.status == "running", vm.error
     log = vm_env.serial / f"{vm.name}.serial.log"
-    wait_for(lambda: log.exists() and MARKER in log.read_text(errors="replace"), 150, f"{MARKER} on {log}")
+    wait_for(lambda: log.exists() and MARKER in log.read_text(errors="replace"), 300, f"{MARKER} on {log}")
     wait_for(lambda: not running(vm.name), 30, "the guest to power off")
     return vm, parse_probe_output(log.read_text(errors="replace"))
 
