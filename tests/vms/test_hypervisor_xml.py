@@ -1,15 +1,22 @@
-"""Golden tests for the pool/volume/network XML builders and readers, and the
-name rules and error mapping that guard the same documents. Pure: no libvirt,
-no database."""
+"""Golden tests for the pool/volume/network XML builders and the readers of
+what libvirt reports (vms/hypervisor/xml.py). Pure: no libvirt, no database.
+
+The readers are fed documents captured from the real daemon (libvirt 9.0,
+QEMU 7.2) in tests/data/hypervisor/: `virsh capabilities`, `virsh
+domcapabilities --virttype qemu --machine q35` and `virsh iface-dumpxml`.
+The name rules and the error mapping are in test_hypervisor_errors.py.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from lxml import etree
 
-from vaporsite.errors import Conflict, HypervisorError, InvalidInput, NotFound
+from vaporsite.errors import InvalidInput
+from vms.hypervisor import HostCapabilities
 from vms.hypervisor import xml as lvxml
-from vms.hypervisor.errors import from_libvirt, validate_bridge_name, validate_name, validate_volume_name
 
 GIB = 1024**3
 
@@ -65,6 +72,20 @@ LIBVIRT_DEFAULT_NETWORK = """\
 
 HOSTILE = "x</name><target><path>/etc</path></target><name>&amp;'\"&<>"
 
+# An overlay is the plain qcow2 volume plus the file it reads through and that file's format.
+LINKED_CLONE = QCOW2_VOLUME.replace(
+    "</volume>\n",
+    """\
+  <backingStore>
+    <path>/srv/templates/debian-12.img</path>
+    <format type="raw"/>
+  </backingStore>
+</volume>
+""",
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
 
 def test_dir_pool_xml_matches_golden_document():
     assert lvxml.dir_pool_xml("default", "/var/lib/libvirt/images") == DIR_POOL
@@ -92,6 +113,47 @@ def test_volume_capacity_must_be_a_positive_whole_number_of_bytes(capacity):
     with pytest.raises(InvalidInput) as caught:
         lvxml.volume_xml("disk.qcow2", capacity)
     assert caught.value.field == "capacity"
+
+
+def test_full_copy_target_is_a_plain_thin_volume_in_compat_1_1():
+    assert lvxml.clone_volume_xml("disk-1.qcow2", GIB) == QCOW2_VOLUME
+
+
+def test_full_copy_into_raw_has_no_qcow2_compat_and_no_backing_file():
+    root = etree.fromstring(lvxml.clone_volume_xml("copy.img", 3 * GIB, "raw"))
+    assert root.xpath("string(target/format/@type)") == "raw"
+    assert root.find("target/compat") is None
+    assert root.find("backingStore") is None
+
+
+def test_linked_clone_is_a_qcow2_overlay_naming_its_backing_file_and_format():
+    document = lvxml.clone_volume_xml("disk-1.qcow2", GIB, backing_path="/srv/templates/debian-12.img", backing_format="raw")
+    assert document == LINKED_CLONE
+
+
+def test_linked_clone_of_a_qcow2_template_states_qcow2_for_the_backing_file():
+    root = etree.fromstring(lvxml.clone_volume_xml("vm-2.qcow2", GIB, backing_path="/srv/t.qcow2", backing_format="qcow2"))
+    assert (root.findtext("backingStore/path"), root.xpath("string(backingStore/format/@type)")) == ("/srv/t.qcow2", "qcow2")
+
+
+def test_linked_clone_into_raw_is_refused_because_raw_has_no_backing_file():
+    with pytest.raises(InvalidInput, match="qcow2 overlay") as caught:
+        lvxml.clone_volume_xml("vm.img", GIB, "raw", backing_path="/srv/t.qcow2", backing_format="qcow2")
+    assert caught.value.field == "format"
+
+
+@pytest.mark.parametrize("backing_format", [None, "", "vmdk", "QCOW2"])
+def test_linked_clone_without_a_known_backing_format_is_refused_so_qemu_never_probes(backing_format):
+    with pytest.raises(InvalidInput, match="backing format") as caught:
+        lvxml.clone_volume_xml("vm.qcow2", GIB, backing_path="/srv/t.img", backing_format=backing_format)
+    assert caught.value.field == "format"
+
+
+@pytest.mark.parametrize(("fmt", "capacity", "field"), [("vmdk", GIB, "format"), ("qcow2", 0, "capacity"), ("qcow2", True, "capacity")])
+def test_clone_target_follows_the_volume_rules(fmt, capacity, field):
+    with pytest.raises(InvalidInput) as caught:
+        lvxml.clone_volume_xml("vm.qcow2", capacity, fmt, backing_path="/srv/t.img", backing_format="raw")
+    assert caught.value.field == field
 
 
 def test_nat_network_xml_matches_libvirts_default_network():
@@ -129,8 +191,12 @@ def _shape(document: str) -> list[tuple[str, tuple[str, ...]]]:
         (lambda s: lvxml.dir_pool_xml("n", "/tmp/" + s), lambda: lvxml.dir_pool_xml("n", "/p")),
         (lambda s: lvxml.volume_xml(s, GIB), lambda: lvxml.volume_xml("n", GIB)),
         (lambda s: lvxml.nat_network_xml(s, "br0", "192.168.231.0/24"), lambda: lvxml.nat_network_xml("n", "br0", "192.168.231.0/24")),
+        (
+            lambda s: lvxml.clone_volume_xml("n", GIB, backing_path="/t/" + s, backing_format="qcow2"),
+            lambda: lvxml.clone_volume_xml("n", GIB, backing_path="/t", backing_format="qcow2"),
+        ),
     ],
-    ids=["pool-name", "pool-path", "volume-name", "network-name"],
+    ids=["pool-name", "pool-path", "volume-name", "network-name", "backing-path"],
 )
 def test_xml_metacharacters_stay_text_and_do_not_change_the_document(build, plain):
     hostile = build(HOSTILE)
@@ -170,57 +236,81 @@ def test_reader_does_not_resolve_external_entities(tmp_path):
     assert "TOP-SECRET" not in lvxml.pool_target_path(document)
 
 
-@pytest.mark.parametrize("name", ["disk-1.qcow2", "a", "A_b.c-d", "x" * 255, "vm.disk..img"])
-def test_safe_volume_names_are_accepted(name):
-    assert validate_volume_name(name) == name
+def test_host_capabilities_of_the_real_daemon_offer_qemu_and_kvm_for_both_x86_arches():
+    caps = lvxml.host_capabilities((DATA / "hypervisor" / "capabilities.xml").read_text())
+    assert caps == HostCapabilities(arches={"i686": ("qemu", "kvm"), "x86_64": ("qemu", "kvm")}, kvm=True, host_arch="x86_64")
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", "/etc/passwd", ".hidden", "..", "a b", "x\x00y", "x" * 256, "disk;rm", "é.qcow2"])
-def test_unsafe_volume_names_are_refused(name):
-    with pytest.raises(InvalidInput) as caught:
-        validate_volume_name(name)
-    assert caught.value.field == "name"
+def test_host_without_kvm_offers_only_tcg_and_says_so():
+    document = (DATA / "hypervisor" / "capabilities.xml").read_text().replace("<domain type='kvm'/>", "")
+    caps = lvxml.host_capabilities(document)
+    assert caps.arches == {"i686": ("qemu",), "x86_64": ("qemu",)}
+    assert caps.kvm is False
 
 
-def test_pool_and_network_names_follow_the_same_rule_with_their_own_field():
-    with pytest.raises(InvalidInput) as caught:
-        validate_name("../pool", field="pool", what="pool")
-    assert caught.value.field == "pool"
-    assert "pool name" in caught.value.message
+MIXED_CAPABILITIES = """\
+<capabilities>
+  <host><cpu><arch>aarch64</arch></cpu></host>
+  <guest><os_type>xen</os_type><arch name='x86_64'><domain type='xen'/></arch></guest>
+  <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/></arch></guest>
+  <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='kvm'/><domain type='qemu'/></arch></guest>
+  <guest><os_type>exe</os_type><arch name='riscv64'><domain type='qemu'/></arch></guest>
+  <guest><os_type>hvm</os_type><arch name='aarch64'><domain type='qemu'/><domain/></arch></guest>
+  <guest><os_type>hvm</os_type><arch><domain type='kvm'/></arch></guest>
+</capabilities>
+"""
 
 
-@pytest.mark.parametrize("name", ["virbr0", "vt-1_a", "x" * 15])
-def test_bridge_names_that_fit_linux_interface_names_are_accepted(name):
-    assert validate_bridge_name(name) == name
+def test_host_capabilities_count_hvm_guests_only_and_merge_an_arch_listed_twice():
+    caps = lvxml.host_capabilities(MIXED_CAPABILITIES)
+    assert caps.arches == {"x86_64": ("qemu", "kvm"), "aarch64": ("qemu",)}
+    assert caps.host_arch == "aarch64"
 
 
-@pytest.mark.parametrize("name", ["x" * 16, "br 0", "", "br/0"])
-def test_bridge_names_linux_cannot_use_are_refused(name):
-    with pytest.raises(InvalidInput) as caught:
-        validate_bridge_name(name)
-    assert caught.value.field == "bridge"
+def test_kvm_counts_only_when_offered_for_the_hosts_own_arch():
+    """x86_64 offers kvm above, but on an aarch64 host that would be emulation anyway."""
+    assert lvxml.host_capabilities(MIXED_CAPABILITIES).kvm is False
+
+
+def test_capabilities_without_a_host_arch_never_claim_kvm():
+    caps = lvxml.host_capabilities(
+        "<capabilities><guest><os_type>hvm</os_type><arch name='x86_64'><domain type='kvm'/></arch></guest></capabilities>"
+    )
+    assert (caps.host_arch, caps.kvm, caps.arches) == ("", False, {"x86_64": ("kvm",)})
+
+
+def test_max_vcpus_is_the_q35_limit_the_real_daemon_reports():
+    assert lvxml.max_vcpus((DATA / "hypervisor" / "domcapabilities-qemu-q35.xml").read_text()) == 288
+
+
+@pytest.mark.parametrize("vcpu", ["", "<vcpu/>", "<vcpu max=''/>", "<vcpu max='many'/>", "<vcpu max='-1'/>"])
+def test_max_vcpus_is_unknown_when_the_domain_capabilities_do_not_state_a_number(vcpu):
+    assert lvxml.max_vcpus(f"<domainCapabilities><arch>x86_64</arch>{vcpu}</domainCapabilities>") is None
+
+
+def test_domain_name_reads_a_generated_definition():
+    assert lvxml.domain_name((DATA / "domain" / "example1-simple-vm.xml").read_text()) == "simple-vm"
 
 
 @pytest.mark.parametrize(
-    ("code", "message", "expected"),
+    ("document", "name"),
     [
-        (49, "Storage pool not found: no storage pool with matching name 'nope'", NotFound),
-        (50, "Storage volume not found: no storage vol with matching name 'nope'", NotFound),
-        (43, "Network not found: no network with matching name 'nope'", NotFound),
-        (42, "Domain not found: no domain with matching name 'nope'", NotFound),
-        (90, "storage volume 'a.qcow2' exists already", Conflict),
-        (37, "network 'x' already exists", Conflict),
-        (9, "operation failed: pool 'exp1' already exists with uuid 741ff96a-35cb-41e6-a794-05f9af45d306", Conflict),
-        (55, "Requested operation is not valid: volume target path '/p/ext.qcow2' already exists", Conflict),
-        (55, "Requested operation is not valid: storage pool 'x' is not active", HypervisorError),
-        (38, "Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory", HypervisorError),
+        ("<domain type='kvm'><name>\n  web-1 \n</name></domain>", "web-1"),
+        ("<domain type='kvm'><name>a&amp;b</name></domain>", "a&b"),
+        ("<domain type='kvm'><name/></domain>", ""),
+        ("<domain type='kvm'><uuid>3e3fce45-4f53-4fa7-bb32-11f34168b82b</uuid></domain>", ""),
+        ("<domain type='kvm'><devices><disk><name>inner</name></disk></devices></domain>", ""),
     ],
 )
-def test_libvirt_errors_map_to_vapor_errors_with_libvirts_words(code, message, expected):
-    error = from_libvirt(code, message)
-    assert type(error) is expected
-    assert error.message == message
+def test_domain_name_is_the_top_level_name_stripped_or_empty(document, name):
+    assert lvxml.domain_name(document) == name
 
 
-def test_hypervisor_error_keeps_the_libvirt_code_for_the_log():
-    assert from_libvirt(1, "internal error: boom").as_dict()["libvirt_code"] == 1
+@pytest.mark.parametrize(("sample", "kind"), [("interface-bridge.xml", "bridge"), ("interface-ethernet.xml", "ethernet")])
+def test_interface_type_reads_what_libvirts_interface_driver_reports(sample, kind):
+    assert lvxml.interface_type((DATA / "hypervisor" / sample).read_text()) == kind
+
+
+@pytest.mark.parametrize(("document", "kind"), [("<interface type='bond' name='bond0'/>", "bond"), ("<interface name='x'/>", "")])
+def test_interface_type_of_other_kinds_and_of_none(document, kind):
+    assert lvxml.interface_type(document) == kind

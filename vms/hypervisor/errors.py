@@ -1,6 +1,6 @@
 """Turn libvirt failures into Vapor's own errors, and refuse unsafe names.
 
-This module does not import `libvirt` (only `libvirt_driver` does): it works
+This module does not import `libvirt` (only the driver modules of `vms.hypervisor` do): it works
 on the numeric error code and message, so the mapping is testable without
 the bindings. The codes are libvirt's `virErrorNumber` values, which are part
 of its stable ABI and never renumbered.

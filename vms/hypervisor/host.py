@@ -1,0 +1,140 @@
+"""What the host offers: capabilities, vCPU limits, networks and bridges.
+
+A mixin of `LibvirtDriver`. The capability answers are cached per driver:
+they do not change while a daemon runs, and asking costs a round trip (and a
+QEMU probe after a restart) per request.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import libvirt
+
+from vaporsite.errors import InvalidInput
+from vms.hypervisor import HostCapabilities, NetworkInfo
+from vms.hypervisor import xml as lvxml
+from vms.hypervisor._connection import Connection, calls, lookup_or_none, undefined_on_failure, vapor_error
+from vms.hypervisor.errors import (
+    VIR_ERR_CONFIG_UNSUPPORTED,
+    VIR_ERR_INVALID_ARG,
+    VIR_ERR_NO_INTERFACE,
+    VIR_ERR_NO_NETWORK,
+    VIR_ERR_NO_SUPPORT,
+    validate_bridge_name,
+    validate_name,
+)
+
+
+class HostMixin(Connection):
+    """Host capabilities, virtual networks and Linux bridges."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        super().__init__(uri)
+        self._capabilities: HostCapabilities | None = None
+        self._max_vcpus: dict[tuple[str, str, str], int] = {}
+
+    # Networks
+
+    def list_networks(self) -> list[NetworkInfo]:
+        with calls():
+            return sorted((self._network_info(n) for n in self._connection().listAllNetworks(0)), key=lambda n: n.name)
+
+    def network_exists(self, name: str) -> bool:
+        conn = self._connection()
+        return lookup_or_none(conn.networkLookupByName, name, VIR_ERR_NO_NETWORK) is not None
+
+    def ensure_nat_network(self, name: str, bridge: str, cidr: str) -> bool:
+        """Make sure a network `name` exists, is active and autostarts.
+
+        Returns True when it had to be defined (as NAT on `bridge` with DHCP
+        over `cidr`). An existing network is kept as it is, like pools.
+        """
+        validate_name(name, field="network", what="network")
+        validate_bridge_name(bridge)
+        document = lvxml.nat_network_xml(name, bridge, cidr)
+        conn = self._connection()
+        network = lookup_or_none(conn.networkLookupByName, name, VIR_ERR_NO_NETWORK)
+        created = network is None
+        with calls(field="network"):
+            if network is None:
+                network = conn.networkDefineXML(document)
+            with undefined_on_failure(network, created):
+                if not network.isActive():
+                    network.create()
+                if not network.autostart():
+                    network.setAutostart(1)
+        return created
+
+    @staticmethod
+    def _network_info(network: Any) -> NetworkInfo:
+        with calls():
+            shape = lvxml.network_shape(network.XMLDesc(0))
+            return NetworkInfo(
+                name=network.name(),
+                active=bool(network.isActive()),
+                autostart=bool(network.autostart()),
+                forward_mode=shape.forward_mode,
+                bridge=shape.bridge,
+                cidr=shape.cidr,
+            )
+
+    # Host
+
+    def capabilities(self) -> HostCapabilities:
+        """Architectures and domain types the host offers (cached for this driver's life)."""
+        if self._capabilities is None:
+            with calls():
+                document = self._connection().getCapabilities()
+            self._capabilities = lvxml.host_capabilities(document)
+        return self._capabilities
+
+    def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int:
+        """The most vCPUs one domain may have: QEMU's limit for the machine type, not the host's cores.
+
+        Overcommit is normal (a 2-core host runs 8-vCPU guests). The domain
+        capabilities know the machine type's limit; a driver without them
+        (the test driver) answers `getMaxVcpus` for the domain type.
+        """
+        key = (arch, virt_type, machine)
+        if key not in self._max_vcpus:
+            conn = self._connection()
+            try:
+                limit = lvxml.max_vcpus(conn.getDomainCapabilities(None, arch, machine, virt_type, 0))
+            except libvirt.libvirtError as exc:
+                code, words = exc.get_error_code() or 0, exc.get_error_message() or str(exc)
+                if code in (VIR_ERR_INVALID_ARG, VIR_ERR_CONFIG_UNSUPPORTED):
+                    message = f"no {virt_type} domain of arch {arch}, machine {machine} here: {words}"
+                    raise InvalidInput(message, field="architecture") from exc
+                if code != VIR_ERR_NO_SUPPORT:
+                    raise vapor_error(exc) from exc
+                limit = None
+            if limit is None:
+                with calls():
+                    limit = conn.getMaxVcpus(virt_type)
+            self._max_vcpus[key] = limit
+        return self._max_vcpus[key]
+
+    def bridge_exists(self, name: str) -> bool:
+        """True when a Linux bridge `name` exists where libvirtd runs.
+
+        Asked through libvirt's interface driver, because libvirtd may live in
+        another network namespace (scripts/libvirtd.sh) where Vapor's own
+        /sys shows other interfaces. Its udev backend reads sysfs and works
+        without udevd. Only when a daemon has no interface driver does this
+        fall back to /sys/class/net on Vapor's host, which is the right place
+        only when both share a namespace.
+        """
+        validate_bridge_name(name)
+        conn = self._connection()
+        try:
+            document = conn.interfaceLookupByName(name).XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            code = exc.get_error_code()
+            if code == VIR_ERR_NO_INTERFACE:
+                return False
+            if code != VIR_ERR_NO_SUPPORT:
+                raise vapor_error(exc, field="bridge") from exc
+            return os.path.isdir(f"/sys/class/net/{name}/bridge")
+        return lvxml.interface_type(document) == "bridge"
