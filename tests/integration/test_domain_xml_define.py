@@ -13,6 +13,7 @@ import dataclasses
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,9 +128,19 @@ def test_example_2_runs_under_tcg_with_secure_loader_tpm_and_two_cdroms(domain_n
     nvram = etree.fromstring(document.encode()).findtext("os/nvram") or ""
     tpm_state = Path("/var/lib/libvirt/swtpm") / live.uuid
     assert Path(nvram).is_file() and tpm_state.is_dir()
-    virsh("destroy", domain_name)
+    destroy(domain_name)
     virsh("undefine", "--nvram", "--tpm", domain_name)
     assert not Path(nvram).exists() and not tpm_state.exists()
+
+
+def destroy(name: str) -> None:
+    """`virsh destroy`, tried again: on a loaded host libvirt can give up waiting
+    for a TCG process to die ("Failed to terminate process ... Device or resource busy")."""
+    for _attempt in range(3):
+        if virsh("destroy", name, check=False).returncode == 0:
+            return
+        time.sleep(2)
+    virsh("destroy", name)
 
 
 def test_the_real_password_reaches_libvirt_which_shows_it_only_with_security_info(domain_name: str, tmp_path: Path):
