@@ -28,3 +28,4 @@ lint: venv
 # One line per benchmark module; --write refreshes its figures in docs/BENCHMARKS.md.
 bench: venv
 	$(PY) -m bench.isos_bench --write $(ARGS)
+	bash scripts/libvirtd.sh start && $(PY) -m bench.vms_bench --write $(VMS_ARGS)

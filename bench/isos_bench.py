@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import platform
+import re
 import secrets
 import shlex
 import statistics
@@ -595,6 +596,45 @@ def render(command: str, started: datetime, elapsed: float, facts: list[tuple[st
     return "\n".join(lines) + "\n" + "\n".join(section.markdown() for section in sections)
 
 
+REPORT_HEADER = """# Benchmarks
+
+Figures from the modules in `bench/`. Each `python -m bench.<module> --write` replaces only its own block
+(between its `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers) and keeps the others; do not edit by hand.
+"""
+BLOCK_RE = re.compile(r"<!-- bench:(?P<key>[a-z0-9_-]+) -->\n(?P<body>.*?)\n?<!-- /bench:(?P=key) -->", re.DOTALL)
+LEGACY_TITLE = "# Benchmarks: ISO library"  # before the markers, this module wrote the whole file
+
+
+def demote_headings(markdown: str) -> str:
+    """One level down for every heading outside code fences: a benchmark's report is a block of the shared file."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        lines.append("#" + line if not fenced and re.match(r"#{1,5} ", line) else line)
+    return "\n".join(lines)
+
+
+def write_report(path: Path, key: str, report: str) -> None:
+    """Replace benchmark `key`'s block of `path` with `report`, keeping every other benchmark's block in place.
+
+    Several modules share docs/BENCHMARKS.md and each run measures only its own part, so a run must not
+    drop the others' figures. A file with no markers is the whole-file report this module wrote before
+    blocks existed: it is kept as the isos block rather than lost on the first run of another module.
+    The new text is written to a temporary file and renamed over the old one, so a crash leaves either.
+    """
+    text = path.read_text() if path.exists() else ""
+    blocks = {match["key"]: match["body"].strip() for match in BLOCK_RE.finditer(text)}
+    if not blocks and text.startswith(LEGACY_TITLE):
+        blocks["isos"] = demote_headings(text.strip())
+    blocks[key] = demote_headings(report.strip()) if report.startswith("# ") else report.strip()
+    body = "\n\n".join(f"<!-- bench:{name} -->\n{block}\n<!-- /bench:{name} -->" for name, block in blocks.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(REPORT_HEADER + "\n" + body + "\n")
+    partial.replace(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.isos_bench", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--write", action="store_true", help=f"write the report to {REPORT_PATH.relative_to(PROJECT_ROOT)}")
@@ -620,9 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render(command, started, time.perf_counter() - clock, facts, sections, args.repeats)
     print(report)
     if args.write:
-        REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
-        REPORT_PATH.write_text(report)
-        say(f"wrote {REPORT_PATH}")
+        write_report(REPORT_PATH, "isos", report)
+        say(f"wrote the isos block of {REPORT_PATH}")
     return 0
 
 

@@ -156,7 +156,8 @@ def convert_image(source: str, source_format: str, dest: str, dest_format: str) 
     for value in (source_format, dest_format):
         if value not in IMAGE_FORMATS:
             raise InvalidInput(f"unsupported image format {value!r}; use one of {', '.join(IMAGE_FORMATS)}", field="format")
-    command = [QEMU_IMG, "convert", "-n", "-f", source_format, "-O", dest_format, source, dest]
+    # -t writeback: the copy is flushed to disk before the VM is called running (the default, unsafe, never flushes).
+    command = [QEMU_IMG, "convert", "-n", "-t", "writeback", "-f", source_format, "-O", dest_format, source, dest]
     done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         raise HypervisorError(f"copying {source} to {dest} failed: {_words(done.stderr)}")
