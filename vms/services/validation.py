@@ -97,8 +97,9 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = Fal
     virt_type = _virt_type(request, hv)
     pool = _pool(request, hv)
     _check_networks(request, hv)
-    disks = _plan_disks(request, hv, pool)
-    cdroms = _plan_cdroms(request, disks, register_isos)
+    disk_orders, cdrom_order = _boot_orders(request)
+    disks = _plan_disks(request, hv, pool, disk_orders)
+    cdroms = _plan_cdroms(request, register_isos, cdrom_order)
     return VmPlan(
         request=request,
         virt_type=virt_type,
@@ -223,10 +224,9 @@ def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[
     return resolved, info.virtual_size
 
 
-def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo) -> tuple[PlannedDisk, ...]:
+def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list[int | None]) -> tuple[PlannedDisk, ...]:
     roots = disk_roots(hv)
     targets = target_devs([d.bus for d in request.disks])  # CD-ROMs take the next sdX after these
-    orders = _boot_orders(request)
     planned: list[PlannedDisk] = []
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
@@ -289,8 +289,8 @@ def _iso_refs(request: VmRequest) -> list[tuple[str, str, str]]:
     return [(slot, field, ref) for slot, field, ref in refs if ref]
 
 
-def _boot_orders(request: VmRequest) -> list[int | None]:
-    """Disk boot orders, plus one more for the primary CD-ROM (last item).
+def _boot_orders(request: VmRequest) -> tuple[list[int | None], int]:
+    """Each disk's boot order, and the primary CD-ROM's (after the disks).
 
     Explicit orders are kept. With none given, the first disk boots first:
     an empty new disk falls through to the CD-ROM, an installed one boots.
@@ -299,14 +299,13 @@ def _boot_orders(request: VmRequest) -> list[int | None]:
     if request.disks and all(o is None for o in orders):
         orders[0] = 1
     used = [o for o in orders if o is not None]
-    orders.append((max(used) + 1) if used else 1)
-    return orders
+    return orders, (max(used) + 1) if used else 1
 
 
-def _plan_cdroms(request: VmRequest, disks: tuple[PlannedDisk, ...], register: bool) -> tuple[PlannedCdrom, ...]:
+def _plan_cdroms(request: VmRequest, register: bool, cdrom_order: int) -> tuple[PlannedCdrom, ...]:
     refs = _iso_refs(request)
+    # CD-ROMs are on SATA and take the sdX letters after the disks'.
     targets = target_devs([d.bus for d in request.disks] + ["sata"] * len(refs))[len(request.disks) :]
-    cdrom_order = _boot_orders(request)[-1]
     planned = []
     for (slot, field, ref), target in zip(refs, targets, strict=True):
         resolved = iso_resolve_ready(ref, field=field, register=register)
