@@ -18,89 +18,33 @@ Run:  cd /work/main && .venv/bin/python -m bench.isos_bench [--write]
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
-import io
 import os
-import platform
-import re
-import secrets
-import shlex
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from bench.common import MB, MIB, PROJECT_ROOT, REPORT_PATH, Measure, Run, Section, machine_facts, require, say
+from bench.isos_list import bench_list
 from isos.download import FetchPolicy, fetch
 from isos.hashing import CHUNK_SIZE, Digests, DualHasher, hash_file
 
-MIB = 1024 * 1024
-MB = 1_000_000  # rates are in MB/s (10^6 bytes), like the figures in the performance notes
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-REPORT_PATH = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
-LIST_URL = "/api/v1/virtualmachines/isos"
-TAG_POOL = 30
 PROBE_MIB = 32
+# The report head's second line: what the figures may be compared with.
+CAVEAT = "pass/fail tests. Compare the ratios within one run: absolute rates on a shared VM drift between runs."
 
 
 # ---------------------------------------------------------------------------
-# Measuring and reporting
-
-
-@dataclass
-class Measure:
-    """Wall-clock samples of one variant, in seconds; `nbytes` turns them into a rate."""
-
-    label: str
-    samples: list[float]
-    nbytes: int = 0
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def rate(self) -> float:
-        """MB/s at the median time."""
-        return self.nbytes / self.median / MB
-
-    def runs(self, scale: float = 1.0, digits: int = 3) -> str:
-        return ", ".join(f"{s * scale:.{digits}f}" for s in self.samples)
-
-
-@dataclass
-class Section:
-    """One part of the report: a table plus sentences computed from its figures."""
-
-    title: str
-    intro: str
-    header: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    findings: list[str] = field(default_factory=list)
-
-    def markdown(self) -> str:
-        lines = [f"## {self.title}", "", self.intro, ""]
-        lines.append("| " + " | ".join(self.header) + " |")
-        lines.append("|" + "|".join("---" for _ in self.header) + "|")
-        lines.extend("| " + " | ".join(row) + " |" for row in self.rows)
-        if self.findings:
-            lines.append("")
-            lines.extend(f"- {finding}" for finding in self.findings)
-        return "\n".join(lines) + "\n"
-
-
-def say(message: str) -> None:
-    """Progress on stderr, so stdout carries only the report."""
-    print(message, file=sys.stderr, flush=True)
+# Rounds and the CPU probe
 
 
 @functools.cache
@@ -155,12 +99,6 @@ def measure_round_robin(variants: dict[str, Callable[[], object]], repeats: int,
         trial.cpus.append(cpu_probe())
         say(f"  round {round_number}: CPU probe: {trial.cpus[-1]:.2f} CPUs")
     return trial
-
-
-def require(condition: bool, message: str) -> None:
-    """A benchmark whose code path did the wrong thing measures nothing: stop loudly."""
-    if not condition:
-        raise RuntimeError(message)
 
 
 def rate_row(measure: Measure) -> list[str]:
@@ -393,250 +331,9 @@ def bench_download(source: Path, size: int, expected: Digests, repeats: int) -> 
     )
 
 
-# ---------------------------------------------------------------------------
-# List endpoint
-
-
-def django_setup(workdir: Path) -> None:
-    """Settings read the environment at import time, so everything is set before Django is imported.
-
-    DEBUG is off, as in production (no per-query logging); SSL redirect is off because the test client
-    speaks plain HTTP; the secret key is a throwaway that only signs nothing in this process.
-    """
-    os.environ["DJANGO_SETTINGS_MODULE"] = "vaporsite.settings"
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
-    os.environ["VAPOR_DATA_DIR"] = str(workdir)
-    os.environ["VAPOR_DEBUG"] = "0"
-    os.environ["VAPOR_SECRET_KEY"] = "bench-" + secrets.token_hex(24)
-    os.environ["VAPOR_SSL_REDIRECT"] = "0"
-    os.environ["VAPOR_ALLOWED_HOSTS"] = "testserver"
-    import django
-
-    django.setup()
-
-
-def add_isos(start: int, stop: int) -> None:
-    """ISOs `start`..`stop-1`, each with 3 of the pooled tags, inserted in bulk (the ORM, no services:
-    the list endpoint is what is measured, not registration)."""
-    from isos.choices import Architecture, BootType, IsoStatus, OsType
-    from isos.models import IsoImage, IsoTag
-
-    tags = list(IsoTag.objects.order_by("name"))
-    isos = [
-        IsoImage(
-            id=f"iso-{n:012x}",
-            name=f"bench-{n:05d}.iso",
-            path=f"/var/lib/vapor/iso/bench-{n:05d}.iso",
-            size=4 * 1024**3 + n,
-            os_type=OsType.LINUX,
-            os_variant="ubuntu22.04",
-            architecture=Architecture.X86_64,
-            boot_type=BootType.HYBRID,
-            volume_label=f"BENCH_{n:05d}",
-            description=f"Benchmark image number {n}, a description of ordinary length.",
-            md5_hash=hashlib.md5(str(n).encode(), usedforsecurity=False).hexdigest(),
-            sha256_hash=hashlib.sha256(str(n).encode()).hexdigest(),
-            status=IsoStatus.READY,
-        )
-        for n in range(start, stop)
-    ]
-    IsoImage.objects.bulk_create(isos)
-    through = IsoImage.tags.through
-    # Tags n, n+10 and n+20 of the pool of 30: three different tags per ISO.
-    links = [through(isoimage_id=iso.pk, isotag_id=tags[(n + k * 10) % TAG_POOL].pk) for n, iso in enumerate(isos, start) for k in range(3)]
-    through.objects.bulk_create(links)
-
-
-def bench_list(workdir: Path, requests: int, sizes: Sequence[int]) -> Section:
-    django_setup(workdir)
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-    from rest_framework.test import APIClient
-
-    from isos.models import IsoImage, IsoTag
-
-    say("part 4: migrating a fresh SQLite database")
-    call_command("migrate", interactive=False, verbosity=0, stdout=io.StringIO())
-    IsoTag.objects.bulk_create([IsoTag(name=f"tag-{n:02d}") for n in range(TAG_POOL)])
-    user = get_user_model().objects.create_superuser("bench", "bench@example.invalid", secrets.token_hex(16))
-    client = APIClient()
-    client.force_authenticate(user)
-
-    def get(expected: int) -> tuple[int, int]:
-        """One request; returns (body bytes, rows) after checking the answer is the full list."""
-        response = client.get(LIST_URL)
-        require(response.status_code == 200, f"GET {LIST_URL} answered {response.status_code}: {response.content[:300]!r}")
-        rows = response.json()["isos"]
-        require(len(rows) == expected and all(len(row["tags"]) == 3 for row in rows), "the list is not what was inserted")
-        return len(response.content), len(rows)
-
-    section = Section(
-        title="4. List endpoint (GET /api/v1/virtualmachines/isos)",
-        intro=(
-            f"Django test client (DRF APIClient, force_authenticate as a superuser) against SQLite in the temp dir, "
-            f"DEBUG off; each ISO has 3 tags. {requests} requests per size after one untimed warm-up; "
-            "queries counted with CaptureQueriesContext on one request."
-        ),
-        header=["ISOs", "median ms", "min ms", "SQL queries / request", "response KiB"],
-    )
-    medians: dict[int, float] = {}
-    query_counts: dict[int, int] = {}
-    done = 0
-    for size in sizes:
-        add_isos(done, size)
-        done = size
-        require(IsoImage.objects.count() == size, "row count is off")
-        get(size)  # warm-up: first-request imports and caches are not the endpoint's cost
-        with CaptureQueriesContext(connection) as captured:
-            body, _ = get(size)
-        # Read now: captured_queries slices connection.queries, which the next request's reset_queries empties.
-        queries = query_counts[size] = len(captured.captured_queries)
-        samples: list[float] = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            get(size)
-            samples.append(time.perf_counter() - started)
-        timing = Measure(f"{size}", samples)
-        medians[size] = timing.median
-        say(f"  {size} ISOs: median {timing.median * 1000:.1f} ms, {queries} queries")
-        section.rows.append([str(size), f"{timing.median * 1000:.1f}", f"{min(samples) * 1000:.1f}", str(queries), f"{body / 1024:.0f}"])
-    small, large = min(sizes), max(sizes)
-    per_iso = (medians[large] - medians[small]) / (large - small) * 1000
-    section.findings = [
-        f"Each extra ISO adds about **{per_iso:.3f} ms** ({large} ISOs take {medians[large] / medians[small]:.0f}x the time of {small}).",
-        f"SQL queries per request: {query_counts[small]} with {small} ISOs, {query_counts[large]} with {large}"
-        + (" (constant: tags are prefetched)." if query_counts[small] == query_counts[large] else " (grows with the list: an N+1 query)."),
-        "The time includes serialising and parsing the JSON in the test client; no pagination, as the spec lists every ISO.",
-    ]
-    from django.db import connections
-
-    connections.close_all()
-    return section
-
-
-# ---------------------------------------------------------------------------
-# Machine facts and the report
-
-
-def cpu_model() -> tuple[str, bool]:
-    """The CPU's model name and whether it has SHA extensions (sha256 is several times faster with them)."""
-    model, sha_ni = "unknown", False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, sha_ni
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == "unknown":
-            model = value.strip()
-        if key.strip() == "flags":
-            sha_ni = sha_ni or "sha_ni" in value.split()
-    return model, sha_ni
-
-
-def memory_gib() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def filesystem_of(path: Path) -> str:
-    """Filesystem type of the mount holding `path` (ext4, tmpfs...): fsync and page cache behaviour depend on it."""
-    best, kind = "", "unknown"
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return kind
-    resolved = str(path.resolve())
-    for line in mounts:
-        parts = line.split()
-        if len(parts) >= 3 and (resolved == parts[1] or resolved.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) >= len(best):
-            best, kind = parts[1], parts[2]
-    return f"{kind} ({best})"
-
-
-def machine_facts(workdir: Path) -> list[tuple[str, str]]:
-    import django
-
-    model, sha_ni = cpu_model()
-    return [
-        ("nproc", str(len(os.sched_getaffinity(0)))),
-        ("CPU", model + (" (SHA-NI)" if sha_ni else " (no SHA-NI)")),
-        ("memory", memory_gib()),
-        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("Django", django.get_version()),
-        ("kernel", platform.release()),
-        ("temp dir filesystem", filesystem_of(workdir)),
-    ]
-
-
-def render(command: str, started: datetime, elapsed: float, facts: list[tuple[str, str]], sections: list[Section], repeats: int) -> str:
-    lines = [
-        "# Benchmarks: ISO library",
-        "",
-        "Written by `bench/isos_bench.py --write`; rerun it to refresh, do not edit by hand. These are measurements, not",
-        "pass/fail tests. Compare the ratios within one run: absolute rates on a shared VM drift between runs.",
-        "",
-        f"- Command: `{command}`",
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')} (whole run {elapsed:.0f} s)",
-        f"- Method: parts 1-3 run each variant {repeats}x, interleaved round-robin, and report the median;"
-        " MB/s is 10^6 bytes per second. Files live in a temp directory removed at the end.",
-        "",
-        "| machine | |",
-        "|---|---|",
-        *(f"| {key} | {value} |" for key, value in facts),
-        "",
-    ]
-    return "\n".join(lines) + "\n" + "\n".join(section.markdown() for section in sections)
-
-
-REPORT_HEADER = """# Benchmarks
-
-Figures from the modules in `bench/`. Each `python -m bench.<module> --write` replaces only its own block
-(between its `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers) and keeps the others; do not edit by hand.
-"""
-BLOCK_RE = re.compile(r"<!-- bench:(?P<key>[a-z0-9_-]+) -->\n(?P<body>.*?)\n?<!-- /bench:(?P=key) -->", re.DOTALL)
-LEGACY_TITLE = "# Benchmarks: ISO library"  # before the markers, this module wrote the whole file
-
-
-def demote_headings(markdown: str) -> str:
-    """One level down for every heading outside code fences: a benchmark's report is a block of the shared file."""
-    lines, fenced = [], False
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        lines.append("#" + line if not fenced and re.match(r"#{1,5} ", line) else line)
-    return "\n".join(lines)
-
-
-def write_report(path: Path, key: str, report: str) -> None:
-    """Replace benchmark `key`'s block of `path` with `report`, keeping every other benchmark's block in place.
-
-    Several modules share docs/BENCHMARKS.md and each run measures only its own part, so a run must not
-    drop the others' figures. A file with no markers is the whole-file report this module wrote before
-    blocks existed: it is kept as the isos block rather than lost on the first run of another module.
-    The new text is written to a temporary file and renamed over the old one, so a crash leaves either.
-    """
-    text = path.read_text() if path.exists() else ""
-    blocks = {match["key"]: match["body"].strip() for match in BLOCK_RE.finditer(text)}
-    if not blocks and text.startswith(LEGACY_TITLE):
-        blocks["isos"] = demote_headings(text.strip())
-    blocks[key] = demote_headings(report.strip()) if report.startswith("# ") else report.strip()
-    body = "\n\n".join(f"<!-- bench:{name} -->\n{block}\n<!-- /bench:{name} -->" for name, block in blocks.items())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(REPORT_HEADER + "\n" + body + "\n")
-    partial.replace(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.isos_bench", description=__doc__.splitlines()[0] if __doc__ else None)
+    run = Run("isos_bench", "ISO library", CAVEAT, argv)
+    parser = run.parser(__doc__)
     parser.add_argument("--write", action="store_true", help=f"write the report to {REPORT_PATH.relative_to(PROJECT_ROOT)}")
     parser.add_argument("--size-mib", type=int, default=512, help="file size for parts 1 and 3; part 2 uses 4 files of a quarter each")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant in parts 1-3 (median reported)")
@@ -646,10 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.size_mib < 4 or args.repeats < 1 or args.requests < 1:
         parser.error("--size-mib must be at least 4, --repeats and --requests at least 1")
 
-    started = datetime.now(UTC)
-    clock = time.perf_counter()
     size = args.size_mib * MIB
-    command = " ".join([".venv/bin/python -m bench.isos_bench", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
     with TemporaryDirectory(prefix="vapor-bench-", dir=args.tmpdir) as tmp:
         workdir = Path(tmp)
         hashing, iso_file, digests = bench_hashing(workdir, size, args.repeats)
@@ -657,11 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         iso_file.unlink()
         sections.append(bench_list(workdir, args.requests, (10, 1000)))
         facts = machine_facts(workdir)
-    report = render(command, started, time.perf_counter() - clock, facts, sections, args.repeats)
-    print(report)
-    if args.write:
-        write_report(REPORT_PATH, "isos", report)
-        say(f"wrote the isos block of {REPORT_PATH}")
+    method = (
+        f"parts 1-3 run each variant {args.repeats}x, interleaved round-robin, and report the median;"
+        " MB/s is 10^6 bytes per second. Files live in a temp directory removed at the end."
+    )
+    run.publish(run.render(method, facts, sections), args.write)
     return 0
 
 
