@@ -24,6 +24,7 @@ class IsoTag(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = "ISO tag"
 
     def __str__(self) -> str:
         return self.name
@@ -40,8 +41,8 @@ class IsoImage(models.Model):
     name = models.CharField(max_length=255, unique=True)
     path = models.CharField(max_length=4096, unique=True, help_text="Absolute path on the host, symlinks resolved.")
     size = models.BigIntegerField(null=True, blank=True, help_text="Bytes.")
-    os_type = models.CharField(max_length=16, choices=OsType.choices, blank=True)
-    os_variant = models.CharField(max_length=64, blank=True, help_text="osinfo-db short id, e.g. ubuntu22.04.")
+    os_type = models.CharField("OS type", max_length=16, choices=OsType.choices, blank=True)
+    os_variant = models.CharField("OS variant", max_length=64, blank=True, help_text="osinfo-db short id, e.g. ubuntu22.04.")
     architecture = models.CharField(max_length=16, choices=Architecture.choices, blank=True)
     boot_type = models.CharField(max_length=8, choices=BootType.choices, blank=True)
     volume_label = models.CharField(max_length=64, blank=True)
