@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -31,11 +32,13 @@ class IsoAddForm(forms.ModelForm):
     """Register a host file or start a download; the service does the work."""
 
     path = forms.CharField(required=False, max_length=4096, help_text="A file inside the allowed ISO directories.")
-    url = forms.URLField(required=False, max_length=2048, assume_scheme="https", help_text="http(s) URL to download.")
+    url = forms.URLField(label="URL", required=False, max_length=2048, assume_scheme="https", help_text="http(s) URL to download.")
     checksum = forms.CharField(required=False, max_length=80, help_text="sha256:HEX or md5:HEX (downloads only).")
     name = forms.CharField(required=False, max_length=255, help_text="Defaults to the file name.")
-    os_type = forms.ChoiceField(required=False, choices=OsType.choices)
-    os_variant = forms.CharField(required=False, max_length=64, help_text="osinfo-db short id; guessed from the label if empty.")
+    os_type = forms.ChoiceField(label="OS type", required=False, choices=OsType.choices)
+    os_variant = forms.CharField(
+        label="OS variant", required=False, max_length=64, help_text="osinfo-db short id; guessed from the label if empty."
+    )
     architecture = forms.ChoiceField(required=False, choices=Architecture.choices)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
     tag_names = forms.CharField(required=False, label="Tags", help_text="Comma-separated.")
@@ -45,6 +48,11 @@ class IsoAddForm(forms.ModelForm):
         fields: list[str] = []
 
     created: IsoImage | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        roots = ", ".join(str(root) for root in settings.VAPOR.allowed_iso_roots)
+        self.fields["path"].help_text = f"A file inside one of: {roots}."
 
     def _post_clean(self) -> None:
         """Skip ModelForm's instance validation: the service validated and
