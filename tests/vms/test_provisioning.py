@@ -139,3 +139,18 @@ def test_permissions(anon_api, nobody_api, method, path):
     url = f"/api/v1/virtualmachines/{path}"
     assert getattr(anon_api, method)(url, {}, format="json").status_code == 401
     assert getattr(nobody_api, method)(url, {}, format="json").status_code == 403
+
+
+def test_delete_while_a_worker_provisions_is_409_until_its_claim_is_stale(vm_api, hv, run_tasks, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    vm = create(vm_api, run_tasks, {"name": "busy", "memory": 512, "vcpus": 1, "disks": [{"size": 1}]})
+    VirtualMachine.objects.filter(pk=vm.pk).update(status="provisioning", claimed_at=timezone.now())
+    response = vm_api.delete(f"/api/v1/virtualmachines/{vm.pk}")
+    assert (response.status_code, response.json()["code"]) == (409, "vm_busy")
+    dead_worker = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout + 60)
+    VirtualMachine.objects.filter(pk=vm.pk).update(claimed_at=dead_worker)
+    assert vm_api.delete(f"/api/v1/virtualmachines/{vm.pk}").status_code == 204
+    assert hv.domains == {} and list(hv.pool_dir.iterdir()) == []

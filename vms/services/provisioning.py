@@ -127,6 +127,12 @@ def _event(vm: VirtualMachine, step: str, status: str, message: str = "") -> Non
     VmEvent.objects.create(vm=vm, step=step, status=status, message=message)
 
 
+def claim_is_live(vm: VirtualMachine) -> bool:
+    """A worker took the task less than a task timeout ago: it may still be running.
+    Past that, django-q2 has killed it, so the claim no longer protects anything."""
+    return vm.claimed_at is not None and vm.claimed_at >= timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout)
+
+
 def _claim(vm_id: int) -> bool:
     """Take the task unless another delivery is running it (or it is finished)."""
     stale = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout)

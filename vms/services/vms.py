@@ -16,7 +16,7 @@ from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.domain_xml import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
-from vms.services.provisioning import domain_spec, provision_steps
+from vms.services.provisioning import claim_is_live, domain_spec, provision_steps
 from vms.services.requests import VmRequest
 from vms.services.validation import VmPlan, vm_validate
 
@@ -175,7 +175,7 @@ def vm_sync_state(*, vm: VirtualMachine, hv: Hypervisor) -> str:
 def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None) -> None:
     """Destroy and undefine the domain (NVRAM and TPM state too), delete the
     volumes Vapor created unless `keep_disks`; existing disks are never touched."""
-    if vm.status == VmStatus.PROVISIONING and vm.claimed_at is not None:
+    if vm.status == VmStatus.PROVISIONING and claim_is_live(vm):
         raise Conflict(f"VM {vm.name} is being provisioned; delete it when that has finished", code="vm_busy")
     hv = hv or hypervisor.get_hypervisor()
     VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.DELETING)
