@@ -20,15 +20,11 @@ from isos import services
 from isos.choices import Architecture, IsoStatus, OsType
 from isos.models import IsoImage, IsoTag, RetiredIsoId
 from isos.services import IsoMetadata
+from vaporsite.admin_support import ServiceForm, ServiceSavedAdmin
 from vaporsite.errors import VaporError
 
 
-def _apply_error(form: forms.BaseForm, exc: VaporError) -> None:
-    field = exc.field if exc.field in form.fields else None
-    form.add_error(field, exc.message)
-
-
-class IsoAddForm(forms.ModelForm):
+class IsoAddForm(ServiceForm):
     """Register a host file or start a download; the service does the work."""
 
     path = forms.CharField(required=False, max_length=4096, help_text="A file inside the allowed ISO directories.")
@@ -47,16 +43,10 @@ class IsoAddForm(forms.ModelForm):
         model = IsoImage
         fields: list[str] = []
 
-    created: IsoImage | None = None
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         roots = ", ".join(str(root) for root in settings.VAPOR.allowed_iso_roots)
         self.fields["path"].help_text = f"A file inside one of: {roots}."
-
-    def _post_clean(self) -> None:
-        """Skip ModelForm's instance validation: the service validated and
-        saved the real row in `clean`, and this form's instance is unused."""
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -82,11 +72,11 @@ class IsoAddForm(forms.ModelForm):
                     raise forms.ValidationError({"checksum": "Only used with a URL."})
                 self.created = services.iso_register_path(path=data["path"], meta=meta)
         except VaporError as exc:
-            _apply_error(self, exc)
+            self.service_error(exc)
         return data
 
 
-class IsoChangeForm(forms.ModelForm):
+class IsoChangeForm(ServiceForm):
     class Meta:
         model = IsoImage
         fields = ["name", "os_type", "os_variant", "architecture", "description", "tags"]
@@ -100,7 +90,7 @@ class IsoChangeForm(forms.ModelForm):
         try:
             services.iso_update(iso=self.instance, changes=changes)
         except VaporError as exc:
-            _apply_error(self, exc)
+            self.service_error(exc)
         return data
 
 
@@ -123,7 +113,7 @@ def _run_each(label: str, service: Callable[..., IsoImage]) -> Callable[..., Non
 
 
 @admin.register(IsoImage)
-class IsoImageAdmin(admin.ModelAdmin):
+class IsoImageAdmin(ServiceSavedAdmin):
     list_display = ["name", "status_column", "human_size", "os_column", "boot_type", "use_count", "last_used", "tag_list"]
     list_filter = ["status", "os_type", "architecture", "boot_type", "tags"]
     search_fields = ["id", "name", "path", "description", "os_variant", "volume_label", "md5_hash", "sha256_hash"]
@@ -165,18 +155,6 @@ class IsoImageAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: IsoImage | None = None) -> Any:
         return self.readonly_fields if obj else []
-
-    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
-        if change:
-            return form.instance  # IsoChangeForm.clean already saved through iso_update
-        return form.created
-
-    def save_model(self, request: HttpRequest, obj: IsoImage, form: Any, change: bool) -> None:
-        """Nothing to do: the service saved the row during validation."""
-
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        for formset in formsets:
-            self.save_formset(request, form, formset, change=change)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         busy = IsoImage.objects.filter(status__in=[IsoStatus.DOWNLOADING, IsoStatus.HASHING]).exists()

@@ -15,6 +15,7 @@ from django.utils.html import format_html
 
 from isos.choices import IsoStatus
 from isos.models import IsoImage
+from vaporsite.admin_support import ServiceForm, ServiceSavedAdmin
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, NicModel, NicType
 from vms.hypervisor.domain_xml import domain_xml
@@ -69,7 +70,7 @@ class EventInline(_ReadOnlyInline):
     verbose_name_plural = "event log"
 
 
-class VmAddForm(forms.ModelForm):
+class VmAddForm(ServiceForm):
     """The common case in one form: new disk, optional ISOs, one NIC."""
 
     vm_name = forms.CharField(label="Name", max_length=64)
@@ -94,10 +95,9 @@ class VmAddForm(forms.ModelForm):
         model = VirtualMachine
         fields: list[str] = []
 
-    created: VirtualMachine | None = None
-
-    def _post_clean(self) -> None:
-        """The service validated and saved the VM in `clean`; the form's instance is unused."""
+    field_aliases = {"name": "vm_name", "vcpus": "cpus", "os_variant": "variant", "storage_pool": "pool",
+                     "iso_path": "iso", "secondary_iso": "driver_iso", "secure_boot": "firmware_secure_boot",
+                     "graphics.password": "vnc_password", "networks.0.source": "network_source", "disks.0.bus": "disk_bus"}  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -119,13 +119,10 @@ class VmAddForm(forms.ModelForm):
             storage_pool=data["pool"],
             autostart=data.get("start_on_boot", False),
         )
-        fields = {"name": "vm_name", "memory": "memory", "vcpus": "cpus", "os_variant": "variant", "storage_pool": "pool",
-                  "iso_path": "iso", "secondary_iso": "driver_iso", "secure_boot": "firmware_secure_boot",
-                  "graphics.password": "vnc_password", "networks.0.source": "network_source", "disks.0.bus": "disk_bus"}  # fmt: skip
         try:
             result = services.vm_create(request=request)
         except VaporError as exc:
-            self.add_error(fields.get(exc.field or ""), exc.message)
+            self.service_error(exc)
             return data
         assert isinstance(result, VirtualMachine)
         self.created = result
@@ -149,7 +146,7 @@ def _action(label: str, action: str) -> Callable[..., None]:
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(admin.ModelAdmin):
+class VirtualMachineAdmin(ServiceSavedAdmin):
     list_display = ["name", "status_badge", "memory_mb", "vcpus", "os_variant", "firmware", "storage_pool", "autostart", "created_at"]
     list_filter = ["status", "uefi", "os_type", "storage_pool", "autostart"]
     search_fields = ["name", "uuid", "os_variant", "disks__path", "nics__mac"]
@@ -196,15 +193,6 @@ class VirtualMachineAdmin(admin.ModelAdmin):
 
     def get_inlines(self, request: HttpRequest, obj: VirtualMachine | None) -> Any:
         return self.inlines if obj else []
-
-    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
-        return form.created if not change else form.instance
-
-    def save_model(self, request: HttpRequest, obj: VirtualMachine, form: Any, change: bool) -> None:
-        """Nothing: `vm_create` stored the VM while the form was validated; a change form edits nothing."""
-
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        """Nothing: disks, NICs and CD-ROMs are facts of the provisioned VM."""
 
     def delete_model(self, request: HttpRequest, obj: VirtualMachine) -> None:
         services.vm_delete(vm=obj)
