@@ -312,10 +312,13 @@ def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[
     cutoff = timezone.now() - stale_after
     stale = IsoImage.objects.filter(status__in=[IsoStatus.DOWNLOADING, IsoStatus.HASHING], updated_at__lt=cutoff)
     stale_ids = list(stale.values_list("pk", flat=True))
-    if not dry_run:
+    if not dry_run and stale_ids:
         minutes = int(stale_after.total_seconds() // 60)
-        for iso_id, status in stale.values_list("pk", "status"):
-            iso_fail(iso_id=iso_id, error=f"the worker stopped: no progress for {minutes} minutes; retry it", expect=status)
+        log.warning("ISOs %s made no progress for %d minutes: failed", ", ".join(stale_ids), minutes)
+        # One UPDATE, still conditional on the status and age, so a row that moved on meanwhile is left alone.
+        stale.filter(pk__in=stale_ids).update(
+            status=IsoStatus.FAILED, error=f"the worker stopped: no progress for {minutes} minutes; retry it", updated_at=timezone.now()
+        )
     directory: Path = settings.VAPOR.download_dir
     orphans: list[Path] = []
     if directory.is_dir():
