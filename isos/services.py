@@ -243,6 +243,13 @@ def iso_delete(*, iso: IsoImage) -> None:
             code="iso_in_use",
             vms=users,
         )
+    templates = sorted(iso.templates.values_list("name", flat=True))
+    if templates:
+        raise Conflict(
+            f"ISO {iso.pk} is the install ISO of template(s) {', '.join(templates)}; change or delete the template(s) first",
+            code="iso_in_use",
+            templates=templates,
+        )
     iso_id, leftovers = iso.pk, (Path(iso.path), temp_path(iso))
     with transaction.atomic():
         RetiredIsoId.objects.create(id=iso_id, name=iso.name, path=iso.path, file_deleted=iso.downloaded)

@@ -7,6 +7,11 @@ class VmStatus(models.TextChoices):
     STOPPED = "stopped", "Stopped"
     FAILED = "failed", "Failed"
     DELETING = "deleting", "Deleting"
+    MISSING = "missing", "Missing on host"
+
+
+LIVE_STATUSES = (VmStatus.PROVISIONING, VmStatus.RUNNING, VmStatus.STOPPED)
+"""A VM in one of these uses its template, disks and ISOs; the others are history."""
 
 
 class CdromSlot(models.TextChoices):

@@ -39,6 +39,11 @@ class VirtualMachine(models.Model):
     status = models.CharField(max_length=16, choices=VmStatus.choices, default=VmStatus.PROVISIONING, db_index=True)
     error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took the provisioning task.")
+    template = models.ForeignKey(
+        "VmTemplate", null=True, blank=True, on_delete=models.SET_NULL, related_name="vms", help_text="The template it was made from."
+    )
+    state = models.CharField(max_length=16, blank=True, help_text="The domain's state as last read from libvirt.")
+    state_checked_at = models.DateTimeField(null=True, blank=True, help_text="When the state was last read from libvirt.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -130,3 +135,74 @@ class VmEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vm} {self.step} {self.status}"
+
+
+class VmTemplate(models.Model):
+    """Defaults for new VMs: hardware, OS, firmware, networks, an ISO and disks.
+
+    A create request naming the template gets these values for every field it
+    does not give itself (`vms.services.templates.template_apply`).
+    """
+
+    name = models.CharField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    memory_mb = models.PositiveIntegerField("memory (MB)", default=2048)
+    vcpus = models.PositiveSmallIntegerField("vCPUs", default=2)
+    os_type = models.CharField("OS type", max_length=16, choices=OsType.choices, blank=True)
+    os_variant = models.CharField("OS variant", max_length=64, blank=True, help_text="osinfo-db short id, e.g. ubuntu22.04.")
+    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=Architecture.X86_64)
+    uefi = models.BooleanField("UEFI", default=False)
+    secure_boot = models.BooleanField(default=False)
+    tpm = models.BooleanField("TPM 2.0", default=False)
+    graphics_type = models.CharField(max_length=8, choices=GraphicsType.choices, default=GraphicsType.VNC)
+    storage_pool = models.CharField(max_length=64, blank=True, help_text="Empty: the request's (default: 'default').")
+    iso = models.ForeignKey(
+        "isos.IsoImage", null=True, blank=True, on_delete=models.PROTECT, related_name="templates", verbose_name="ISO",
+        help_text="Attached as the install CD-ROM unless the request names another.",
+    )  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "VM template"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TemplateDisk(models.Model):
+    """Disk `order` of a template: a new volume of `size_gb`, or a clone of
+    `clone_from` (grown to `size_gb` when that is given and larger)."""
+
+    template = models.ForeignKey(VmTemplate, on_delete=models.CASCADE, related_name="disks")
+    order = models.PositiveSmallIntegerField(default=0)
+    size_gb = models.PositiveIntegerField("size (GB)", null=True, blank=True)
+    clone_from = models.CharField(max_length=4096, blank=True, help_text="Base image to clone (absolute path in a pool or disk root).")
+    source_format = models.CharField(max_length=8, choices=DiskFormat.choices, blank=True, help_text="Format of clone_from (qcow2).")
+    linked = models.BooleanField(default=False, help_text="Clone as a qcow2 overlay backed by the base image.")
+    format = models.CharField(max_length=8, choices=DiskFormat.choices, default=DiskFormat.QCOW2)
+    bus = models.CharField(max_length=8, choices=DiskBus.choices, default=DiskBus.VIRTIO)
+    boot_order = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["template", "order", "id"]
+        verbose_name = "template disk"
+
+    def __str__(self) -> str:
+        return f"{self.template} disk {self.order}"
+
+
+class TemplateNic(models.Model):
+    template = models.ForeignKey(VmTemplate, on_delete=models.CASCADE, related_name="nics")
+    order = models.PositiveSmallIntegerField(default=0)
+    type = models.CharField(max_length=8, choices=NicType.choices, default=NicType.NAT)
+    source = models.CharField(max_length=64, default="default")
+    model = models.CharField(max_length=8, choices=NicModel.choices, default=NicModel.VIRTIO)
+
+    class Meta:
+        ordering = ["template", "order", "id"]
+        verbose_name = "template network interface"
+
+    def __str__(self) -> str:
+        return f"{self.template} {self.type}:{self.source}"
