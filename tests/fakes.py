@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaporsite.errors import Conflict, HypervisorError, NotFound
-from vms.hypervisor import HostCapabilities, PoolInfo, VolumeInfo
+from vms.hypervisor import DomainInfo, HostCapabilities, HostResources, PoolInfo, VolumeInfo
 from vms.hypervisor.domain_xml import parse_domain
 
 
@@ -23,6 +23,7 @@ class FakeDomain:
     xml: str
     state: str = "shutoff"
     autostart: bool = False
+    persistent: bool = True
 
 
 @dataclass
@@ -31,11 +32,13 @@ class FakeHypervisor:
     pools: dict[str, Path] = field(default_factory=dict)
     networks: set[str] = field(default_factory=lambda: {"default"})
     bridges: set[str] = field(default_factory=lambda: {"br0", "br-internal"})
+    host: HostResources = field(default_factory=lambda: HostResources(16 * 2**30, cpus=8, model="x86_64", hostname="fakehost"))
     domains: dict[str, FakeDomain] = field(default_factory=dict)
     fail: dict[str, Exception] = field(default_factory=dict)  # method name -> error to raise
     fail_after: dict[str, int] = field(default_factory=dict)  # method name -> calls that succeed first
     calls: Counter[str] = field(default_factory=Counter)
     max_vcpu: int = 255
+    clone_capacities: dict[str, int | None] = field(default_factory=dict)  # volume -> capacity_bytes asked for
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -93,7 +96,14 @@ class FakeHypervisor:
             path.write_text(f"overlay of {source_path}")
         else:
             shutil.copyfile(source_path, path)
+        self.clone_capacities[name] = capacity_bytes
         return self.volume(pool, name)
+
+    def volume_by_path(self, path: str) -> VolumeInfo | None:
+        for pool, directory in self.pools.items():
+            if Path(path).parent == directory and Path(path).is_file():
+                return self.volume(pool, Path(path).name)
+        return None
 
     def delete_volume(self, pool: str, name: str) -> None:
         self._call("delete_volume")
@@ -115,9 +125,17 @@ class FakeHypervisor:
     def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int:
         return self.max_vcpu
 
+    def host_resources(self) -> HostResources:
+        self._call("host_resources")
+        return self.host
+
     # --- domains -------------------------------------------------------------
     def list_domain_names(self) -> list[str]:
         return sorted(self.domains)
+
+    def list_domains(self) -> list[DomainInfo]:
+        self._call("list_domains")
+        return [DomainInfo(name, parse_domain(d.xml).uuid, d.state, d.autostart, d.persistent) for name, d in sorted(self.domains.items())]
 
     def domain_exists(self, name: str) -> bool:
         return name in self.domains

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -13,6 +14,7 @@ from isos.choices import Architecture, OsType
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
+from vms.services.templates import TemplateData
 
 
 class DiskInSerializer(StrictSerializer):
@@ -54,18 +56,28 @@ class _BaseVmIn(StrictSerializer):
         if size is not None and path is not None:
             raise serializers.ValidationError({"disk_path": ["give disk_size or disk_path, not both"]})
         if size is not None:
-            return (DiskRequest(size=size),)
+            return (DiskRequest(size=size, given=frozenset({"size"})),)
         if path is not None:
-            return (DiskRequest(path=path),)
+            return (DiskRequest(path=path, given=frozenset({"path"})),)
         return None
 
     def to_request(self) -> VmRequest:
         raise NotImplementedError
 
 
-class VmCreateSerializer(_BaseVmIn):
-    """POST /api/v1/virtualmachines/create-enhanced."""
+def _keys(data: Any) -> frozenset[str]:
+    return frozenset(data) if isinstance(data, dict) else frozenset()
 
+
+class VmCreateSerializer(_BaseVmIn):
+    """POST /api/v1/virtualmachines/create-enhanced.
+
+    With `template`, memory and vcpus may be left out, and every field not
+    given comes from the template (see vms.services.template_apply).
+    """
+
+    memory = serializers.IntegerField(required=False, help_text="MB. Required unless a template gives it.")
+    vcpus = serializers.IntegerField(required=False, help_text="Required unless a template gives it.")
     disks = DiskInSerializer(many=True, required=False)
     secondary_iso = serializers.CharField(required=False, allow_null=True, max_length=4096)
     os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True)
@@ -78,22 +90,34 @@ class VmCreateSerializer(_BaseVmIn):
     graphics = GraphicsInSerializer(required=False)
     storage_pool = serializers.CharField(default="default", max_length=64)
     autostart = serializers.BooleanField(default=False)
-    template = serializers.CharField(required=False, allow_null=True, max_length=200)
+    template = serializers.CharField(
+        required=False, allow_null=True, max_length=200, help_text="A template's name: it supplies every field the request leaves out."
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         legacy = self.legacy_disks(attrs)
         if legacy is not None and "disks" in attrs:
             raise serializers.ValidationError({"disks": ["give disks or the legacy disk_size/disk_path, not both"]})
+        if not attrs.get("template"):
+            missing = {name: ["This field is required (no template gives it)."] for name in ("memory", "vcpus") if name not in attrs}
+            if missing:
+                raise serializers.ValidationError(missing)
         return attrs
 
     def to_request(self) -> VmRequest:
         data = self.validated_data
-        disks = self.legacy_disks(data) or tuple(DiskRequest(**d) for d in data.get("disks", []))
+        raw = self.initial_data if isinstance(self.initial_data, dict) else {}
+        raw_disks: list[Any] = raw["disks"] if isinstance(raw.get("disks"), list) else []
+        disks = self.legacy_disks(data) or tuple(
+            DiskRequest(**d, given=_keys(raw_disks[i]) if i < len(raw_disks) else None) for i, d in enumerate(data.get("disks", []))
+        )
         networks = tuple(NicRequest(**n) for n in data["networks"]) if "networks" in data else (NicRequest(),)
+        given = {key for key in raw if key in self.fields} | ({"disks"} if "disk_size" in raw or "disk_path" in raw else set())
         return VmRequest(
+            given=frozenset(given),
             name=data["name"],
-            memory=data["memory"],
-            vcpus=data["vcpus"],
+            memory=data.get("memory", 0),
+            vcpus=data.get("vcpus", 0),
             disks=disks,
             iso_path=data.get("iso_path"),
             secondary_iso=data.get("secondary_iso"),
@@ -104,7 +128,7 @@ class VmCreateSerializer(_BaseVmIn):
             secure_boot=data["secure_boot"],
             tpm=data["tpm"],
             networks=networks,
-            graphics=GraphicsRequest(**data["graphics"]) if "graphics" in data else GraphicsRequest(),
+            graphics=GraphicsRequest(**data["graphics"], given=_keys(raw.get("graphics"))) if "graphics" in data else GraphicsRequest(),
             storage_pool=data["storage_pool"],
             autostart=data["autostart"],
             template=data.get("template"),
@@ -161,6 +185,9 @@ class GraphicsOutSerializer(serializers.Serializer):
 
 class VmSerializer(serializers.ModelSerializer):
     memory = serializers.IntegerField(source="memory_mb")
+    template: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True, help_text="The template it was made from."
+    )
     disks = DiskOutSerializer(many=True)
     cdroms = CdromOutSerializer(many=True)
     networks = NicOutSerializer(many=True, source="nics")
@@ -170,7 +197,7 @@ class VmSerializer(serializers.ModelSerializer):
         model = VirtualMachine
         fields = [
             "id", "name", "uuid", "status", "error", "memory", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
-            "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "disks", "cdroms", "networks", "graphics",
+            "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "disks", "cdroms", "networks", "graphics",
             "created_at", "updated_at",
         ]  # fmt: skip
 
@@ -210,3 +237,86 @@ class DryRunSerializer(serializers.Serializer):
     plan = serializers.ListField(child=serializers.CharField())
     domain_xml = serializers.CharField()
     vm = VmSerializer()
+
+
+# --- templates ------------------------------------------------------------------
+
+
+class TemplateDiskSerializer(StrictSerializer):
+    size = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="GB: a new volume, or (with clone_from) the size the clone grows to."
+    )
+    clone_from = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=4096, help_text="Base image to clone.")
+    source_format = serializers.ChoiceField(choices=DiskFormat.choices, required=False, allow_null=True, allow_blank=True)
+    linked = serializers.BooleanField(default=False, help_text="With clone_from: a qcow2 overlay backed by the base image.")
+    format = serializers.ChoiceField(choices=DiskFormat.choices, default="qcow2")
+    bus = serializers.ChoiceField(choices=DiskBus.choices, default="virtio")
+    boot_order = serializers.IntegerField(required=False, allow_null=True)
+
+
+class TemplateSerializer(StrictSerializer):
+    """A template as the API takes it, and as import/export files hold it."""
+
+    name = serializers.CharField(max_length=64)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    memory = serializers.IntegerField(default=2048, help_text="MB")
+    vcpus = serializers.IntegerField(default=2)
+    os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True, default="")
+    os_variant = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+    architecture = serializers.ChoiceField(choices=Architecture.choices, default="x86_64")
+    uefi = serializers.BooleanField(default=False)
+    secure_boot = serializers.BooleanField(default=False)
+    tpm = serializers.BooleanField(default=False)
+    graphics_type = serializers.ChoiceField(choices=GraphicsType.choices, default="vnc")
+    storage_pool = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+    iso = serializers.CharField(required=False, allow_null=True, allow_blank=True, default=None, help_text="ISO id, name or path.")
+    disks = TemplateDiskSerializer(many=True, required=False, default=list)
+    networks = NicInSerializer(many=True, required=False, default=list)
+
+    def to_data(self, base: TemplateData | None = None) -> TemplateData:
+        """The template the input describes; for a partial update, `base` with the given fields replaced."""
+        data = dict(self.validated_data)
+        if base is not None:
+            raw = self.initial_data if isinstance(self.initial_data, dict) else {}
+            data = {key: value for key, value in data.items() if key in raw}
+            merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(TemplateData)}
+            merged.update(_template_values(data))
+            return TemplateData(**merged)
+        return TemplateData(**_template_values(data))
+
+
+def _template_values(data: dict[str, Any]) -> dict[str, Any]:
+    values = dict(data)
+    if "disks" in values:
+        values["disks"] = tuple(
+            DiskRequest(**{**d, "clone_from": d.get("clone_from") or None, "source_format": d.get("source_format") or None})
+            for d in values["disks"]
+        )
+    if "networks" in values:
+        values["networks"] = tuple(NicRequest(**n) for n in values["networks"])
+    if "iso" in values:
+        values["iso"] = values["iso"] or None
+    return values
+
+
+def template_out(data: TemplateData) -> dict[str, Any]:
+    """`data` in the input's shape (what export writes and the API returns)."""
+    out = dataclasses.asdict(data)
+    out["disks"] = [
+        {key: value for key, value in disk.items() if key in TemplateDiskSerializer().fields and value not in (None, "")}
+        for disk in out["disks"]
+    ]
+    out["networks"] = [{key: nic[key] for key in ("type", "source", "model")} for nic in out["networks"]]
+    return out
+
+
+class TemplateOutSerializer(TemplateSerializer):
+    id = serializers.IntegerField()
+    iso_id = serializers.CharField(allow_null=True, help_text="The ISO's id (`iso` is its name).")
+    vm_count = serializers.IntegerField(help_text="VMs made from it that still exist (failed ones included).")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class TemplateListSerializer(serializers.Serializer):
+    templates = TemplateOutSerializer(many=True)

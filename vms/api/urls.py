@@ -2,10 +2,12 @@
 
 from django.urls import path
 
-from vms.api import views
+from vms.api import template_views, views
 
 urlpatterns = [
     path("", views.VmCollectionView.as_view(), name="vm-list"),
+    path("templates", template_views.TemplateCollectionView.as_view(), name="vm-template-list"),
+    path("templates/<str:name>", template_views.TemplateItemView.as_view(), name="vm-template-detail"),
     path("create-enhanced", views.VmCreateEnhancedView.as_view(), name="vm-create-enhanced"),
     path("<int:vm_id>", views.VmItemView.as_view(), name="vm-detail"),
     *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],

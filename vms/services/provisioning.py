@@ -101,7 +101,10 @@ def _volume_steps(vm: VirtualMachine, hv: Hypervisor, disk: Disk) -> Step:
         return Step(f"create volume {disk.volume_name}", run, delete, exists)
 
     def clone() -> None:
-        hv.clone_volume(pool, disk.volume_name, disk.source_path, disk.source_format, linked=disk.linked, fmt=disk.format)
+        grow_to = disk.size_gb * 1024**3 if disk.size_gb else None  # a clone given a size is grown to it
+        hv.clone_volume(
+            pool, disk.volume_name, disk.source_path, disk.source_format, linked=disk.linked, fmt=disk.format, capacity_bytes=grow_to
+        )
 
     kind = "linked clone" if disk.linked else "clone"
     return Step(f"{kind} {disk.source_path} to {disk.volume_name}", clone, delete, exists)

@@ -2,6 +2,11 @@
 
 The API serializers (and the legacy endpoint) produce a `VmRequest`; the
 services check it against the host and the library (`validation.py`).
+
+`given` names the fields the caller set itself. It matters only with a
+template: the template supplies every field not given
+(`templates.template_apply`). ``None`` means the caller spelled out
+everything (the admin form, pre-filled from the template).
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ class DiskRequest:
     readonly: bool = False
     linked: bool = False
     source_format: str | None = None  # format of `path` / `clone_from`; defaults to `format`
+    given: frozenset[str] | None = None
 
     @property
     def kind(self) -> str:
-        return "new" if self.size is not None else "existing" if self.path is not None else "clone"
+        """new, existing or clone (a clone may also give `size`: it is grown to it)."""
+        return "existing" if self.path is not None else "clone" if self.clone_from is not None else "new"
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class GraphicsRequest:
     type: str = "vnc"
     port: int = -1
     password: str | None = None
+    given: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,3 +68,4 @@ class VmRequest:
     autostart: bool = False
     template: str | None = None
     serial_log: str = ""  # not in the API: tests and diagnostics set it through the service
+    given: frozenset[str] | None = None

@@ -25,8 +25,9 @@ from vms.choices import CdromSlot, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo
 from vms.hypervisor.images import check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
-from vms.models import Disk, NetworkInterface, VirtualMachine
-from vms.services.requests import VmRequest
+from vms.models import Disk, NetworkInterface, VirtualMachine, VmTemplate
+from vms.services.requests import DiskRequest, VmRequest
+from vms.services.template_apply import template_apply
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GIB = 1024**3
@@ -83,12 +84,13 @@ class VmPlan:
     disks: tuple[PlannedDisk, ...]
     cdroms: tuple[PlannedCdrom, ...]
     nics: tuple[PlannedNic, ...]
+    template: VmTemplate | None = None
 
 
 def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = False) -> VmPlan:
-    _check_shape(request)
-    if request.template:
-        raise NotFound(f"template {request.template!r} not found (templates are not available yet)", field="template")
+    """The plan for `request`; with a template, for the request completed by it."""
+    request, template = template_apply(request)
+    check_shape(request)
     variant = osinfo.validate_os_variant(request.os_variant)
     if VirtualMachine.objects.filter(name=request.name).exists():
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken")
@@ -110,10 +112,11 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = Fal
         disks=disks,
         cdroms=cdroms,
         nics=_plan_nics(request),
+        template=template,
     )
 
 
-def _check_shape(request: VmRequest) -> None:
+def check_shape(request: VmRequest) -> None:
     """Rules that need nothing but the request."""
     if not NAME_RE.match(request.name):
         raise InvalidInput("must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit", field="name")
@@ -134,9 +137,10 @@ def _check_shape(request: VmRequest) -> None:
     seen: dict[int, int] = {}
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
-        given = [k for k in ("size", "path", "clone_from") if getattr(disk, k) is not None]
-        if len(given) != 1:
-            raise InvalidInput("give exactly one of size, path, clone_from", field=field)
+        if disk.path is not None and (disk.size is not None or disk.clone_from is not None):
+            raise InvalidInput("an existing disk (path) takes neither size nor clone_from", field=field)
+        if disk.path is None and disk.clone_from is None and disk.size is None:
+            raise InvalidInput("give size (a new volume), path (an existing disk) or clone_from (a clone)", field=field)
         if disk.size is not None and disk.size <= 0:
             raise InvalidInput("must be greater than 0 (GB)", field=f"{field}.size")
         if disk.readonly and disk.kind != "existing":
@@ -208,6 +212,31 @@ def disk_roots(hv: Hypervisor) -> list[Path]:
     return roots + [root for root in settings.VAPOR.disk_roots if root not in roots]
 
 
+def disk_source(disk: DiskRequest, field: str, roots: list[Path]) -> tuple[str, str, int]:
+    """An existing disk's or a clone's source, checked: (path, format, capacity in bytes).
+
+    A clone given a size is grown to it; smaller than its source is refused.
+    A new volume has no source: ("", "", its size).
+    """
+    if disk.kind == "new":
+        return "", "", (disk.size or 0) * GIB
+    raw = disk.path if disk.kind == "existing" else disk.clone_from
+    source_format = disk.source_format or (disk.format if disk.kind == "existing" else "qcow2")
+    key = "path" if disk.kind == "existing" else "clone_from"
+    resolved, capacity = _inspect_source(str(raw), source_format, f"{field}.{key}", roots)
+    if disk.size is not None:
+        if disk.size * GIB < capacity:
+            raise InvalidInput(
+                f"{disk.size} GB is smaller than the clone source ({_gb(capacity)}); a cloned disk can only grow", field=f"{field}.size"
+            )
+        capacity = disk.size * GIB
+    return str(resolved), source_format, capacity
+
+
+def _gb(size: int) -> str:
+    return f"{size // GIB} GB" if size % GIB == 0 else f"{size / GIB:.2f} GB"
+
+
 def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[Path, int]:
     if not raw.startswith("/"):
         raise InvalidInput(f"{raw!r} is not an absolute path (protocol names such as json: or nbd: are refused)", field=field)
@@ -230,13 +259,7 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
     planned: list[PlannedDisk] = []
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
-        source_path, source_format, capacity = "", "", (disk.size or 0) * GIB
-        if disk.kind != "new":
-            raw = disk.path if disk.kind == "existing" else disk.clone_from
-            source_format = disk.source_format or (disk.format if disk.kind == "existing" else "qcow2")
-            key = "path" if disk.kind == "existing" else "clone_from"
-            resolved, capacity = _inspect_source(str(raw), source_format, f"{field}.{key}", roots)
-            source_path = str(resolved)
+        source_path, source_format, capacity = disk_source(disk, field, roots)
         if disk.kind == "existing":
             _check_not_shared(source_path, disk.readonly, f"{field}.path")
             volume_name, path = "", source_path

@@ -98,6 +98,7 @@ def _store(plan: VmPlan) -> VirtualMachine:
                 graphics_password_set=bool(graphics.password),
                 serial_log=request.serial_log or _serial_log(request.name),
                 status=VmStatus.PROVISIONING,
+                template=plan.template,
             )
     except IntegrityError:
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken") from None
@@ -130,7 +131,10 @@ def _store(plan: VmPlan) -> VirtualMachine:
         )
         for c in plan.cdroms
     )
-    VmEvent.objects.create(vm=vm, step="accepted", status=EventStatus.INFO, message=f"{len(plan.disks)} disk(s), {len(plan.nics)} NIC(s)")
+    made_from = f" from template {plan.template.name}" if plan.template else ""
+    VmEvent.objects.create(
+        vm=vm, step="accepted", status=EventStatus.INFO, message=f"{len(plan.disks)} disk(s), {len(plan.nics)} NIC(s){made_from}"
+    )
     return vm
 
 
@@ -145,6 +149,12 @@ ACTIONS = {
 
 
 def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None) -> VirtualMachine:
+    if vm.status == VmStatus.MISSING:
+        raise Conflict(
+            f"VM {vm.name} is missing: its domain is gone from the host, so {action} is not possible; "
+            "run `manage.py sync_vms` once it is back, or delete the VM",
+            code="vm_missing",
+        )
     if vm.status in (VmStatus.PROVISIONING, VmStatus.DELETING, VmStatus.FAILED):
         raise Conflict(f"VM {vm.name} is {vm.status}; {action} is not possible", code="vm_busy")
     hv = hv or hypervisor.get_hypervisor()
@@ -158,18 +168,18 @@ def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None) 
 
 
 def vm_sync_state(*, vm: VirtualMachine, hv: Hypervisor) -> str:
-    """The live domain state; running/stopped status follows it."""
-    if vm.status not in (VmStatus.RUNNING, VmStatus.STOPPED):
+    """The live domain state ("missing" without a domain), stored on the VM with
+    the running/stopped/missing status it means (`vms.services.sync`)."""
+    from vms.services.sync import SYNCED_STATUSES, vm_record_state
+
+    if vm.status not in SYNCED_STATUSES:
         return ""
     try:
-        state = hv.domain_state(vm.name)
+        state: str | None = hv.domain_state(vm.name)
     except NotFound:
-        return "missing"
-    status = VmStatus.RUNNING if state in ("running", "paused", "blocked") else VmStatus.STOPPED
-    if status != vm.status:
-        VirtualMachine.objects.filter(pk=vm.pk).update(status=status)
-        vm.status = status
-    return state
+        state = None
+    vm_record_state(vm=vm, state=state)
+    return state or "missing"
 
 
 def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None) -> None:

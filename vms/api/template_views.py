@@ -1,0 +1,77 @@
+"""VM template endpoints. Thin: parse, call a service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from vaporsite.api import ErrorSerializer
+from vms.api.serializers import TemplateListSerializer, TemplateOutSerializer, TemplateSerializer, template_out
+from vms.models import VmTemplate
+from vms.selectors import template_list
+from vms.services import templates as services
+
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+
+
+def render(template: VmTemplate) -> dict[str, Any]:
+    template = template_list().get(pk=template.pk) if not hasattr(template, "vm_count") else template
+    return {
+        "id": template.pk,
+        **template_out(services.template_data(template)),
+        "iso_id": template.iso_id,
+        "vm_count": template.vm_count,  # type: ignore[attr-defined]
+        "created_at": template.created_at,
+        "updated_at": template.updated_at,
+    }
+
+
+class TemplateCollectionView(APIView):
+    queryset = VmTemplate.objects.all()
+
+    @extend_schema(operation_id="vm_templates_list", responses={200: TemplateListSerializer})
+    def get(self, request: Request) -> Response:
+        return Response({"templates": [render(t) for t in template_list()]})
+
+    @extend_schema(operation_id="vm_templates_create", request=TemplateSerializer, responses={201: TemplateOutSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        serializer = TemplateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        template = services.template_create(data=serializer.to_data())
+        return Response(render(template), status=status.HTTP_201_CREATED)
+
+
+class TemplateItemView(APIView):
+    queryset = VmTemplate.objects.all()
+
+    @extend_schema(operation_id="vm_templates_retrieve", responses={200: TemplateOutSerializer, 404: ErrorSerializer})
+    def get(self, request: Request, name: str) -> Response:
+        return Response(render(get_object_or_404(template_list(), name=name)))
+
+    @extend_schema(
+        operation_id="vm_templates_partial_update",
+        request=TemplateSerializer(partial=True),
+        responses={200: TemplateOutSerializer, **ERRORS},
+        description="Change the given fields; `disks` and `networks`, when given, replace the whole list.",
+    )
+    def patch(self, request: Request, name: str) -> Response:
+        template = get_object_or_404(template_list(), name=name)
+        serializer = TemplateSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        template = services.template_update(template=template, data=serializer.to_data(base=services.template_data(template)))
+        return Response(render(template))
+
+    @extend_schema(
+        operation_id="vm_templates_destroy",
+        responses={204: None, 404: ErrorSerializer, 409: ErrorSerializer},
+        description="409 while VMs made from the template exist (failed VMs do not count).",
+    )
+    def delete(self, request: Request, name: str) -> Response:
+        services.template_delete(template=get_object_or_404(VmTemplate, name=name))
+        return Response(status=status.HTTP_204_NO_CONTENT)

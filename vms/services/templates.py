@@ -1,0 +1,199 @@
+"""VM templates: create, change, delete, and their portable form.
+
+A template is checked with the same rules as a create request (it is turned
+into one: `template_request`), so anything a template holds is something a
+VM can be made from: the OS variant is known to osinfo-db, Secure Boot has
+UEFI, every clone source is an image inside the disk roots whose backing
+chain stays inside them, and a size given with a clone is not smaller than
+the source. Networks and the storage pool are checked when a VM is created,
+since a template may be written before the host has them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.db import IntegrityError, transaction
+
+from isos import osinfo
+from isos.models import IsoImage
+from isos.resolve import iso_resolve
+from vaporsite.errors import Conflict, InvalidInput, NotFound
+from vms import hypervisor
+from vms.choices import LIVE_STATUSES
+from vms.hypervisor import Hypervisor
+from vms.models import TemplateDisk, TemplateNic, VmTemplate
+from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
+from vms.services.template_apply import template_disks, template_nics
+from vms.services.validation import check_shape, disk_roots, disk_source
+
+log = logging.getLogger("vapor.vms")
+
+
+@dataclass(frozen=True)
+class TemplateData:
+    """A template as the API, the admin and the import file give it."""
+
+    name: str
+    description: str = ""
+    memory: int = 2048
+    vcpus: int = 2
+    os_type: str = ""
+    os_variant: str = ""
+    architecture: str = "x86_64"
+    uefi: bool = False
+    secure_boot: bool = False
+    tpm: bool = False
+    graphics_type: str = "vnc"
+    storage_pool: str = ""
+    iso: str | None = None  # an ISO reference: id, name, path or file name
+    disks: tuple[DiskRequest, ...] = ()  # size and/or clone_from; never path or readonly
+    networks: tuple[NicRequest, ...] = field(default_factory=tuple)
+
+
+def template_request(data: TemplateData) -> VmRequest:
+    """The create request a template stands for (its rules are the request's)."""
+    return VmRequest(
+        name=data.name,
+        memory=data.memory,
+        vcpus=data.vcpus,
+        disks=data.disks,
+        os_type=data.os_type,
+        os_variant=data.os_variant,
+        architecture=data.architecture,
+        uefi=data.uefi,
+        secure_boot=data.secure_boot,
+        tpm=data.tpm,
+        networks=data.networks,
+        graphics=GraphicsRequest(type=data.graphics_type),
+        storage_pool=data.storage_pool or "default",
+    )
+
+
+def template_validate(data: TemplateData, *, hv: Hypervisor | None = None) -> IsoImage | None:
+    """Check `data`; its ISO, if it names one. Raises the first problem, naming the field."""
+    request = template_request(data)
+    check_shape(request)
+    osinfo.validate_os_variant(data.os_variant)
+    for index, disk in enumerate(request.disks):
+        if disk.path is not None or disk.readonly:
+            raise InvalidInput("a template disk is a new volume (size) or a clone (clone_from), not a shared file", field=f"disks.{index}")
+    iso = _template_iso(data.iso)
+    if any(d.clone_from for d in data.disks):
+        roots = disk_roots(hv or hypervisor.get_hypervisor())
+        for index, disk in enumerate(request.disks):
+            if disk.kind == "clone":
+                disk_source(disk, f"disks.{index}", roots)
+    return iso
+
+
+def _template_iso(reference: str | None) -> IsoImage | None:
+    if not reference:
+        return None
+    iso = iso_resolve(reference, field="iso", register=False).iso
+    if iso._state.adding:  # a file on disk the library does not hold yet
+        raise NotFound(f"{iso.path} is not in the ISO library: register it first", field="iso", code="iso_not_registered")
+    return iso
+
+
+def template_create(*, data: TemplateData, hv: Hypervisor | None = None) -> VmTemplate:
+    iso = template_validate(data, hv=hv)
+    try:
+        with transaction.atomic():
+            template = VmTemplate.objects.create(name=data.name, iso=iso, **_columns(data))
+            _store_rows(template, data)
+    except IntegrityError:
+        raise Conflict(f"a template named {data.name!r} already exists", field="name", code="name_taken") from None
+    log.info("template %s created", template.name)
+    return template
+
+
+def template_update(*, template: VmTemplate, data: TemplateData, hv: Hypervisor | None = None) -> VmTemplate:
+    """Replace the template's values, disks and networks with `data`'s.
+
+    VMs made from it keep what they were made with: a template is only read
+    when a VM is created.
+    """
+    iso = template_validate(data, hv=hv)
+    try:
+        with transaction.atomic():
+            VmTemplate.objects.filter(pk=template.pk).update(name=data.name, iso=iso, **_columns(data))
+            template.disks.all().delete()
+            template.nics.all().delete()
+            _store_rows(template, data)
+    except IntegrityError:
+        raise Conflict(f"a template named {data.name!r} already exists", field="name", code="name_taken") from None
+    template.refresh_from_db()
+    log.info("template %s updated", template.name)
+    return template
+
+
+def template_delete(*, template: VmTemplate) -> None:
+    """Delete it; 409 while a VM made from it exists (failed VMs are history and only lose the link)."""
+    users = sorted(template.vms.filter(status__in=LIVE_STATUSES).values_list("name", flat=True))
+    if users:
+        raise Conflict(
+            f"template {template.name} is used by {len(users)} VM(s): {', '.join(users)}; delete them first",
+            code="template_in_use",
+            vms=users,
+        )
+    template.delete()  # history (failed VMs) keeps its rows: the link is set to NULL
+    log.info("template %s deleted", template.name)
+
+
+def template_data(template: VmTemplate) -> TemplateData:
+    """The template in its portable form (for PATCH, export and the admin's pre-filled form)."""
+    return TemplateData(
+        name=template.name,
+        description=template.description,
+        memory=template.memory_mb,
+        vcpus=template.vcpus,
+        os_type=template.os_type,
+        os_variant=template.os_variant,
+        architecture=template.architecture,
+        uefi=template.uefi,
+        secure_boot=template.secure_boot,
+        tpm=template.tpm,
+        graphics_type=template.graphics_type,
+        storage_pool=template.storage_pool,
+        iso=template.iso.name if template.iso else None,
+        disks=template_disks(template),
+        networks=template_nics(template),
+    )
+
+
+def _columns(data: TemplateData) -> dict[str, object]:
+    return {
+        "description": data.description,
+        "memory_mb": data.memory,
+        "vcpus": data.vcpus,
+        "os_type": data.os_type or (osinfo.os_type_for(data.os_variant) if data.os_variant else ""),
+        "os_variant": data.os_variant,
+        "architecture": data.architecture,
+        "uefi": data.uefi,
+        "secure_boot": data.secure_boot,
+        "tpm": data.tpm,
+        "graphics_type": data.graphics_type,
+        "storage_pool": data.storage_pool,
+    }
+
+
+def _store_rows(template: VmTemplate, data: TemplateData) -> None:
+    TemplateDisk.objects.bulk_create(
+        TemplateDisk(
+            template=template,
+            order=index,
+            size_gb=d.size,
+            clone_from=d.clone_from or "",
+            source_format=d.source_format or "",
+            linked=d.linked,
+            format=d.format,
+            bus=d.bus,
+            boot_order=d.boot_order,
+        )
+        for index, d in enumerate(data.disks)
+    )
+    TemplateNic.objects.bulk_create(
+        TemplateNic(template=template, order=index, type=n.type, source=n.source, model=n.model) for index, n in enumerate(data.networks)
+    )
