@@ -63,6 +63,16 @@ class HostCapabilities:
     host_arch: str
 
 
+@dataclass(frozen=True)
+class HostResources:
+    """The host's size: physical memory in bytes, logical CPUs, CPU model and host name."""
+
+    memory_bytes: int
+    cpus: int
+    model: str
+    hostname: str
+
+
 DOMAIN_STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 """A domain's state in words, indexed by libvirt's `virDomainState` number."""
 
@@ -82,6 +92,7 @@ class Hypervisor(Protocol):
     def bridge_exists(self, name: str) -> bool: ...
     def capabilities(self) -> HostCapabilities: ...
     def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int: ...
+    def host_resources(self) -> HostResources: ...
     def pool_paths(self) -> dict[str, str]: ...
     def volume_by_path(self, path: str) -> VolumeInfo | None: ...
     def clone_volume(
@@ -121,4 +132,13 @@ def get_hypervisor(uri: str | None = None) -> Hypervisor:
     return LibvirtDriver(uri)
 
 
-__all__ = ["DOMAIN_STATES", "HostCapabilities", "Hypervisor", "NetworkInfo", "PoolInfo", "VolumeInfo", "get_hypervisor"]
+__all__ = [
+    "DOMAIN_STATES",
+    "HostCapabilities",
+    "HostResources",
+    "Hypervisor",
+    "NetworkInfo",
+    "PoolInfo",
+    "VolumeInfo",
+    "get_hypervisor",
+]

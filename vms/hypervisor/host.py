@@ -13,7 +13,7 @@ from typing import Any
 import libvirt
 
 from vaporsite.errors import InvalidInput
-from vms.hypervisor import HostCapabilities, NetworkInfo
+from vms.hypervisor import HostCapabilities, HostResources, NetworkInfo
 from vms.hypervisor import xml as lvxml
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, undefined_on_failure, vapor_error
 from vms.hypervisor.errors import (
@@ -89,6 +89,19 @@ class HostMixin(Connection):
                 document = self._connection().getCapabilities()
             self._capabilities = lvxml.host_capabilities(document)
         return self._capabilities
+
+    def host_resources(self) -> HostResources:
+        """Memory, logical CPUs, CPU model and name of the host, as libvirt's node info gives them.
+
+        Not cached: a daemon may move to bigger hardware, and callers that
+        ask often (the admin dashboard) cache the answer themselves.
+        """
+        with calls():
+            conn = self._connection()
+            # getInfo(): [model, memory in MiB, cpus, MHz, NUMA nodes, sockets, cores, threads]
+            model, memory_mib, cpus = conn.getInfo()[:3]
+            hostname = conn.getHostname()
+        return HostResources(memory_bytes=memory_mib * 1024 * 1024, cpus=cpus, model=model, hostname=hostname)
 
     def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int:
         """The most vCPUs one domain may have: QEMU's limit for the machine type, not the host's cores.

@@ -1,0 +1,233 @@
+"""Reads for the admin index dashboard: VMs, host capacity, the ISO library, failures.
+
+Only reads. The page costs a fixed number of queries however many rows
+exist (one aggregate per model, one list of downloads, one list of failures
+per model) and at most one hypervisor call, whose answer is cached so that a
+page refreshing itself every few seconds does not talk to libvirt each time.
+Each section is built only for a user who may view its model. VNC passwords
+are never read: every query names the columns it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib.admin.utils import quote
+from django.core.cache import cache
+from django.db.models import Count, Q, Sum
+from django.urls import reverse
+
+from isos.choices import IsoStatus
+from isos.models import IsoImage
+from vaporsite.errors import VaporError
+from vms import hypervisor
+from vms.choices import VmStatus
+from vms.hypervisor import HostResources
+from vms.models import VirtualMachine
+
+HOST_CACHE_SECONDS = 30
+HOST_ERROR_CACHE_SECONDS = 10  # shorter, so a daemon that is back shows up soon
+REFRESH_SECONDS = 5
+FAILURES_SHOWN = 10
+
+VM_BUSY = (VmStatus.PROVISIONING, VmStatus.DELETING)
+ISO_BUSY = (IsoStatus.DOWNLOADING, IsoStatus.HASHING)
+
+
+class PermissionHolder(Protocol):
+    def has_perm(self, perm: str, obj: Any = None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class StatusCount:
+    value: str
+    label: str
+    count: int
+    url: str  # the changelist filtered on this status
+
+
+@dataclass(frozen=True)
+class Usage:
+    """`used` of `total` (same unit); `percent` may pass 100 when the host is overcommitted."""
+
+    used: int
+    total: int
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.used / self.total) if self.total else 0
+
+    @property
+    def meter_value(self) -> int:
+        return min(self.percent, 100)
+
+
+@dataclass(frozen=True)
+class HostSummary:
+    """The host's resources, or why they could not be read."""
+
+    resources: HostResources | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class VmSection:
+    by_status: list[StatusCount]
+    total: int
+    host: HostSummary
+    memory_mb: Usage | None  # running VMs' memory against the host's (None: host unknown)
+    vcpus: Usage | None
+    running_memory_mb: int
+    running_vcpus: int
+    busy: bool
+
+
+@dataclass(frozen=True)
+class Download:
+    name: str
+    url: str
+    status: str
+    percent: float | None  # None while the total size is unknown
+    bytes_done: int
+    bytes_total: int | None
+
+
+@dataclass(frozen=True)
+class IsoSection:
+    total: int
+    total_bytes: int
+    by_status: list[StatusCount]
+    downloads: list[Download]
+    busy: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    name: str
+    error: str
+    at: datetime
+    url: str
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    vms: VmSection | None  # None: the user may not view VMs
+    isos: IsoSection | None
+    failures: list[Failure] | None  # None: the user may view neither model
+    refresh_seconds: int  # 0: nothing in progress, no refresh
+
+
+def _may_view(user: PermissionHolder, app_label: str, model_name: str) -> bool:
+    # As ModelAdmin.has_view_permission: change implies view.
+    return any(user.has_perm(f"{app_label}.{action}_{model_name}") for action in ("view", "change"))
+
+
+def _status_counts(totals: dict[str, int], choices: type[VmStatus] | type[IsoStatus], changelist: str) -> list[StatusCount]:
+    url = reverse(changelist)
+    rows = []
+    for value, label in choices.choices:
+        rows.append(StatusCount(value, str(label), totals[f"n_{value}"], f"{url}?{urlencode({'status__exact': value})}"))
+    return rows
+
+
+def host_summary() -> HostSummary:
+    """The host's memory and CPUs, from the cache or from one hypervisor call."""
+    uri = settings.VAPOR.libvirt_uri
+    key = "vapor:dashboard:host:" + hashlib.sha256(uri.encode()).hexdigest()[:16]
+    cached = cache.get(key)
+    if isinstance(cached, HostSummary):
+        return cached
+    hv = hypervisor.get_hypervisor()
+    try:
+        summary = HostSummary(hv.host_resources())
+    except VaporError as exc:
+        summary = HostSummary(None, exc.message)
+    finally:
+        hv.close()
+    cache.set(key, summary, HOST_CACHE_SECONDS if summary.resources else HOST_ERROR_CACHE_SECONDS)
+    return summary
+
+
+def vm_section() -> VmSection:
+    counts = {f"n_{value}": Count("id", filter=Q(status=value)) for value in VmStatus.values}
+    running = Q(status=VmStatus.RUNNING)
+    totals = VirtualMachine.objects.aggregate(
+        **counts, total=Count("id"), memory=Sum("memory_mb", filter=running), vcpus=Sum("vcpus", filter=running)
+    )
+    memory, vcpus = totals["memory"] or 0, totals["vcpus"] or 0
+    host = host_summary()
+    resources = host.resources
+    return VmSection(
+        by_status=_status_counts(totals, VmStatus, "admin:vms_virtualmachine_changelist"),
+        total=totals["total"],
+        host=host,
+        memory_mb=Usage(memory, resources.memory_bytes // 2**20) if resources else None,
+        vcpus=Usage(vcpus, resources.cpus) if resources else None,
+        running_memory_mb=memory,
+        running_vcpus=vcpus,
+        busy=any(totals[f"n_{value}"] for value in VM_BUSY),
+    )
+
+
+def iso_section() -> IsoSection:
+    counts = {f"n_{value}": Count("id", filter=Q(status=value)) for value in IsoStatus.values}
+    totals = IsoImage.objects.aggregate(**counts, total=Count("id"), size=Sum("size"))
+    in_progress = IsoImage.objects.filter(status__in=ISO_BUSY).only("id", "name", "status", "bytes_done", "bytes_total")
+    downloads = [
+        Download(
+            name=iso.name,
+            url=reverse("admin:isos_isoimage_change", args=[quote(iso.pk)]),
+            status=iso.get_status_display(),
+            percent=iso.progress,
+            bytes_done=iso.bytes_done,
+            bytes_total=iso.bytes_total,
+        )
+        for iso in in_progress.order_by("name")
+    ]
+    return IsoSection(
+        total=totals["total"],
+        total_bytes=totals["size"] or 0,
+        by_status=_status_counts(totals, IsoStatus, "admin:isos_isoimage_changelist"),
+        downloads=downloads,
+        busy=any(totals[f"n_{value}"] for value in ISO_BUSY),
+    )
+
+
+def recent_failures(*, vms: bool, isos: bool) -> list[Failure]:
+    """The latest failed VMs and ISOs (those the flags allow), newest first."""
+    failures: list[Failure] = []
+    fields = ("pk", "name", "error", "updated_at")
+    if vms:
+        rows = VirtualMachine.objects.filter(status=VmStatus.FAILED).order_by("-updated_at").values(*fields)[:FAILURES_SHOWN]
+        failures += [
+            Failure("VM", r["name"], r["error"], r["updated_at"], reverse("admin:vms_virtualmachine_change", args=[r["pk"]])) for r in rows
+        ]
+    if isos:
+        rows = IsoImage.objects.filter(status=IsoStatus.FAILED).order_by("-updated_at").values(*fields)[:FAILURES_SHOWN]
+        failures += [
+            Failure("ISO", r["name"], r["error"], r["updated_at"], reverse("admin:isos_isoimage_change", args=[quote(r["pk"])]))
+            for r in rows
+        ]
+    failures.sort(key=lambda f: f.at, reverse=True)
+    return failures[:FAILURES_SHOWN]
+
+
+def dashboard_for(*, user: PermissionHolder) -> Dashboard:
+    """What the admin index shows `user`."""
+    see_vms = _may_view(user, "vms", "virtualmachine")
+    see_isos = _may_view(user, "isos", "isoimage")
+    vms = vm_section() if see_vms else None
+    isos = iso_section() if see_isos else None
+    busy = bool(vms and vms.busy) or bool(isos and isos.busy)
+    return Dashboard(
+        vms=vms,
+        isos=isos,
+        failures=recent_failures(vms=see_vms, isos=see_isos) if see_vms or see_isos else None,
+        refresh_seconds=REFRESH_SECONDS if busy else 0,
+    )
