@@ -258,3 +258,13 @@ def test_iso_of_a_template_cannot_be_deleted(vm_api, ubuntu):
     with pytest.raises(Conflict, match="template"):
         iso_delete(iso=iso)
     assert vm_api.delete(f"/api/v1/virtualmachines/isos/{iso.pk}").status_code == 409
+
+
+def test_an_iso_file_is_registered_on_the_way_unless_the_template_is_refused(vm_api, hv, iso_dirs, disk_root):
+    make_iso(iso_dirs.search[0] / "fresh.iso")
+    bad = {"name": "t", "iso": "fresh.iso", "disks": [{"clone_from": "/etc/passwd"}]}
+    assert vm_api.post(TEMPLATES, bad, format="json").status_code == 400
+    assert not IsoImage.objects.exists() and not VmTemplate.objects.exists()
+    response = vm_api.post(TEMPLATES, {"name": "t", "iso": "fresh.iso"}, format="json")
+    assert response.status_code == 201, response.json()
+    assert IsoImage.objects.get().name == "fresh.iso" == response.json()["iso"]

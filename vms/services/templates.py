@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from isos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve
-from vaporsite.errors import Conflict, InvalidInput, NotFound
+from vaporsite.errors import Conflict, InvalidInput
 from vms import hypervisor
 from vms.choices import LIVE_STATUSES
 from vms.hypervisor import Hypervisor
@@ -71,15 +71,19 @@ def template_request(data: TemplateData) -> VmRequest:
     )
 
 
-def template_validate(data: TemplateData, *, hv: Hypervisor | None = None) -> IsoImage | None:
-    """Check `data`; its ISO, if it names one. Raises the first problem, naming the field."""
+def template_validate(data: TemplateData, *, hv: Hypervisor | None = None, register: bool = False) -> IsoImage | None:
+    """Check `data`; its ISO, if it names one. Raises the first problem, naming the field.
+
+    An ISO named by a path or file name the library does not hold yet is
+    registered with `register` (as create-enhanced does), else returned unsaved.
+    """
     request = template_request(data)
     check_shape(request)
     osinfo.validate_os_variant(data.os_variant)
     for index, disk in enumerate(request.disks):
         if disk.path is not None or disk.readonly:
             raise InvalidInput("a template disk is a new volume (size) or a clone (clone_from), not a shared file", field=f"disks.{index}")
-    iso = _template_iso(data.iso)
+    iso = iso_resolve(data.iso, field="iso", register=register).iso if data.iso else None
     if any(d.clone_from for d in data.disks):
         roots = disk_roots(hv or hypervisor.get_hypervisor())
         for index, disk in enumerate(request.disks):
@@ -88,19 +92,10 @@ def template_validate(data: TemplateData, *, hv: Hypervisor | None = None) -> Is
     return iso
 
 
-def _template_iso(reference: str | None) -> IsoImage | None:
-    if not reference:
-        return None
-    iso = iso_resolve(reference, field="iso", register=False).iso
-    if iso._state.adding:  # a file on disk the library does not hold yet
-        raise NotFound(f"{iso.path} is not in the ISO library: register it first", field="iso", code="iso_not_registered")
-    return iso
-
-
 def template_create(*, data: TemplateData, hv: Hypervisor | None = None) -> VmTemplate:
-    iso = template_validate(data, hv=hv)
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # an ISO registered on the way goes if anything fails
+            iso = template_validate(data, hv=hv, register=True)
             template = VmTemplate.objects.create(name=data.name, iso=iso, **_columns(data))
             _store_rows(template, data)
     except IntegrityError:
@@ -115,9 +110,9 @@ def template_update(*, template: VmTemplate, data: TemplateData, hv: Hypervisor 
     VMs made from it keep what they were made with: a template is only read
     when a VM is created.
     """
-    iso = template_validate(data, hv=hv)
     try:
         with transaction.atomic():
+            iso = template_validate(data, hv=hv, register=True)
             VmTemplate.objects.filter(pk=template.pk).update(name=data.name, iso=iso, **_columns(data))
             template.disks.all().delete()
             template.nics.all().delete()
