@@ -198,7 +198,7 @@ class VmSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "uuid", "status", "error", "memory", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
             "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "disks", "cdroms", "networks", "graphics",
-            "created_at", "updated_at",
+            "state", "state_checked_at", "created_at", "updated_at",
         ]  # fmt: skip
 
     @extend_schema_field(GraphicsOutSerializer(allow_null=True))
@@ -219,11 +219,11 @@ class VmEventSerializer(serializers.ModelSerializer):
 
 
 class VmDetailSerializer(VmSerializer):
-    state = serializers.SerializerMethodField(help_text="The domain's live state from libvirt.")
+    state = serializers.SerializerMethodField(help_text="The domain's live state, read from libvirt for this response.")
     events = VmEventSerializer(many=True)
 
     class Meta(VmSerializer.Meta):
-        fields = [*VmSerializer.Meta.fields, "state", "events"]
+        fields = [*VmSerializer.Meta.fields, "events"]
 
     def get_state(self, vm: VirtualMachine) -> str:
         return str(self.context.get("state", ""))

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from isos import osinfo
 from isos.models import IsoImage
@@ -113,7 +114,7 @@ def template_update(*, template: VmTemplate, data: TemplateData, hv: Hypervisor 
     try:
         with transaction.atomic():
             iso = template_validate(data, hv=hv, register=True)
-            VmTemplate.objects.filter(pk=template.pk).update(name=data.name, iso=iso, **_columns(data))
+            VmTemplate.objects.filter(pk=template.pk).update(name=data.name, iso=iso, updated_at=timezone.now(), **_columns(data))
             template.disks.all().delete()
             template.nics.all().delete()
             _store_rows(template, data)
