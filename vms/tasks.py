@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from vms.services.provisioning import vm_provision
+from vms.services.sync import vm_refresh_states
 
 
 def provision_vm(vm_id: int) -> None:
     vm_provision(vm_id=vm_id)
+
+
+def refresh_vm_states() -> int:
+    """Scheduled every minute (migration 0004): store every VM's domain state."""
+    return vm_refresh_states()

@@ -73,6 +73,21 @@ class HostResources:
     hostname: str
 
 
+@dataclass(frozen=True)
+class DomainInfo:
+    """A domain as listed on the host; `state` in words (see DOMAIN_STATES).
+
+    `persistent` is False for a transient domain (started from XML, never
+    defined): it disappears when it stops.
+    """
+
+    name: str
+    uuid: str
+    state: str
+    autostart: bool
+    persistent: bool
+
+
 DOMAIN_STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 """A domain's state in words, indexed by libvirt's `virDomainState` number."""
 
@@ -118,6 +133,7 @@ class Hypervisor(Protocol):
     def domain_state(self, name: str) -> str: ...
     def domain_xml(self, name: str, inactive: bool = False) -> str: ...
     def list_domain_names(self) -> list[str]: ...
+    def list_domains(self) -> list[DomainInfo]: ...
     def close(self) -> None: ...
 
 
@@ -134,6 +150,7 @@ def get_hypervisor(uri: str | None = None) -> Hypervisor:
 
 __all__ = [
     "DOMAIN_STATES",
+    "DomainInfo",
     "HostCapabilities",
     "HostResources",
     "Hypervisor",
