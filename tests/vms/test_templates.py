@@ -268,3 +268,27 @@ def test_an_iso_file_is_registered_on_the_way_unless_the_template_is_refused(vm_
     response = vm_api.post(TEMPLATES, {"name": "t", "iso": "fresh.iso"}, format="json")
     assert response.status_code == 201, response.json()
     assert IsoImage.objects.get().name == "fresh.iso" == response.json()["iso"]
+
+
+def test_template_list_query_count_is_flat(vm_api, hv):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from vms.models import TemplateNic
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert vm_api.get(TEMPLATES).status_code == 200
+        return len(captured.captured_queries)
+
+    def make(n: int) -> None:
+        for i in range(n):
+            template = VmTemplate.objects.create(name=f"t{VmTemplate.objects.count()}-{i}")
+            TemplateDisk.objects.create(template=template, size_gb=10)
+            TemplateNic.objects.create(template=template)
+
+    make(2)
+    count()  # the first request also loads the user's permissions
+    few = count()
+    make(20)
+    assert count() == few
