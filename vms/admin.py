@@ -13,12 +13,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.urls import path
 from django.utils.html import format_html
 
 from vaporsite.errors import VaporError
-from vms import admin_create
-from vms.hypervisor.domain_xml import domain_xml
+from vms import admin_create, hypervisor
+from vms.choices import VmStatus
+from vms.hypervisor.domain_xml import domain_xml, parse_domain
 from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, TemplateNic, VirtualMachine, VmEvent, VmTemplate
 from vms.services import sync
 from vms.services import templates as template_services
@@ -116,7 +118,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
     readonly_fields = [
         "name", "uuid", "status", "error", "memory_mb", "vcpus", "os_type", "os_variant", "architecture", "virt_type", "machine",
         "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "graphics_type", "graphics_port", "graphics_listen",
-        "graphics_password_set", "created_at", "template", "state", "state_checked_at", "domain_xml_preview",
+        "graphics_password_set", "created_at", "template", "state", "state_checked_at", "console", "domain_xml_preview",
     ]  # fmt: skip
 
     def get_urls(self) -> list[Any]:
@@ -143,7 +145,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
             (None, {"fields": ["name", "uuid", "status", "state", "state_checked_at", "error", "template", "created_at"]}),
             ("Hardware", {"fields": ["memory_mb", "vcpus", "architecture", "virt_type", "machine", "storage_pool", "autostart"]}),
             ("OS and firmware", {"fields": ["os_type", "os_variant", "uefi", "secure_boot", "tpm"]}),
-            ("Console", {"fields": ["graphics_type", "graphics_port", "graphics_listen", "graphics_password_set"]}),
+            ("Console", {"fields": ["console", "graphics_type", "graphics_port", "graphics_listen", "graphics_password_set"]}),
             ("Domain XML", {"fields": ["domain_xml_preview"], "classes": ["collapse"]}),
         ]
 
@@ -152,6 +154,28 @@ class VirtualMachineAdmin(admin.ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: VirtualMachine) -> None:
         services.vm_delete(vm=obj)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
+        """The delete page; a refusal (still provisioning) or a libvirt failure is a message, not a 500."""
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except VaporError as exc:
+            self.message_user(request, f"Not deleted: {exc.message}", messages.ERROR)
+            return redirect("admin:vms_virtualmachine_change", object_id)
+
+    @admin.display(description="Console")
+    def console(self, obj: VirtualMachine) -> str:
+        """Where the console listens: the port libvirt assigned, read from the live domain (one call, this page only)."""
+        if obj.graphics_type == "none":
+            return "none"
+        where = f"{obj.get_graphics_type_display()} on {obj.graphics_listen}"
+        if obj.status != VmStatus.RUNNING:
+            return f"{where}, port {'assigned at start' if obj.graphics_port == -1 else obj.graphics_port}"
+        try:
+            port = parse_domain(hypervisor.get_hypervisor().domain_xml(obj.name)).graphics_port
+        except VaporError as exc:
+            return f"{where} (could not read the host: {exc.message})"
+        return f"{where}:{port}" + (" (password set)" if obj.graphics_password_set else "")
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: VirtualMachine) -> str:
@@ -337,8 +361,6 @@ class VmTemplateAdmin(admin.ModelAdmin):
             return super().delete_view(request, object_id, extra_context)
         except VaporError as exc:
             self.message_user(request, exc.message, messages.ERROR)
-            from django.shortcuts import redirect
-
             return redirect("admin:vms_vmtemplate_change", object_id)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[VmTemplate]) -> None:

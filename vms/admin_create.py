@@ -19,6 +19,7 @@ from django.db.models import Q
 from django.forms import formset_factory
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.translation import ngettext
 
@@ -35,21 +36,11 @@ from vms.services.vms import DryRun
 PICKER_LIMIT = 20
 
 
-def _size(size: int | None) -> str:
-    if not size:
-        return "size unknown"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return ""  # pragma: no cover - the loop always returns
-
-
 def iso_label(iso: IsoImage) -> str:
     """How the picker shows an ISO: name, status, OS and size."""
     os_text = iso.os_variant or iso.get_os_type_display() or "OS unknown"
-    return f"{iso.name} — {iso.get_status_display()} · {os_text} · {_size(iso.size)}"
+    size = filesizeformat(iso.size) if iso.size else "size unknown"  # as the ISO list shows it
+    return f"{iso.name} — {iso.get_status_display()} · {os_text} · {size}"
 
 
 class IsoChoiceField(forms.ModelChoiceField):
@@ -140,7 +131,7 @@ class NicForm(forms.Form):
 
 
 DEFAULT_NIC = {"type": NicType.NAT.value, "source": "default", "model": NicModel.VIRTIO.value}
-DiskFormSet = formset_factory(DiskForm, extra=1, can_delete=True)
+DiskFormSet = formset_factory(DiskForm, extra=0, can_delete=True)
 NicFormSet = formset_factory(NicForm, extra=0, can_delete=True)
 
 MAIN_FIELDS = {"iso_path", "secondary_iso", "name", "memory", "vcpus", "os_type", "os_variant", "architecture",

@@ -166,7 +166,7 @@ def test_iso_picker_searches_and_shows_status_and_os(admin_client, hv, iso_dirs)
         ("ubuntu-22.04.iso", False),
         ("ubuntu-24.04.iso", True),
     ]
-    assert "Ready · ubuntu22.04 · 4.7 GB" in body["results"][0]["text"]
+    assert "Ready · ubuntu22.04 · 4.4\xa0GB" in body["results"][0]["text"]  # as the ISO list shows it (1024-based)
     assert "Hashing" in body["results"][1]["text"]
 
 
@@ -306,3 +306,33 @@ def test_read_only_operator_sees_everything_and_changes_nothing(viewer_client, a
     assert VirtualMachine.objects.filter(name="sneaky").count() == 0
     assert VirtualMachine.objects.get().status == "running" and hv.domains["web"].state == "running"
     assert VmTemplate.objects.get().name == "tpl"
+
+
+def test_delete_page_of_a_vm_being_provisioned_says_why_instead_of_failing(admin_client, hv, run_tasks):
+    from django.utils import timezone
+
+    add(admin_client, run_tasks)
+    vm = VirtualMachine.objects.get()
+    VirtualMachine.objects.filter(pk=vm.pk).update(status="provisioning", claimed_at=timezone.now())
+    response = admin_client.post(f"{CHANGELIST}{vm.pk}/delete/", {"post": "yes"}, follow=True)
+    assert response.status_code == 200
+    assert "Not deleted: VM web is being provisioned" in response.content.decode()
+    assert VirtualMachine.objects.filter(pk=vm.pk).exists() and "web" in hv.domains
+
+
+def test_state_is_stored_after_provisioning_and_actions(admin_client, hv, run_tasks):
+    add(admin_client, run_tasks)
+    vm = VirtualMachine.objects.get()
+    assert (vm.state, vm.state_checked_at is not None) == ("running", True)
+    admin_client.post(CHANGELIST, {"action": "action_force_stop", "_selected_action": [vm.pk]})
+    vm.refresh_from_db()
+    assert (vm.status, vm.state) == ("stopped", "shutoff")
+
+
+def test_vm_page_shows_the_console_port_libvirt_assigned(admin_client, hv, run_tasks):
+    add(admin_client, run_tasks, graphics_password="pw123")
+    vm = VirtualMachine.objects.get()
+    domain = hv.domains["web"]
+    domain.xml = domain.xml.replace("port='-1'", "port='5907'").replace('port="-1"', 'port="5907"')
+    page = admin_client.get(f"{CHANGELIST}{vm.pk}/change/").content.decode()
+    assert "VNC on 127.0.0.1:5907 (password set)" in page and "pw123" not in page

@@ -180,7 +180,7 @@ def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
     for cdrom in vm.cdroms.all():
         iso_record_use(iso=cdrom.iso)
     _event(vm, "record ISO use", EventStatus.DONE, ", ".join(c.iso_id for c in vm.cdroms.all()))
-    VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.RUNNING, error="")
+    VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.RUNNING, error="", state="running", state_checked_at=timezone.now())
     log.info("provisioned %s", vm.name)
 
 

@@ -164,6 +164,8 @@ def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None) 
     if status:
         VirtualMachine.objects.filter(pk=vm.pk).update(status=status)
     vm.refresh_from_db()
+    with suppress(VaporError):  # the action worked; the stored state is only a convenience
+        vm_sync_state(vm=vm, hv=hv)
     return vm
 
 
