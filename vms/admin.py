@@ -182,12 +182,6 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         colours = {"running": "#2e7d32", "failed": "#ba2121", "provisioning": "#b26a00", "deleting": "#b26a00"}
         return format_html('<b style="color:{}" title="{}">{}</b>', colours.get(obj.status, "#555"), obj.error, obj.get_status_display())
 
-    @admin.display(description="Firmware")
-    def firmware(self, obj: VirtualMachine) -> str:
-        if not obj.uefi:
-            return "BIOS"
-        return "UEFI" + (" + Secure Boot" if obj.secure_boot else "") + (" + TPM" if obj.tpm else "")
-
     @admin.display(description="Domain XML (password masked)")
     def domain_xml_preview(self, obj: VirtualMachine) -> str:
         password = "x" if obj.graphics_password_set else None
@@ -331,12 +325,6 @@ class VmTemplateAdmin(admin.ModelAdmin):
         from django.db.models import Count
 
         return super().get_queryset(request).select_related("iso").prefetch_related("disks").annotate(vm_total=Count("vms"))
-
-    @admin.display(description="Firmware")
-    def firmware(self, obj: VmTemplate) -> str:
-        if not obj.uefi:
-            return "BIOS"
-        return "UEFI" + (" + Secure Boot" if obj.secure_boot else "") + (" + TPM" if obj.tpm else "")
 
     @admin.display(description="Disks")
     def disk_summary(self, obj: VmTemplate) -> str:

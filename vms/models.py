@@ -8,7 +8,29 @@ from isos.choices import Architecture, OsType
 from vms.choices import CdromSlot, DiskBus, DiskFormat, DiskSource, EventStatus, GraphicsType, NicModel, NicType, VmStatus
 
 
-class VirtualMachine(models.Model):
+class GuestSettings(models.Model):
+    """What a VM and a template both say about the guest: OS, architecture, firmware, console."""
+
+    os_type = models.CharField("OS type", max_length=16, choices=OsType.choices, blank=True)
+    os_variant = models.CharField("OS variant", max_length=64, blank=True, help_text="osinfo-db short id, e.g. ubuntu22.04.")
+    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=Architecture.X86_64)
+    uefi = models.BooleanField("UEFI", default=False)
+    secure_boot = models.BooleanField(default=False)
+    tpm = models.BooleanField("TPM 2.0", default=False)
+    graphics_type = models.CharField(max_length=8, choices=GraphicsType.choices, default=GraphicsType.VNC)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def firmware(self) -> str:
+        """BIOS, or UEFI with what it adds, in words."""
+        if not self.uefi:
+            return "BIOS"
+        return "UEFI" + (" + Secure Boot" if self.secure_boot else "") + (" + TPM" if self.tpm else "")
+
+
+class VirtualMachine(GuestSettings):
     """A VM Vapor created (or is creating) on the libvirt host.
 
     The request as validated is stored here and in the related rows; the
@@ -20,17 +42,10 @@ class VirtualMachine(models.Model):
     uuid = models.UUIDField(null=True, blank=True, unique=True, help_text="libvirt domain UUID.")
     memory_mb = models.PositiveIntegerField("memory (MB)")
     vcpus = models.PositiveSmallIntegerField("vCPUs")
-    os_type = models.CharField("OS type", max_length=16, choices=OsType.choices, blank=True)
-    os_variant = models.CharField("OS variant", max_length=64, blank=True)
-    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=Architecture.X86_64)
     virt_type = models.CharField(max_length=8, default="kvm", help_text="libvirt domain type: kvm or qemu (TCG).")
     machine = models.CharField(max_length=32, default="q35")
-    uefi = models.BooleanField("UEFI", default=False)
-    secure_boot = models.BooleanField(default=False)
-    tpm = models.BooleanField("TPM 2.0", default=False)
     storage_pool = models.CharField(max_length=64, default="default")
     autostart = models.BooleanField(default=False)
-    graphics_type = models.CharField(max_length=8, choices=GraphicsType.choices, default=GraphicsType.VNC)
     graphics_port = models.IntegerField(default=-1, help_text="-1: libvirt assigns one.")
     graphics_listen = models.CharField(max_length=64, default="127.0.0.1")
     graphics_password_encrypted = models.TextField(blank=True, editable=False)
@@ -137,7 +152,7 @@ class VmEvent(models.Model):
         return f"{self.vm} {self.step} {self.status}"
 
 
-class VmTemplate(models.Model):
+class VmTemplate(GuestSettings):
     """Defaults for new VMs: hardware, OS, firmware, networks, an ISO and disks.
 
     A create request naming the template gets these values for every field it
@@ -148,13 +163,6 @@ class VmTemplate(models.Model):
     description = models.TextField(blank=True)
     memory_mb = models.PositiveIntegerField("memory (MB)", default=2048)
     vcpus = models.PositiveSmallIntegerField("vCPUs", default=2)
-    os_type = models.CharField("OS type", max_length=16, choices=OsType.choices, blank=True)
-    os_variant = models.CharField("OS variant", max_length=64, blank=True, help_text="osinfo-db short id, e.g. ubuntu22.04.")
-    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=Architecture.X86_64)
-    uefi = models.BooleanField("UEFI", default=False)
-    secure_boot = models.BooleanField(default=False)
-    tpm = models.BooleanField("TPM 2.0", default=False)
-    graphics_type = models.CharField(max_length=8, choices=GraphicsType.choices, default=GraphicsType.VNC)
     storage_pool = models.CharField(max_length=64, blank=True, help_text="Empty: the request's (default: 'default').")
     iso = models.ForeignKey(
         "isos.IsoImage", null=True, blank=True, on_delete=models.PROTECT, related_name="templates", verbose_name="ISO",
