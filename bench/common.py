@@ -70,6 +70,75 @@ def require(condition: bool, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Targets: a ratio against a baseline measured side by side in the same run
+
+
+@dataclass
+class Target:
+    """One of the issue's targets: `candidate` against `baseline`, measured in interleaved pairs.
+
+    The machines are noisy, so a figure is never an absolute time: each pair (one baseline run, then one
+    candidate run, or the other way round) gives one ratio, and the report shows the min, median and max
+    of those ratios. `higher_is_better` says which way the ratio should go: rates (MB/s, req/s, speed-up)
+    are higher-is-better with the target a minimum; times (s, ms) are lower-is-better with a maximum.
+
+    The ratio is always candidate over baseline of the quantity named by `unit`: for a rate, the
+    candidate's rate over the baseline's; for a time, the candidate's time over the baseline's.
+    """
+
+    number: int
+    what: str
+    baseline: str
+    unit: str  # what each sample is: "MB/s", "s", "req/s", ...
+    target: float  # the ratio the issue asks for
+    higher_is_better: bool
+    baseline_samples: list[float] = field(default_factory=list)
+    candidate_samples: list[float] = field(default_factory=list)
+    note: str = ""  # extra condition or finding, in words (e.g. "and p50 <= 50 ms: 12.3 ms")
+    extra_met: bool = True  # an extra absolute condition of the target (e.g. p50 <= 50 ms), checked by the module
+
+    def add(self, baseline: float, candidate: float) -> None:
+        self.baseline_samples.append(baseline)
+        self.candidate_samples.append(candidate)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [c / b for b, c in zip(self.baseline_samples, self.candidate_samples, strict=True) if b]
+
+    @property
+    def met(self) -> bool:
+        median = statistics.median(self.ratios)
+        within = median >= self.target if self.higher_is_better else median <= self.target
+        return within and self.extra_met
+
+    def row(self) -> list[str]:
+        ratios = self.ratios
+        sign = ">=" if self.higher_is_better else "<="
+        return [
+            str(self.number),
+            self.what,
+            self.baseline,
+            f"{sign} {self.target:g}x" + (f"; {self.note}" if self.note else ""),
+            f"{min(ratios):.2f} / **{statistics.median(ratios):.2f}** / {max(ratios):.2f} (n={len(ratios)})",
+            f"{statistics.median(self.baseline_samples):.4g} vs {statistics.median(self.candidate_samples):.4g} {self.unit}",
+            "met" if self.met else "**missed**",
+        ]
+
+
+TARGET_HEADER = ["#", "what", "baseline (same run)", "target", "ratio min / median / max", "median baseline vs Vapor", "result"]
+
+
+def targets_section(targets: Sequence[Target], intro: str = "") -> Section:
+    """The table of a module's targets: each ratio with its spread and whether the median meets the target."""
+    return Section(
+        title="Targets",
+        intro=intro or "Each ratio is Vapor's figure over the baseline's, from pairs measured side by side in this run.",
+        header=TARGET_HEADER,
+        rows=[t.row() for t in targets],
+    )
+
+
+# ---------------------------------------------------------------------------
 # Django on a throwaway database
 
 
