@@ -159,12 +159,17 @@ def template_data(template: VmTemplate) -> TemplateData:
     )
 
 
+def stored_os_type(data: TemplateData) -> str:
+    """The OS type a template is stored with: the one given, else the variant's."""
+    return data.os_type or (osinfo.os_type_for(data.os_variant) if data.os_variant else "")
+
+
 def _columns(data: TemplateData) -> dict[str, object]:
     return {
         "description": data.description,
         "memory_mb": data.memory,
         "vcpus": data.vcpus,
-        "os_type": data.os_type or (osinfo.os_type_for(data.os_variant) if data.os_variant else ""),
+        "os_type": stored_os_type(data),
         "os_variant": data.os_variant,
         "architecture": data.architecture,
         "uefi": data.uefi,

@@ -24,13 +24,12 @@ import yaml
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from isos import osinfo
 from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.api.serializers import TemplateSerializer, template_out
 from vms.hypervisor import Hypervisor
 from vms.models import VmTemplate
-from vms.services.templates import TemplateData, template_create, template_data, template_update, template_validate
+from vms.services.templates import TemplateData, stored_os_type, template_create, template_data, template_update, template_validate
 
 CREATE, UPDATE, UNCHANGED = "create", "update", "unchanged"
 DONE = {CREATE: "created", UPDATE: "updated", UNCHANGED: "unchanged"}
@@ -101,8 +100,7 @@ class Command(BaseCommand):
             entry.errors.append(f"{exc.field}: {exc.message}" if exc.field else exc.message)
             return entry
         # The form template_data() gives back once stored: the ISO by name, os_type derived from the variant.
-        os_type = data.os_type or (osinfo.os_type_for(data.os_variant) if data.os_variant else "")
-        entry.data = dataclasses.replace(data, iso=iso.name if iso else None, os_type=os_type)
+        entry.data = dataclasses.replace(data, iso=iso.name if iso else None, os_type=stored_os_type(data))
         return entry
 
     @staticmethod
