@@ -43,10 +43,6 @@ class IsoSerializer(serializers.ModelSerializer):
         return [tag.name for tag in obj.tags.all()]
 
 
-class IsoListSerializer(serializers.Serializer):
-    isos = IsoSerializer(many=True)
-
-
 class _MetadataFields(StrictSerializer):
     name = serializers.CharField(max_length=255, required=False)
     os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True)

@@ -15,7 +15,6 @@ from isos import services
 from isos.api.serializers import (
     IsoCreateSerializer,
     IsoFilterSerializer,
-    IsoListSerializer,
     IsoSerializer,
     IsoUpdateSerializer,
 )
@@ -23,6 +22,7 @@ from isos.choices import IsoStatus
 from isos.models import IsoImage
 from isos.selectors import iso_list
 from vaporsite.api import ErrorSerializer
+from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, PAGE_PARAMS, page_serializer, paginated
 
 
 class IsoCollectionView(APIView):
@@ -36,17 +36,20 @@ class IsoCollectionView(APIView):
             OpenApiParameter("architecture", str),
             OpenApiParameter("status", str),
             OpenApiParameter("search", str, description="Substring of name, description, path, os_variant or label."),
+            *PAGE_PARAMETERS,
         ],
-        responses={200: IsoListSerializer, 400: ErrorSerializer},
+        responses={200: page_serializer("IsoPage", "isos", IsoSerializer(many=True)), 400: ErrorSerializer},
+        description=PAGE_DESCRIPTION,
     )
     def get(self, request: Request) -> Response:
-        query: dict[str, Any] = {k: v for k, v in request.query_params.items() if k != "tag"}
-        if "tag" in request.query_params:
-            query["tag"] = request.query_params.getlist("tag")
+        params = request.query_params
+        query: dict[str, Any] = {k: v for k, v in params.items() if k != "tag" and k not in PAGE_PARAMS}
+        if "tag" in params:
+            query["tag"] = params.getlist("tag")
         filters = IsoFilterSerializer(data=query)
         filters.is_valid(raise_exception=True)
         isos = iso_list(filters=dict(filters.validated_data))
-        return Response({"isos": IsoSerializer(isos, many=True).data})
+        return paginated(request, isos, "isos", lambda page: IsoSerializer(page, many=True).data)
 
     @extend_schema(
         operation_id="isos_create",

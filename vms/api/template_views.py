@@ -12,7 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from vaporsite.api import ErrorSerializer
-from vms.api.serializers import TemplateListSerializer, TemplateOutSerializer, TemplateSerializer, template_out
+from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
+from vms.api.serializers import TemplateOutSerializer, TemplateSerializer, template_out
 from vms.models import VmTemplate
 from vms.selectors import template_list
 from vms.services import templates as services
@@ -35,9 +36,14 @@ def render(template: VmTemplate) -> dict[str, Any]:
 class TemplateCollectionView(APIView):
     queryset = VmTemplate.objects.all()
 
-    @extend_schema(operation_id="vm_templates_list", responses={200: TemplateListSerializer})
+    @extend_schema(
+        operation_id="vm_templates_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_serializer("TemplatePage", "templates", TemplateOutSerializer(many=True)), 400: ErrorSerializer},
+        description=PAGE_DESCRIPTION,
+    )
     def get(self, request: Request) -> Response:
-        return Response({"templates": [render(t) for t in template_list()]})
+        return paginated(request, template_list(), "templates", lambda page: [render(t) for t in page])
 
     @extend_schema(operation_id="vm_templates_create", request=TemplateSerializer, responses={201: TemplateOutSerializer, **ERRORS})
     def post(self, request: Request) -> Response:

@@ -13,13 +13,13 @@ from rest_framework.views import APIView
 
 from vaporsite.api import ErrorSerializer
 from vaporsite.errors import VaporError
+from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
 from vms import hypervisor
 from vms.api.serializers import (
     DryRunSerializer,
     LegacyVmCreateSerializer,
     VmCreateSerializer,
     VmDetailSerializer,
-    VmListSerializer,
     VmSerializer,
 )
 from vms.hypervisor.domain_xml import parse_domain
@@ -60,9 +60,14 @@ class VmCreateEnhancedView(APIView):
 class VmCollectionView(APIView):
     queryset = VirtualMachine.objects.all()
 
-    @extend_schema(operation_id="vms_list", responses={200: VmListSerializer})
+    @extend_schema(
+        operation_id="vms_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_serializer("VmPage", "virtualmachines", VmSerializer(many=True)), 400: ErrorSerializer},
+        description=PAGE_DESCRIPTION,
+    )
     def get(self, request: Request) -> Response:
-        return Response({"virtualmachines": VmSerializer(vm_list(), many=True).data})
+        return paginated(request, vm_list(), "virtualmachines", lambda page: VmSerializer(page, many=True).data)
 
     @extend_schema(
         operation_id="vms_create_legacy",
