@@ -61,9 +61,23 @@ def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool
 
 
 def _enqueue(vm_id: int) -> None:
+    """Queue the provisioning task (after the VM's rows are committed).
+
+    django-q2's ORM broker runs Django's close_old_connections() when it finds
+    the connection in autocommit mode, and with CONN_MAX_AGE=0 that closes the
+    request's connection: the rest of the request (the answer's queries) then
+    opens a new one, about 15 ms on PostgreSQL. Inside a transaction it keeps the
+    connection; the queued row commits at the end of the block. Tasks run
+    inline (VAPOR_Q_SYNC) are not wrapped: they must not run in a transaction.
+    """
+    from django_q.conf import Conf
     from django_q.tasks import async_task
 
-    async_task("vms.tasks.provision_vm", vm_id, task_name=f"provision VM {vm_id}")
+    if Conf.SYNC:
+        async_task("vms.tasks.provision_vm", vm_id, task_name=f"provision VM {vm_id}")
+        return
+    with transaction.atomic():
+        async_task("vms.tasks.provision_vm", vm_id, task_name=f"provision VM {vm_id}")
 
 
 def _serial_log(name: str) -> str:
