@@ -29,3 +29,4 @@ lint: venv
 bench: venv
 	$(PY) -m bench.isos_bench --write $(ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.vms_bench --write $(VMS_ARGS)
+	bash scripts/libvirtd.sh start && $(PY) -m bench.api_bench --write $(API_ARGS)

@@ -1,8 +1,10 @@
 """Timing a list endpoint as its table grows: shared by the ISO and VM list parts of the benchmarks.
 
-Both endpoints answer with every row at once, so their time must grow with the table while their SQL query
-count must not (an N+1 query would show as a count that grows). Each part inserts its rows with the ORM and
-says in its section what it inserted; the measuring, the checks of every answer and the findings live here.
+Asked without `limit`/`offset`, both endpoints answer with every row at once (the spec's shape), so their time
+must grow with the table while their SQL query count must not (an N+1 query would show as a count that grows).
+Their first page against a bare DRF view is issue 6's target 7, in bench.api_bench. Each part inserts its rows
+with the ORM and says in its section what it inserted; the measuring, the checks of every answer and the
+findings live here.
 """
 
 from __future__ import annotations
