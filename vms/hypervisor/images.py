@@ -143,7 +143,7 @@ def check_image_chain(info: ImageInfo, roots: Sequence[Path], field: str) -> Non
         _require_inside(name, roots, field=field, what=f"{name}, referenced by {info.path},")
 
 
-def convert_image(source: str, source_format: str, dest: str, dest_format: str) -> None:
+def convert_image(source: str, source_format: str, dest: str, dest_format: str, *, dest_is_new: bool = False) -> None:
     """Copy `source` into the existing image `dest` (`qemu-img convert -n`).
 
     `-n`: the target was created by libvirt, so libvirt knows the file and
@@ -152,12 +152,20 @@ def convert_image(source: str, source_format: str, dest: str, dest_format: str) 
     a task, not a request. The source is opened read-only and, without `-U`,
     with a shared lock, so a disk that a running guest writes is refused
     rather than copied half-written.
+
+    `dest_is_new`: `dest` was just created empty (reads as zeros), so the
+    parts of the source that hold nothing need not be written as zeros
+    (`--target-is-zero`). Without it, qemu-img cannot assume an existing
+    target is blank and writes a zero marker for every empty cluster of the
+    source's whole virtual size: megabytes of metadata for a large, mostly
+    empty template, and a copy that is larger than it needs to be.
     """
     for value in (source_format, dest_format):
         if value not in IMAGE_FORMATS:
             raise InvalidInput(f"unsupported image format {value!r}; use one of {', '.join(IMAGE_FORMATS)}", field="format")
     # -t writeback: the copy is flushed to disk before the VM is called running (the default, unsafe, never flushes).
-    command = [QEMU_IMG, "convert", "-n", "-t", "writeback", "-f", source_format, "-O", dest_format, source, dest]
+    command = [QEMU_IMG, "convert", "-n", *(["--target-is-zero"] if dest_is_new else []), "-t", "writeback"]
+    command += ["-f", source_format, "-O", dest_format, source, dest]
     done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         raise HypervisorError(f"copying {source} to {dest} failed: {_words(done.stderr)}")

@@ -198,7 +198,8 @@ class StorageMixin(Connection):
                     self._or_delete(volume, lambda: volume.resize(capacity, 0))
             else:
                 volume = target.createXML(document, 0)
-                self._or_delete(volume, lambda: images.convert_image(source, source_format, volume.path(), fmt))
+                # The volume was created empty just above: qemu-img need not write the source's empty parts as zeros.
+                self._or_delete(volume, lambda: images.convert_image(source, source_format, volume.path(), fmt, dest_is_new=True))
                 # Let the pool see what qemu-img wrote (allocation).
                 target.refresh(0)
                 volume = target.storageVolLookupByName(name)

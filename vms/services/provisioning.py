@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -174,13 +175,14 @@ def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
             )
             log.warning("provisioning %s failed at %r: %s", vm.name, step.name, message)
             return
-        if step.name == "define domain":
-            # libvirt holds the password now; Vapor forgets it.
+        if step.name == "define domain" and vm.graphics_password_encrypted:
+            # libvirt holds the password now; Vapor forgets it (no write when there was none).
             VirtualMachine.objects.filter(pk=vm.pk).update(graphics_password_encrypted="")
-    for cdrom in vm.cdroms.all():
-        iso_record_use(iso=cdrom.iso)
-    _event(vm, "record ISO use", EventStatus.DONE, ", ".join(c.iso_id for c in vm.cdroms.all()))
-    VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.RUNNING, error="", state="running", state_checked_at=timezone.now())
+    with transaction.atomic():  # one commit, not one per row: the VM is running once this is stored
+        for cdrom in vm.cdroms.all():
+            iso_record_use(iso=cdrom.iso)
+        _event(vm, "record ISO use", EventStatus.DONE, ", ".join(c.iso_id for c in vm.cdroms.all()))
+        VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.RUNNING, error="", state="running", state_checked_at=timezone.now())
     log.info("provisioned %s", vm.name)
 
 
