@@ -140,7 +140,7 @@ class VmEvent(models.Model):
 
     vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="events")
     at = models.DateTimeField(auto_now_add=True)
-    step = models.CharField(max_length=64)
+    step = models.TextField(help_text="The step's name; clone steps name their source path, which may be long.")
     status = models.CharField(max_length=16, choices=EventStatus.choices)
     message = models.TextField(blank=True)
 

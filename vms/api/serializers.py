@@ -233,10 +233,6 @@ class VmDetailSerializer(VmSerializer):
         return str(self.context.get("state", ""))
 
 
-class VmListSerializer(serializers.Serializer):
-    virtualmachines = VmSerializer(many=True)
-
-
 class DryRunSerializer(serializers.Serializer):
     plan = serializers.ListField(child=serializers.CharField())
     domain_xml = serializers.CharField()
@@ -320,7 +316,3 @@ class TemplateOutSerializer(TemplateSerializer):
     vm_count = serializers.IntegerField(help_text="VMs made from it that still exist (failed ones included).")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
-
-
-class TemplateListSerializer(serializers.Serializer):
-    templates = TemplateOutSerializer(many=True)
