@@ -28,7 +28,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool, Timeout
@@ -53,6 +53,12 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TRANSIENT_STATUSES = frozenset({408, 429})
 SUCCESS_STATUSES = frozenset({200, 203})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Writable(Protocol):
+    """Where `fetch` writes the body: an open binary file, or anything with its `write`."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,7 @@ def _check_addresses(host: str, literal: bool, addresses: Iterable[str], allowed
 
 def fetch(
     url: str,
-    dest: BinaryIO,
+    dest: Writable,
     *,
     policy: FetchPolicy,
     on_chunk: Callable[[bytes], None],
@@ -376,7 +382,7 @@ def _content_length(response: BaseHTTPResponse) -> int | None:
 def _stream(
     response: BaseHTTPResponse,
     target: _Target,
-    dest: BinaryIO,
+    dest: Writable,
     policy: FetchPolicy,
     length: int | None,
     on_chunk: Callable[[bytes], None],

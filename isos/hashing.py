@@ -1,21 +1,30 @@
 """md5 and sha256 of a stream in one pass, the two digests in parallel.
 
-hashlib releases the GIL for large updates, so feeding md5 on a helper
-thread while sha256 runs on the caller's costs about as much as md5 alone,
-when a second CPU is really free (docs/BENCHMARKS.md has the figures: 1.29x
-over one thread in the recorded run, no gain when only one CPU is given).
+md5 is the slow one (about 0.4 of sha256's speed with SHA-NI) and cannot be split, so the fastest a stream can
+be hashed is md5's own speed. DualHasher gets there: md5 runs on a helper thread fed through a short queue,
+sha256 on the caller's thread, and `update` returns as soon as both have the chunk (hashlib releases the GIL
+for large updates). The caller reads the next chunk, writes it, receives it from the network while md5 is
+still busy, so on two free CPUs hashing a file costs about what md5 alone costs (docs/BENCHMARKS.md, ISO
+block, target 1). On one CPU nothing can run in parallel and the two hashes cost the sum of their times.
+
+Several files hashed at once (`register_isos --jobs`) already keep every CPU busy: there each file is hashed
+on one thread (`parallel=False`), which saves the hand-over between threads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 CHUNK_SIZE = 1024 * 1024
+# Chunks waiting for md5: enough to ride out a slow read or write, bounded so memory stays a few MiB.
+QUEUE_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -30,24 +39,84 @@ class Digests:
         return actual is not None and actual == expected.lower()
 
 
-class DualHasher:
-    """Feed chunks with `update`; `digests()` when done. Use as a context manager."""
+class Hasher(Protocol):
+    def update(self, chunk: bytes) -> None: ...
+
+    def digests(self) -> Digests: ...
+
+    def close(self) -> None: ...
+
+
+class SerialHasher:
+    """Both digests on the caller's thread: for when every CPU is busy anyway."""
 
     def __init__(self) -> None:
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="md5")
 
     def update(self, chunk: bytes) -> None:
-        pending = self._pool.submit(self._md5.update, chunk)
+        self._md5.update(chunk)
         self._sha256.update(chunk)
-        pending.result()
 
     def digests(self) -> Digests:
         return Digests(md5=self._md5.hexdigest(), sha256=self._sha256.hexdigest())
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Nothing to release."""
+
+    def __enter__(self) -> SerialHasher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class DualHasher:
+    """Feed chunks with `update`; `digests()` when done. Use as a context manager (the helper thread ends on close).
+
+    `update` keeps a reference to the chunk until md5 has read it, so chunks must not change afterwards: bytes
+    do not; anything else is copied first.
+    """
+
+    def __init__(self, *, depth: int = QUEUE_DEPTH) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._sha256 = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)  # None: the end
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run_md5, name="md5", daemon=True)
+        self._thread.start()
+
+    def _run_md5(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._md5.update(chunk)
+                except BaseException as exc:  # reported by digests(); keep draining so update() never blocks
+                    self._error = exc
+
+    def update(self, chunk: bytes) -> None:
+        if self._closed:
+            raise ValueError("update() after digests() or close()")
+        if not chunk:
+            return
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)
+        self._queue.put(chunk)
+        self._sha256.update(chunk)
+
+    def close(self) -> None:
+        """Let md5 finish what is queued and end the thread. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def digests(self) -> Digests:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return Digests(md5=self._md5.hexdigest(), sha256=self._sha256.hexdigest())
 
     def __enter__(self) -> DualHasher:
         return self
@@ -56,11 +125,20 @@ class DualHasher:
         self.close()
 
 
-def hash_file(path: Path, *, on_progress: Callable[[int], None] | None = None, chunk_size: int = CHUNK_SIZE) -> Digests:
-    """Hash a file; `on_progress(bytes_done_since_last_call)` after each chunk."""
-    with DualHasher() as hasher, open(path, "rb") as stream:
-        while chunk := stream.read(chunk_size):
-            hasher.update(chunk)
-            if on_progress is not None:
-                on_progress(len(chunk))
+def hash_file(
+    path: Path, *, on_progress: Callable[[int], None] | None = None, chunk_size: int = CHUNK_SIZE, parallel: bool = True
+) -> Digests:
+    """Hash a file; `on_progress(bytes_done_since_last_call)` after each chunk.
+
+    `parallel=False` hashes on the calling thread only, for callers that already hash several files at once.
+    """
+    hasher: Hasher = DualHasher() if parallel else SerialHasher()
+    try:
+        with open(path, "rb") as stream:
+            while chunk := stream.read(chunk_size):
+                hasher.update(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
         return hasher.digests()
+    finally:
+        hasher.close()

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 from django.utils import timezone
@@ -28,6 +29,7 @@ from vaporsite.errors import VaporError
 log = logging.getLogger("vapor.isos")
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress writes (and cancel checks)
+WRITE_BEHIND_STEP = 32 * 1024 * 1024  # bytes written between two hand-overs of the download to the disk
 
 
 class _Progress:
@@ -48,6 +50,32 @@ class _Progress:
             fields["bytes_total"] = total
         if not IsoImage.objects.filter(pk=self.iso_id, status=self.status).update(**fields):
             raise FetchCancelled(f"ISO {self.iso_id} is no longer {self.status}")
+
+
+class _WriteBehind:
+    """A download's temp file, handed to the disk while it grows.
+
+    The job ends with an fsync, and the kernel starts writing dirty pages on its own only once they fill a
+    tenth of memory: left alone, a whole ISO waits in the page cache and the fsync then writes all of it while
+    the download stands still (about a second per GiB here). Every WRITE_BEHIND_STEP bytes,
+    posix_fadvise(DONTNEED) starts writeback of what is written so far without waiting for it, and drops the
+    pages already on disk, so the disk works while the network does, the final fsync finds only the last few
+    MiB, and a 16 GiB download does not push everything else out of the page cache.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._written = 0
+        self._handed = 0
+
+    def write(self, data: bytes, /) -> int:
+        count = self._stream.write(data)
+        self._written += count
+        if self._written - self._handed >= WRITE_BEHIND_STEP:
+            self._stream.flush()
+            os.posix_fadvise(self._stream.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # 0, 0: the whole file
+            self._handed = self._written
+        return count
 
 
 def iso_run_download(*, iso_id: str, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -94,7 +122,7 @@ def _download_once(iso: IsoImage, temp: Path, policy: FetchPolicy) -> Digests:
     temp.parent.mkdir(parents=True, exist_ok=True)
     # "wb" truncates: a leftover from a killed worker is replaced, never appended to.
     with DualHasher() as hasher, open(temp, "wb") as out:
-        result = fetch(iso.source_url, out, policy=policy, on_chunk=hasher.update, on_progress=progress)
+        result = fetch(iso.source_url, _WriteBehind(out), policy=policy, on_chunk=hasher.update, on_progress=progress)
         out.flush()
         os.fsync(out.fileno())
         progress(result.bytes_written, result.content_length or result.bytes_written, force=True)

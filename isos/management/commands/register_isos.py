@@ -1,8 +1,11 @@
 """Bulk-register the ISO images found under one or more paths.
 
-Hashing is the slow part: files are hashed in parallel (--jobs), and each
-file's md5 and sha256 run on two threads. Database writes stay on the main
-thread, one file at a time, so SQLite never sees concurrent writers.
+Hashing is the slow part: files are hashed in parallel (--jobs). When fewer
+files are in flight than there are CPUs, each file's md5 runs on a helper
+thread next to its sha256; when they fill the CPUs, each file is hashed on
+one thread, as a helper would only compete with the other files for a CPU.
+Database writes stay on the main thread, one file at a time, so SQLite never
+sees concurrent writers.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class Command(BaseCommand):
     ) -> int:
         registered = 0
         total = sum(c.size for c in candidates)
+        parallel = min(jobs, len(candidates)) < len(os.sched_getaffinity(0))
         with (
             tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="hashing", file=self.stderr, disable=None) as bar,
             ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hash") as pool,
@@ -110,7 +114,9 @@ class Command(BaseCommand):
             def advance(count: int) -> None:
                 bar.update(count)
 
-            futures: dict[Future[Digests], Candidate] = {pool.submit(hash_file, c.path, on_progress=advance): c for c in candidates}
+            futures: dict[Future[Digests], Candidate] = {
+                pool.submit(hash_file, c.path, on_progress=advance, parallel=parallel): c for c in candidates
+            }
             for future in as_completed(futures):
                 candidate = futures[future]
                 try:
