@@ -1,13 +1,16 @@
-"""Benchmarks of VM provisioning against the real libvirtd: create-enhanced, clones, list endpoint.
+"""Benchmarks of VM provisioning against the real libvirtd: issue 6's targets 4-5, create-enhanced, list endpoint.
 
 These are measurements, not tests: nothing here fails because something is
-slow. They show where the time between a create-enhanced request and a
-running guest goes (Vapor's validation and rows, libvirt's volume, define
-and start), what a linked clone saves over a full copy of a template that
-holds real data, and whether the VM list endpoint's queries stay fixed as
-the number of VMs grows.
+slow. The targets (bench.vms_targets) are ratios measured side by side in
+one run: provisioning a linked clone through the API against raw
+libvirt-python define + start of the same XML, for a 20 GiB and a 200 MiB
+template, and a full clone against `qemu-img convert`; part 1 gives the
+times behind those ratios. Part 2 shows where the time between a
+create-enhanced request and a running guest goes (Vapor's validation and
+rows, libvirt's volume, define and start); part 3 whether the VM list
+endpoint's queries stay fixed as the number of VMs grows.
 
-Parts 1 and 2 go through Vapor's own code paths (`vm_create`, then
+Part 2 goes through Vapor's own code paths (`vm_create`, then
 `vm_provision` as the django-q2 task runs it, then `vm_delete`) on
 `qemu:///system`, with a fresh driver per call as the API and the task get
 from `get_hypervisor()`. That driver is wrapped so each hypervisor call is
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -32,22 +34,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import GIB, MB, MIB, Measure, Run, Section, django_setup, machine_facts, median_ms, migrate, require, say
+from bench.common import GIB, Measure, Run, Section, django_setup, machine_facts, median_ms, migrate, require, say, targets_section
 from bench.vms_libvirt import (
     Bench,
     Call,
     Lifecycle,
     check_daemon,
     connect_once,
-    image_info,
     libvirt_facts,
     lifecycle,
     load_now,
     prepare,
     remove_everything,
-    run_tool,
 )
 from bench.vms_list import bench_list
+from bench.vms_targets import targets
 
 DISK_GB = 20  # the spec's example 1: one 20 GB disk
 # The report head's second line: what the figures may be compared with.
@@ -61,7 +62,7 @@ def ms_row(label: str, samples: Sequence[float], queries: Sequence[int] | None =
 
 
 def bench_example_1(bench: Bench, repeats: int) -> Section:
-    say("part 1: example 1 (one 20 GB qcow2 disk), create -> running -> deleted")
+    say("part 2: example 1 (one 20 GB qcow2 disk), create -> running -> deleted")
     runs: list[Lifecycle] = []
     connects: list[float] = []
 
@@ -85,7 +86,7 @@ def bench_example_1(bench: Bench, repeats: int) -> Section:
 
     provision_named = ("create_volume", "define_domain", "start_domain")
     section = Section(
-        title="1. create-enhanced, example 1: request to running guest, then delete",
+        title="2. create-enhanced, example 1: request to running guest, then delete",
         intro=(
             f"The spec's example 1 (2048 MB, 2 vCPUs, one {DISK_GB} GB qcow2 disk, NIC on the `default` NAT network) with graphics "
             "none, TCG. `vm_create` is what the API request runs (validation against libvirt, rows, queuing the task); "
@@ -139,100 +140,18 @@ def query_finding(calls: dict[str, list[Call]]) -> str:
     return f"The SQL query count varied between runs for {', '.join(varying)} (the column lists each count seen)."
 
 
-def make_template(bench: Bench, data_mib: int) -> tuple[Path, float]:
-    """A 20 GB qcow2 holding `data_mib` MiB of real data from offset 0, readable by QEMU (0644 in a 0755 dir)."""
-    template = bench.disks / "template.qcow2"
-    started = time.perf_counter()
-    run_tool("qemu-img", "create", "-q", "-f", "qcow2", str(template), f"{DISK_GB}G")
-    run_tool("qemu-io", "-f", "qcow2", "-c", f"write -P 0xab 0 {data_mib}M", str(template))
-    elapsed = time.perf_counter() - started
-    template.chmod(0o644)
-    info = image_info(str(template))
-    require(int(info["actual-size"]) >= data_mib * MIB, f"the template holds less than {data_mib} MiB: {info}")
-    return template, elapsed
-
-
-def bench_clones(bench: Bench, repeats: int, data_mib: int) -> Section:
-    template, made_in = make_template(bench, data_mib)
-    say(f"part 2: template with {data_mib} MiB of data made in {made_in:.1f} s; linked vs full clone")
-    data = data_mib * MIB
-
-    def overlay(info: dict[str, Any]) -> None:
-        require(info.get("backing-filename") == str(template), f"the linked clone is not an overlay on the template: {info}")
-
-    def copy(info: dict[str, Any]) -> None:
-        require("backing-filename" not in info and int(info["actual-size"]) >= data, f"the full clone is not a full copy: {info}")
-
-    variants = {"linked clone": (True, overlay), "full clone": (False, copy)}
-    results: dict[str, list[Lifecycle]] = {label: [] for label in variants}
-    for round_number in range(1, repeats + 1):
-        for label, (linked, check) in variants.items():
-            name = bench.vm_name(f"{'linked' if linked else 'full'}-{round_number}")
-            run = lifecycle(name, bench, {"clone_from": str(template), "linked": linked}, check)
-            results[label].append(run)
-            say(f"  round {round_number}: {label}: provision {run.provision.seconds * 1000:.0f} ms")
-    section = Section(
-        title="2. Clone of a template with real data: linked vs full",
-        intro=(
-            f"A template outside any pool (a VAPOR_DISK_ROOTS directory): a {DISK_GB} GB qcow2 holding {data_mib} MiB written by "
-            f"qemu-io ({made_in:.1f} s to make), so the copy reads it from the page cache. Same VM as part 1 "
-            'with `disks: [{"clone_from": template, "linked": true|false}]`. A linked clone is a qcow2 overlay libvirt creates '
-            "with the template as backing file; a full clone is an empty volume libvirt creates, filled by "
-            "`qemu-img convert -t writeback`, which flushes the copy to disk before it returns. "
-            f"Variants interleaved, {repeats} rounds."
-        ),
-        header=[
-            "variant",
-            "vm_create ms",
-            "vm_provision ms",
-            "clone_volume ms",
-            "start_domain ms",
-            "vm_delete ms",
-            "volume on disk",
-            "provision runs (ms)",
-        ],
-    )
-    clone_ms: dict[str, float] = {}
-    provision_ms: dict[str, float] = {}
-    for label, runs in results.items():
-        clone_ms[label] = median_ms([r.provision.spent.get("clone_volume", 0.0) for r in runs])
-        provision_ms[label] = median_ms([r.provision.seconds for r in runs])
-        section.rows.append(
-            [
-                label,
-                f"{median_ms([r.create.seconds for r in runs]):.1f}",
-                f"{provision_ms[label]:.1f}",
-                f"{clone_ms[label]:.1f}",
-                f"{median_ms([r.provision.spent.get('start_domain', 0.0) for r in runs]):.1f}",
-                f"{median_ms([r.delete.seconds for r in runs]):.1f}",
-                f"{statistics.median(r.allocation for r in runs) / MIB:,.1f} MiB",
-                Measure(label, [r.provision.seconds for r in runs]).runs(1000, 1),
-            ]
-        )
-    overlay_ms, copy_ms = provision_ms["linked clone"], provision_ms["full clone"]
-    section.findings = [
-        f"**A linked clone provisions in {overlay_ms:.0f} ms against {copy_ms:.0f} ms for a full clone "
-        f"({copy_ms / overlay_ms:.1f}x faster)**; "
-        f"the clone step itself: {clone_ms['linked clone']:.0f} ms vs {clone_ms['full clone']:.0f} ms.",
-        f"The full copy moves {data_mib} MiB at {data / (clone_ms['full clone'] / 1000) / MB:,.0f} MB/s (clone step, "
-        "including libvirt creating the empty volume and refreshing the pool, and the flush to disk).",
-        "vm_create also reads the template with `qemu-img info` (format, size, backing chain), the same for both variants.",
-        "A linked clone's guest reads the template on every boot, so the template must stay in place and unchanged.",
-    ]
-    return section
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     run = Run("vms_bench", "VM provisioning", CAVEAT, argv)
     parser = run.parser(__doc__)
     parser.add_argument("--write", action="store_true", help="refresh this module's block of docs/BENCHMARKS.md")
-    parser.add_argument("--repeats", type=int, default=3, help="VMs per variant in parts 1-2 (median reported)")
-    parser.add_argument("--template-mib", type=int, default=1024, help="data written into the clone template in part 2")
+    parser.add_argument("--rounds", type=int, default=8, help="pairs per ratio of targets 4 and 5 (at least 5 for the report)")
+    parser.add_argument("--repeats", type=int, default=3, help="VMs in part 2 (median reported)")
+    parser.add_argument("--template-mib", type=int, default=1024, help="data written into the 20 GiB template of targets 4-5")
     parser.add_argument("--requests", type=int, default=20, help="timed requests per list size in part 3")
     parser.add_argument("--tmpdir", type=Path, default=Path("/var/tmp"), help="parent of the work directory; QEMU must be able to enter it")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.requests < 1 or args.template_mib < 1:
-        parser.error("--repeats, --requests and --template-mib must be at least 1")
+    if min(args.rounds, args.repeats, args.requests, args.template_mib) < 1:
+        parser.error("--rounds, --repeats, --requests and --template-mib must be at least 1")
 
     check_daemon()
     load_before = load_now()
@@ -246,9 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         django_ready = True
         migrate("migrating a fresh SQLite database")
         bench = prepare(top)
+        found, detail = targets(bench, args.rounds, args.template_mib)
         sections = [
+            targets_section(found),
+            detail,
             bench_example_1(bench, args.repeats),
-            bench_clones(bench, args.repeats, args.template_mib),
             bench_list(args.requests, (10, 200)),
         ]
         facts = [*machine_facts(top), *libvirt_facts(load_before, load_now())]
@@ -261,9 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             connections.close_all()
         shutil.rmtree(top, ignore_errors=True)
     method = (
-        f"parts 1-2 create, provision and delete {args.repeats} VMs per variant through Vapor's services and report the "
-        "median; part 3 times the endpoint through the test client. Domains, volumes and the pool are named `bench-...`, "
-        "live in a 0755 directory under /var/tmp and are removed at the end."
+        f"targets 4-5 measure {args.rounds} interleaved pairs per ratio (min/median/max of the per-pair ratios), part 1 shows "
+        f"their times; part 2 creates, provisions and deletes {args.repeats} VMs through Vapor's services and reports the median; "
+        "part 3 times the endpoint through the test client. Domains, volumes and the pool are named `bench-...`, live in a "
+        "0755 directory under /var/tmp and are removed at the end."
     )
     run.publish(run.render(method, facts, sections), args.write)
     return 0

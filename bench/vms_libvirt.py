@@ -158,7 +158,7 @@ def prepare(top: Path) -> Bench:
 
 
 def check_daemon() -> None:
-    """Stop with the fix when the daemon is not there: every figure of parts 1-2 needs it."""
+    """Stop with the fix when the daemon is not there: every figure but the list endpoint's needs it."""
     done = subprocess.run(["virsh", "-c", URI, "list"], capture_output=True, text=True, timeout=30, check=False)
     require(done.returncode == 0, f"libvirtd does not answer on {URI} ({done.stderr.strip()}); start it: bash scripts/libvirtd.sh start")
 
@@ -183,7 +183,7 @@ def remove_everything(bench: Bench) -> None:
 
 @dataclass
 class Lifecycle:
-    """Parts 1 and 2: one VM created, provisioned and deleted through the services."""
+    """Part 2: one VM created, provisioned and deleted through the services."""
 
     create: Call
     provision: Call
@@ -230,7 +230,7 @@ def lifecycle(name: str, bench: Bench, disk: dict[str, Any], check: Callable[[di
 
 
 def connect_once() -> None:
-    """Open a connection and make one call: what every fresh driver pays first, measured on its own in part 1."""
+    """Open a connection and make one call: what every fresh driver pays first, measured on its own in part 2."""
     from vms.hypervisor.libvirt_driver import LibvirtDriver
 
     with LibvirtDriver(URI) as driver:
