@@ -4,11 +4,12 @@
 #   make test ARGS=-x    set up, then the whole suite (extra pytest arguments)
 #   make lint            ruff, mypy, migrations in sync, OpenAPI schema valid
 #   make bench           benchmarks (bench/), figures written to docs/BENCHMARKS.md
+#   make reliability     hostile inputs, authorization, injected faults; figures written to docs/RELIABILITY.md
 
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: run test lint bench venv
+.PHONY: run test lint bench reliability venv
 
 run:
 	bash scripts/run.sh
@@ -30,3 +31,11 @@ bench: venv
 	$(PY) -m bench.isos_bench --write $(ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.vms_bench --write $(VMS_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.api_bench --write $(API_ARGS)
+
+# The reliability suites (hostile inputs, authorization, injected faults); their figures go to docs/RELIABILITY.md.
+# The SQLite pass records its cases; the PostgreSQL pass adds its own and writes the report.
+reliability: venv
+	bash scripts/libvirtd.sh start
+	env -u DATABASE_URL $(PY) -m pytest -m "reliability and not postgres" $(ARGS)
+	DATABASE_URL=$${VAPOR_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/vapor} \
+	  $(PY) -m pytest -m "reliability and postgres" --reliability-append --reliability-report $(ARGS)
