@@ -33,6 +33,7 @@ from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import guard_file
 
 ID_RE = re.compile(r"^iso-[0-9a-f]{12}$")
+NAME_MAX = 255  # bytes in one file name on Linux file systems
 
 
 class ResolveRule:
@@ -67,6 +68,9 @@ def iso_resolve(ref: str, *, field: str = "iso_path", register: bool = True) -> 
         return _by_path(ref, field, register)
     if "/" in ref or ref in {".", ".."}:
         raise InvalidInput(f"{ref!r} is neither an absolute path nor a plain file name", field=field)
+    if "\x00" in ref or len(os.fsencode(ref)) > NAME_MAX:
+        # Checked here: the lookup's stat() raises ENAMETOOLONG rather than answering "no such file".
+        raise InvalidInput(f"a file name holds at most {NAME_MAX} bytes and no NUL", field=field)
     return _by_filename(ref, field, register)
 
 
