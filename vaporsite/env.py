@@ -58,6 +58,7 @@ class Config:
     serial_log_dir: Path | None
     q_workers: int
     q_timeout: int
+    q_retry: int
     q_sync: bool
     log_level: str
     secure_cookies: bool
@@ -221,6 +222,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         graphics_listen=env.parse("VAPOR_GRAPHICS_LISTEN", "127.0.0.1", _address, "an IP address"),
         q_workers=env.number("VAPOR_Q_WORKERS", 2, 1),
         q_timeout=env.number("VAPOR_TASK_TIMEOUT", 6 * 3600, 10),
+        q_retry=0,  # set below: it depends on q_timeout
         q_sync=env.flag("VAPOR_Q_SYNC", False),
         log_level=env.raw("VAPOR_LOG_LEVEL", "INFO").upper(),
         secure_cookies=env.flag("VAPOR_SECURE_COOKIES", True),
@@ -228,6 +230,14 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         hsts_seconds=env.number("VAPOR_HSTS_SECONDS", 31536000, 0),
         problems=(),
     )
+    # django-q2 hands a task to another worker once it has been out this long
+    # without an answer (a worker killed mid-task); it must outlast a task
+    # that is still running, or that task would run twice side by side.
+    q_retry = env.number("VAPOR_TASK_RETRY", config.q_timeout + 120, 11)
+    if q_retry <= config.q_timeout:
+        env.problems.append(Problem("VAPOR_TASK_RETRY", f"must be greater than VAPOR_TASK_TIMEOUT ({config.q_timeout})"))
+        q_retry = config.q_timeout + 120
+    config = replace(config, q_retry=q_retry)
     if config.log_level not in LOG_LEVELS:
         env.problems.append(Problem("VAPOR_LOG_LEVEL", f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"))
         config = replace(config, log_level="INFO")

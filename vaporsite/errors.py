@@ -50,3 +50,14 @@ class HypervisorError(VaporError):
 
     status = 500
     code = "hypervisor_error"
+
+
+class ServiceUnavailable(HypervisorError):
+    """libvirtd cannot be reached (stopped, restarting): worth trying again later.
+
+    A HypervisorError still, so code that handles libvirt failures handles
+    this one too; only the status and code differ.
+    """
+
+    status = 503
+    code = "hypervisor_unavailable"

@@ -137,7 +137,7 @@ Q_CLUSTER = {
     "orm": "default",
     "workers": VAPOR.q_workers,
     "timeout": VAPOR.q_timeout,
-    "retry": VAPOR.q_timeout + 120,
+    "retry": VAPOR.q_retry,
     "max_attempts": 3,
     "ack_failures": True,
     "save_limit": 1000,

@@ -19,8 +19,8 @@ from typing import Any, Self
 import libvirt
 from django.conf import settings
 
-from vaporsite.errors import HypervisorError, VaporError
-from vms.hypervisor.errors import from_libvirt
+from vaporsite.errors import ServiceUnavailable, VaporError
+from vms.hypervisor.errors import UNAVAILABLE, from_libvirt
 
 logger = logging.getLogger("vapor.hypervisor")
 
@@ -109,7 +109,7 @@ class Connection:
             try:
                 self._conn = libvirt.open(uri)
             except libvirt.libvirtError as exc:
-                raise HypervisorError(f"cannot connect to {uri}: {exc.get_error_message() or exc}") from exc
+                raise ServiceUnavailable(f"cannot connect to {uri}: {exc.get_error_message() or exc} ({UNAVAILABLE})") from exc
             return self._conn
 
     @staticmethod

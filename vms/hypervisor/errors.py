@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 
-from vaporsite.errors import Conflict, HypervisorError, InvalidInput, NotFound, VaporError
+from vaporsite.errors import Conflict, HypervisorError, InvalidInput, NotFound, ServiceUnavailable, VaporError
 
 VIR_ERR_INTERNAL_ERROR = 1
+VIR_ERR_NO_CONNECT = 5
 VIR_ERR_NO_SUPPORT = 3
 VIR_ERR_INVALID_ARG = 8
 VIR_ERR_OPERATION_FAILED = 9
+VIR_ERR_SYSTEM_ERROR = 38
+VIR_ERR_RPC = 39
 VIR_ERR_DOM_EXIST = 28
 VIR_ERR_NETWORK_EXIST = 37
 VIR_ERR_NO_DOMAIN = 42
@@ -37,6 +40,20 @@ CONFLICT_CODES = frozenset({VIR_ERR_DOM_EXIST, VIR_ERR_NETWORK_EXIST, VIR_ERR_ST
 # tell them apart.
 GENERIC_CODES = frozenset({VIR_ERR_OPERATION_FAILED, VIR_ERR_OPERATION_INVALID})
 _TAKEN = ("already exists", "already defined")
+# The daemon went away under an open connection (stopped or restarting): the
+# RPC layer reports "client socket is closed", "End of file while reading
+# data", "Cannot write data: Broken pipe" with these codes. Such a call may be
+# tried again once the daemon is back, so it is a 503, not a 500.
+UNREACHABLE_CODES = frozenset({VIR_ERR_INTERNAL_ERROR, VIR_ERR_NO_CONNECT, VIR_ERR_SYSTEM_ERROR, VIR_ERR_RPC})
+_UNREACHABLE = (
+    "client socket is closed",
+    "End of file while reading",
+    "Broken pipe",
+    "Connection reset",
+    "Cannot recv data",
+    "Cannot write data",
+)
+UNAVAILABLE = "libvirt is unreachable: the daemon is stopped or restarting; try again shortly"
 
 # Names become file names (volumes in their pool's directory, pool and network
 # definitions under /etc/libvirt): a "/" or a leading "." would let a name
@@ -54,6 +71,8 @@ def from_libvirt(code: int, message: str, *, field: str | None = None) -> VaporE
         return NotFound(text, field=field)
     if code in CONFLICT_CODES or (code in GENERIC_CODES and any(words in text for words in _TAKEN)):
         return Conflict(text, field=field)
+    if code in UNREACHABLE_CODES and any(words in text for words in _UNREACHABLE):
+        return ServiceUnavailable(f"{text} ({UNAVAILABLE})", libvirt_code=code)
     return HypervisorError(text, libvirt_code=code)
 
 

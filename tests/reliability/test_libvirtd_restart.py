@@ -1,0 +1,184 @@
+"""Faults injected: libvirtd goes away while Vapor runs, then comes back (issue 5).
+
+Vapor reaches the real daemon through a UNIX-socket relay this test owns
+(`qemu+unix:///system?socket=<relay>`). Stopping the relay closes every
+connection Vapor holds and refuses new ones, which is exactly what a client
+sees while libvirtd restarts; starting it again is the daemon coming back.
+The shared daemon itself is never stopped, so the other suites using it at
+the same time are not disturbed.
+
+While the daemon is away, requests that need libvirt answer 503
+`hypervisor_unavailable` with words saying libvirt is unreachable (not a 500,
+not a hang); once it is back, the same requests work in the same process,
+through a new connection (a dead cached one is replaced).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+
+from tests.integration.conftest import hypervisor, virsh  # noqa: F401 (fixture used by vm_env)
+from tests.integration.vm_support import VmEnv, shared_dir, vm_env  # noqa: F401 (fixture)
+from vaporsite.errors import HypervisorError, ServiceUnavailable
+from vms.hypervisor import get_hypervisor
+from vms.models import VirtualMachine
+
+pytestmark = [pytest.mark.reliability, pytest.mark.libvirt, pytest.mark.django_db]
+
+SUITE = "faults: libvirtd restart"
+DAEMON_SOCKET = "/run/libvirt/libvirt-sock"
+CREATE = "/api/v1/virtualmachines/create-enhanced"
+
+
+class Relay:
+    """Forwards a UNIX socket to libvirtd's; `stop()` cuts every connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._server: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.accepted = 0
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.path))
+        server.listen(16)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        self.path.unlink(missing_ok=True)  # new connections: "No such file or directory", as with no daemon
+        with self._lock:
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # closed by stop()
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(DAEMON_SOCKET)
+            with self._lock:
+                self._open += [client, upstream]
+                self.accepted += 1
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    top = shared_dir("vapor-relay-")
+    relay = Relay(top / "libvirt-sock")
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        top.joinpath("libvirt-sock").unlink(missing_ok=True)
+        top.rmdir()
+
+
+@pytest.fixture
+def relayed(relay: Relay, vm_env: VmEnv, settings) -> VmEnv:  # noqa: F811 (the fixture imported above)
+    """vm_env (a scratch pool on the real daemon), with Vapor talking to libvirtd through the relay."""
+    settings.VAPOR = dataclasses.replace(django_settings.VAPOR, libvirt_uri=f"qemu+unix:///system?socket={relay.path}")
+    return vm_env
+
+
+def _payload(name: str, pool: str) -> dict[str, object]:
+    return {"name": name, "memory": 128, "vcpus": 1, "disks": [{"size": 1}], "graphics": {"type": "none"}, "storage_pool": pool}
+
+
+def _assert_unavailable(response, what: str) -> None:
+    body = response.json()
+    assert response.status_code == 503, (what, response.status_code, body)
+    assert body["code"] == "hypervisor_unavailable", body
+    assert "libvirt is unreachable" in body["detail"], body
+
+
+def test_requests_while_the_daemon_is_away_get_503_and_work_again_once_it_is_back(vm_api, run_tasks, relay: Relay, relayed: VmEnv, tally):
+    name = "rel-restart-" + relayed.pool.rsplit("-", 1)[-1]
+    try:
+        vm = VirtualMachine.objects.create(name=name + "-row", memory_mb=128, vcpus=1, status="running")
+        assert relayed.pool in {p.name for p in get_hypervisor().list_pools()}  # the daemon answers through the relay
+
+        relay.stop()  # libvirtd goes away
+        response = vm_api.post(CREATE, _payload(name, relayed.pool), format="json")
+        _assert_unavailable(response, "create-enhanced")
+        start = vm_api.post(f"/api/v1/virtualmachines/{vm.pk}/start")
+        _assert_unavailable(start, "start")
+        detail = vm_api.get(f"/api/v1/virtualmachines/{vm.pk}")  # the detail page still answers, the state says why it is unknown
+        assert detail.status_code == 200
+        assert "libvirt is unreachable" in detail.json()["state"], detail.json()
+        leftovers = VirtualMachine.objects.filter(name=name).count()
+        down = response.status_code == 503
+        tally.record(SUITE, "create-enhanced while libvirtd is down", refused=down, leftovers=leftovers, detail="503")
+        tally.record(SUITE, "VM action while libvirtd is down", refused=start.status_code == 503, detail="503")
+        assert leftovers == 0
+        assert VirtualMachine.objects.get(pk=vm.pk).status == "running"  # not marked missing on a guess
+
+        relay.start()  # libvirtd is back; Vapor was not restarted
+        with run_tasks():
+            response = vm_api.post(CREATE, _payload(name, relayed.pool), format="json")
+        assert response.status_code == 202, response.json()
+        created = VirtualMachine.objects.get(name=name)
+        assert created.status == "running", (created.status, created.error)
+        assert virsh("list", "--name").stdout.split().count(name) == 1
+        tally.record(SUITE, "create-enhanced once libvirtd is back (same process)", refused=True, detail="202, running")
+    finally:
+        relay.stop()
+        relay.start()
+        for domain in (name,):
+            virsh("destroy", domain, check=False)
+            virsh("undefine", domain, "--nvram", check=False)
+
+
+def test_a_cached_connection_that_died_is_replaced(relay: Relay, relayed: VmEnv, tally):
+    driver = get_hypervisor()  # one driver held across the restart, as a long-lived caller would
+    try:
+        assert relayed.pool in {p.name for p in driver.list_pools()}
+        relay.stop()
+        # The first call on the dead connection and the reconnect attempt both say "unavailable".
+        errors: list[HypervisorError] = []
+        for _ in range(2):
+            with pytest.raises(ServiceUnavailable) as caught:
+                driver.list_pools()
+            errors.append(caught.value)
+        assert all(e.status == 503 and "libvirt is unreachable" in e.message for e in errors), [e.message for e in errors]
+        relay.start()
+        before = relay.accepted
+        assert relayed.pool in {p.name for p in driver.list_pools()}
+        assert relay.accepted == before + 1  # a new connection, not the dead one
+        tally.record(SUITE, "held driver: calls while down are 503, then it reconnects", refused=True, detail=errors[0].message[:120])
+    finally:
+        driver.close()
