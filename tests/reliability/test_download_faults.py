@@ -1,0 +1,362 @@
+"""Issue 5, faults injected: downloads that go wrong, through the real job against real loopback servers.
+
+Each case queues a download with `iso_create_download`, then puts a file with
+known bytes at the ISO's final path (as if it appeared on the host while the
+download was queued: the request itself refuses a name that is taken), then
+runs `iso_run_download` against a raw socket server that misbehaves on cue.
+Promised: the ISO is `failed` with a reason naming the cause, no temp file is
+left (the job cleans up; the janitor finds nothing), the file at the final
+path is byte-identical, transient faults are retried up to
+VAPOR_DOWNLOAD_ATTEMPTS and a checksum mismatch is not retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from isos import jobs
+from isos.models import IsoImage
+from isos.services import IsoMetadata, iso_cleanup, iso_create_download, temp_path
+from tests.isofactory import make_iso
+
+pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
+
+SUITE = "faults: download"
+PREVIOUS = b"the file that was here before the download\n" * 100
+ATTEMPTS = 3
+
+Respond = Callable[[socket.socket, int, threading.Event], None]
+
+
+class FaultServer:
+    """Loopback HTTP server on a raw socket; `respond(conn, request_number, stop)` misbehaves as told.
+
+    Each connection gets its own thread, so a stalled answer does not hold up the retry behind it.
+    """
+
+    def __init__(self, respond: Respond) -> None:
+        self.respond = respond
+        self.requests = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/faults/{name}"
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            with self.lock:
+                self.requests += 1
+                number = self.requests
+            try:
+                self.respond(conn, number, self.stop)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the client hung up first (a read timeout): expected in the stall cases
+
+    def close(self) -> None:
+        self.stop.set()
+        self.acceptor.join(timeout=10)
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.listener.close()
+
+
+def head(length: int) -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n".encode()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Respond], FaultServer]]:
+    servers: list[FaultServer] = []
+
+    def start(respond: Respond) -> FaultServer:
+        servers.append(FaultServer(respond))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def iso_bytes(tmp_path: Path) -> bytes:
+    """A real ISO of a few MiB: a fault the job missed would make it `ready`, so every case can fail."""
+    return make_iso(tmp_path / "src.iso", label="FAULTS", boot="bios", size_padding=3 * 1024 * 1024).read_bytes()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs: the disk that fills up."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@dataclasses.dataclass
+class Outcome:
+    iso: IsoImage
+    requests: int
+    leftovers: int
+    what_left: list[str]
+
+
+def run_case(server: FaultServer, name: str, *, checksum: str = "") -> Outcome:
+    """Queue, put the previous file in place, run the job; then count what is not as promised."""
+    iso = iso_create_download(url=server.url(name), meta=IsoMetadata(), checksum=checksum)
+    final = Path(iso.path)
+    final.write_bytes(PREVIOUS)
+    jobs.iso_run_download(iso_id=iso.pk, sleep=lambda seconds: None)
+    iso.refresh_from_db()
+    left: list[str] = []
+    if temp_path(iso).exists():
+        left.append(f"temp file {temp_path(iso).name}")
+    left += [f"partial file {p.name}" for p in final.parent.iterdir() if p != final and p != temp_path(iso)]
+    _stale, orphans = iso_cleanup(stale_after=timedelta(minutes=30))
+    left += [f"orphan for the janitor {p.name}" for p in orphans]
+    if not final.exists() or final.read_bytes() != PREVIOUS:
+        left.append("final file replaced")
+    if iso.status != "failed":
+        left.append(f"ISO row {iso.status}, not failed")
+    return Outcome(iso, server.requests, len(left), left)
+
+
+def check(tally, case: str, outcome: Outcome, *, reason: str, requests: int) -> None:
+    """Record the case, then assert what was recorded."""
+    named = reason in outcome.iso.error
+    survived = outcome.iso.status == "failed" and named and outcome.requests == requests
+    detail = f"error: {outcome.iso.error!r}; {outcome.requests} request(s)" + (
+        f"; left: {', '.join(outcome.what_left)}" if outcome.what_left else ""
+    )
+    tally.record(SUITE, case, refused=survived, leftovers=outcome.leftovers, detail=detail)
+    assert outcome.iso.status == "failed", detail
+    assert named, detail
+    assert outcome.requests == requests, detail
+    assert outcome.what_left == [], detail
+
+
+@pytest.fixture
+def retrying(iso_dirs, settings):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, download_attempts=ATTEMPTS)
+    return iso_dirs
+
+
+# --- connection cut -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("percent", [0, 50, 99])
+def test_connection_cut_part_way_through_the_body(retrying, serve, iso_bytes, tally, percent):
+    cut = len(iso_bytes) * percent // 100
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(iso_bytes)) + iso_bytes[:cut])
+
+    outcome = run_case(serve(respond), f"cut-{percent}.iso")
+    check(
+        tally,
+        f"connection cut at {percent} % of the body ({cut} of {len(iso_bytes)} bytes), {ATTEMPTS} attempts",
+        outcome,
+        reason=f"was cut after {cut if percent == 0 else ''}",
+        requests=ATTEMPTS,
+    )
+    assert f"of {len(iso_bytes)} bytes" in outcome.iso.error and f"(after {ATTEMPTS} attempts)" in outcome.iso.error
+
+
+def test_connection_closed_before_the_status_line(retrying, serve, tally):
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        pass  # read the request, answer nothing, close
+
+    outcome = run_case(serve(respond), "silent-close.iso")
+    check(
+        tally,
+        f"connection closed before any answer, {ATTEMPTS} attempts",
+        outcome,
+        reason="failed before an answer came",
+        requests=ATTEMPTS,
+    )
+
+
+def test_a_cut_that_heals_is_retried_and_the_download_completes(retrying, serve, iso_bytes, tally):
+    """The other side of "retried up to the attempts": a transient cut followed by a good answer succeeds."""
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(iso_bytes)) + (iso_bytes[: len(iso_bytes) // 2] if number == 1 else iso_bytes))
+
+    server = serve(respond)
+    iso = iso_create_download(url=server.url("heals.iso"), meta=IsoMetadata())
+    jobs.iso_run_download(iso_id=iso.pk, sleep=lambda seconds: None)
+    iso.refresh_from_db()
+    final = Path(iso.path)
+    left = [p.name for p in final.parent.iterdir() if p != final]
+    ok = iso.status == "ready" and server.requests == 2 and final.read_bytes() == iso_bytes
+    tally.record(
+        SUITE,
+        "connection cut at 50 % once, then a whole answer",
+        refused=ok,
+        leftovers=len(left),
+        detail=f"{iso.status}; {server.requests} requests",
+    )
+    assert iso.status == "ready", iso.error
+    assert server.requests == 2 and final.read_bytes() == iso_bytes
+    assert left == []
+
+
+# --- wrong Content-Length -----------------------------------------------------------
+
+
+def test_content_length_longer_than_the_body(retrying, serve, iso_bytes, tally):
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(iso_bytes) + 4096) + iso_bytes)
+
+    outcome = run_case(serve(respond), "long-length.iso")
+    check(
+        tally,
+        "Content-Length 4 KiB longer than the body",
+        outcome,
+        reason=f"was cut after {len(iso_bytes)} of {len(iso_bytes) + 4096} bytes",
+        requests=ATTEMPTS,
+    )
+
+
+def test_content_length_shorter_than_the_body_with_a_checksum(retrying, serve, iso_bytes, tally):
+    """The client reads the announced length; the checksum shows it is not the file (and is not retried)."""
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(iso_bytes) - 4096) + iso_bytes)
+
+    checksum = "sha256:" + hashlib.sha256(iso_bytes).hexdigest()
+    outcome = run_case(serve(respond), "short-length.iso", checksum=checksum)
+    check(tally, "Content-Length 4 KiB shorter than the body, checksum given", outcome, reason="checksum mismatch", requests=1)
+
+
+def test_content_length_shorter_than_the_volume_descriptors(retrying, serve, iso_bytes, tally):
+    """Without a checksum, an announced length that cuts the ISO's descriptors leaves no ISO: refused as such."""
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(16 * 1024) + iso_bytes)
+
+    outcome = run_case(serve(respond), "tiny-length.iso")
+    check(tally, "Content-Length 16 KiB for a 3 MiB body, no checksum", outcome, reason="not an ISO image", requests=1)
+
+
+# --- checksum mismatch ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "md5"])
+def test_checksum_mismatch_is_not_retried(retrying, serve, iso_bytes, tally, algorithm):
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(iso_bytes)) + iso_bytes)
+
+    wrong = f"{algorithm}:" + "0" * (64 if algorithm == "sha256" else 32)
+    outcome = run_case(serve(respond), f"mismatch-{algorithm}.iso", checksum=wrong)
+    check(
+        tally,
+        f"{algorithm} checksum mismatch, {ATTEMPTS} attempts allowed",
+        outcome,
+        reason=f"checksum mismatch: expected {wrong}",
+        requests=1,
+    )
+
+
+# --- disk full ------------------------------------------------------------------------
+
+
+def test_disk_full(retrying, settings, tmpfs, serve, tmp_path, tally):
+    big = make_iso(tmp_path / "big.iso", label="BIG", size_padding=12 * 1024 * 1024).read_bytes()
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, download_dir=tmpfs)
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(big)) + big)
+
+    outcome = run_case(serve(respond), "disk-full.iso")
+    check(tally, f"disk full: {len(big) // 2**20} MiB into an 8 MiB tmpfs", outcome, reason="No space left on device", requests=1)
+    assert str(tmpfs) in outcome.iso.error  # names where it could not write
+
+
+# --- server stalls --------------------------------------------------------------------
+
+
+def test_server_stalls_mid_body_past_the_read_timeout(retrying, settings, serve, iso_bytes, tally):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, download_read_timeout=0.3, download_attempts=2)
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(iso_bytes)) + iso_bytes[: len(iso_bytes) // 2])
+        stop.wait(5)  # silent, connection open, until the test ends
+
+    outcome = run_case(serve(respond), "stall-body.iso")
+    check(
+        tally,
+        "server stalls mid-body past a 0.3 s read timeout, 2 attempts",
+        outcome,
+        reason="sent nothing for 0.3 seconds after",
+        requests=2,
+    )
+
+
+def test_server_stalls_before_answering(retrying, settings, serve, tally):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, download_read_timeout=0.3, download_attempts=2)
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        stop.wait(5)
+
+    outcome = run_case(serve(respond), "stall-head.iso")
+    check(
+        tally,
+        "server accepts and never answers, 0.3 s read timeout, 2 attempts",
+        outcome,
+        reason="did not answer within 0.3 seconds",
+        requests=2,
+    )
+
+
+# --- the final path taken during a good download ----------------------------------------
+
+
+def test_a_good_download_does_not_replace_a_file_that_appeared_at_the_final_path(retrying, serve, iso_bytes, tally):
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(iso_bytes)) + iso_bytes)
+
+    outcome = run_case(serve(respond), "taken.iso")
+    check(
+        tally,
+        "download completes but the final path was taken meanwhile",
+        outcome,
+        reason="appeared on the host during the download; not overwritten",
+        requests=1,
+    )
