@@ -28,6 +28,8 @@ class IsoSerializer(serializers.ModelSerializer):
 
     tags = serializers.SerializerMethodField()
     progress = serializers.FloatField(read_only=True, allow_null=True, help_text="Percent; 100 when ready.")
+    # Not a URLField: a file registered from the host has none (""), which is not a "uri".
+    source_url = serializers.CharField(read_only=True, help_text="The URL it was downloaded from; empty for a host file.")
 
     class Meta:
         model = IsoImage
