@@ -23,7 +23,7 @@ from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import guard_file
 from vms.choices import CdromSlot, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo
-from vms.hypervisor.images import check_image_chain, image_info
+from vms.hypervisor.images import check_image, check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
 from vms.models import Disk, NetworkInterface, VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest, VmRequest
@@ -250,6 +250,7 @@ def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[
         hint = "format" if field.endswith(".path") else "source_format"
         raise InvalidInput(f"{exc.message}: set {hint} to the image's real format", field=field, code=exc.code) from None
     check_image_chain(info, roots, field=field)
+    check_image(info, field=field)  # after the chain is known to stay inside the roots: check opens it all
     return resolved, info.virtual_size
 
 
