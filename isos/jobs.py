@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,6 +143,10 @@ def _finish_download(iso: IsoImage, temp: Path, digests: Digests) -> None:
         info = inspect_iso(temp, field="url")
     except VaporError as exc:
         return fail(f"the download is not an ISO image: {exc.message}")
+    declared = _declared_size(temp)
+    if declared is not None and info.size < declared:
+        # A server announcing a Content-Length shorter than the file sends a body that ends cleanly.
+        return fail(f"the download is truncated: {info.size} bytes, but the ISO's volume descriptor says {declared}")
     final = Path(iso.path)
     try:
         os.link(temp, final)  # atomic and never overwrites an existing file
@@ -172,6 +177,21 @@ def _finish_download(iso: IsoImage, temp: Path, digests: Digests) -> None:
         return None
     log.info("downloaded %s to %s (%d bytes)", iso.pk, final, info.size)
     return None
+
+
+def _declared_size(path: Path) -> int | None:
+    """The size the ISO 9660 primary volume descriptor (sector 16) gives: volume space size x logical block size.
+    None when sector 16 holds no primary descriptor (a UDF-only image)."""
+    try:
+        with open(path, "rb") as image:
+            image.seek(16 * 2048)
+            pvd = image.read(2048)
+    except OSError:
+        return None
+    if len(pvd) < 130 or pvd[:6] != b"\x01CD001":
+        return None
+    blocks, block_size = struct.unpack_from("<I", pvd, 80)[0], struct.unpack_from("<H", pvd, 128)[0]
+    return blocks * block_size
 
 
 def iso_run_hash(*, iso_id: str) -> None:

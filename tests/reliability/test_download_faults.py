@@ -137,11 +137,12 @@ class Outcome:
     what_left: list[str]
 
 
-def run_case(server: FaultServer, name: str, *, checksum: str = "") -> Outcome:
-    """Queue, put the previous file in place, run the job; then count what is not as promised."""
+def run_case(server: FaultServer, name: str, *, checksum: str = "", previous: bool = True) -> Outcome:
+    """Queue, put the previous file in place (unless not `previous`), run the job; then count what is not as promised."""
     iso = iso_create_download(url=server.url(name), meta=IsoMetadata(), checksum=checksum)
     final = Path(iso.path)
-    final.write_bytes(PREVIOUS)
+    if previous:
+        final.write_bytes(PREVIOUS)
     jobs.iso_run_download(iso_id=iso.pk, sleep=lambda seconds: None)
     iso.refresh_from_db()
     left: list[str] = []
@@ -150,8 +151,10 @@ def run_case(server: FaultServer, name: str, *, checksum: str = "") -> Outcome:
     left += [f"partial file {p.name}" for p in final.parent.iterdir() if p != final and p != temp_path(iso)]
     _stale, orphans = iso_cleanup(stale_after=timedelta(minutes=30))
     left += [f"orphan for the janitor {p.name}" for p in orphans]
-    if not final.exists() or final.read_bytes() != PREVIOUS:
+    if previous and (not final.exists() or final.read_bytes() != PREVIOUS):
         left.append("final file replaced")
+    if not previous and final.exists():
+        left.append("a bad download put in place at the final path")
     if iso.status != "failed":
         left.append(f"ISO row {iso.status}, not failed")
     return Outcome(iso, server.requests, len(left), left)
@@ -263,6 +266,25 @@ def test_content_length_shorter_than_the_body_with_a_checksum(retrying, serve, i
     checksum = "sha256:" + hashlib.sha256(iso_bytes).hexdigest()
     outcome = run_case(serve(respond), "short-length.iso", checksum=checksum)
     check(tally, "Content-Length 4 KiB shorter than the body, checksum given", outcome, reason="checksum mismatch", requests=1)
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["final-path-taken", "final-path-free"])
+def test_content_length_shorter_than_the_iso_without_a_checksum(retrying, serve, tmp_path, tally, previous):
+    """The body ends cleanly at the announced length; the ISO's own volume size shows the file is cut short.
+    (Found by this suite: before, with the final path free, the cut file became a `ready` ISO.)"""
+    whole = make_iso(tmp_path / "plain.iso", label="PLAIN", boot="bios").read_bytes()  # no padding: the cut hits the filesystem
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(len(whole) - 4096) + whole)
+
+    outcome = run_case(serve(respond), "short-no-checksum.iso", previous=previous)
+    check(
+        tally,
+        f"Content-Length 4 KiB shorter than the ISO, no checksum, final path {'taken' if previous else 'free'}",
+        outcome,
+        reason=f"truncated: {len(whole) - 4096} bytes, but the ISO's volume descriptor says {len(whole)}",
+        requests=1,
+    )
 
 
 def test_content_length_shorter_than_the_volume_descriptors(retrying, serve, iso_bytes, tally):
