@@ -26,7 +26,7 @@ from isos.download import FetchPolicy, validate_url
 from isos.hashing import Digests
 from isos.inspect import guess_os, inspect_iso
 from isos.models import IsoImage, IsoTag, RetiredIsoId, new_iso_id
-from vaporsite.errors import Conflict, InvalidInput
+from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import guard_file
 
 log = logging.getLogger("vapor.isos")
@@ -235,23 +235,31 @@ def temp_path(iso: IsoImage) -> Path:
 
 
 def iso_delete(*, iso: IsoImage) -> None:
-    """Delete the entry; the file too when Vapor downloaded it. 409 while a VM uses it."""
-    users = sorted(set(iso.attachments.values_list("vm__name", flat=True)))
-    if users:
-        raise Conflict(
-            f"ISO {iso.pk} is attached to {len(users)} VM(s): {', '.join(users)}; detach it or delete the VM(s) first",
-            code="iso_in_use",
-            vms=users,
-        )
-    templates = sorted(iso.templates.values_list("name", flat=True))
-    if templates:
-        raise Conflict(
-            f"ISO {iso.pk} is the install ISO of template(s) {', '.join(templates)}; change or delete the template(s) first",
-            code="iso_in_use",
-            templates=templates,
-        )
+    """Delete the entry; the file too when Vapor downloaded it. 409 while a VM uses it.
+
+    The row is locked first, as a VM creation locks the ISOs it attaches
+    (vms.services.vms._store): a VM created at the same moment either
+    attaches the ISO before this check sees it (409 here) or finds the row
+    gone (409 there), never an attachment to a deleted ISO.
+    """
     iso_id, leftovers = iso.pk, (Path(iso.path), temp_path(iso))
     with transaction.atomic():
+        if not IsoImage.objects.select_for_update().filter(pk=iso_id).exists():
+            raise NotFound(f"ISO {iso_id} was deleted meanwhile")
+        users = sorted(set(iso.attachments.values_list("vm__name", flat=True)))
+        if users:
+            raise Conflict(
+                f"ISO {iso_id} is attached to {len(users)} VM(s): {', '.join(users)}; detach it or delete the VM(s) first",
+                code="iso_in_use",
+                vms=users,
+            )
+        templates = sorted(iso.templates.values_list("name", flat=True))
+        if templates:
+            raise Conflict(
+                f"ISO {iso_id} is the install ISO of template(s) {', '.join(templates)}; change or delete the template(s) first",
+                code="iso_in_use",
+                templates=templates,
+            )
         RetiredIsoId.objects.create(id=iso_id, name=iso.name, path=iso.path, file_deleted=iso.downloaded)
         iso.delete()
     if iso.downloaded:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from isos.models import IsoImage
 from vaporsite.errors import Conflict, NotFound, VaporError
 from vms import hypervisor, secrets
 from vms.choices import DiskSource, EventStatus, VmStatus
@@ -88,6 +89,14 @@ def _serial_log(name: str) -> str:
 def _store(plan: VmPlan) -> VirtualMachine:
     request = plan.request
     graphics = request.graphics
+    # Lock the ISOs to attach, as iso_delete does: a delete racing this
+    # request then either waits and sees the attachment (409 there), or has
+    # already removed the row (409 here), never an attachment to a lost ISO.
+    iso_ids = {c.iso.pk for c in plan.cdroms}
+    if iso_ids:
+        locked = set(IsoImage.objects.select_for_update().filter(pk__in=iso_ids).values_list("pk", flat=True))
+        if gone := sorted(iso_ids - locked):
+            raise Conflict(f"ISO {', '.join(gone)} was deleted while the VM was being created", code="iso_deleted")
     try:
         with transaction.atomic():
             vm = VirtualMachine.objects.create(

@@ -1,0 +1,149 @@
+"""Concurrency on PostgreSQL (issue 5): racing requests leave one consistent outcome.
+
+Real threads, each with its own database connection, released together by a
+barrier, against the real API views; the hypervisor is the in-memory fake so
+the rounds are quick and the race is between database transactions, where it
+matters. Run by the PostgreSQL pass (`-m "reliability and postgres"`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection, connections
+from django_q.conf import Conf
+from rest_framework.test import APIClient
+
+from isos.hashing import hash_file
+from isos.models import IsoImage
+from isos.services import IsoMetadata, iso_register_path
+from tests.fakes import FakeHypervisor
+from tests.isofactory import make_iso
+from vms.models import CdromAttachment, VirtualMachine
+
+pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+SUITE = "concurrency (PostgreSQL)"
+CREATE = "/api/v1/virtualmachines/create-enhanced"
+ROUNDS = 20
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    hv = FakeHypervisor(pool_dir=pool_dir)
+    monkeypatch.setattr("vms.hypervisor.get_hypervisor", lambda uri=None: hv)
+    monkeypatch.setattr(Conf, "SYNC", True)  # provisioning runs in the request's thread once it commits
+    return hv
+
+
+@pytest.fixture
+def operator() -> User:
+    user = User.objects.create_user("racer")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=["vms", "isos"]))
+    return user
+
+
+def race(user: User, calls: list[Callable[[APIClient], int]]) -> list[int]:
+    """Run every call in its own thread, released at once; their status codes in order (an exception fails the test)."""
+    barrier = threading.Barrier(len(calls))
+    codes: list[int] = [0] * len(calls)
+    errors: list[BaseException] = []
+
+    def body(index: int) -> None:
+        client = APIClient()
+        client.force_authenticate(user)
+        try:
+            barrier.wait()
+            codes[index] = calls[index](client)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return codes
+
+
+def _payload(name: str, **extra: object) -> dict[str, object]:
+    return {"name": name, "memory": 256, "vcpus": 1, "disks": [{"size": 1}], "graphics": {"type": "none"}, **extra}
+
+
+def _create_with(name: str, iso_id: str) -> Callable[[APIClient], int]:
+    return lambda c: c.post(CREATE, _payload(name, iso_path=iso_id), format="json").status_code
+
+
+def _delete(iso_id: str) -> Callable[[APIClient], int]:
+    return lambda c: c.delete(f"/api/v1/virtualmachines/isos/{iso_id}").status_code
+
+
+def test_twenty_parallel_creates_with_one_name_make_exactly_one_vm(fake: FakeHypervisor, operator: User, tally):
+    assert connection.vendor == "postgresql"
+    codes = race(operator, [lambda c: c.post(CREATE, _payload("race"), format="json").status_code] * 20)
+    vms = VirtualMachine.objects.filter(name="race").count()
+    domains = sorted(fake.domains)
+    volumes = sorted(p.name for p in fake.pool_dir.iterdir())
+    extra = (vms - 1) + (len(domains) - 1) + (len(volumes) - 1)
+    tally.record(
+        SUITE,
+        "20 parallel creates with one name",
+        refused=sorted(codes) == [202] + [409] * 19,
+        leftovers=extra,
+        detail=f"codes {dict(Counter(codes))}; {vms} row(s), domains {domains}, volumes {volumes}",
+    )
+    assert sorted(codes) == [202] + [409] * 19
+    assert (vms, domains, volumes) == (1, ["race"], ["race-disk0.qcow2"])
+    assert VirtualMachine.objects.get(name="race").status == "running"
+
+
+def test_deleting_an_iso_while_a_vm_is_created_with_it_leaves_one_consistent_outcome(fake: FakeHypervisor, operator: User, iso_dirs, tally):
+    assert connection.vendor == "postgresql"
+    outcomes: Counter[str] = Counter()
+    for round_ in range(ROUNDS):
+        path = make_iso(iso_dirs.search[0] / f"race-{round_}.iso")
+        iso = iso_register_path(path=str(path), meta=IsoMetadata(name=f"race-{round_}"), digests=hash_file(path))
+        name = f"race-vm-{round_}"
+        create, delete = race(operator, [_create_with(name, iso.pk), _delete(iso.pk)])
+        vm = VirtualMachine.objects.filter(name=name).first()
+        survivor = IsoImage.objects.filter(pk=iso.pk).first()
+        if create == 202:
+            # The VM won: the ISO was kept, is attached, and its use was counted once.
+            won = delete == 409 and vm is not None and survivor is not None
+            consistent = (
+                won
+                and vm is not None
+                and survivor is not None
+                and vm.status == "running"
+                and CdromAttachment.objects.filter(vm=vm, iso=survivor).count() == 1
+                and survivor.use_count == 1
+                and path.exists()
+            )
+            outcome = "VM created, delete refused"
+        else:
+            # The delete won: no VM row, no domain, no attachment.
+            consistent = delete == 204 and create in (400, 404, 409) and vm is None and survivor is None and name not in fake.domains
+            outcome = "ISO deleted, create refused"
+        outcomes[f"{outcome} ({create}/{delete})" if consistent else f"INCONSISTENT create {create}, delete {delete}"] += 1
+        leftovers = 0 if consistent else 1
+        tally.record(
+            SUITE,
+            f"delete an ISO while a VM is created with it (round {round_ + 1})",
+            refused=consistent,
+            leftovers=leftovers,
+            detail=f"create {create}, delete {delete}",
+        )
+        assert consistent, (round_, create, delete, vm and (vm.status, vm.error), survivor and survivor.use_count, outcomes)
+    # No orphan: every attachment points at an ISO that exists, every VM row is a created one.
+    assert not CdromAttachment.objects.exclude(iso__in=IsoImage.objects.all()).exists()
+    print(dict(outcomes))
