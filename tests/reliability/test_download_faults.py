@@ -1,13 +1,15 @@
 """Issue 5, faults injected: downloads that go wrong, through the real job against real loopback servers.
 
-Each case queues a download with `iso_create_download`, then puts a file with
-known bytes at the ISO's final path (as if it appeared on the host while the
-download was queued: the request itself refuses a name that is taken), then
-runs `iso_run_download` against a raw socket server that misbehaves on cue.
-Promised: the ISO is `failed` with a reason naming the cause, no temp file is
-left (the job cleans up; the janitor finds nothing), the file at the final
-path is byte-identical, transient faults are retried up to
-VAPOR_DOWNLOAD_ATTEMPTS and a checksum mismatch is not retried.
+Each case queues a download with `iso_create_download`, then (in one of the
+two runs of each case) puts a file with known bytes at the ISO's final path,
+as if it appeared on the host while the download was queued (the request
+itself refuses a name that is taken), then runs `iso_run_download` against a
+raw socket server that misbehaves on cue. Promised: the ISO is `failed` with a
+reason naming the cause, no temp file is left (the job cleans up; the janitor
+finds nothing), the file at the final path is byte-identical (or, when the
+path was free, nothing appears there), transient faults are retried up to
+VAPOR_DOWNLOAD_ATTEMPTS (requests counted at the server) and a checksum
+mismatch or a full disk is not retried.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class Outcome:
     requests: int
     leftovers: int
     what_left: list[str]
+    previous: bool
 
 
 def run_case(server: FaultServer, name: str, *, checksum: str = "", previous: bool = True) -> Outcome:
@@ -157,7 +160,7 @@ def run_case(server: FaultServer, name: str, *, checksum: str = "", previous: bo
         left.append("a bad download put in place at the final path")
     if iso.status != "failed":
         left.append(f"ISO row {iso.status}, not failed")
-    return Outcome(iso, server.requests, len(left), left)
+    return Outcome(iso, server.requests, len(left), left, previous)
 
 
 def check(tally, case: str, outcome: Outcome, *, reason: str, requests: int) -> None:
@@ -167,11 +170,19 @@ def check(tally, case: str, outcome: Outcome, *, reason: str, requests: int) -> 
     detail = f"error: {outcome.iso.error!r}; {outcome.requests} request(s)" + (
         f"; left: {', '.join(outcome.what_left)}" if outcome.what_left else ""
     )
+    case += ", a file already at the final path" if outcome.previous else ", final path free"
     tally.record(SUITE, case, refused=survived, leftovers=outcome.leftovers, detail=detail)
     assert outcome.iso.status == "failed", detail
     assert named, detail
     assert outcome.requests == requests, detail
     assert outcome.what_left == [], detail
+
+
+@pytest.fixture(params=[True, False], ids=["final-path-taken", "final-path-free"])
+def previous(request: pytest.FixtureRequest) -> bool:
+    """Whether a file with known bytes sits at the final path when the job runs (it must stay byte-identical);
+    with the path free, no file may appear there."""
+    return bool(request.param)
 
 
 @pytest.fixture
@@ -184,13 +195,13 @@ def retrying(iso_dirs, settings):
 
 
 @pytest.mark.parametrize("percent", [0, 50, 99])
-def test_connection_cut_part_way_through_the_body(retrying, serve, iso_bytes, tally, percent):
+def test_connection_cut_part_way_through_the_body(retrying, serve, iso_bytes, tally, percent, previous):
     cut = len(iso_bytes) * percent // 100
 
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         conn.sendall(head(len(iso_bytes)) + iso_bytes[:cut])
 
-    outcome = run_case(serve(respond), f"cut-{percent}.iso")
+    outcome = run_case(serve(respond), f"cut-{percent}.iso", previous=previous)
     check(
         tally,
         f"connection cut at {percent} % of the body ({cut} of {len(iso_bytes)} bytes), {ATTEMPTS} attempts",
@@ -201,11 +212,11 @@ def test_connection_cut_part_way_through_the_body(retrying, serve, iso_bytes, ta
     assert f"of {len(iso_bytes)} bytes" in outcome.iso.error and f"(after {ATTEMPTS} attempts)" in outcome.iso.error
 
 
-def test_connection_closed_before_the_status_line(retrying, serve, tally):
+def test_connection_closed_before_the_status_line(retrying, serve, tally, previous):
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         pass  # read the request, answer nothing, close
 
-    outcome = run_case(serve(respond), "silent-close.iso")
+    outcome = run_case(serve(respond), "silent-close.iso", previous=previous)
     check(
         tally,
         f"connection closed before any answer, {ATTEMPTS} attempts",
@@ -243,11 +254,11 @@ def test_a_cut_that_heals_is_retried_and_the_download_completes(retrying, serve,
 # --- wrong Content-Length -----------------------------------------------------------
 
 
-def test_content_length_longer_than_the_body(retrying, serve, iso_bytes, tally):
+def test_content_length_longer_than_the_body(retrying, serve, iso_bytes, tally, previous):
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         conn.sendall(head(len(iso_bytes) + 4096) + iso_bytes)
 
-    outcome = run_case(serve(respond), "long-length.iso")
+    outcome = run_case(serve(respond), "long-length.iso", previous=previous)
     check(
         tally,
         "Content-Length 4 KiB longer than the body",
@@ -257,18 +268,17 @@ def test_content_length_longer_than_the_body(retrying, serve, iso_bytes, tally):
     )
 
 
-def test_content_length_shorter_than_the_body_with_a_checksum(retrying, serve, iso_bytes, tally):
+def test_content_length_shorter_than_the_body_with_a_checksum(retrying, serve, iso_bytes, tally, previous):
     """The client reads the announced length; the checksum shows it is not the file (and is not retried)."""
 
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         conn.sendall(head(len(iso_bytes) - 4096) + iso_bytes)
 
     checksum = "sha256:" + hashlib.sha256(iso_bytes).hexdigest()
-    outcome = run_case(serve(respond), "short-length.iso", checksum=checksum)
+    outcome = run_case(serve(respond), "short-length.iso", checksum=checksum, previous=previous)
     check(tally, "Content-Length 4 KiB shorter than the body, checksum given", outcome, reason="checksum mismatch", requests=1)
 
 
-@pytest.mark.parametrize("previous", [True, False], ids=["final-path-taken", "final-path-free"])
 def test_content_length_shorter_than_the_iso_without_a_checksum(retrying, serve, tmp_path, tally, previous):
     """The body ends cleanly at the announced length; the ISO's own volume size shows the file is cut short.
     (Found by this suite: before, with the final path free, the cut file became a `ready` ISO.)"""
@@ -280,20 +290,20 @@ def test_content_length_shorter_than_the_iso_without_a_checksum(retrying, serve,
     outcome = run_case(serve(respond), "short-no-checksum.iso", previous=previous)
     check(
         tally,
-        f"Content-Length 4 KiB shorter than the ISO, no checksum, final path {'taken' if previous else 'free'}",
+        "Content-Length 4 KiB shorter than the ISO, no checksum",
         outcome,
         reason=f"truncated: {len(whole) - 4096} bytes, but the ISO's volume descriptor says {len(whole)}",
         requests=1,
     )
 
 
-def test_content_length_shorter_than_the_volume_descriptors(retrying, serve, iso_bytes, tally):
+def test_content_length_shorter_than_the_volume_descriptors(retrying, serve, iso_bytes, tally, previous):
     """Without a checksum, an announced length that cuts the ISO's descriptors leaves no ISO: refused as such."""
 
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         conn.sendall(head(16 * 1024) + iso_bytes)
 
-    outcome = run_case(serve(respond), "tiny-length.iso")
+    outcome = run_case(serve(respond), "tiny-length.iso", previous=previous)
     check(tally, "Content-Length 16 KiB for a 3 MiB body, no checksum", outcome, reason="not an ISO image", requests=1)
 
 
@@ -301,12 +311,12 @@ def test_content_length_shorter_than_the_volume_descriptors(retrying, serve, iso
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "md5"])
-def test_checksum_mismatch_is_not_retried(retrying, serve, iso_bytes, tally, algorithm):
+def test_checksum_mismatch_is_not_retried(retrying, serve, iso_bytes, tally, algorithm, previous):
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         conn.sendall(head(len(iso_bytes)) + iso_bytes)
 
     wrong = f"{algorithm}:" + "0" * (64 if algorithm == "sha256" else 32)
-    outcome = run_case(serve(respond), f"mismatch-{algorithm}.iso", checksum=wrong)
+    outcome = run_case(serve(respond), f"mismatch-{algorithm}.iso", checksum=wrong, previous=previous)
     check(
         tally,
         f"{algorithm} checksum mismatch, {ATTEMPTS} attempts allowed",
@@ -319,14 +329,14 @@ def test_checksum_mismatch_is_not_retried(retrying, serve, iso_bytes, tally, alg
 # --- disk full ------------------------------------------------------------------------
 
 
-def test_disk_full(retrying, settings, tmpfs, serve, tmp_path, tally):
+def test_disk_full(retrying, settings, tmpfs, serve, tmp_path, tally, previous):
     big = make_iso(tmp_path / "big.iso", label="BIG", size_padding=12 * 1024 * 1024).read_bytes()
     settings.VAPOR = dataclasses.replace(settings.VAPOR, download_dir=tmpfs)
 
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         conn.sendall(head(len(big)) + big)
 
-    outcome = run_case(serve(respond), "disk-full.iso")
+    outcome = run_case(serve(respond), "disk-full.iso", previous=previous)
     check(tally, f"disk full: {len(big) // 2**20} MiB into an 8 MiB tmpfs", outcome, reason="No space left on device", requests=1)
     assert str(tmpfs) in outcome.iso.error  # names where it could not write
 
@@ -334,14 +344,14 @@ def test_disk_full(retrying, settings, tmpfs, serve, tmp_path, tally):
 # --- server stalls --------------------------------------------------------------------
 
 
-def test_server_stalls_mid_body_past_the_read_timeout(retrying, settings, serve, iso_bytes, tally):
+def test_server_stalls_mid_body_past_the_read_timeout(retrying, settings, serve, iso_bytes, tally, previous):
     settings.VAPOR = dataclasses.replace(settings.VAPOR, download_read_timeout=0.3, download_attempts=2)
 
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         conn.sendall(head(len(iso_bytes)) + iso_bytes[: len(iso_bytes) // 2])
         stop.wait(5)  # silent, connection open, until the test ends
 
-    outcome = run_case(serve(respond), "stall-body.iso")
+    outcome = run_case(serve(respond), "stall-body.iso", previous=previous)
     check(
         tally,
         "server stalls mid-body past a 0.3 s read timeout, 2 attempts",
@@ -351,13 +361,13 @@ def test_server_stalls_mid_body_past_the_read_timeout(retrying, settings, serve,
     )
 
 
-def test_server_stalls_before_answering(retrying, settings, serve, tally):
+def test_server_stalls_before_answering(retrying, settings, serve, tally, previous):
     settings.VAPOR = dataclasses.replace(settings.VAPOR, download_read_timeout=0.3, download_attempts=2)
 
     def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
         stop.wait(5)
 
-    outcome = run_case(serve(respond), "stall-head.iso")
+    outcome = run_case(serve(respond), "stall-head.iso", previous=previous)
     check(
         tally,
         "server accepts and never answers, 0.3 s read timeout, 2 attempts",
