@@ -134,6 +134,9 @@ def check_shape(request: VmRequest) -> None:
             raise InvalidInput("a password needs graphics (vnc or spice)", field="graphics.password")
         if not 1 <= len(graphics.password) <= 8:
             raise InvalidInput("must be 1-8 characters (libvirt refuses longer VNC passwords)", field="graphics.password")
+        if not graphics.password.isprintable():
+            # Control characters cannot be carried by the domain XML; refused here, not when provisioning fails.
+            raise InvalidInput("must hold printable characters only", field="graphics.password")
     seen: dict[int, int] = {}
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
