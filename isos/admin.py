@@ -124,9 +124,11 @@ class IsoImageAdmin(ServiceSavedAdmin):
     ]  # fmt: skip
     filter_horizontal = ["tags"]
     actions = [
-        admin.action(description="Hash the selected ISOs again")(_run_each("Re-hashing", services.iso_rehash)),
-        admin.action(description="Retry the selected failed or cancelled ISOs")(_run_each("Retrying", services.iso_retry)),
-        admin.action(description="Cancel the selected downloads")(_run_each("Cancelled", services.iso_cancel)),
+        admin.action(description="Hash the selected ISOs again", permissions=["change"])(_run_each("Re-hashing", services.iso_rehash)),
+        admin.action(description="Retry the selected failed or cancelled ISOs", permissions=["change"])(
+            _run_each("Retrying", services.iso_retry)
+        ),
+        admin.action(description="Cancel the selected downloads", permissions=["change"])(_run_each("Cancelled", services.iso_cancel)),
     ]
     change_list_template = "admin/isos/isoimage/change_list.html"
 

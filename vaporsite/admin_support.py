@@ -14,7 +14,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
 
 from vaporsite.errors import VaporError
 
@@ -34,7 +35,18 @@ class ServiceForm(forms.ModelForm):
         self.add_error(field if field in self.fields else None, exc.message)
 
 
-class ServiceSavedAdmin(admin.ModelAdmin):
+class VaporModelAdmin(admin.ModelAdmin):
+    """Refuses (403) a list action the user may not run, where Django would ignore the POST
+    and show the list again: a refusal should look like one."""
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        action = request.POST.get("action", "") if request.method == "POST" else ""
+        if action and action not in self.get_actions(request):
+            raise PermissionDenied
+        return super().changelist_view(request, extra_context)
+
+
+class ServiceSavedAdmin(VaporModelAdmin):
     """Saving is done by the form's service call; the admin only logs and redirects."""
 
     def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:

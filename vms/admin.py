@@ -17,6 +17,7 @@ from django.shortcuts import redirect
 from django.urls import path
 from django.utils.html import format_html
 
+from vaporsite.admin_support import VaporModelAdmin
 from vaporsite.errors import VaporError
 from vms import admin_create, hypervisor
 from vms.choices import VmStatus
@@ -102,7 +103,7 @@ def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, querys
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(admin.ModelAdmin):
+class VirtualMachineAdmin(VaporModelAdmin):
     list_display = [
         "name", "status_badge", "state", "memory_mb", "vcpus", "os_variant", "firmware", "template", "storage_pool", "autostart",
         "state_checked_at",
@@ -296,7 +297,7 @@ class TemplateNicInline(admin.TabularInline):
 
 
 @admin.register(VmTemplate)
-class VmTemplateAdmin(admin.ModelAdmin):
+class VmTemplateAdmin(VaporModelAdmin):
     form = TemplateAdminForm
     list_display = [
         "name",

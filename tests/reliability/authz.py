@@ -1,0 +1,78 @@
+"""Helpers for the authorization matrix: roles, a spy on the hypervisor, a fingerprint of the rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from django.apps import apps
+from django.contrib.auth.models import Permission, User
+
+# Every row the product writes: VMs, templates, ISOs and the task queue.
+WATCHED_APPS = ("vms", "isos", "django_q")
+
+
+class HypervisorSpy:
+    """Wraps the in-memory hypervisor and counts every call made on it (reads included)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+    def get(self, uri: str | None = None) -> HypervisorSpy:
+        """Stands in for `vms.hypervisor.get_hypervisor`: opening a connection counts too."""
+        self.calls["get_hypervisor"] += 1
+        return self
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+def rows() -> dict[str, dict[Any, str]]:
+    """Every watched row, by model and primary key, as text."""
+    snapshot: dict[str, dict[Any, str]] = {}
+    for label in WATCHED_APPS:
+        for model in apps.get_app_config(label).get_models():
+            snapshot[model._meta.label] = {
+                row["pk"]: repr(sorted(row.items())) for row in model._default_manager.values("pk", *_fields(model))
+            }
+    return snapshot
+
+
+def _fields(model: Any) -> list[str]:
+    return [f.attname for f in model._meta.concrete_fields if f.attname != model._meta.pk.attname]
+
+
+def changed_rows(before: dict[str, dict[Any, str]], after: dict[str, dict[Any, str]]) -> int:
+    """Rows added, removed or changed between two snapshots."""
+    changed = 0
+    for label in before.keys() | after.keys():
+        old, new = before.get(label, {}), after.get(label, {})
+        changed += len(old.keys() ^ new.keys()) + sum(1 for pk in old.keys() & new.keys() if old[pk] != new[pk])
+    return changed
+
+
+def make_role(role: str) -> User | None:
+    """anonymous (None), viewer (every view_* on VMs and ISOs), operator (every VM and ISO
+    permission, staff, not superuser) or admin (superuser)."""
+    if role == "anonymous":
+        return None
+    if role == "admin":
+        return User.objects.create_superuser("admin-role", password=None)  # no password hashing: logged in with force_login
+    user = User.objects.create_user(f"{role}-role", password=None, is_staff=True)
+    perms = Permission.objects.filter(content_type__app_label__in=["vms", "isos"])
+    if role == "viewer":
+        perms = perms.filter(codename__startswith="view_")
+    user.user_permissions.set(perms)
+    return user
