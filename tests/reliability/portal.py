@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ROOT, _manage, _portal_env, _tail
+from tests.browser.conftest import ROOT, _free_port, _manage, _portal_env, _tail, _wait_until_serving
 
 __all__ = ["Backend", "_tail"]
 
@@ -67,6 +67,17 @@ class Backend:
         """SIGKILL the cluster's whole process group: no handler, no `finally`, no acknowledgement."""
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+    def start_server(self) -> str:
+        """`runserver` on a free loopback port (as scripts/run.sh); its base URL once it answers."""
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        with open(self.logs / "runserver.log", "wb") as out:
+            command = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
+            process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.clusters.append(process)  # stopped with the clusters
+        _wait_until_serving(url, [process], self.logs)
+        return url
 
     def stop_all(self) -> None:
         for process in self.clusters:

@@ -16,8 +16,12 @@ through a new connection (a dead cached one is replaced).
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import socket
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -25,8 +29,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
-from tests.integration.conftest import hypervisor, virsh  # noqa: F401 (fixture used by vm_env)
+from tests.integration.conftest import hypervisor, remove_pool, virsh  # noqa: F401 (fixture used by vm_env)
 from tests.integration.vm_support import VmEnv, shared_dir, vm_env  # noqa: F401 (fixture)
+from tests.reliability.portal import Backend
 from vaporsite.errors import HypervisorError, ServiceUnavailable
 from vms.hypervisor import get_hypervisor
 from vms.models import VirtualMachine
@@ -182,3 +187,51 @@ def test_a_cached_connection_that_died_is_replaced(relay: Relay, relayed: VmEnv,
         tally.record(SUITE, "held driver: calls while down are 503, then it reconnects", refused=True, detail=errors[0].message[:120])
     finally:
         driver.close()
+
+
+def _http(url: str, token: str, payload: dict[str, object]) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # our own loopback server
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_running_portal_answers_503_then_works_again_without_a_restart(relay: Relay, tmp_path: Path, tally):
+    """The same, against `runserver` in a process of its own: the long-running server recovers on its own."""
+    pool_dir = shared_dir("vapor-relay-pool-")
+    pool = "rel-relay-" + pool_dir.name.rsplit("-", 1)[-1].lower()
+    virsh("pool-define-as", pool, "dir", "--target", str(pool_dir))
+    data_dir, logs = tmp_path / "data", tmp_path / "logs"
+    data_dir.mkdir()
+    logs.mkdir()
+    backend = Backend(data_dir, pool_dir, logs, VAPOR_LIBVIRT_URI=f"qemu+unix:///system?socket={relay.path}")
+    try:
+        virsh("pool-start", pool)
+        backend.migrate()
+        out = backend.shell(
+            "from django.contrib.auth.models import User\n"
+            "from rest_framework.authtoken.models import Token\n"
+            "print('TOKEN', Token.objects.create(user=User.objects.create_superuser('relay')).key)"
+        )
+        token = next(line.split()[1] for line in out.splitlines() if line.startswith("TOKEN "))
+        url = backend.start_server() + CREATE + "?dry_run=1"
+        payload = _payload("rel-relay-vm", pool)
+        before = _http(url, token, payload)
+        assert before[0] == 200, before
+        relay.stop()
+        down = _http(url, token, payload)
+        relay.start()
+        after = _http(url, token, payload)
+        ok = down[0] == 503 and down[1].get("code") == "hypervisor_unavailable" and after[0] == 200
+        case = "running portal (runserver): 503 while libvirtd is down, 200 once back"
+        tally.record(SUITE, case, refused=ok, detail=f"{down[0]} then {after[0]}")
+        assert down[0] == 503, down
+        assert down[1]["code"] == "hypervisor_unavailable" and "libvirt is unreachable" in str(down[1]["detail"]), down
+        assert after[0] == 200, after
+    finally:
+        backend.stop_all()
+        remove_pool(pool)
+        shutil.rmtree(pool_dir, ignore_errors=True)
