@@ -34,6 +34,7 @@ from tests.integration.vm_support import VmEnv, shared_dir, vm_env  # noqa: F401
 from tests.reliability.portal import Backend
 from vaporsite.errors import HypervisorError, ServiceUnavailable
 from vms.hypervisor import get_hypervisor
+from vms.hypervisor.errors import from_libvirt
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.libvirt, pytest.mark.django_db]
@@ -235,3 +236,23 @@ def test_a_running_portal_answers_503_then_works_again_without_a_restart(relay: 
         backend.stop_all()
         remove_pool(pool)
         shutil.rmtree(pool_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (1, "internal error: client socket is closed"),
+        (38, "End of file while reading data: Input/output error"),
+        (38, "Cannot write data: Broken pipe"),
+        (39, "Cannot recv data: Connection reset by peer"),
+    ],
+)
+def test_a_connection_lost_mid_call_is_503_not_500(code: int, message: str):
+    error = from_libvirt(code, message)
+    assert (type(error), error.status, error.code) == (ServiceUnavailable, 503, "hypervisor_unavailable")
+    assert error.message.startswith(message) and "libvirt is unreachable" in error.message
+
+
+def test_other_system_errors_stay_500():
+    error = from_libvirt(38, "cannot open file '/var/lib/x.qcow2': Permission denied")
+    assert (type(error), error.status) == (HypervisorError, 500)
