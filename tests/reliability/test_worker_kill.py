@@ -192,3 +192,13 @@ def test_worker_killed_while_cloning_a_template(backend: tuple[Backend, Path], t
         virsh("destroy", name, check=False)
         virsh("undefine", name, "--nvram", check=False)
         remove_pool(pool)
+
+
+def test_task_retry_is_configurable_and_must_outlast_the_timeout():
+    from vaporsite import env
+
+    assert env.load({}).q_retry == env.load({}).q_timeout + 120  # the default, as before
+    assert env.load({"VAPOR_TASK_TIMEOUT": "10", "VAPOR_TASK_RETRY": "12"}).q_retry == 12
+    refused = env.load({"VAPOR_TASK_TIMEOUT": "60", "VAPOR_TASK_RETRY": "30"})
+    assert [p.variable for p in refused.problems] == ["VAPOR_TASK_RETRY"]
+    assert refused.q_retry == 180  # a retry shorter than the timeout would run a live task twice
