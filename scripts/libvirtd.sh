@@ -2,7 +2,7 @@
 # Start, stop or report a local libvirtd + virtlogd for Vapor on a machine
 # without systemd (containers, CI runners).
 #
-#   bash scripts/libvirtd.sh start|stop|status
+#   bash scripts/libvirtd.sh start|stop|status|stop-daemon|restart-daemon
 #
 # The daemons run inside a private network namespace (VAPOR_LIBVIRTD_NETNS,
 # default "vapor"; set it to "" to use the host's namespace) so the NAT
@@ -29,6 +29,10 @@ NETNS="${VAPOR_LIBVIRTD_NETNS-vapor}"
 START_TIMEOUT="${VAPOR_LIBVIRTD_START_TIMEOUT:-60}"
 
 say() { printf 'libvirtd.sh: %s\n' "$*" >&2; }
+die() {
+    say "$*"
+    exit 1
+}
 
 answers() {
     # `timeout` because a daemon that is half up can accept the connection
@@ -178,12 +182,33 @@ status() {
     return "$rc"
 }
 
+# Like `systemctl restart libvirtd`: only the daemon goes away and comes back;
+# running guests (QEMU processes) and networks keep running, as they do when a
+# host's libvirtd is restarted for an upgrade. For the reliability tests.
+restart_daemon() {
+    if [[ -f "$NETNS_FILE" ]]; then
+        NETNS="$(<"$NETNS_FILE")"
+    fi
+    alive "$LIBVIRTD_PID" "$LIBVIRTD" || die "no libvirtd started by this script is running (pid file ${LIBVIRTD_PID})"
+    stop_pid "$LIBVIRTD" "$LIBVIRTD_PID"
+    if [[ -n "${VAPOR_RESTART_PAUSE:-}" ]]; then
+        sleep "$VAPOR_RESTART_PAUSE"
+    fi
+    start
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
+    stop-daemon)
+        # Only libvirtd itself; guests keep running. `start` brings it back.
+        alive "$LIBVIRTD_PID" "$LIBVIRTD" || die "no libvirtd started by this script is running (pid file ${LIBVIRTD_PID})"
+        stop_pid "$LIBVIRTD" "$LIBVIRTD_PID"
+        ;;
+    restart-daemon) restart_daemon ;;
     *)
-        echo "usage: $0 start|stop|status" >&2
+        echo "usage: $0 start|stop|status|stop-daemon|restart-daemon" >&2
         exit 2
         ;;
 esac

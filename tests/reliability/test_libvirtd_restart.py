@@ -256,3 +256,44 @@ def test_a_connection_lost_mid_call_is_503_not_500(code: int, message: str):
 def test_other_system_errors_stay_500():
     error = from_libvirt(38, "cannot open file '/var/lib/x.qcow2': Permission denied")
     assert (type(error), error.status) == (HypervisorError, 500)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _libvirtd(command: str) -> None:
+    import subprocess
+
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "libvirtd.sh"), command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"scripts/libvirtd.sh {command} failed (the test needs the daemon this script started): {done.stderr}"
+
+
+def test_the_real_daemon_restarted_while_a_guest_runs(vm_api, run_tasks, vm_env: VmEnv, tally):  # noqa: F811 (fixture)
+    """The real libvirtd is stopped and started again (`scripts/libvirtd.sh stop-daemon` / `start`, like
+    `systemctl restart libvirtd`): while it is away requests get 503, afterwards the same process works,
+    and the guest that was running kept running."""
+    name = "rel-real-" + vm_env.pool.rsplit("-", 1)[-1]
+    with run_tasks():
+        response = vm_api.post(CREATE, _payload(name, vm_env.pool), format="json")
+    assert response.status_code == 202, response.json()
+    vm = VirtualMachine.objects.get(name=name)
+    assert vm.status == "running", vm.error
+    _libvirtd("stop-daemon")
+    try:
+        down = vm_api.post(CREATE, _payload(name + "-b", vm_env.pool), format="json")
+        _assert_unavailable(down, "create-enhanced while the daemon is stopped")
+        action = vm_api.post(f"/api/v1/virtualmachines/{vm.pk}/reboot")
+        _assert_unavailable(action, "reboot while the daemon is stopped")
+        tally.record(SUITE, "real restart: create-enhanced while stopped", refused=True,
+                     leftovers=VirtualMachine.objects.filter(name=name + "-b").count(), detail="503")  # fmt: skip
+        tally.record(SUITE, "real restart: VM action while stopped", refused=True, detail="503")
+        assert not VirtualMachine.objects.filter(name=name + "-b").exists()
+    finally:
+        _libvirtd("start")
+    detail = vm_api.get(f"/api/v1/virtualmachines/{vm.pk}").json()
+    assert detail["state"] == "running", detail  # the guest survived the daemon's restart
+    with run_tasks():
+        again = vm_api.post(CREATE, _payload(name + "-c", vm_env.pool), format="json")
+    assert again.status_code == 202, again.json()
+    assert VirtualMachine.objects.get(name=name + "-c").status == "running"
+    tally.record(SUITE, "real restart: the guest kept running, new requests work without restarting Vapor", refused=True)
