@@ -18,7 +18,7 @@ from vms.models import VmTemplate
 from vms.selectors import template_list
 from vms.services import templates as services
 
-ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 503: ErrorSerializer}  # 503: clone sources are checked
 
 
 def render(template: VmTemplate) -> dict[str, Any]:

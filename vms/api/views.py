@@ -28,7 +28,8 @@ from vms.selectors import vm_list
 from vms.services import vms as services
 from vms.services.vms import DryRun
 
-ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer}
+# 503: libvirt is unreachable (code hypervisor_unavailable); the request can be repeated once it is back.
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer, 503: ErrorSerializer}
 DRY_RUN = OpenApiParameter("dry_run", bool, description="Validate and show the plan and domain XML; create nothing.")
 
 
@@ -99,7 +100,7 @@ class VmItemView(APIView):
     @extend_schema(
         operation_id="vms_destroy",
         parameters=[OpenApiParameter("keep_disks", bool, description="Keep the volumes Vapor created.")],
-        responses={204: None, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer},
+        responses={204: None, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer, 503: ErrorSerializer},
     )
     def delete(self, request: Request, vm_id: int) -> Response:
         vm = get_object_or_404(VirtualMachine, pk=vm_id)
