@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from isos.choices import IsoStatus
@@ -79,10 +80,30 @@ class _WriteBehind:
         return count
 
 
+def _start_delivery(iso_id: str, status: str) -> IsoImage | None:
+    """Count this delivery of the task; None if there is nothing to do or too many started already.
+
+    django-q2 counts a delivery only when it finishes: a worker killed in the
+    middle would get the task again for ever. Past max_attempts started
+    deliveries the ISO fails with the reason.
+    """
+    if not IsoImage.objects.filter(pk=iso_id, status=status).update(attempts=F("attempts") + 1):
+        return None  # cancelled, deleted, or already finished by an earlier delivery
+    iso = IsoImage.objects.get(pk=iso_id)
+    limit = int(settings.TASK_MAX_ATTEMPTS)
+    if iso.attempts > limit:
+        what = "download" if status == IsoStatus.DOWNLOADING else "hashing"
+        iso_fail(iso_id=iso_id, error=f"the {what} started {iso.attempts - 1} times and never finished (the worker stopped each time); "
+                 "giving up", expect=status)  # fmt: skip
+        temp_path(iso).unlink(missing_ok=True)
+        return None
+    return iso
+
+
 def iso_run_download(*, iso_id: str, sleep: Callable[[float], None] = time.sleep) -> None:
-    iso = IsoImage.objects.filter(pk=iso_id, status=IsoStatus.DOWNLOADING).first()
+    iso = _start_delivery(iso_id, IsoStatus.DOWNLOADING)
     if iso is None:
-        return  # cancelled, deleted, or already finished by an earlier delivery
+        return
     temp = temp_path(iso)
     attempts = settings.VAPOR.download_attempts
     policy = FetchPolicy.from_settings()
@@ -195,7 +216,7 @@ def _declared_size(path: Path) -> int | None:
 
 
 def iso_run_hash(*, iso_id: str) -> None:
-    iso = IsoImage.objects.filter(pk=iso_id, status=IsoStatus.HASHING).first()
+    iso = _start_delivery(iso_id, IsoStatus.HASHING)
     if iso is None:
         return
     path = Path(iso.path)

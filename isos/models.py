@@ -62,6 +62,7 @@ class IsoImage(models.Model):
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Deliveries of the current download or hashing task that started.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -289,7 +289,7 @@ def iso_retry(*, iso: IsoImage) -> IsoImage:
     else:
         status, task = IsoStatus.HASHING, "isos.tasks.hash_iso"
     with transaction.atomic():
-        IsoImage.objects.filter(pk=iso.pk).update(status=status, error="", bytes_done=0, updated_at=timezone.now())
+        IsoImage.objects.filter(pk=iso.pk).update(status=status, error="", bytes_done=0, attempts=0, updated_at=timezone.now())
         _enqueue(task, iso.pk)
     iso.refresh_from_db()
     return iso
@@ -300,7 +300,7 @@ def iso_rehash(*, iso: IsoImage) -> IsoImage:
     if iso.status in (IsoStatus.DOWNLOADING, IsoStatus.HASHING):
         raise Conflict(f"ISO {iso.pk} is {iso.status}; wait for it to finish", code="busy")
     with transaction.atomic():
-        IsoImage.objects.filter(pk=iso.pk).update(status=IsoStatus.HASHING, error="", bytes_done=0, updated_at=timezone.now())
+        IsoImage.objects.filter(pk=iso.pk).update(status=IsoStatus.HASHING, error="", bytes_done=0, attempts=0, updated_at=timezone.now())
         _enqueue("isos.tasks.hash_iso", iso.pk)
     iso.refresh_from_db()
     return iso

@@ -132,13 +132,16 @@ SPECTACULAR_SETTINGS = {
 
 # django-q2. `retry` must exceed `timeout` (and the longest task), or the ORM
 # broker hands a running task out again; failures are kept for the admin.
+# django-q2 counts only deliveries that finish; Vapor's jobs count those that
+# start too (VirtualMachine/IsoImage.attempts) and give up past this many.
+TASK_MAX_ATTEMPTS = 3
 Q_CLUSTER = {
     "name": "vapor",
     "orm": "default",
     "workers": VAPOR.q_workers,
     "timeout": VAPOR.q_timeout,
     "retry": VAPOR.q_retry,
-    "max_attempts": 3,
+    "max_attempts": TASK_MAX_ATTEMPTS,
     "ack_failures": True,
     "save_limit": 1000,
     "catch_up": False,

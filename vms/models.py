@@ -54,6 +54,7 @@ class VirtualMachine(GuestSettings):
     status = models.CharField(max_length=16, choices=VmStatus.choices, default=VmStatus.PROVISIONING, db_index=True)
     error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took the provisioning task.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Deliveries of the provisioning task that started.")
     template = models.ForeignKey(
         "VmTemplate", null=True, blank=True, on_delete=models.SET_NULL, related_name="vms", help_text="The template it was made from."
     )

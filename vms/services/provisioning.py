@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from isos import osinfo
@@ -143,14 +143,31 @@ def _claim(vm_id: int) -> bool:
     return bool(
         VirtualMachine.objects.filter(pk=vm_id, status=VmStatus.PROVISIONING)
         .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale))
-        .update(claimed_at=timezone.now())
+        .update(claimed_at=timezone.now(), attempts=F("attempts") + 1)
     )
+
+
+def max_attempts() -> int:
+    """How many deliveries of a task may start: django-q2's max_attempts.
+
+    django-q2 counts a delivery only when it finishes, so a worker killed in
+    the middle (OOM, SIGKILL) would get the task again for ever; Vapor counts
+    the deliveries that started itself and gives up after this many.
+    """
+    return int(settings.TASK_MAX_ATTEMPTS)
 
 
 def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
     if not _claim(vm_id):
         return
     vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm_id)
+    if vm.attempts > max_attempts():
+        message = f"provisioning started {vm.attempts - 1} times and never finished (the worker stopped each time); giving up"
+        _event(vm, "provision", EventStatus.FAILED, message)
+        _rollback(vm, provision_steps(vm, hv or hypervisor.get_hypervisor(), None), only_leftovers=True)
+        VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=message, graphics_password_encrypted="")
+        log.warning("provisioning %s: %s", vm.name, message)
+        return
     hv = hv or hypervisor.get_hypervisor()
     password = secrets.decrypt(vm.graphics_password_encrypted)
     finished = set(vm.events.filter(status__in=[EventStatus.DONE, EventStatus.SKIPPED]).values_list("step", flat=True))
@@ -186,9 +203,13 @@ def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
     log.info("provisioned %s", vm.name)
 
 
-def _rollback(vm: VirtualMachine, done: list[Step]) -> None:
+def _rollback(vm: VirtualMachine, done: list[Step], *, only_leftovers: bool = False) -> None:
+    """Undo `done` in reverse; `only_leftovers`: undo the steps whose result is found on the host
+    (what deliveries that never finished left behind)."""
     for step in reversed(done):
         if step.undo is None:
+            continue
+        if only_leftovers and (step.leftover is None or not step.leftover()):
             continue
         try:
             step.undo()
