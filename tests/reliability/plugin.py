@@ -56,7 +56,7 @@ def render(cases: list[dict], exitstatus: int, args: tuple[str, ...] | list[str]
         "",
         f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; pytest exit status {exitstatus}"
         + (" (**not a passing run**)" if exitstatus else ""),
-        f"- Command: `pytest {' '.join(args)}`",
+        f"- Command: `make reliability` (a SQLite pass, then a PostgreSQL pass; this is the last: `pytest {' '.join(args)}`)",
         f"- Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, kernel {platform.release()}",
         "",
         "| suite | cases tried | refused / survived | not refused | leftovers (files, volumes, domains, rows, connections) |",
