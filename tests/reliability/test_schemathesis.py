@@ -28,7 +28,7 @@ from tests.isofactory import make_iso
 from tests.reliability.conftest import Tally
 from vaporsite.wsgi import application
 
-pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
+pytestmark = [pytest.mark.reliability, pytest.mark.sqlite_pass, pytest.mark.django_db]
 
 SUITE = "schemathesis"
 MAX_EXAMPLES = 15
