@@ -62,6 +62,17 @@ def hypervisor() -> Iterator[LibvirtDriver]:
     driver.close()
 
 
+@pytest.fixture(autouse=True)
+def _live_driver(hypervisor: LibvirtDriver) -> None:
+    """The session's driver keeps one connection; if the daemon was restarted since (the reliability suite
+    restarts it), that connection is dead and its next call would answer 503 once before reconnecting.
+    Check it before each test and reconnect, as a long-lived caller would retry."""
+    try:
+        hypervisor.list_pools()
+    except HypervisorError:
+        hypervisor.close()
+
+
 @pytest.fixture(scope="session")
 def scratch_pool(hypervisor: LibvirtDriver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchPool]:
     """A dir pool of its own in a temporary directory, for the whole session."""
