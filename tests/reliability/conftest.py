@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.vms.conftest import hv  # noqa: F401 (the in-memory hypervisor fixture, shared with the VM tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ROOT / "var" / "reliability" / "cases.jsonl"
 

@@ -15,7 +15,6 @@ from isos.jobs import iso_run_hash
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path, iso_rehash
 from tests.isofactory import make_iso
-from tests.vms.conftest import hv  # noqa: F401 (fixture: the in-memory hypervisor)
 from vms.models import VirtualMachine
 from vms.services.provisioning import vm_provision
 
@@ -23,7 +22,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 SUITE = "faults: worker killed"
 
 
-def test_vm_provisioning_gives_up_after_max_attempts_started_deliveries(vm_api, hv, tally):  # noqa: F811
+def test_vm_provisioning_gives_up_after_max_attempts_started_deliveries(vm_api, hv, tally):
     with_leftover = {"name": "doomed", "memory": 256, "vcpus": 1, "disks": [{"size": 1}]}
     assert vm_api.post("/api/v1/virtualmachines/create-enhanced", with_leftover, format="json").status_code == 202
     vm = VirtualMachine.objects.get()
@@ -39,7 +38,7 @@ def test_vm_provisioning_gives_up_after_max_attempts_started_deliveries(vm_api, 
     assert left == 0 and hv.calls["define_domain"] == 0
 
 
-def test_a_delivery_within_the_limit_still_runs(vm_api, hv, tally, run_tasks):  # noqa: F811
+def test_a_delivery_within_the_limit_still_runs(vm_api, hv, tally, run_tasks):
     with run_tasks():
         response = vm_api.post("/api/v1/virtualmachines/create-enhanced", {"name": "ok", "memory": 256, "vcpus": 1}, format="json")
     assert response.status_code == 202

@@ -48,15 +48,6 @@ ERRORS = {
 }
 
 
-@pytest.fixture
-def hv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
-    pool_dir = tmp_path / "pool"
-    pool_dir.mkdir()
-    fake = FakeHypervisor(pool_dir=pool_dir)
-    monkeypatch.setattr("vms.hypervisor.get_hypervisor", lambda uri=None: fake)
-    return fake
-
-
 class World:
     """The files and rows a failed provisioning must leave as they were."""
 

@@ -9,7 +9,6 @@ tasks never run (they wait for a commit that the test transaction never makes).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,15 +66,6 @@ def _aimed(case: schemathesis.Case, existing: dict[str, str]) -> schemathesis.Ca
             params[key] = int(existing[key]) if key == "vm_id" else existing[key]
     case.path_parameters = params
     return case
-
-
-@pytest.fixture
-def hv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
-    pool_dir = tmp_path / "pool"
-    pool_dir.mkdir()
-    fake = FakeHypervisor(pool_dir=pool_dir)
-    monkeypatch.setattr("vms.hypervisor.get_hypervisor", lambda uri=None: fake)
-    return fake
 
 
 @pytest.mark.parametrize("operation", _operations())
