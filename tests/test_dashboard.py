@@ -1,4 +1,4 @@
-"""The admin index dashboard (vaporsite/dashboard.py) and the VM change page's live refresh."""
+"""The admin index dashboard (dashboard/selectors.py) and the VM change page's live refresh."""
 
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ DEBUG = VAPOR.debug
 ALLOWED_HOSTS = VAPOR.allowed_hosts
 
 INSTALLED_APPS = [
+    # Before django.contrib.admin: its templates/admin/index.html replaces the admin's index.
+    "dashboard.apps.DashboardConfig",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django import template
 
-from vaporsite.dashboard import Dashboard, dashboard_for
+from dashboard.selectors import Dashboard, dashboard_for
 
 register = template.Library()
 
