@@ -21,7 +21,8 @@ ISO_LIST = ListEndpoint(url="/api/v1/virtualmachines/isos", key="isos", noun="IS
 def add_isos(start: int, stop: int) -> None:
     """ISOs `start`..`stop-1`, each with 3 of the pooled tags, inserted in bulk (the ORM, no services:
     the list endpoint is what is measured, not registration)."""
-    from isos.choices import Architecture, BootType, IsoStatus, OsType
+    from guestos.choices import OsType
+    from isos.choices import Architecture, BootType, IsoStatus
     from isos.models import IsoImage, IsoTag
 
     tags = list(IsoTag.objects.order_by("name"))

@@ -16,8 +16,9 @@ from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html, format_html_join
 
+from guestos.choices import OsType
 from isos import services
-from isos.choices import Architecture, IsoStatus, OsType
+from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage, IsoTag, RetiredIsoId
 from isos.services import IsoMetadata
 from vaporsite.admin_support import ServiceForm, ServiceSavedAdmin

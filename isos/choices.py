@@ -17,14 +17,6 @@ class BootType(models.TextChoices):
     UNKNOWN = "", "Not inspected yet"
 
 
-class OsType(models.TextChoices):
-    LINUX = "linux", "Linux"
-    WINDOWS = "windows", "Windows"
-    BSD = "bsd", "BSD"
-    OTHER = "other", "Other"
-    UNKNOWN = "", "Unknown"
-
-
 class Architecture(models.TextChoices):
     X86_64 = "x86_64", "x86_64"
     I686 = "i686", "i686"

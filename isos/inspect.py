@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from isos import osinfo
-from isos.choices import Architecture, BootType, OsType
+from guestos import osinfo
+from guestos.choices import OsType
+from isos.choices import Architecture, BootType
 from vaporsite.errors import InvalidInput
 
 SECTOR: Final = 2048

@@ -7,7 +7,8 @@ import secrets
 from django.db import models
 from django.db.models.functions import Upper
 
-from isos.choices import Architecture, BootType, IsoStatus, OsType
+from guestos.choices import OsType
+from isos.choices import Architecture, BootType, IsoStatus
 
 ISO_ID_PREFIX = "iso-"
 

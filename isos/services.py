@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from isos import osinfo
+from guestos import osinfo
 from isos.choices import IsoStatus
 from isos.download import FetchPolicy, validate_url
 from isos.hashing import Digests

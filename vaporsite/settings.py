@@ -116,7 +116,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
-        "OsTypeEnum": "isos.choices.OsType",
+        "OsTypeEnum": "guestos.choices.OsType",
         "ArchitectureEnum": "isos.choices.Architecture",
         "IsoStatusEnum": "isos.choices.IsoStatus",
         "BootTypeEnum": "isos.choices.BootType",

@@ -23,7 +23,8 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.translation import ngettext
 
-from isos.choices import Architecture, IsoStatus, OsType
+from guestos.choices import OsType
+from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
-from isos.choices import Architecture, OsType
+from guestos.choices import OsType
+from isos.choices import Architecture
 from vms.choices import CdromSlot, DiskBus, DiskFormat, DiskSource, EventStatus, GraphicsType, NicModel, NicType, VmStatus
 
 

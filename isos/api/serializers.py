@@ -7,7 +7,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from isos.choices import Architecture, IsoStatus, OsType
+from guestos.choices import OsType
+from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
 from isos.services import IsoMetadata
 

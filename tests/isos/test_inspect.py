@@ -282,7 +282,7 @@ def test_guess_os_without_osinfo_db_still_gives_type_and_architecture(tmp_path: 
 )
 def test_guess_os_against_installed_osinfo_db(label: str, filename: str, variant: str) -> None:
     """The installed package (Debian 12's osinfo-db) knows these; guesses are checked against it, not only the fake."""
-    from isos import osinfo
+    from guestos import osinfo
 
     assert guess_os(label, filename, osinfo_dir=REAL_OSINFO).os_variant == variant
     assert osinfo.validate_os_variant(variant, directory=REAL_OSINFO) == variant

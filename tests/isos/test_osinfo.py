@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from isos import osinfo
+from guestos import osinfo
 from tests.isofactory import STANDARD_OSES, make_osinfo_db
 from vaporsite.errors import InvalidInput
 

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from isos import osinfo
+from guestos import osinfo
 from isos.services import iso_record_use
 from vaporsite.errors import NotFound, VaporError
 from vms import hypervisor, secrets

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from isos import osinfo
+from guestos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve
 from vaporsite.errors import Conflict, InvalidInput

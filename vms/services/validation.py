@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from isos import osinfo
+from guestos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound

@@ -25,7 +25,7 @@ from typing import Final
 
 from lxml import etree
 
-from isos.choices import OsType
+from guestos.choices import OsType
 from vaporsite.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
