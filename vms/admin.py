@@ -23,7 +23,7 @@ from vms import admin_create, hypervisor
 from vms.choices import VmStatus
 from vms.hypervisor.domain_xml import domain_xml, parse_domain
 from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, TemplateNic, VirtualMachine, VmEvent, VmTemplate
-from vms.services import sync
+from vms.services import states
 from vms.services import templates as template_services
 from vms.services import vms as services
 from vms.services.provisioning import domain_spec
@@ -95,7 +95,7 @@ def _action(label: str, action: str) -> Callable[..., None]:
 def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, queryset: QuerySet[VirtualMachine]) -> None:
     """One libvirt listing for all VMs (the selection only says the operator asked)."""
     try:
-        count = sync.vm_refresh_states()
+        count = states.vm_refresh_states()
     except VaporError as exc:
         modeladmin.message_user(request, f"Could not read the host: {exc.message}", messages.ERROR)
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vms.services.provisioning import vm_provision
-from vms.services.sync import vm_refresh_states
+from vms.services.states import vm_refresh_states
 
 
 def provision_vm(vm_id: int) -> None:

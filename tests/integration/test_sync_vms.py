@@ -15,7 +15,7 @@ from tests.integration.conftest import unique, virsh
 from tests.integration.vm_support import VmEnv, make_image
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 from vms.models import VirtualMachine
-from vms.services.sync import vm_refresh_states
+from vms.services.states import vm_refresh_states
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db]
 MIB = 1024**2

@@ -1,4 +1,4 @@
-"""State refresh, missing domains and adoption (vms.services.sync), on the in-memory hypervisor."""
+"""State refresh, missing domains and adoption (vms.services.states, vms.services.adoption), on the in-memory hypervisor."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from vaporsite.errors import Conflict, HypervisorError
 from vms import tasks
 from vms.hypervisor.definition import parse_definition
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
-from vms.services import sync
-from vms.services.sync import vm_refresh_states, vm_sync
+from vms.services import states
+from vms.services.adoption import vm_sync
+from vms.services.states import vm_refresh_states
 from vms.services.vms import vm_action, vm_delete, vm_sync_state
 
 pytestmark = pytest.mark.django_db
@@ -127,13 +128,13 @@ def test_refresh_uses_one_listing_and_the_same_queries_for_5_or_50_vms(hv, monke
 def test_a_vm_a_delete_moves_on_during_the_refresh_is_left_alone(hv, monkeypatch):
     """The UPDATE takes only rows still in the status that was read."""
     vm("web", "running")
-    decide = sync.status_for
+    decide = states.status_for
 
     def delete_starts_meanwhile(state):
         VirtualMachine.objects.filter(name="web").update(status="deleting")
         return decide(state)
 
-    monkeypatch.setattr(sync, "status_for", delete_starts_meanwhile)
+    monkeypatch.setattr(states, "status_for", delete_starts_meanwhile)
     assert vm_refresh_states() == 0
     row = VirtualMachine.objects.get(name="web")
     assert (row.status, row.state_checked_at) == ("deleting", None)

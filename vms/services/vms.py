@@ -194,8 +194,8 @@ def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None) 
 
 def vm_sync_state(*, vm: VirtualMachine, hv: Hypervisor) -> str:
     """The live domain state ("missing" without a domain), stored on the VM with
-    the running/stopped/missing status it means (`vms.services.sync`)."""
-    from vms.services.sync import SYNCED_STATUSES, vm_record_state
+    the running/stopped/missing status it means (`vms.services.states`)."""
+    from vms.services.states import SYNCED_STATUSES, vm_record_state
 
     if vm.status not in SYNCED_STATUSES:
         return ""

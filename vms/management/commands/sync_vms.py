@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from vaporsite.errors import VaporError
 from vms import hypervisor
-from vms.services.sync import SyncReport, vm_sync
+from vms.services.adoption import SyncReport, vm_sync
 
 
 class Command(BaseCommand):

@@ -1,15 +1,9 @@
-"""Keep Vapor's VM rows in step with the host's domains.
+"""Report the host's domains Vapor does not know, and adopt them as VMs on request.
 
-`vm_refresh_states` stores each VM's domain state (one libvirt listing for all
-VMs, a fixed number of queries however many VMs there are), so listing pages
-show the stored state and never ask libvirt once per row. `vm_sync` does the
-same and also reports the domains Vapor does not know, and on request adopts
-them as VMs.
-
-Nothing here ever deletes: no domain, no volume, no row. A VM whose domain
-has vanished becomes `missing` (and running or stopped again when the domain
-comes back); a VM that is provisioning, deleting or failed is never touched,
-because its domain is expected to come and go.
+`vm_sync` first refreshes every VM's state as `vms.services.states` does, then
+lists the unknown domains and, with `adopt`, reads each definition into VM,
+disk, NIC and CD-ROM rows. Nothing here ever deletes: no domain, no volume,
+no row; an adopted VM's disks are `existing`, never Vapor's to delete.
 """
 
 from __future__ import annotations
@@ -17,9 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -28,145 +20,13 @@ from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
 from vaporsite.errors import NotFound, VaporError
 from vms import hypervisor
-from vms.choices import CdromSlot, DiskSource, EventStatus, GraphicsType, NicType, VmStatus
+from vms.choices import CdromSlot, DiskSource, EventStatus, GraphicsType, NicType
 from vms.hypervisor import DomainInfo, Hypervisor
 from vms.hypervisor.definition import DefinedDisk, DomainDefinition, parse_definition
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
+from vms.services.states import log_changes, refresh_rows, status_for, synced_rows
 
 log = logging.getLogger("vapor.vms")
-
-SYNCED_STATUSES = (VmStatus.RUNNING, VmStatus.STOPPED, VmStatus.MISSING)
-"""The statuses the host's state decides; the others belong to a task or an error."""
-
-ACTIVE_STATES = frozenset({"running", "paused", "blocked"})
-"""Domain states in which the domain holds its resources: the VM counts as running."""
-
-
-def status_for(state: str | None) -> VmStatus:
-    """The VM status a domain state means; None: there is no domain."""
-    if state is None:
-        return VmStatus.MISSING
-    return VmStatus.RUNNING if state in ACTIVE_STATES else VmStatus.STOPPED
-
-
-# --- state refresh ---------------------------------------------------------------
-
-
-@dataclass
-class _Refreshed:
-    checked: int = 0
-    marked_missing: list[str] = field(default_factory=list)
-    still_missing: list[str] = field(default_factory=list)
-    back: list[str] = field(default_factory=list)
-
-
-def _transition_event(vm_id: int, old: str, new: str, state: str) -> VmEvent | None:
-    if new == VmStatus.MISSING and old != VmStatus.MISSING:
-        return VmEvent(vm_id=vm_id, step="domain missing", status=EventStatus.INFO, message="the domain is no longer defined on the host")
-    if old == VmStatus.MISSING and new != VmStatus.MISSING:
-        return VmEvent(vm_id=vm_id, step="domain back", status=EventStatus.INFO, message=f"the domain is on the host again ({state})")
-    return None
-
-
-Row = tuple[int, str, str]  # pk, name, status
-
-
-def _synced_rows() -> list[Row]:
-    """The VMs whose status the host decides, read *before* listing the domains.
-
-    In that order a VM seen running or stopped had its domain defined before
-    the listing (provisioning defines it first), so a domain absent from the
-    listing is really gone, not defined a moment after the listing.
-    """
-    return list(VirtualMachine.objects.filter(status__in=SYNCED_STATUSES).values_list("pk", "name", "status"))
-
-
-def _refresh(rows: list[Row], domains: dict[str, DomainInfo], now: datetime) -> _Refreshed:
-    """Store the state of `rows`: one UPDATE per (old status, new status, state)
-    group, at most one read and one insert.
-
-    Each UPDATE only takes rows still in the status that was read, so a VM
-    that a delete or an action moved on in the meantime is left alone.
-    """
-    result = _Refreshed()
-    groups: dict[tuple[str, VmStatus, str], list[tuple[int, str]]] = defaultdict(list)
-    for pk, name, status in rows:
-        domain = domains.get(name)
-        state = domain.state if domain is not None else ""
-        groups[(status, status_for(domain.state if domain else None), state)].append((pk, name))
-    moved: dict[int, tuple[str, str, VmStatus, str]] = {}  # pk -> name, old, new, state: the transitions to record
-    for (old, new, state), members in groups.items():
-        ids = [pk for pk, _name in members]
-        updated = VirtualMachine.objects.filter(pk__in=ids, status=old).update(status=new, state=state, state_checked_at=now)
-        result.checked += updated
-        if (old == VmStatus.MISSING) != (new == VmStatus.MISSING):
-            moved.update({pk: (name, old, new, state) for pk, name in members})
-        elif old == new == VmStatus.MISSING:
-            result.still_missing.extend(name for _pk, name in members)
-    if moved and result.checked < sum(len(members) for members in groups.values()):
-        # Some rows changed hands between the read and the UPDATE: record only what this run did.
-        done = set(VirtualMachine.objects.filter(pk__in=list(moved), state_checked_at=now).values_list("pk", flat=True))
-        moved = {pk: change for pk, change in moved.items() if pk in done}
-    events = []
-    for pk, (name, old, new, state) in sorted(moved.items(), key=lambda item: item[1][0]):
-        (result.marked_missing if new == VmStatus.MISSING else result.back).append(name)
-        event = _transition_event(pk, old, new, state)
-        if event is not None:
-            events.append(event)
-    VmEvent.objects.bulk_create(events)
-    result.still_missing.sort()
-    return result
-
-
-def _log(refreshed: _Refreshed) -> None:
-    for name in refreshed.marked_missing:
-        log.warning("VM %s: its domain is no longer on the host", name)
-    for name in refreshed.back:
-        log.info("VM %s: its domain is on the host again", name)
-
-
-def vm_refresh_states(*, hv: Hypervisor | None = None) -> int:
-    """Store every running/stopped/missing VM's domain state; the number of VMs checked.
-
-    One libvirt listing and a fixed number of queries, whatever the number of VMs.
-    """
-    owned = hv is None
-    hv = hv or hypervisor.get_hypervisor()
-    rows = _synced_rows()
-    try:
-        domains = {domain.name: domain for domain in hv.list_domains()}
-    finally:
-        if owned:
-            hv.close()
-    with transaction.atomic():
-        refreshed = _refresh(rows, domains, timezone.now())
-    _log(refreshed)
-    return refreshed.checked
-
-
-def vm_record_state(*, vm: VirtualMachine, state: str | None) -> None:
-    """Store one VM's freshly read domain state (None: no domain) and the status it means.
-
-    For a VM in SYNCED_STATUSES only, and only if its status is still the one
-    `vm` holds; `vm` is updated in place.
-    """
-    if vm.status not in SYNCED_STATUSES:
-        return
-    now = timezone.now()
-    new = status_for(state)
-    with transaction.atomic():
-        if not VirtualMachine.objects.filter(pk=vm.pk, status=vm.status).update(status=new, state=state or "", state_checked_at=now):
-            return
-        event = _transition_event(vm.pk, vm.status, new, state or "")
-        if event is not None:
-            event.save()
-    if event is not None:
-        gone = new == VmStatus.MISSING
-        _log(_Refreshed(marked_missing=[vm.name] if gone else [], back=[] if gone else [vm.name]))
-    vm.status, vm.state, vm.state_checked_at = new, state or "", now
-
-
-# --- sync and adoption -------------------------------------------------------------
 
 
 @dataclass
@@ -215,7 +75,7 @@ def vm_sync(*, hv: Hypervisor | None = None, adopt: bool = False, dry_run: bool 
     owned = hv is None
     hv = hv or hypervisor.get_hypervisor()
     report = SyncReport(dry_run=dry_run)
-    rows = _synced_rows()
+    rows = synced_rows()
     try:
         domains = {domain.name: domain for domain in hv.list_domains()}
         known = set(VirtualMachine.objects.filter(name__in=list(domains)).values_list("name", flat=True))
@@ -233,7 +93,7 @@ def vm_sync(*, hv: Hypervisor | None = None, adopt: bool = False, dry_run: bool 
             hv.close()
     try:
         with transaction.atomic():
-            refreshed = _refresh(rows, domains, timezone.now())
+            refreshed = refresh_rows(rows, domains, timezone.now())
             report.checked = refreshed.checked
             report.marked_missing, report.still_missing, report.back = refreshed.marked_missing, refreshed.still_missing, refreshed.back
             for name, plan in plans.items():
@@ -248,7 +108,7 @@ def vm_sync(*, hv: Hypervisor | None = None, adopt: bool = False, dry_run: bool 
                 raise _DryRunRollback
     except _DryRunRollback:
         return report
-    _log(refreshed)
+    log_changes(refreshed)
     if report.adopted:
         log.info("adopted %d domain(s): %s", len(report.adopted), ", ".join(report.adopted))
     return report
