@@ -1,0 +1,5 @@
+"""The admin of the vms app, a module per model admin; importing them registers them."""
+
+from vms.admin import machines, templates
+
+__all__ = ["machines", "templates"]
