@@ -16,7 +16,7 @@ from isos.services import IsoMetadata, iso_register_path
 from tests.isofactory import make_iso
 from tests.vms.conftest import make_image
 from vaporsite.errors import Conflict
-from vms.api.serializers import TemplateSerializer
+from vms.api.template_serializers import TemplateSerializer
 from vms.models import TemplateDisk, TemplateNic, VmTemplate
 from vms.services.templates import TemplateData, template_create, template_data, template_delete
 

@@ -1,9 +1,8 @@
 """Request and response shapes of the VM API. Shape only: rules live in
-`vms.services` (validation.py)."""
+`vms.services` (validation.py); the templates' shapes are in template_serializers.py."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -15,7 +14,6 @@ from isos.choices import Architecture
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
-from vms.services.templates import TemplateData
 
 
 class DiskInSerializer(StrictSerializer):
@@ -238,82 +236,3 @@ class DryRunSerializer(serializers.Serializer):
     plan = serializers.ListField(child=serializers.CharField())
     domain_xml = serializers.CharField()
     vm = VmSerializer()
-
-
-# --- templates ------------------------------------------------------------------
-
-
-class TemplateDiskSerializer(StrictSerializer):
-    size = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, help_text="GB: a new volume, or (with clone_from) the size the clone grows to."
-    )
-    clone_from = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=4096, help_text="Base image to clone.")
-    source_format = serializers.ChoiceField(choices=DiskFormat.choices, required=False, allow_null=True, allow_blank=True)
-    linked = serializers.BooleanField(default=False, help_text="With clone_from: a qcow2 overlay backed by the base image.")
-    format = serializers.ChoiceField(choices=DiskFormat.choices, default="qcow2")
-    bus = serializers.ChoiceField(choices=DiskBus.choices, default="virtio")
-    boot_order = serializers.IntegerField(required=False, allow_null=True)
-
-
-class TemplateSerializer(StrictSerializer):
-    """A template as the API takes it, and as import/export files hold it."""
-
-    name = serializers.CharField(max_length=64)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
-    memory = serializers.IntegerField(default=2048, help_text="MB")
-    vcpus = serializers.IntegerField(default=2)
-    os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True, default="")
-    os_variant = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
-    architecture = serializers.ChoiceField(choices=Architecture.choices, default="x86_64")
-    uefi = serializers.BooleanField(default=False)
-    secure_boot = serializers.BooleanField(default=False)
-    tpm = serializers.BooleanField(default=False)
-    graphics_type = serializers.ChoiceField(choices=GraphicsType.choices, default="vnc")
-    storage_pool = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
-    iso = serializers.CharField(required=False, allow_null=True, allow_blank=True, default=None, help_text="ISO id, name or path.")
-    disks = TemplateDiskSerializer(many=True, required=False, default=list)
-    networks = NicInSerializer(many=True, required=False, default=list)
-
-    def to_data(self, base: TemplateData | None = None) -> TemplateData:
-        """The template the input describes; for a partial update, `base` with the given fields replaced."""
-        data = dict(self.validated_data)
-        if base is not None:
-            raw = self.initial_data if isinstance(self.initial_data, dict) else {}
-            data = {key: value for key, value in data.items() if key in raw}
-            merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(TemplateData)}
-            merged.update(_template_values(data))
-            return TemplateData(**merged)
-        return TemplateData(**_template_values(data))
-
-
-def _template_values(data: dict[str, Any]) -> dict[str, Any]:
-    values = dict(data)
-    if "disks" in values:
-        values["disks"] = tuple(
-            DiskRequest(**{**d, "clone_from": d.get("clone_from") or None, "source_format": d.get("source_format") or None})
-            for d in values["disks"]
-        )
-    if "networks" in values:
-        values["networks"] = tuple(NicRequest(**n) for n in values["networks"])
-    if "iso" in values:
-        values["iso"] = values["iso"] or None
-    return values
-
-
-def template_out(data: TemplateData) -> dict[str, Any]:
-    """`data` in the input's shape (what export writes and the API returns)."""
-    out = dataclasses.asdict(data)
-    out["disks"] = [
-        {key: value for key, value in disk.items() if key in TemplateDiskSerializer().fields and value not in (None, "")}
-        for disk in out["disks"]
-    ]
-    out["networks"] = [{key: nic[key] for key in ("type", "source", "model")} for nic in out["networks"]]
-    return out
-
-
-class TemplateOutSerializer(TemplateSerializer):
-    id = serializers.IntegerField()
-    iso_id = serializers.CharField(allow_null=True, help_text="The ISO's id (`iso` is its name).")
-    vm_count = serializers.IntegerField(help_text="VMs made from it that still exist (failed ones included).")
-    created_at = serializers.DateTimeField()
-    updated_at = serializers.DateTimeField()

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from vaporsite.api import ErrorSerializer
 from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
-from vms.api.serializers import TemplateOutSerializer, TemplateSerializer, template_out
+from vms.api.template_serializers import TemplateOutSerializer, TemplateSerializer, template_out
 from vms.models import VmTemplate
 from vms.selectors import template_list
 from vms.services import templates as services

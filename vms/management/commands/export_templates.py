@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from vms.api.serializers import template_out
+from vms.api.template_serializers import template_out
 from vms.models import VmTemplate
 from vms.services.templates import template_data
 

@@ -26,7 +26,7 @@ from django.db import transaction
 
 from vaporsite.errors import VaporError
 from vms import hypervisor
-from vms.api.serializers import TemplateSerializer, template_out
+from vms.api.template_serializers import TemplateSerializer, template_out
 from vms.hypervisor import Hypervisor
 from vms.models import VmTemplate
 from vms.services.templates import TemplateData, stored_os_type, template_create, template_data, template_update, template_validate
