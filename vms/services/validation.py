@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
 from guestos import osinfo
-from isos.models import IsoImage
 from isos.resolve import iso_resolve_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import guard_file
@@ -25,7 +23,8 @@ from vms.choices import CdromSlot, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo
 from vms.hypervisor.images import check_image, check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
-from vms.models import Disk, NetworkInterface, VirtualMachine, VmTemplate
+from vms.models import Disk, NetworkInterface, VirtualMachine
+from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
 from vms.services.requests import DiskRequest, VmRequest
 from vms.services.template_apply import template_apply
 
@@ -33,58 +32,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GIB = 1024**3
 MIN_MEMORY_MB = 64
 READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
-
-
-@dataclass(frozen=True)
-class PlannedDisk:
-    order: int
-    source: str  # new | existing | clone
-    size_gb: int | None
-    capacity_bytes: int
-    format: str
-    bus: str
-    boot_order: int | None
-    readonly: bool
-    linked: bool
-    source_path: str
-    source_format: str
-    path: str
-    volume_name: str
-    target_dev: str
-
-
-@dataclass(frozen=True)
-class PlannedCdrom:
-    slot: str
-    iso: IsoImage
-    rule: str
-    reference: str
-    registered: bool
-    target_dev: str
-    boot_order: int | None
-
-
-@dataclass(frozen=True)
-class PlannedNic:
-    order: int
-    type: str
-    source: str
-    model: str
-    mac: str
-
-
-@dataclass(frozen=True)
-class VmPlan:
-    request: VmRequest
-    virt_type: str
-    machine: str
-    os_type: str
-    os_id: str
-    pool: PoolInfo
-    disks: tuple[PlannedDisk, ...]
-    cdroms: tuple[PlannedCdrom, ...]
-    nics: tuple[PlannedNic, ...]
-    template: VmTemplate | None = None
 
 
 def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = False) -> VmPlan:

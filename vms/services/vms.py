@@ -17,9 +17,10 @@ from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.domain_xml import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
+from vms.services.plans import VmPlan
 from vms.services.provisioning import claim_is_live, domain_spec, provision_steps
 from vms.services.requests import VmRequest
-from vms.services.validation import VmPlan, vm_validate
+from vms.services.validation import vm_validate
 
 log = logging.getLogger("vapor.vms")
 

@@ -1,0 +1,63 @@
+"""What `vm_validate` hands to `vm_create`: a checked request with every
+disk, CD-ROM and NIC decided (paths, target devices, MACs, boot orders)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from isos.models import IsoImage
+from vms.hypervisor import PoolInfo
+from vms.models import VmTemplate
+from vms.services.requests import VmRequest
+
+
+@dataclass(frozen=True)
+class PlannedDisk:
+    order: int
+    source: str  # new | existing | clone
+    size_gb: int | None
+    capacity_bytes: int
+    format: str
+    bus: str
+    boot_order: int | None
+    readonly: bool
+    linked: bool
+    source_path: str
+    source_format: str
+    path: str
+    volume_name: str
+    target_dev: str
+
+
+@dataclass(frozen=True)
+class PlannedCdrom:
+    slot: str
+    iso: IsoImage
+    rule: str
+    reference: str
+    registered: bool
+    target_dev: str
+    boot_order: int | None
+
+
+@dataclass(frozen=True)
+class PlannedNic:
+    order: int
+    type: str
+    source: str
+    model: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    request: VmRequest
+    virt_type: str
+    machine: str
+    os_type: str
+    os_id: str
+    pool: PoolInfo
+    disks: tuple[PlannedDisk, ...]
+    cdroms: tuple[PlannedCdrom, ...]
+    nics: tuple[PlannedNic, ...]
+    template: VmTemplate | None = None
