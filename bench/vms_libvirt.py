@@ -207,8 +207,8 @@ def request_for(name: str, bench: Bench, disk: dict[str, Any]) -> VmRequest:
 
 def lifecycle(name: str, bench: Bench, disk: dict[str, Any], check: Callable[[dict[str, Any]], None]) -> Lifecycle:
     """Create, provision and delete `name`, checking after each stage that it did what it says (untimed)."""
+    from vms.jobs import vm_provision
     from vms.models import VirtualMachine
-    from vms.services.provisioning import vm_provision
     from vms.services.vms import vm_create, vm_delete
 
     request = request_for(name, bench, disk)

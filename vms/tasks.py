@@ -1,8 +1,8 @@
-"""django-q2 entry points for VMs. Thin: take an id, call the service."""
+"""django-q2 entry points for VMs. Thin: take an id, call the job (`vms.jobs`) or the service."""
 
 from __future__ import annotations
 
-from vms.services.provisioning import vm_provision
+from vms.jobs import vm_provision
 from vms.services.states import vm_refresh_states
 
 

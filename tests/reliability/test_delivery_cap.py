@@ -15,8 +15,8 @@ from isos.jobs import iso_run_hash
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path, iso_rehash
 from tests.isofactory import make_iso
+from vms.jobs import vm_provision
 from vms.models import VirtualMachine
-from vms.services.provisioning import vm_provision
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 SUITE = "faults: worker killed"

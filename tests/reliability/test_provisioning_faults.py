@@ -3,7 +3,7 @@
 The VM has everything that can go wrong at once: a new volume, a full clone of
 a template, an existing disk, an install ISO from the library, autostart on
 and a VNC password. The request goes through the API and the task runs; the
-hypervisor fails one call. Promised (vms/services/provisioning.py): the
+hypervisor fails one call. Promised (vms/jobs.py): the
 finished steps are undone in reverse order, so nothing Vapor created is left
 (no volume file in the pool, no domain), existing disks and the clone source
 are byte-identical, the VM is `failed` with libvirt's words in `error`, the

@@ -10,8 +10,8 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.vms.conftest import make_image
 from vaporsite.errors import HypervisorError
+from vms.jobs import vm_provision
 from vms.models import VirtualMachine, VmEvent
-from vms.services.provisioning import vm_provision
 
 URL = "/api/v1/virtualmachines/create-enhanced"
 pytestmark = pytest.mark.django_db

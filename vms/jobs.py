@@ -1,0 +1,118 @@
+"""The long-running VM work: provisioning. Run by django-q2 (`vms.tasks`).
+
+`vm_provision` runs the steps `vms.services.provisioning.provision_steps`
+lists, records each on the event log, and on any failure undoes the finished
+ones in reverse order.
+
+A queue may deliver the task twice (or again after a worker died): a step
+whose "done" event is on the log is not run again, and a volume found
+without one is the leftover of an interrupted attempt (its name is derived
+from the VM's unique name and was checked free when the request came in), so
+it is removed and made anew rather than trusted half-copied.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from isos.services import iso_record_use
+from vaporsite.errors import VaporError
+from vms import hypervisor, secrets
+from vms.choices import EventStatus, VmStatus
+from vms.hypervisor import Hypervisor
+from vms.models import VirtualMachine, VmEvent
+from vms.services.provisioning import Step, provision_steps
+
+log = logging.getLogger("vapor.vms")
+
+
+def _event(vm: VirtualMachine, step: str, status: str, message: str = "") -> None:
+    VmEvent.objects.create(vm=vm, step=step, status=status, message=message)
+
+
+def _claim(vm_id: int) -> bool:
+    """Take the task unless another delivery is running it (or it is finished)."""
+    stale = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout)
+    return bool(
+        VirtualMachine.objects.filter(pk=vm_id, status=VmStatus.PROVISIONING)
+        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale))
+        .update(claimed_at=timezone.now(), attempts=F("attempts") + 1)
+    )
+
+
+def max_attempts() -> int:
+    """How many deliveries of a task may start: django-q2's max_attempts.
+
+    django-q2 counts a delivery only when it finishes, so a worker killed in
+    the middle (OOM, SIGKILL) would get the task again for ever; Vapor counts
+    the deliveries that started itself and gives up after this many.
+    """
+    return int(settings.TASK_MAX_ATTEMPTS)
+
+
+def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
+    if not _claim(vm_id):
+        return
+    vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm_id)
+    if vm.attempts > max_attempts():
+        message = f"provisioning started {vm.attempts - 1} times and never finished (the worker stopped each time); giving up"
+        _event(vm, "provision", EventStatus.FAILED, message)
+        _rollback(vm, provision_steps(vm, hv or hypervisor.get_hypervisor(), None), only_leftovers=True)
+        VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=message, graphics_password_encrypted="")
+        log.warning("provisioning %s: %s", vm.name, message)
+        return
+    hv = hv or hypervisor.get_hypervisor()
+    password = secrets.decrypt(vm.graphics_password_encrypted)
+    finished = set(vm.events.filter(status__in=[EventStatus.DONE, EventStatus.SKIPPED]).values_list("step", flat=True))
+    done: list[Step] = []
+    for step in provision_steps(vm, hv, password):
+        try:
+            if step.name in finished:
+                _event(vm, step.name, EventStatus.SKIPPED, "done by an earlier delivery of the task")
+            else:
+                if step.leftover is not None and step.leftover() and step.undo is not None:
+                    step.undo()
+                    _event(vm, step.name, EventStatus.INFO, "removed what an interrupted attempt left behind")
+                step.run()
+                _event(vm, step.name, EventStatus.DONE)
+            done.append(step)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, VaporError) else f"{type(exc).__name__}: {exc}"
+            _event(vm, step.name, EventStatus.FAILED, message)
+            _rollback(vm, done)
+            VirtualMachine.objects.filter(pk=vm.pk).update(
+                status=VmStatus.FAILED, error=f"{step.name} failed: {message}", graphics_password_encrypted=""
+            )
+            log.warning("provisioning %s failed at %r: %s", vm.name, step.name, message)
+            return
+        if step.name == "define domain" and vm.graphics_password_encrypted:
+            # libvirt holds the password now; Vapor forgets it (no write when there was none).
+            VirtualMachine.objects.filter(pk=vm.pk).update(graphics_password_encrypted="")
+    with transaction.atomic():  # one commit, not one per row: the VM is running once this is stored
+        for cdrom in vm.cdroms.all():
+            iso_record_use(iso=cdrom.iso)
+        _event(vm, "record ISO use", EventStatus.DONE, ", ".join(c.iso_id for c in vm.cdroms.all()))
+        VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.RUNNING, error="", state="running", state_checked_at=timezone.now())
+    log.info("provisioned %s", vm.name)
+
+
+def _rollback(vm: VirtualMachine, done: list[Step], *, only_leftovers: bool = False) -> None:
+    """Undo `done` in reverse; `only_leftovers`: undo the steps whose result is found on the host
+    (what deliveries that never finished left behind)."""
+    for step in reversed(done):
+        if step.undo is None:
+            continue
+        if only_leftovers and (step.leftover is None or not step.leftover()):
+            continue
+        try:
+            step.undo()
+            _event(vm, step.name, EventStatus.UNDONE)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, VaporError) else str(exc)
+            _event(vm, step.name, EventStatus.UNDO_FAILED, message)
