@@ -22,7 +22,7 @@ from pytest_django.asserts import assertInHTML
 from isos.models import IsoImage, new_iso_id
 from tests.fakes import FakeHypervisor
 from vaporsite.errors import HypervisorError
-from vms import secrets
+from vms import encryption
 from vms.hypervisor import HostResources
 from vms.models import VirtualMachine
 
@@ -227,7 +227,7 @@ def test_user_without_view_permissions_sees_no_dashboard(host):
 
 
 def test_vnc_password_is_never_shown_nor_read(superuser_client, host):
-    blob = secrets.encrypt(VNC_PLAIN)
+    blob = encryption.encrypt(VNC_PLAIN)
     target = vm("secret", "provisioning", graphics_password_encrypted=blob, graphics_password_set=True)
     vm("failed-secret", "failed", graphics_password_encrypted=blob, graphics_password_set=True, error="no")
     with CaptureQueriesContext(connection) as captured:

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from isos.services import iso_record_use
 from vaporsite.errors import VaporError
-from vms import hypervisor, secrets
+from vms import encryption, hypervisor
 from vms.choices import EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
 from vms.models import VirtualMachine, VmEvent
@@ -68,7 +68,7 @@ def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
         log.warning("provisioning %s: %s", vm.name, message)
         return
     hv = hv or hypervisor.get_hypervisor()
-    password = secrets.decrypt(vm.graphics_password_encrypted)
+    password = encryption.decrypt(vm.graphics_password_encrypted)
     finished = set(vm.events.filter(status__in=[EventStatus.DONE, EventStatus.SKIPPED]).values_list("step", flat=True))
     done: list[Step] = []
     for step in provision_steps(vm, hv, password):

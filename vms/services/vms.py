@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 
 from isos.models import IsoImage
 from vaporsite.errors import Conflict, NotFound, VaporError
-from vms import hypervisor, secrets
+from vms import encryption, hypervisor
 from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.domain_xml import domain_xml
@@ -118,7 +118,7 @@ def _store(plan: VmPlan) -> VirtualMachine:
                 graphics_type=graphics.type,
                 graphics_port=graphics.port,
                 graphics_listen=settings.VAPOR.graphics_listen,
-                graphics_password_encrypted=secrets.encrypt(graphics.password) if graphics.password else "",
+                graphics_password_encrypted=encryption.encrypt(graphics.password) if graphics.password else "",
                 graphics_password_set=bool(graphics.password),
                 serial_log=request.serial_log or _serial_log(request.name),
                 status=VmStatus.PROVISIONING,
