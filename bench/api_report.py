@@ -72,7 +72,7 @@ FIXES = (
     "2026-11-27 before and after them: p50 loaded 64.2 -> 30.4 ms, ratio 1.18 -> 1.03. (1) django-q2's ORM broker calls "
     "`close_old_connections()` when it finds the connection in autocommit mode, which with `CONN_MAX_AGE=0` closed the "
     "request's connection after the VM was committed, so the rest of the request opened a new one (about 15-20 ms on both "
-    "sides): `vms.services.vms._enqueue` now queues inside a transaction. (2) A name in other case (`name__iexact`, "
+    "sides): `vms.services.lifecycle._enqueue` now queues inside a transaction. (2) A name in other case (`name__iexact`, "
     "also tried for paths and file names before their own rules) read the whole ISO table in name order (13.7 ms for "
     "10,000 ISOs in EXPLAIN ANALYZE): an index on `UPPER(name)` (isos migration 0004) makes it 0.07 ms."
 )

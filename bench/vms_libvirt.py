@@ -209,7 +209,7 @@ def lifecycle(name: str, bench: Bench, disk: dict[str, Any], check: Callable[[di
     """Create, provision and delete `name`, checking after each stage that it did what it says (untimed)."""
     from vms.jobs import vm_provision
     from vms.models import VirtualMachine
-    from vms.services.vms import vm_create, vm_delete
+    from vms.services.lifecycle import vm_create, vm_delete
 
     request = request_for(name, bench, disk)
     created, create = call_service(lambda hv: vm_create(request=request, hv=hv))

@@ -119,7 +119,7 @@ def vapor_provision(client: Any, bench: Bench, name: str, template: Template) ->
     Then checks what was made and deletes the VM (untimed).
     """
     from vms.models import VirtualMachine
-    from vms.services.vms import vm_delete
+    from vms.services.lifecycle import vm_delete
 
     with tasks_inline() as finished:
         started = time.perf_counter()

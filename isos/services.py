@@ -238,7 +238,7 @@ def iso_delete(*, iso: IsoImage) -> None:
     """Delete the entry; the file too when Vapor downloaded it. 409 while a VM uses it.
 
     The row is locked first, as a VM creation locks the ISOs it attaches
-    (vms.services.vms._store): a VM created at the same moment either
+    (vms.services.lifecycle._store): a VM created at the same moment either
     attaches the ISO before this check sees it (409 here) or finds the row
     gone (409 there), never an attachment to a deleted ISO.
     """

@@ -19,8 +19,8 @@ from vms.hypervisor.definition import parse_definition
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services import states
 from vms.services.adoption import vm_sync
+from vms.services.lifecycle import vm_action, vm_delete, vm_sync_state
 from vms.services.states import vm_refresh_states
-from vms.services.vms import vm_action, vm_delete, vm_sync_state
 
 pytestmark = pytest.mark.django_db
 

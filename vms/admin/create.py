@@ -29,10 +29,10 @@ from isos.models import IsoImage
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, VirtualMachine, VmTemplate
-from vms.services import vms as services
+from vms.services import lifecycle as services
+from vms.services.lifecycle import DryRun
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
 from vms.services.templates import template_data
-from vms.services.vms import DryRun
 
 PICKER_LIMIT = 20
 

@@ -22,8 +22,8 @@ from vms.admin import create as admin_create
 from vms.choices import VmStatus
 from vms.hypervisor.domain_xml import domain_xml, parse_domain
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
+from vms.services import lifecycle as services
 from vms.services import states
-from vms.services import vms as services
 from vms.services.provisioning import domain_spec
 
 

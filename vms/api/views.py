@@ -25,8 +25,8 @@ from vms.api.serializers import (
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
 from vms.selectors import vm_list
-from vms.services import vms as services
-from vms.services.vms import DryRun
+from vms.services import lifecycle as services
+from vms.services.lifecycle import DryRun
 
 # 503: libvirt is unreachable (code hypervisor_unavailable); the request can be repeated once it is back.
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer, 503: ErrorSerializer}
