@@ -158,7 +158,7 @@ class VmTemplate(GuestSettings):
     """Defaults for new VMs: hardware, OS, firmware, networks, an ISO and disks.
 
     A create request naming the template gets these values for every field it
-    does not give itself (`vms.services.templates.template_apply`).
+    does not give itself (`vms.services.template_apply.template_apply`).
     """
 
     name = models.CharField(max_length=64, unique=True)

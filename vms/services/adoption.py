@@ -82,10 +82,10 @@ def vm_sync(*, hv: Hypervisor | None = None, adopt: bool = False, dry_run: bool 
         report.unknown = sorted(set(domains) - known)
         plans: dict[str, _Adoption] = {}
         if adopt:
-            reader = _Reader(hv)
+            builder = _AdoptionBuilder(hv)
             for name in report.unknown:
                 try:
-                    plans[name] = reader.adoption(domains[name])
+                    plans[name] = builder.build(domains[name])
                 except _Refused as exc:
                     report.not_adopted[name] = str(exc)
     finally:
@@ -130,14 +130,14 @@ def _overlong(instance: models.Model) -> str:
 NIC_TYPES = {"network": NicType.NAT, "bridge": NicType.BRIDGE}
 
 
-class _Reader:
-    """Reads unknown domains from the host into unsaved rows (libvirt and read-only queries)."""
+class _AdoptionBuilder:
+    """Builds the unsaved rows that adopt an unknown domain, from its definition on the host (libvirt and read-only queries)."""
 
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
         self._pool_paths: dict[str, str] | None = None
 
-    def adoption(self, domain: DomainInfo) -> _Adoption:
+    def build(self, domain: DomainInfo) -> _Adoption:
         if not domain.persistent:
             raise _Refused("a transient domain (not defined, gone when it stops); define it first")
         try:

@@ -5,7 +5,7 @@ services check it against the host and the library (`validation.py`).
 
 `given` names the fields the caller set itself. It matters only with a
 template: the template supplies every field not given
-(`templates.template_apply`). ``None`` means the caller spelled out
+(`vms.services.template_apply`). ``None`` means the caller spelled out
 everything (the admin form, pre-filled from the template).
 """
 
