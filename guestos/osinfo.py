@@ -28,7 +28,7 @@ from lxml import etree
 from guestos.choices import OsType
 from vaporsite.errors import InvalidInput
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("vapor.guestos")
 
 MAX_SUGGESTIONS: Final = 5
 WINDOWS_FAMILIES: Final = frozenset({"winnt", "win9x", "win16"})

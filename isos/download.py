@@ -45,7 +45,7 @@ from urllib3.util.ssl_match_hostname import CertificateError
 from isos.netguard import IPAddress, first_refused
 from vaporsite.errors import InvalidInput
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vapor.isos")
 
 CHUNK_SIZE = 1024 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
