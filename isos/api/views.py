@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -67,7 +68,7 @@ class IsoCollectionView(APIView):
             iso = services.iso_register_path(path=data["path"], meta=serializer.metadata())
         iso = iso_list().get(pk=iso.pk)
         code = status.HTTP_202_ACCEPTED if iso.status == IsoStatus.DOWNLOADING else status.HTTP_201_CREATED
-        location = request.build_absolute_uri(f"/api/v1/virtualmachines/isos/{iso.pk}")
+        location = request.build_absolute_uri(reverse("iso-detail", args=[iso.pk]))
         return Response(IsoSerializer(iso).data, status=code, headers={"Location": location})
 
 

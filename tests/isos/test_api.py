@@ -48,7 +48,7 @@ def test_register_path_hashes_in_background_and_becomes_ready(api, iso_dirs, run
     assert body["boot_type"] == "hybrid"
     assert body["tags"] == ["lts", "ubuntu"]
     assert body["id"].startswith("iso-") and len(body["id"]) == 16
-    assert response["Location"].endswith(f"{URL}/{body['id']}")
+    assert response["Location"] == f"http://testserver{URL}/{body['id']}"
 
 
 def test_caller_metadata_wins_over_the_guess(api, iso_dirs, run_tasks):

@@ -44,7 +44,7 @@ def test_example_1_simple_vm(vm_api, hv, run_tasks):
     response = create(vm_api, run_tasks, {"name": "simple-vm", "memory": 2048, "vcpus": 2, "disks": [{"size": 20}]})
     assert response.status_code == 202, response.json()
     body = response.json()
-    assert response["Location"].endswith(f"/api/v1/virtualmachines/{body['id']}")
+    assert response["Location"] == f"http://testserver/api/v1/virtualmachines/{body['id']}"
     assert body["status"] == "provisioning"
     assert body["disks"] == [
         {"order": 0, "source": "new", "path": str(hv.pool_dir / "simple-vm-disk0.qcow2"), "size": 20, "format": "qcow2",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -40,7 +41,7 @@ def _accepted(request: Request, serializer: VmCreateSerializer | LegacyVmCreateS
     if isinstance(result, DryRun):
         return Response({"plan": result.steps, "domain_xml": result.xml, "vm": VmSerializer(result.vm).data})
     vm = vm_list().get(pk=result.pk)
-    location = request.build_absolute_uri(f"/api/v1/virtualmachines/{vm.pk}")
+    location = request.build_absolute_uri(reverse("vm-detail", args=[vm.pk]))
     return Response(VmSerializer(vm).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
 
