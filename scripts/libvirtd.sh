@@ -57,11 +57,21 @@ alive() {
 }
 
 in_netns() {
-    if [[ -n "$NETNS" ]]; then
-        ip netns exec "$NETNS" "$@"
-    else
-        "$@"
-    fi
+    # The daemons outlive this script: they must not inherit any descriptor
+    # but stdio. An inherited lock file (`flock FILE bash libvirtd.sh start`)
+    # would stay locked for the daemon's whole life, and an inherited pipe
+    # would keep the caller's reader waiting for an end of file.
+    (
+        for fd in /proc/self/fd/*; do
+            fd="${fd##*/}"
+            if ((fd > 2)); then eval "exec ${fd}>&-" 2>/dev/null || true; fi
+        done
+        if [[ -n "$NETNS" ]]; then
+            exec ip netns exec "$NETNS" "$@"
+        else
+            exec "$@"
+        fi
+    )
 }
 
 fix_kvm() {
