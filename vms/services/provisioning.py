@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from isos import osinfo
 from isos.services import iso_record_use
-from vaporsite.errors import NotFound, VaporError
+from vaporsite.errors import VaporError
 from vms import hypervisor, secrets
 from vms.choices import DiskSource, EventStatus, NicType, VmStatus
 from vms.hypervisor import Hypervisor
@@ -85,11 +85,7 @@ def _volume_steps(vm: VirtualMachine, hv: Hypervisor, disk: Disk) -> Step:
     pool = vm.storage_pool
 
     def exists() -> bool:
-        try:
-            hv.volume(pool, disk.volume_name)
-        except NotFound:
-            return False
-        return True
+        return hypervisor.volume_exists(hv, pool, disk.volume_name)
 
     def delete() -> None:
         hv.delete_volume(pool, disk.volume_name)

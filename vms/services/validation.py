@@ -22,7 +22,7 @@ from isos.resolve import iso_resolve_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import guard_file
 from vms.choices import CdromSlot, VmStatus
-from vms.hypervisor import Hypervisor, PoolInfo
+from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import check_image, check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
 from vms.models import Disk, NetworkInterface, VirtualMachine, VmTemplate
@@ -270,7 +270,7 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
         else:
             volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
             path = str(Path(pool.path) / volume_name)
-            if _volume_exists(hv, pool.name, volume_name):
+            if volume_exists(hv, pool.name, volume_name):
                 raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field, code="volume_exists")
         planned.append(
             PlannedDisk(
@@ -291,14 +291,6 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
             )
         )
     return tuple(planned)
-
-
-def _volume_exists(hv: Hypervisor, pool: str, name: str) -> bool:
-    try:
-        hv.volume(pool, name)
-    except NotFound:
-        return False
-    return True
 
 
 def _check_not_shared(path: str, readonly: bool, field: str) -> None:
