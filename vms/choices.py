@@ -1,5 +1,7 @@
 from django.db import models
 
+from vms.hypervisor.specs import IMAGE_FORMATS
+
 
 class VmStatus(models.TextChoices):
     PROVISIONING = "provisioning", "Provisioning"
@@ -25,9 +27,11 @@ class DiskSource(models.TextChoices):
     CLONE = "clone", "Clone"
 
 
-class DiskFormat(models.TextChoices):
-    QCOW2 = "qcow2", "qcow2"
-    RAW = "raw", "raw"
+# Built from the hypervisor's list: QCOW2 = "qcow2" (labelled "qcow2"), RAW = "raw".
+# django-stubs types only the class form of TextChoices, hence the ignore.
+DiskFormat = models.TextChoices(  # type: ignore[call-overload]
+    "DiskFormat", [(fmt.upper(), (fmt, fmt)) for fmt in IMAGE_FORMATS], module=__name__
+)
 
 
 class DiskBus(models.TextChoices):

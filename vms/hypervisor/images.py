@@ -35,8 +35,8 @@ from typing import Any
 
 from vaporsite.errors import HypervisorError, InvalidInput, NotFound
 from vaporsite.paths import is_inside
+from vms.hypervisor.specs import IMAGE_FORMATS
 
-IMAGE_FORMATS = ("qcow2", "raw")
 QEMU_IMG = "qemu-img"
 # Deeper chains are not something Vapor makes; a limit also stops a loop of
 # images that name each other when symlinks defeat the loop check.
