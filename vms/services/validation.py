@@ -20,7 +20,7 @@ from isos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
-from vaporsite.paths import guard_file
+from vaporsite.paths import absolute_path, guard_file
 from vms.choices import CdromSlot, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import check_image, check_image_chain, image_info
@@ -241,8 +241,7 @@ def _gb(size: int) -> str:
 
 
 def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[Path, int]:
-    if not raw.startswith("/"):
-        raise InvalidInput(f"{raw!r} is not an absolute path (protocol names such as json: or nbd: are refused)", field=field)
+    absolute_path(raw, field=field, note=" (protocol names such as json: or nbd: are refused)")
     resolved = guard_file(raw, roots=roots, field=field, what="disk image")
     # With the roots given, each backing file is checked before qemu-img opens it.
     try:
