@@ -15,6 +15,9 @@ class VmStatus(models.TextChoices):
 LIVE_STATUSES = (VmStatus.PROVISIONING, VmStatus.RUNNING, VmStatus.STOPPED)
 """A VM in one of these uses its template, disks and ISOs; the others are history."""
 
+BUSY_STATUSES = (VmStatus.PROVISIONING, VmStatus.DELETING)
+"""A VM in one of these is being worked on: pages showing it refresh themselves until that ends."""
+
 
 class CdromSlot(models.TextChoices):
     PRIMARY = "primary", "Primary (install media)"
