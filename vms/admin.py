@@ -17,7 +17,7 @@ from django.shortcuts import redirect
 from django.urls import path
 from django.utils.html import format_html
 
-from vaporsite.admin_support import VaporModelAdmin
+from vaporsite.admin_support import ErrorRows, VaporModelAdmin, show_service_error
 from vaporsite.errors import VaporError
 from vms import admin_create, hypervisor
 from vms.choices import VmStatus
@@ -209,7 +209,7 @@ class TemplateAdminForm(forms.ModelForm):
         try:
             template_services.template_validate(_template_data(data, disks=()))
         except VaporError as exc:
-            self.add_error(_form_field(exc.field, self.fields), exc.message)
+            show_service_error(exc, self, aliases=TEMPLATE_FIELDS)
         return data
 
 
@@ -232,9 +232,7 @@ def _template_data(values: dict[str, Any], disks: tuple[DiskRequest, ...]) -> te
     )
 
 
-def _form_field(field: str | None, fields: Any) -> str | None:
-    name = {"memory": "memory_mb"}.get(field or "", field or "")
-    return name if name in fields else None
+TEMPLATE_FIELDS = {"memory": "memory_mb"}  # the service's field -> the template form's
 
 
 class TemplateDiskFormSet(forms.BaseInlineFormSet):
@@ -264,13 +262,7 @@ class TemplateDiskFormSet(forms.BaseInlineFormSet):
         try:
             template_services.template_validate(_template_data(values, disks))
         except VaporError as exc:
-            parts = (exc.field or "").split(".")
-            if parts[0] == "disks" and len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < len(rows):
-                name = {"size": "size_gb"}.get(parts[2], parts[2]) if len(parts) > 2 else None
-                row = rows[int(parts[1])]
-                row.add_error(name if name in row.fields else None, exc.message)
-            else:
-                raise forms.ValidationError(exc.message) from None
+            show_service_error(exc, self, rows={"disks": ErrorRows(self, rows, {"size": "size_gb"})})
 
 
 class AddedRowForm(forms.ModelForm):
