@@ -22,10 +22,12 @@ from django.core.cache import cache
 from django.db.models import Count, Q, Sum
 from django.urls import reverse
 
+from isos.choices import BUSY_STATUSES as ISO_BUSY
 from isos.choices import IsoStatus
 from isos.models import IsoImage
 from vaporsite.errors import VaporError
 from vms import hypervisor
+from vms.choices import BUSY_STATUSES as VM_BUSY
 from vms.choices import VmStatus
 from vms.hypervisor import HostResources
 from vms.models import VirtualMachine
@@ -34,9 +36,6 @@ HOST_CACHE_SECONDS = 30
 HOST_ERROR_CACHE_SECONDS = 10  # shorter, so a daemon that is back shows up soon
 REFRESH_SECONDS = 5
 FAILURES_SHOWN = 10
-
-VM_BUSY = (VmStatus.PROVISIONING, VmStatus.DELETING)
-ISO_BUSY = (IsoStatus.DOWNLOADING, IsoStatus.HASHING)
 
 
 class PermissionHolder(Protocol):

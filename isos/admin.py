@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 
 from guestos.choices import OsType
 from isos import services
-from isos.choices import Architecture, IsoStatus
+from isos.choices import BUSY_STATUSES, Architecture, IsoStatus
 from isos.models import IsoImage, IsoTag, RetiredIsoId
 from isos.services import IsoMetadata
 from vaporsite.admin_support import ServiceForm, ServiceSavedAdmin
@@ -160,12 +160,12 @@ class IsoImageAdmin(ServiceSavedAdmin):
         return self.readonly_fields if obj else []
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        busy = IsoImage.objects.filter(status__in=[IsoStatus.DOWNLOADING, IsoStatus.HASHING]).exists()
+        busy = IsoImage.objects.filter(status__in=BUSY_STATUSES).exists()
         return super().changelist_view(request, {**(extra_context or {}), "refresh_seconds": 3 if busy else 0})
 
     @admin.display(description="Status", ordering="status")
     def status_column(self, obj: IsoImage) -> str:
-        if obj.status in (IsoStatus.DOWNLOADING, IsoStatus.HASHING):
+        if obj.status in BUSY_STATUSES:
             percent = obj.progress
             shown = f"{percent:.0f}%" if percent is not None else filesizeformat(obj.bytes_done)
             return format_html(

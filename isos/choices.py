@@ -9,6 +9,10 @@ class IsoStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+BUSY_STATUSES = (IsoStatus.DOWNLOADING, IsoStatus.HASHING)
+"""A task works on an ISO in one of these: pages showing it refresh themselves, and it cannot be rehashed."""
+
+
 class BootType(models.TextChoices):
     BIOS = "bios", "BIOS"
     UEFI = "uefi", "UEFI"

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
-from django.db.models import F
 from django.utils import timezone
 
 from isos.choices import IsoStatus
@@ -26,6 +25,7 @@ from isos.hashing import Digests, DualHasher, hash_file
 from isos.inspect import guess_os, inspect_iso
 from isos.models import IsoImage
 from isos.services import iso_fail, temp_path
+from vaporsite.deliveries import give_up_reason, start_delivery
 from vaporsite.errors import VaporError
 
 log = logging.getLogger("vapor.isos")
@@ -81,20 +81,14 @@ class _WriteBehind:
 
 
 def _start_delivery(iso_id: str, status: str) -> IsoImage | None:
-    """Count this delivery of the task; None if there is nothing to do or too many started already.
-
-    django-q2 counts a delivery only when it finishes: a worker killed in the
-    middle would get the task again for ever. Past max_attempts started
-    deliveries the ISO fails with the reason.
-    """
-    if not IsoImage.objects.filter(pk=iso_id, status=status).update(attempts=F("attempts") + 1):
+    """Count this delivery of the task (`vaporsite.deliveries`); None if there is nothing to do or
+    too many started already, in which case the ISO fails with the reason."""
+    if not start_delivery(IsoImage.objects.filter(pk=iso_id, status=status)):
         return None  # cancelled, deleted, or already finished by an earlier delivery
     iso = IsoImage.objects.get(pk=iso_id)
-    limit = int(settings.TASK_MAX_ATTEMPTS)
-    if iso.attempts > limit:
-        what = "download" if status == IsoStatus.DOWNLOADING else "hashing"
-        iso_fail(iso_id=iso_id, error=f"the {what} started {iso.attempts - 1} times and never finished (the worker stopped each time); "
-                 "giving up", expect=status)  # fmt: skip
+    reason = give_up_reason(iso.attempts, "the download" if status == IsoStatus.DOWNLOADING else "the hashing")
+    if reason:
+        iso_fail(iso_id=iso_id, error=reason, expect=status)
         temp_path(iso).unlink(missing_ok=True)
         return None
     return iso

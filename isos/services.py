@@ -21,7 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from guestos import osinfo
-from isos.choices import IsoStatus
+from isos.choices import BUSY_STATUSES, IsoStatus
 from isos.download import FetchPolicy, validate_url
 from isos.hashing import Digests
 from isos.inspect import guess_os, inspect_iso
@@ -297,7 +297,7 @@ def iso_retry(*, iso: IsoImage) -> IsoImage:
 
 def iso_rehash(*, iso: IsoImage) -> IsoImage:
     """Hash the file again (after it was replaced or to verify it)."""
-    if iso.status in (IsoStatus.DOWNLOADING, IsoStatus.HASHING):
+    if iso.status in BUSY_STATUSES:
         raise Conflict(f"ISO {iso.pk} is {iso.status}; wait for it to finish", code="busy")
     with transaction.atomic():
         IsoImage.objects.filter(pk=iso.pk).update(status=IsoStatus.HASHING, error="", bytes_done=0, attempts=0, updated_at=timezone.now())
@@ -325,7 +325,7 @@ def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[
     Returns (ids marked failed, files removed).
     """
     cutoff = timezone.now() - stale_after
-    stale = IsoImage.objects.filter(status__in=[IsoStatus.DOWNLOADING, IsoStatus.HASHING], updated_at__lt=cutoff)
+    stale = IsoImage.objects.filter(status__in=BUSY_STATUSES, updated_at__lt=cutoff)
     stale_ids = list(stale.values_list("pk", flat=True))
     if not dry_run and stale_ids:
         minutes = int(stale_after.total_seconds() // 60)

@@ -9,7 +9,8 @@ failing after `clean` still rolls the service's writes back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django import forms
@@ -18,6 +19,44 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
 from vaporsite.errors import VaporError
+
+
+@dataclass(frozen=True)
+class ErrorRows:
+    """Formset rows a service error may name by index: "disks.1.size" is field "size" of `forms[1]`."""
+
+    formset: Any
+    forms: Sequence[forms.BaseForm]  # numbered as the service numbers them
+    aliases: Mapping[str, str] = field(default_factory=dict)  # service field -> the row form's field
+
+
+def show_service_error(
+    exc: VaporError, target: Any, *, aliases: Mapping[str, str] | None = None, rows: Mapping[str, ErrorRows] | None = None
+) -> None:
+    """Show a service error where the mistake is: on the field it names (e.g. "disks.1.size").
+
+    A name under a key of `rows` ("disks") lands on that row's field, "disks.1"
+    on the row, anything else under it on the rows' formset. Other names land
+    on `target`'s field (through `aliases`, e.g. "memory" -> "memory_mb") if
+    it has one, else on `target` as a whole: a form's non-field errors, or a
+    formset's non-form errors when `target` is a formset.
+    """
+    name = exc.field or ""
+    parts = name.split(".")
+    group = (rows or {}).get(parts[0])
+    if group is not None:
+        if len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < len(group.forms):
+            row = group.forms[int(parts[1])]
+            row_field = group.aliases.get(parts[2], parts[2]) if len(parts) > 2 else None
+            row.add_error(row_field if row_field in row.fields else None, exc.message)
+        else:
+            group.formset.non_form_errors().append(exc.message)
+        return
+    if isinstance(target, forms.BaseFormSet):
+        target.non_form_errors().append(exc.message)
+        return
+    name = (aliases or {}).get(name, name)
+    target.add_error(name if name in target.fields else None, exc.message)
 
 
 class ServiceForm(forms.ModelForm):
@@ -31,8 +70,7 @@ class ServiceForm(forms.ModelForm):
         """Skip ModelForm's instance validation: the service validated and saved in `clean`."""
 
     def service_error(self, exc: VaporError) -> None:
-        field = self.field_aliases.get(exc.field or "", exc.field)
-        self.add_error(field if field in self.fields else None, exc.message)
+        show_service_error(exc, self, aliases=self.field_aliases)
 
 
 class VaporModelAdmin(admin.ModelAdmin):

@@ -1,4 +1,5 @@
-"""API plumbing shared by every app: one error shape for every failure.
+"""API plumbing shared by every app: one error shape for every failure, and
+input serializers that refuse fields they do not know.
 
 Every error body has ``detail`` (words) and ``code``; input errors add
 ``field`` (the first field at fault) and ``errors`` (field -> messages).
@@ -25,6 +26,17 @@ class ErrorSerializer(serializers.Serializer):
 
 # "errors" is also a Serializer property, so the field is added after the class exists.
 ErrorSerializer._declared_fields["errors"] = serializers.DictField(required=False, help_text="field -> messages")
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo in a script is a 400, not a silent no-op."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
 
 
 def _first_field(errors: Any) -> str | None:

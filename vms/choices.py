@@ -1,5 +1,7 @@
 from django.db import models
 
+from vms.hypervisor.specs import IMAGE_FORMATS
+
 
 class VmStatus(models.TextChoices):
     PROVISIONING = "provisioning", "Provisioning"
@@ -13,6 +15,9 @@ class VmStatus(models.TextChoices):
 LIVE_STATUSES = (VmStatus.PROVISIONING, VmStatus.RUNNING, VmStatus.STOPPED)
 """A VM in one of these uses its template, disks and ISOs; the others are history."""
 
+BUSY_STATUSES = (VmStatus.PROVISIONING, VmStatus.DELETING)
+"""A VM in one of these is being worked on: pages showing it refresh themselves until that ends."""
+
 
 class CdromSlot(models.TextChoices):
     PRIMARY = "primary", "Primary (install media)"
@@ -25,9 +30,11 @@ class DiskSource(models.TextChoices):
     CLONE = "clone", "Clone"
 
 
-class DiskFormat(models.TextChoices):
-    QCOW2 = "qcow2", "qcow2"
-    RAW = "raw", "raw"
+# Built from the hypervisor's list: QCOW2 = "qcow2" (labelled "qcow2"), RAW = "raw".
+# django-stubs types only the class form of TextChoices, hence the ignore.
+DiskFormat = models.TextChoices(  # type: ignore[call-overload]
+    "DiskFormat", [(fmt.upper(), (fmt, fmt)) for fmt in IMAGE_FORMATS], module=__name__
+)
 
 
 class DiskBus(models.TextChoices):

@@ -18,10 +18,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from isos.services import iso_record_use
+from vaporsite.deliveries import give_up_reason, start_delivery
 from vaporsite.errors import VaporError
 from vms import encryption, hypervisor
 from vms.choices import EventStatus, VmStatus
@@ -39,29 +40,18 @@ def _event(vm: VirtualMachine, step: str, status: str, message: str = "") -> Non
 def _claim(vm_id: int) -> bool:
     """Take the task unless another delivery is running it (or it is finished)."""
     stale = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout)
-    return bool(
-        VirtualMachine.objects.filter(pk=vm_id, status=VmStatus.PROVISIONING)
-        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale))
-        .update(claimed_at=timezone.now(), attempts=F("attempts") + 1)
+    return start_delivery(
+        VirtualMachine.objects.filter(pk=vm_id, status=VmStatus.PROVISIONING).filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)),
+        claimed_at=timezone.now(),
     )
-
-
-def max_attempts() -> int:
-    """How many deliveries of a task may start: django-q2's max_attempts.
-
-    django-q2 counts a delivery only when it finishes, so a worker killed in
-    the middle (OOM, SIGKILL) would get the task again for ever; Vapor counts
-    the deliveries that started itself and gives up after this many.
-    """
-    return int(settings.TASK_MAX_ATTEMPTS)
 
 
 def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
     if not _claim(vm_id):
         return
     vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm_id)
-    if vm.attempts > max_attempts():
-        message = f"provisioning started {vm.attempts - 1} times and never finished (the worker stopped each time); giving up"
+    message = give_up_reason(vm.attempts, "provisioning")
+    if message:
         _event(vm, "provision", EventStatus.FAILED, message)
         _rollback(vm, provision_steps(vm, hv or hypervisor.get_hypervisor(), None), only_leftovers=True)
         VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=message, graphics_password_encrypted="")

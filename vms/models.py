@@ -6,7 +6,7 @@ from django.db import models
 
 from guestos.choices import OsType
 from isos.choices import Architecture
-from vms.choices import CdromSlot, DiskBus, DiskFormat, DiskSource, EventStatus, GraphicsType, NicModel, NicType, VmStatus
+from vms.choices import BUSY_STATUSES, CdromSlot, DiskBus, DiskFormat, DiskSource, EventStatus, GraphicsType, NicModel, NicType, VmStatus
 
 
 class GuestSettings(models.Model):
@@ -70,6 +70,11 @@ class VirtualMachine(GuestSettings):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def busy(self) -> bool:
+        """Being provisioned or deleted (`BUSY_STATUSES`): its page refreshes itself meanwhile."""
+        return self.status in BUSY_STATUSES
 
 
 class Disk(models.Model):

@@ -11,17 +11,7 @@ from guestos.choices import OsType
 from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
 from isos.services import IsoMetadata
-
-
-class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know, so a typo in a script is a 400, not a silent no-op."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
-        return super().to_internal_value(data)
+from vaporsite.api import StrictSerializer
 
 
 class IsoSerializer(serializers.ModelSerializer):

@@ -12,7 +12,7 @@ from tests.isofactory import make_iso
 from tests.vms.conftest import make_image
 from vms.models import VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest, NicRequest
-from vms.services.templates import TemplateData, template_create
+from vms.services.templates import TemplateData, stored_os_type, template_create
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/vms/virtualmachine/"
@@ -257,6 +257,65 @@ def test_template_admin_checks_the_api_rules(admin_client, hv, disk_root, fields
     assert response.status_code == 200
     assert message in response.content.decode()
     assert not VmTemplate.objects.exists()
+
+
+def _change_form(template: VmTemplate, **fields) -> dict:
+    """The change page's POST for `template` as stored, with `fields` changed."""
+    disks = [{"id": str(d.pk), "template": str(template.pk), "order": str(d.order), "size_gb": str(d.size_gb or ""),
+              "format": d.format, "bus": d.bus} for d in template.disks.all()]  # fmt: skip
+    nics = [{"id": str(n.pk), "template": str(template.pk), "order": str(n.order), "type": n.type, "source": n.source, "model": n.model}
+            for n in template.nics.all()]  # fmt: skip
+    return {**template_form(name=template.name), **rows("disks", disks), **rows("nics", nics), **fields}
+
+
+def test_template_saved_in_the_admin_stores_the_os_type_the_api_stores(admin_client, vm_api, hv):
+    """An OS variant without an OS type: the type derived from the variant is stored, whichever way the template came."""
+    response = admin_client.post(TEMPLATE_ADD, template_form(os_variant="ubuntu22.04"))
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    api = vm_api.post("/api/v1/virtualmachines/templates", {"name": "tpl-api", "os_variant": "ubuntu22.04"}, format="json")
+    assert api.status_code == 201, api.json()
+    template = VmTemplate.objects.get(name="tpl")
+    assert stored_os_type(TemplateData(name="tpl", os_variant="ubuntu22.04")) == "linux"
+    assert template.os_type == VmTemplate.objects.get(name="tpl-api").os_type == "linux"
+
+    response = admin_client.post(f"/admin/vms/vmtemplate/{template.pk}/change/", _change_form(template, os_variant="win11"))
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    template.refresh_from_db()
+    assert (template.os_variant, template.os_type) == ("win11", "windows")
+    assert [d.size_gb for d in template.disks.all()] == [20] and [n.source for n in template.nics.all()] == ["default"]
+
+
+def test_template_admin_shows_the_service_errors_on_the_field_or_row(admin_client, hv):
+    template_create(data=TemplateData(name="taken"))
+
+    def errors(**fields) -> tuple[dict, list[dict], list[dict]]:
+        response = admin_client.post(TEMPLATE_ADD, template_form(**fields))
+        assert response.status_code == 200
+        disks, nics = (inline.formset for inline in response.context["inline_admin_formsets"])
+        return response.context["adminform"].form.errors, [f.errors for f in disks.forms], [f.errors for f in nics.forms]
+
+    assert "already exists" in errors(name="taken")[0]["name"][0]
+    assert "at least 64 MB" in errors(memory_mb="32")[0]["memory_mb"][0]
+    assert "linked only applies to clone_from" in errors(**{"disks-0-linked": "on"})[1][0]["linked"][0]
+    assert "must be greater than 0" in errors(**{"disks-0-size_gb": "0"})[1][0]["size_gb"][0]
+    assert VmTemplate.objects.count() == 1
+
+
+def test_rows_a_user_may_not_see_are_kept_when_the_template_changes(client, hv):
+    from django.contrib.auth.models import Permission, User
+
+    template = template_create(data=TemplateData(name="tpl", disks=(DiskRequest(size=20),), networks=(NicRequest(),)))
+    user = User.objects.create_user("templates-only", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_vmtemplate", "change_vmtemplate"]))
+    client.force_login(user)
+    page = client.get(f"/admin/vms/vmtemplate/{template.pk}/change/").content.decode()
+    assert 'name="disks-TOTAL_FORMS"' not in page  # no inline rows on the page
+    fields = {k: v for k, v in template_form(name="tpl", memory_mb="4096").items() if not k.startswith(("disks-", "nics-"))}
+    response = client.post(f"/admin/vms/vmtemplate/{template.pk}/change/", fields)
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    template.refresh_from_db()
+    assert template.memory_mb == 4096
+    assert [d.size_gb for d in template.disks.all()] == [20] and [n.source for n in template.nics.all()] == ["default"]
 
 
 def test_template_admin_refuses_to_delete_a_template_in_use(admin_client, hv, run_tasks):

@@ -26,6 +26,7 @@ from django.utils.translation import ngettext
 from guestos.choices import OsType
 from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
+from vaporsite.admin_support import ErrorRows, show_service_error
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, VirtualMachine, VmTemplate
@@ -221,19 +222,11 @@ def place_error(
     exc: VaporError, form: VmCreateForm, disk_formset: Any, nic_formset: Any, disk_rows: list[int], nic_rows: list[int]
 ) -> None:
     """Show a service error on the field or row it names (e.g. "disks.1.size" -> the second disk row's size)."""
-    field = exc.field or ""
-    parts = field.split(".")
-    if parts[0] in ("disks", "networks"):
-        formset, rows = (disk_formset, disk_rows) if parts[0] == "disks" else (nic_formset, nic_rows)
-        if len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < len(rows):
-            row = formset.forms[rows[int(parts[1])]]
-            name = parts[2] if len(parts) > 2 and parts[2] in row.fields else None
-            row.add_error(name, exc.message)
-            return
-        formset._non_form_errors.append(exc.message)
-        return
-    name = GRAPHICS_FIELDS.get(field, field)
-    form.add_error(name if name in form.fields else None, exc.message)
+    rows = {
+        "disks": ErrorRows(disk_formset, [disk_formset.forms[index] for index in disk_rows]),
+        "networks": ErrorRows(nic_formset, [nic_formset.forms[index] for index in nic_rows]),
+    }
+    show_service_error(exc, form, aliases=GRAPHICS_FIELDS, rows=rows)
 
 
 def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:

@@ -1,5 +1,5 @@
-"""VM templates in the admin: the template with its disk and NIC rows, checked
-by the same rules as the API's (the template service)."""
+"""VM templates in the admin: the template with its disk and NIC rows, saved
+through the template service as the API's are (same rules, same stored values)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.shortcuts import redirect
 
-from vaporsite.admin_support import VaporModelAdmin
+from vaporsite.admin_support import ErrorRows, ServiceForm, ServiceSavedAdmin, show_service_error
 from vaporsite.errors import VaporError
 from vms.models import TemplateDisk, TemplateNic, VmTemplate
 from vms.services import templates as template_services
-from vms.services.requests import DiskRequest
+from vms.services.requests import DiskRequest, NicRequest
 
 
-class TemplateAdminForm(forms.ModelForm):
-    """The template's own fields, checked by the service's rules (the disks are checked with their rows)."""
+class TemplateAdminForm(ServiceForm):
+    """The template with its disk and NIC rows, saved by the template service as the API saves it
+    (same rules, same stored values, e.g. the OS type derived from the variant); the service's
+    errors are shown on the field or row they name."""
 
     class Meta:
         model = VmTemplate
@@ -28,19 +30,40 @@ class TemplateAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if self.errors:
+        formsets = TemplateRowsFormSet.of(self.instance)
+        rows_valid = all([formset.is_valid() for formset in formsets.values()])
+        if self.errors or not rows_valid:
             return data
+        disk_rows, nic_rows = _kept_rows(formsets.get("disks")), _kept_rows(formsets.get("nics"))
+        values = _template_data(
+            data,
+            disks=tuple(_disk_request(row.cleaned_data) for row in disk_rows) if "disks" in formsets else _stored(self.instance).disks,
+            networks=tuple(_nic_request(row.cleaned_data) for row in nic_rows) if "nics" in formsets else _stored(self.instance).networks,
+        )
         try:
-            template_services.template_validate(_template_data(data, disks=()))
+            if self.instance.pk is None:
+                self.created = template_services.template_create(data=values)
+            else:
+                template_services.template_update(template=self.instance, data=values)
         except VaporError as exc:
-            self.add_error(_form_field(exc.field, self.fields), exc.message)
+            shown = {"disks": ("disks", disk_rows, {"size": "size_gb"}), "networks": ("nics", nic_rows, {})}
+            rows = {key: ErrorRows(formsets[prefix], kept, aliases) for key, (prefix, kept, aliases) in shown.items() if prefix in formsets}
+            show_service_error(exc, self, aliases=TEMPLATE_FIELDS, rows=rows)
         return data
 
 
-def _template_data(values: dict[str, Any], disks: tuple[DiskRequest, ...]) -> template_services.TemplateData:
+def _stored(template: VmTemplate) -> template_services.TemplateData:
+    """The template as stored, for rows the page does not show (an inline the user may not view): they are kept."""
+    return template_services.template_data(template) if template.pk else template_services.TemplateData(name="")
+
+
+def _template_data(
+    values: dict[str, Any], disks: tuple[DiskRequest, ...], networks: tuple[NicRequest, ...]
+) -> template_services.TemplateData:
     iso = values.get("iso")
     return template_services.TemplateData(
         name=values.get("name") or "",
+        description=values.get("description") or "",
         memory=values.get("memory_mb") or 0,
         vcpus=values.get("vcpus") or 0,
         os_type=values.get("os_type") or "",
@@ -53,48 +76,53 @@ def _template_data(values: dict[str, Any], disks: tuple[DiskRequest, ...]) -> te
         storage_pool=values.get("storage_pool") or "",
         iso=iso.pk if iso else None,
         disks=disks,
+        networks=networks,
     )
 
 
-def _form_field(field: str | None, fields: Any) -> str | None:
-    name = {"memory": "memory_mb"}.get(field or "", field or "")
-    return name if name in fields else None
+TEMPLATE_FIELDS = {"memory": "memory_mb"}  # the service's field -> the template form's
 
 
-class TemplateDiskFormSet(forms.BaseInlineFormSet):
-    """Checks the disk rows with the same rules as the API: sizes, clone sources (inside the roots,
-    a safe backing chain, not shrunk), linked clones, boot orders, buses against Secure Boot."""
+def _kept_rows(formset: Any) -> list[forms.BaseForm]:
+    """The rows to store, in their `order` (the service numbers them 0, 1, ... in this order)."""
+    if formset is None:
+        return []
+    rows = [f for f in formset.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
+    return sorted(rows, key=lambda f: f.cleaned_data.get("order") or 0)
 
-    def clean(self) -> None:
-        super().clean()
-        rows = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
-        rows.sort(key=lambda f: f.cleaned_data.get("order") or 0)
-        disks = tuple(
-            DiskRequest(
-                size=f.cleaned_data.get("size_gb"),
-                clone_from=f.cleaned_data.get("clone_from") or None,
-                source_format=f.cleaned_data.get("source_format") or None,
-                linked=bool(f.cleaned_data.get("linked")),
-                format=f.cleaned_data.get("format") or "qcow2",
-                bus=f.cleaned_data.get("bus") or "virtio",
-                boot_order=f.cleaned_data.get("boot_order"),
-            )
-            for f in rows
-        )
-        template = self.instance
-        values = {name: getattr(template, name) for name in ("name", "memory_mb", "vcpus", "os_type", "os_variant", "architecture",
-                                                             "uefi", "secure_boot", "tpm", "graphics_type", "storage_pool")}  # fmt: skip
-        values["iso"] = None  # checked by the template's own form
-        try:
-            template_services.template_validate(_template_data(values, disks))
-        except VaporError as exc:
-            parts = (exc.field or "").split(".")
-            if parts[0] == "disks" and len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < len(rows):
-                name = {"size": "size_gb"}.get(parts[2], parts[2]) if len(parts) > 2 else None
-                row = rows[int(parts[1])]
-                row.add_error(name if name in row.fields else None, exc.message)
-            else:
-                raise forms.ValidationError(exc.message) from None
+
+def _disk_request(row: dict[str, Any]) -> DiskRequest:
+    return DiskRequest(
+        size=row.get("size_gb"),
+        clone_from=row.get("clone_from") or None,
+        source_format=row.get("source_format") or None,
+        linked=bool(row.get("linked")),
+        format=row.get("format") or "qcow2",
+        bus=row.get("bus") or "virtio",
+        boot_order=row.get("boot_order"),
+    )
+
+
+def _nic_request(row: dict[str, Any]) -> NicRequest:
+    return NicRequest(type=row.get("type") or "nat", source=row.get("source") or "default", model=row.get("model") or "virtio")
+
+
+class TemplateRowsFormSet(forms.BaseInlineFormSet):
+    """A template's disk or NIC rows. They are checked and stored by the template service together
+    with the template (`TemplateAdminForm.clean`), never saved by the formset itself.
+
+    The admin makes the page's form first and then the formsets, all around one template
+    instance: each formset registers itself on that instance so that the form can find them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        vars(self.instance).setdefault("_admin_formsets", {})[self.prefix] = self
+
+    @staticmethod
+    def of(template: VmTemplate) -> dict[str, TemplateRowsFormSet]:
+        """The formsets registered on `template`, by prefix ("disks", "nics")."""
+        return vars(template).get("_admin_formsets", {})
 
 
 class AddedRowForm(forms.ModelForm):
@@ -108,7 +136,7 @@ class AddedRowForm(forms.ModelForm):
 class TemplateDiskInline(admin.TabularInline):
     form = AddedRowForm
     model = TemplateDisk
-    formset = TemplateDiskFormSet
+    formset = TemplateRowsFormSet
     extra = 0
     fields = ["order", "size_gb", "clone_from", "source_format", "linked", "format", "bus", "boot_order"]
 
@@ -116,12 +144,13 @@ class TemplateDiskInline(admin.TabularInline):
 class TemplateNicInline(admin.TabularInline):
     model = TemplateNic
     form = AddedRowForm
+    formset = TemplateRowsFormSet
     extra = 0
     fields = ["order", "type", "source", "model"]
 
 
 @admin.register(VmTemplate)
-class VmTemplateAdmin(VaporModelAdmin):
+class VmTemplateAdmin(ServiceSavedAdmin):
     form = TemplateAdminForm
     list_display = [
         "name",
@@ -165,6 +194,10 @@ class VmTemplateAdmin(VaporModelAdmin):
     @admin.display(description="VMs", ordering="vm_total")
     def vm_count(self, obj: VmTemplate) -> int:
         return obj.vm_total  # type: ignore[attr-defined]
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        """Nothing to write (the service stored the rows with the template): only note what changed, for the history."""
+        formset.save(commit=False)
 
     def delete_model(self, request: HttpRequest, obj: VmTemplate) -> None:
         template_services.template_delete(template=obj)

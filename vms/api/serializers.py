@@ -9,8 +9,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from guestos.choices import OsType
-from isos.api.serializers import StrictSerializer
 from isos.choices import Architecture
+from vaporsite.api import StrictSerializer
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest

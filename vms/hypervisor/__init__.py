@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from vaporsite.errors import NotFound
+
 
 @dataclass(frozen=True)
 class PoolInfo:
@@ -137,6 +139,15 @@ class Hypervisor(Protocol):
     def close(self) -> None: ...
 
 
+def volume_exists(hv: Hypervisor, pool: str, name: str) -> bool:
+    """Whether `pool` holds a volume called `name` (False too when there is no such pool)."""
+    try:
+        hv.volume(pool, name)
+    except NotFound:
+        return False
+    return True
+
+
 def get_hypervisor(uri: str | None = None) -> Hypervisor:
     """A driver for `uri` (default: settings.VAPOR.libvirt_uri, read when connecting).
 
@@ -158,4 +169,5 @@ __all__ = [
     "PoolInfo",
     "VolumeInfo",
     "get_hypervisor",
+    "volume_exists",
 ]

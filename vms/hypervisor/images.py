@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from vaporsite.errors import HypervisorError, InvalidInput, NotFound
-from vaporsite.paths import is_inside
+from vaporsite.paths import absolute_path, is_inside
+from vms.hypervisor.specs import IMAGE_FORMATS
 
-IMAGE_FORMATS = ("qcow2", "raw")
 QEMU_IMG = "qemu-img"
 # Deeper chains are not something Vapor makes; a limit also stops a loop of
 # images that name each other when symlinks defeat the loop check.
@@ -105,8 +105,7 @@ def image_info(
     """
     if fmt not in IMAGE_FORMATS:
         raise InvalidInput(f"unsupported image format {fmt!r}; use one of {', '.join(IMAGE_FORMATS)}", field="format")
-    if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
-        raise InvalidInput(f"{path!r} is not an absolute path", field=field)
+    absolute_path(path, field=field)
     deadline = time.monotonic() + timeout
     links: list[ChainLink] = []
     seen: set[str] = set()

@@ -9,10 +9,12 @@ explicit, so building the XML makes no decision of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 DiskBus = Literal["virtio", "sata", "scsi", "ide"]
 DiskFormat = Literal["qcow2", "raw"]
+IMAGE_FORMATS: tuple[DiskFormat, ...] = get_args(DiskFormat)
+"""The disk image formats Vapor reads and writes; every other list of them (vms.choices.DiskFormat) is built from this one."""
 NicModel = Literal["virtio", "e1000e", "rtl8139"]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import libvirt
 
 from vaporsite.errors import Conflict, InvalidInput, NotFound, VaporError
+from vaporsite.paths import absolute_path
 from vms.hypervisor import PoolInfo, VolumeInfo, images
 from vms.hypervisor import xml as lvxml
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, undefined_on_failure
@@ -207,8 +208,7 @@ class StorageMixin(Connection):
 
     @staticmethod
     def _clone_source(path: str) -> str:
-        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
-            raise InvalidInput(f"{path!r} is not an absolute path", field="clone_from")
+        absolute_path(path, field="clone_from")
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:

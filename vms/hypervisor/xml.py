@@ -16,8 +16,7 @@ from lxml import etree
 
 from vaporsite.errors import InvalidInput
 from vms.hypervisor import HostCapabilities
-
-VOLUME_FORMATS = ("qcow2", "raw")
+from vms.hypervisor.specs import IMAGE_FORMATS
 
 # libvirt's own output is trusted, but a parser that never resolves entities
 # or touches the network costs nothing and keeps it that way.
@@ -44,8 +43,8 @@ def dir_pool_xml(name: str, path: str) -> str:
 
 
 def _check_volume(fmt: str, capacity_bytes: int) -> None:
-    if fmt not in VOLUME_FORMATS:
-        raise InvalidInput(f"unsupported volume format {fmt!r}; use one of {', '.join(VOLUME_FORMATS)}", field="format")
+    if fmt not in IMAGE_FORMATS:
+        raise InvalidInput(f"unsupported volume format {fmt!r}; use one of {', '.join(IMAGE_FORMATS)}", field="format")
     if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
         raise InvalidInput(f"capacity must be a positive number of bytes, not {capacity_bytes!r}", field="capacity")
 
@@ -92,8 +91,8 @@ def clone_volume_xml(
     if backing_path is not None:
         if fmt != "qcow2":
             raise InvalidInput(f"a linked clone is a qcow2 overlay; format {fmt!r} cannot have a backing file", field="format")
-        if backing_format not in VOLUME_FORMATS:
-            raise InvalidInput(f"unsupported backing format {backing_format!r}; use one of {', '.join(VOLUME_FORMATS)}", field="format")
+        if backing_format not in IMAGE_FORMATS:
+            raise InvalidInput(f"unsupported backing format {backing_format!r}; use one of {', '.join(IMAGE_FORMATS)}", field="format")
         backing = etree.SubElement(volume, "backingStore")
         _text(backing, "path", backing_path)
         etree.SubElement(backing, "format", type=backing_format)

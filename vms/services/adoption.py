@@ -19,6 +19,7 @@ from django.utils import timezone
 from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
 from vaporsite.errors import NotFound, VaporError
+from vaporsite.transactions import atomic_or_dry_run
 from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, EventStatus, GraphicsType, NicType
 from vms.hypervisor import DomainInfo, Hypervisor
@@ -60,10 +61,6 @@ class _Adoption:
     left_out: list[str]
 
 
-class _DryRunRollback(Exception):
-    pass
-
-
 def vm_sync(*, hv: Hypervisor | None = None, adopt: bool = False, dry_run: bool = False) -> SyncReport:
     """Refresh every VM's state and report the host's domains Vapor does not know.
 
@@ -91,22 +88,19 @@ def vm_sync(*, hv: Hypervisor | None = None, adopt: bool = False, dry_run: bool 
     finally:
         if owned:
             hv.close()
-    try:
-        with transaction.atomic():
-            refreshed = refresh_rows(rows, domains, timezone.now())
-            report.checked = refreshed.checked
-            report.marked_missing, report.still_missing, report.back = refreshed.marked_missing, refreshed.still_missing, refreshed.back
-            for name, plan in plans.items():
-                why = _store(plan)
-                if why:
-                    report.not_adopted[name] = why
-                else:
-                    report.adopted.append(name)
-                    if plan.left_out:
-                        report.left_out[name] = plan.left_out
-            if dry_run:
-                raise _DryRunRollback
-    except _DryRunRollback:
+    with atomic_or_dry_run(dry_run=dry_run):
+        refreshed = refresh_rows(rows, domains, timezone.now())
+        report.checked = refreshed.checked
+        report.marked_missing, report.still_missing, report.back = refreshed.marked_missing, refreshed.still_missing, refreshed.back
+        for name, plan in plans.items():
+            why = _store(plan)
+            if why:
+                report.not_adopted[name] = why
+            else:
+                report.adopted.append(name)
+                if plan.left_out:
+                    report.left_out[name] = plan.left_out
+    if dry_run:
         return report
     log_changes(refreshed)
     if report.adopted:

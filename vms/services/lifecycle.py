@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 
 from isos.models import IsoImage
 from vaporsite.errors import Conflict, NotFound, VaporError
+from vaporsite.transactions import atomic_or_dry_run
 from vms import encryption, hypervisor
 from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
@@ -32,10 +33,6 @@ class DryRun:
     xml: str  # password masked
 
 
-class _DryRunRollback(Exception):
-    pass
-
-
 def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool = False) -> VirtualMachine | DryRun:
     """Validate, store the VM and queue its provisioning (202).
 
@@ -44,20 +41,14 @@ def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool
     nothing (no VM row, no ISO registered on the way, no task) remains.
     """
     hv = hv or hypervisor.get_hypervisor()
-    result: DryRun | None = None
-    try:
-        with transaction.atomic():
-            plan = vm_validate(request=request, hv=hv, register_isos=True)
-            vm = _store(plan)
-            if dry_run:
-                vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
-                steps = [s.name for s in provision_steps(vm, hv, None)] + ["record ISO use"]
-                result = DryRun(vm=vm, steps=steps, xml=domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True))
-                raise _DryRunRollback
-            transaction.on_commit(lambda: _enqueue(vm.pk))
-    except _DryRunRollback:
-        assert result is not None
-        return result
+    with atomic_or_dry_run(dry_run=dry_run):
+        plan = vm_validate(request=request, hv=hv, register_isos=True)
+        vm = _store(plan)
+        if dry_run:
+            vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
+            steps = [s.name for s in provision_steps(vm, hv, None)] + ["record ISO use"]
+            return DryRun(vm=vm, steps=steps, xml=domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True))
+        transaction.on_commit(lambda: _enqueue(vm.pk))
     log.info("VM %s accepted (%s)", vm.name, vm.pk)
     return vm
 

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from guestos import osinfo
-from vaporsite.errors import NotFound
+from vms import hypervisor
 from vms.choices import DiskSource, NicType
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.domain_xml import domain_xml
@@ -71,11 +71,7 @@ def _volume_steps(vm: VirtualMachine, hv: Hypervisor, disk: Disk) -> Step:
     pool = vm.storage_pool
 
     def exists() -> bool:
-        try:
-            hv.volume(pool, disk.volume_name)
-        except NotFound:
-            return False
-        return True
+        return hypervisor.volume_exists(hv, pool, disk.volume_name)
 
     def delete() -> None:
         hv.delete_volume(pool, disk.volume_name)

@@ -18,9 +18,9 @@ from django.conf import settings
 from guestos import osinfo
 from isos.resolve import iso_resolve_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
-from vaporsite.paths import guard_file
+from vaporsite.paths import absolute_path, guard_file
 from vms.choices import CdromSlot, VmStatus
-from vms.hypervisor import Hypervisor, PoolInfo
+from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import check_image, check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
 from vms.models import Disk, NetworkInterface, VirtualMachine
@@ -188,8 +188,7 @@ def _gb(size: int) -> str:
 
 
 def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[Path, int]:
-    if not raw.startswith("/"):
-        raise InvalidInput(f"{raw!r} is not an absolute path (protocol names such as json: or nbd: are refused)", field=field)
+    absolute_path(raw, field=field, note=" (protocol names such as json: or nbd: are refused)")
     resolved = guard_file(raw, roots=roots, field=field, what="disk image")
     # With the roots given, each backing file is checked before qemu-img opens it.
     try:
@@ -217,7 +216,7 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
         else:
             volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
             path = str(Path(pool.path) / volume_name)
-            if _volume_exists(hv, pool.name, volume_name):
+            if volume_exists(hv, pool.name, volume_name):
                 raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field, code="volume_exists")
         planned.append(
             PlannedDisk(
@@ -238,14 +237,6 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
             )
         )
     return tuple(planned)
-
-
-def _volume_exists(hv: Hypervisor, pool: str, name: str) -> bool:
-    try:
-        hv.volume(pool, name)
-    except NotFound:
-        return False
-    return True
 
 
 def _check_not_shared(path: str, readonly: bool, field: str) -> None:
