@@ -14,8 +14,9 @@ import pytest
 
 from tests.bootiso import MARKER, build_probe_iso, parse_probe_output
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import VmEnv, make_image, post, qemu_img, sha256, wait_for
+from tests.integration.vm_support import VmEnv, post, wait_for
 from tests.isofactory import make_iso
+from tests.support.images import make_image, qemu_img_info, sha256
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
 from vms.services import provisioning
@@ -37,7 +38,7 @@ def test_example_1_simple_vm_runs_and_is_deleted_with_its_volume(vm_api, run_tas
     assert vm.status == "running", vm.error
     assert running("simple-vm")
     volume = vm_env.pool_dir / "simple-vm-disk0.qcow2"
-    info = qemu_img("-f", "qcow2", "-U", str(volume))
+    info = qemu_img_info(volume, "-f", "qcow2", "-U")
     assert info["virtual-size"] == 20 * GIB and info["actual-size"] < 10 * 1024**2  # thin
     detail = vm_api.get(f"/api/v1/virtualmachines/{vm.pk}").json()
     assert detail["state"] == "running" and detail["graphics"]["port"] >= 5900  # the port libvirt assigned
@@ -100,7 +101,7 @@ def test_example_3_clone_existing_disks_and_two_bridges(vm_api, run_tasks, vm_en
         ("vdc", str(docs), True),
     ]
     assert all(f"<source bridge='{b}'" in live_xml for b in bridges)
-    assert qemu_img("-f", "qcow2", "-U", str(vm_env.pool_dir / "dev-vm-disk0.qcow2")).get("backing-filename") is None  # a full copy
+    assert qemu_img_info(vm_env.pool_dir / "dev-vm-disk0.qcow2", "-f", "qcow2", "-U").get("backing-filename") is None  # a full copy
     assert vm_api.delete(f"/api/v1/virtualmachines/{vm.pk}").status_code == 204
     assert projects.exists() and docs.exists() and base.exists()  # never deleted
     assert {p: sha256(p) for p in (base, docs)} == before
@@ -119,7 +120,7 @@ def test_linked_clone_is_an_overlay_backed_by_the_template(vm_api, run_tasks, vm
     response = post(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     assert VirtualMachine.objects.get(name="linked").status == "running"
-    overlay = qemu_img("-f", "qcow2", "-U", str(vm_env.pool_dir / "linked-disk0.qcow2"))
+    overlay = qemu_img_info(vm_env.pool_dir / "linked-disk0.qcow2", "-f", "qcow2", "-U")
     assert overlay["backing-filename"] == str(template)
     assert overlay["backing-filename-format"] == "qcow2"
     assert sha256(template) == before

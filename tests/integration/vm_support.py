@@ -9,7 +9,6 @@ Vapor did.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -92,22 +91,6 @@ def bridges() -> Iterator[list[str]]:
     finally:
         for name in names:
             subprocess.run([*prefix, "ip", "link", "del", name], check=False, capture_output=True)
-
-
-def qemu_img(*args: str) -> dict:
-    import json
-
-    return json.loads(subprocess.run(["qemu-img", "info", "--output=json", *args], check=True, capture_output=True, text=True).stdout)
-
-
-def make_image(path: Path, size: str = "64M", fmt: str = "qcow2") -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
-    path.chmod(0o644)
-    return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -20,7 +20,6 @@ their detail and count as leftovers what remains after that delete.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
 from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.images import make_image, sha256
 from vaporsite.errors import HypervisorError
 from vms.models import VirtualMachine
 
@@ -78,10 +77,6 @@ class World:
         if (iso.use_count, iso.last_used) != (0, None):
             left.append(f"ISO use count {iso.use_count}, last used {iso.last_used}")
         return left
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture

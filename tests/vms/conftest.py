@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,3 @@ def disk_root(tmp_path: Path, settings) -> Path:
     root.mkdir()
     settings.VAPOR = dataclasses.replace(django_settings.VAPOR, disk_roots=(root,), virt_type="auto")
     return root
-
-
-def make_image(path: Path, size: str = "64M", fmt: str = "qcow2", *options: str) -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, *options, str(path), size], check=True)
-    return path

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.images import make_image
 from vms.models import VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest, NicRequest
 from vms.services.templates import TemplateData, template_create

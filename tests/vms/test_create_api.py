@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.images import make_image, sha256
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import Disk, VirtualMachine
 
@@ -98,7 +97,7 @@ def test_example_3_existing_and_cloned_disks_with_two_bridges(vm_api, hv, run_ta
     base = make_image(disk_root / "ubuntu-dev-base.qcow2")
     projects = make_image(disk_root / "projects.qcow2")
     docs = make_image(disk_root / "documentation.qcow2")
-    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, projects, docs)}
+    before = {p: sha256(p) for p in (base, projects, docs)}
     payload = {
         "name": "dev-vm", "memory": 16384, "vcpus": 8,
         "disks": [{"clone_from": str(base), "boot_order": 1}, {"path": str(projects), "readonly": False},
@@ -116,7 +115,7 @@ def test_example_3_existing_and_cloned_disks_with_two_bridges(vm_api, hv, run_ta
     assert disks[1]["path"] == str(projects) and disks[0]["source_path"] == str(base)
     assert VirtualMachine.objects.get().status == "running"
     assert [n["source"] for n in response.json()["networks"]] == ["br0", "br-internal"]
-    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, projects, docs)} == before
+    assert {p: sha256(p) for p in (base, projects, docs)} == before
 
 
 def test_legacy_fields_and_endpoint(vm_api, hv, run_tasks, iso_dirs):

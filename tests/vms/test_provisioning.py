@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tests.vms.conftest import make_image
+from tests.support.images import make_image, sha256
 from vaporsite.errors import HypervisorError
 from vms.models import VirtualMachine, VmEvent
 from vms.services.provisioning import vm_provision
@@ -30,7 +28,7 @@ def steps(vm: VirtualMachine) -> list[tuple[str, str]]:
 
 def test_failure_after_volumes_undoes_them_and_keeps_existing_disks(vm_api, hv, run_tasks, disk_root):
     existing = make_image(disk_root / "keep.qcow2")
-    before = hashlib.sha256(existing.read_bytes()).hexdigest()
+    before = sha256(existing)
     hv.fail["define_domain"] = HypervisorError("XML error: something libvirt did not like")
     vm = create(vm_api, run_tasks, {"name": "rb", "memory": 512, "vcpus": 1,
                                     "disks": [{"size": 1}, {"size": 2}, {"path": str(existing)}]})  # fmt: skip
@@ -44,7 +42,7 @@ def test_failure_after_volumes_undoes_them_and_keeps_existing_disks(vm_api, hv, 
         ("create volume rb-disk0.qcow2", "undone"),
     ]
     assert list(hv.pool_dir.iterdir()) == [] and hv.domains == {}
-    assert hashlib.sha256(existing.read_bytes()).hexdigest() == before
+    assert sha256(existing) == before
 
 
 def test_failure_at_start_undefines_the_domain(vm_api, hv, run_tasks):

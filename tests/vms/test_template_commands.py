@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.images import make_image
 from vaporsite.errors import Conflict
 from vms.api.serializers import TemplateSerializer
 from vms.models import TemplateDisk, TemplateNic, VmTemplate
