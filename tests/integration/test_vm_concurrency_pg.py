@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.contrib.auth.models import Permission, User
 from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from tests.integration.conftest import virsh
 from tests.integration.vm_support import URL, VmEnv
+from tests.support.factories import UserFactory
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
@@ -21,8 +21,7 @@ def test_twenty_parallel_creates_with_one_name_make_one_vm(vm_env: VmEnv, settin
     from django_q.conf import Conf
 
     Conf.SYNC = True
-    user = User.objects.create_user("racer")
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="vms"))
+    user = UserFactory(username="racer", apps=["vms"])
     payload = {"name": "race", "memory": 256, "vcpus": 1, "disks": [{"size": 1}], "graphics": {"type": "none"}, "storage_pool": vm_env.pool}
     barrier = threading.Barrier(20)
     codes: list[int] = []

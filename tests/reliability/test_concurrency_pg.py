@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection, connections
 from django_q.conf import Conf
 from rest_framework.test import APIClient
@@ -24,6 +24,7 @@ from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
 from tests.isofactory import make_iso
+from tests.support.factories import UserFactory
 from vms.models import CdromAttachment, VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -45,9 +46,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
 
 @pytest.fixture
 def operator() -> User:
-    user = User.objects.create_user("racer")
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=["vms", "isos"]))
-    return user
+    return UserFactory(username="racer", apps=["vms", "isos"])
 
 
 def race(user: User, calls: list[Callable[[APIClient], int]]) -> list[int]:

@@ -32,6 +32,7 @@ from django.conf import settings as django_settings
 from tests.integration.conftest import hypervisor, remove_pool, virsh  # noqa: F401 (fixture used by vm_env)
 from tests.integration.vm_support import VmEnv, shared_dir, vm_env  # noqa: F401 (fixture)
 from tests.reliability.portal import Backend
+from tests.support.factories import VirtualMachineFactory
 from vaporsite.errors import HypervisorError, ServiceUnavailable
 from vms.hypervisor import get_hypervisor
 from vms.hypervisor.errors import from_libvirt
@@ -135,7 +136,7 @@ def _assert_unavailable(response, what: str) -> None:
 def test_requests_while_the_daemon_is_away_get_503_and_work_again_once_it_is_back(vm_api, run_tasks, relay: Relay, relayed: VmEnv, tally):
     name = "rel-restart-" + relayed.pool.rsplit("-", 1)[-1]
     try:
-        vm = VirtualMachine.objects.create(name=name + "-row", memory_mb=128, vcpus=1, status="running")
+        vm = VirtualMachineFactory(name=name + "-row", memory_mb=128)
         assert relayed.pool in {p.name for p in get_hypervisor().list_pools()}  # the daemon answers through the relay
 
         relay.stop()  # libvirtd goes away

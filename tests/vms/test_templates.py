@@ -9,6 +9,7 @@ import pytest
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_delete, iso_register_path
 from tests.isofactory import make_iso
+from tests.support.factories import VmTemplateFactory
 from tests.support.images import make_image
 from vaporsite.errors import Conflict
 from vms.hypervisor.domain_xml import parse_domain
@@ -114,7 +115,7 @@ def test_unknown_template_item_is_404(vm_api, hv):
 
 
 def test_template_endpoints_need_permissions(anon_api, nobody_api, viewer_api, db):
-    VmTemplate.objects.create(name="t")
+    VmTemplateFactory(name="t")
     assert anon_api.get(TEMPLATES).status_code == 401
     assert nobody_api.get(TEMPLATES).status_code == 403
     assert nobody_api.post(TEMPLATES, {"name": "x"}, format="json").status_code == 403
@@ -274,18 +275,13 @@ def test_template_list_query_count_is_flat(vm_api, hv):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from vms.models import TemplateNic
-
     def count() -> int:
         with CaptureQueriesContext(connection) as captured:
             assert vm_api.get(TEMPLATES).status_code == 200
         return len(captured.captured_queries)
 
     def make(n: int) -> None:
-        for i in range(n):
-            template = VmTemplate.objects.create(name=f"t{VmTemplate.objects.count()}-{i}")
-            TemplateDisk.objects.create(template=template, size_gb=10)
-            TemplateNic.objects.create(template=template)
+        VmTemplateFactory.create_batch(n, disks=1, disks__size_gb=10, nics=1)
 
     make(2)
     count()  # the first request also loads the user's permissions
