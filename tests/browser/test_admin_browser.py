@@ -17,8 +17,8 @@ from playwright.sync_api import Error, Locator, Page, expect
 
 from tests.browser.conftest import Portal
 from tests.integration.conftest import unique, virsh
-from tests.isofactory import make_iso
 from tests.support.images import qemu_img_info
+from tests.support.isos import make_iso
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.browser]
 

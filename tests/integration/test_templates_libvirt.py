@@ -8,8 +8,8 @@ from lxml import etree
 
 from tests.integration.conftest import virsh
 from tests.integration.vm_support import VmEnv, post
-from tests.isofactory import make_iso
 from tests.support.images import make_image, qemu_img_info, sha256
+from tests.support.isos import make_iso
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
 

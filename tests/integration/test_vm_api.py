@@ -15,8 +15,8 @@ import pytest
 from tests.bootiso import MARKER, build_probe_iso, parse_probe_output
 from tests.integration.conftest import virsh
 from tests.integration.vm_support import VmEnv, post, wait_for
-from tests.isofactory import make_iso
 from tests.support.images import make_image, qemu_img_info, sha256
+from tests.support.isos import make_iso
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
 from vms.services import provisioning

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
 
 pytestmark = pytest.mark.django_db
 

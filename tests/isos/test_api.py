@@ -10,8 +10,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from isos.models import IsoImage, RetiredIsoId
-from tests.isofactory import make_iso, make_non_iso
 from tests.support.factories import VirtualMachineFactory
+from tests.support.isos import make_iso, make_non_iso
 
 URL = "/api/v1/virtualmachines/isos"
 SPEC_FIELDS = {

@@ -11,7 +11,7 @@ from django.db import connection, connections
 from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_record_use, iso_register_path
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
 from vaporsite.errors import Conflict
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

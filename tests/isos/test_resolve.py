@@ -8,7 +8,7 @@ from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.resolve import iso_resolve, iso_resolve_ready
 from isos.services import IsoMetadata, iso_delete, iso_record_use, iso_register_path
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 
 pytestmark = pytest.mark.django_db

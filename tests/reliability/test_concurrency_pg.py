@@ -23,8 +23,8 @@ from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
-from tests.isofactory import make_iso
 from tests.support.factories import UserFactory
+from tests.support.isos import make_iso
 from vms.models import CdromAttachment, VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

@@ -28,7 +28,7 @@ import pytest
 from isos import jobs
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_cleanup, iso_create_download, temp_path
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 

@@ -28,8 +28,8 @@ from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
-from tests.isofactory import make_iso
 from tests.support.images import make_image, sha256
+from tests.support.isos import make_iso
 from vaporsite.errors import HypervisorError
 from vms.models import VirtualMachine
 

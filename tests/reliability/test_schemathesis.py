@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from tests.conftest import IsoDirs
 from tests.fakes import FakeHypervisor
-from tests.isofactory import make_iso
 from tests.reliability.conftest import Tally
 from tests.support.factories import AdminFactory
+from tests.support.isos import make_iso
 from vaporsite.wsgi import application
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sqlite_pass, pytest.mark.django_db]

@@ -8,9 +8,9 @@ from django.test.utils import CaptureQueriesContext
 
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
 from tests.support.factories import UserFactory, VmTemplateFactory
 from tests.support.images import make_image
+from tests.support.isos import make_iso
 from vms.models import VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest, NicRequest
 from vms.services.templates import TemplateData, template_create

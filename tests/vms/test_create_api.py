@@ -10,8 +10,8 @@ from django_q.models import Task
 from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
 from tests.support.images import make_image, sha256
+from tests.support.isos import make_iso
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import Disk, VirtualMachine
 

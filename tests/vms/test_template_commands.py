@@ -13,8 +13,8 @@ from django.core.management.base import CommandError
 
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
 from tests.support.images import make_image
+from tests.support.isos import make_iso
 from vaporsite.errors import Conflict
 from vms.api.serializers import TemplateSerializer
 from vms.models import TemplateDisk, TemplateNic, VmTemplate

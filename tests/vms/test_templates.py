@@ -8,9 +8,9 @@ import pytest
 
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_delete, iso_register_path
-from tests.isofactory import make_iso
 from tests.support.factories import VmTemplateFactory
 from tests.support.images import make_image
+from tests.support.isos import make_iso
 from vaporsite.errors import Conflict
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import TemplateDisk, VirtualMachine, VmTemplate
