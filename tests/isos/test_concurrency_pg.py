@@ -11,7 +11,7 @@ from django.db import connection, connections
 from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_record_use, iso_register_path
-from tests.support.isos import make_iso
+from tests.support.isos import make_iso, register_ready
 from vaporsite.errors import Conflict
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -45,7 +45,7 @@ def test_the_suite_really_runs_on_postgresql() -> None:
 
 def test_concurrent_record_use_loses_no_increment(iso_dirs) -> None:
     path: Path = make_iso(iso_dirs.search[0] / "a.iso")
-    iso = iso_register_path(path=str(path), meta=IsoMetadata(), digests=hash_file(path))
+    iso = register_ready(path)
 
     def use(_: int) -> None:
         for _round in range(10):

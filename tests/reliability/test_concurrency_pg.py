@@ -19,12 +19,10 @@ from django.db import connection, connections
 from django_q.conf import Conf
 from rest_framework.test import APIClient
 
-from isos.hashing import hash_file
 from isos.models import IsoImage
-from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
 from tests.support.factories import UserFactory
-from tests.support.isos import make_iso
+from tests.support.isos import make_iso, register_ready
 from vms.models import CdromAttachment, VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -111,7 +109,7 @@ def test_deleting_an_iso_while_a_vm_is_created_with_it_leaves_one_consistent_out
     outcomes: Counter[str] = Counter()
     for round_ in range(ROUNDS):
         path = make_iso(iso_dirs.search[0] / f"race-{round_}.iso")
-        iso = iso_register_path(path=str(path), meta=IsoMetadata(name=f"race-{round_}"), digests=hash_file(path))
+        iso = register_ready(path, name=f"race-{round_}")
         name = f"race-vm-{round_}"
         create, delete = race(operator, [_create_with(name, iso.pk), _delete(iso.pk)])
         vm = VirtualMachine.objects.filter(name=name).first()

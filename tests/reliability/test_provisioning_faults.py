@@ -24,12 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from isos.hashing import hash_file
 from isos.models import IsoImage
-from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
 from tests.support.images import make_image, sha256
-from tests.support.isos import make_iso
+from tests.support.isos import make_iso, register_ready
 from vaporsite.errors import HypervisorError
 from vms.models import VirtualMachine
 
@@ -55,7 +53,7 @@ class World:
         self.existing = make_image(root / "data.qcow2")
         self.digests = {p: sha256(p) for p in (self.base, self.existing)}
         path = make_iso(iso_dir / "install.iso", label="Debian 12 amd64")
-        self.iso = iso_register_path(path=str(path), meta=IsoMetadata(name="install"), digests=hash_file(path))
+        self.iso = register_ready(path, name="install")
 
     def payload(self, name: str, *, clone_first: bool) -> dict:
         new, clone = {"size": 1}, {"clone_from": str(self.base)}

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from django_q.models import Task
 
-from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.support.images import make_image, sha256
-from tests.support.isos import make_iso
+from tests.support.isos import make_iso, register_ready
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import Disk, VirtualMachine
 
 URL = "/api/v1/virtualmachines/create-enhanced"
 pytestmark = pytest.mark.django_db
-
-
-def ready_iso(path: Path, name: str = "") -> IsoImage:
-    return iso_register_path(path=str(path), meta=IsoMetadata(name=name), digests=hash_file(path))
 
 
 def create(vm_api, run_tasks, payload: dict, url: str = URL):
@@ -67,7 +60,7 @@ def test_example_1_simple_vm(vm_api, hv, run_tasks):
 
 
 def test_example_2_windows_vm(vm_api, hv, run_tasks, iso_dirs):
-    win = ready_iso(make_iso(iso_dirs.search[0] / "windows-11.iso"))
+    win = register_ready(make_iso(iso_dirs.search[0] / "windows-11.iso"))
     drivers = make_iso(iso_dirs.search[1] / "virtio-win-drivers.iso")  # not in the library yet
     payload = {
         "name": "windows-vm", "memory": 8192, "vcpus": 4,
@@ -119,7 +112,7 @@ def test_example_3_existing_and_cloned_disks_with_two_bridges(vm_api, hv, run_ta
 
 
 def test_legacy_fields_and_endpoint(vm_api, hv, run_tasks, iso_dirs):
-    ready_iso(make_iso(iso_dirs.search[0] / "ubuntu.iso"), name="ubuntu-22.04")
+    register_ready(make_iso(iso_dirs.search[0] / "ubuntu.iso"), name="ubuntu-22.04")
     legacy = {"name": "my-vm", "memory": 4096, "vcpus": 2, "disk_size": 50, "iso_path": "ubuntu-22.04"}
     response = create(vm_api, run_tasks, legacy, url="/api/v1/virtualmachines/")
     assert response.status_code == 202, response.json()
