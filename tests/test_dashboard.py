@@ -55,22 +55,22 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
 
 @pytest.fixture
 def superuser_client(client: Client) -> Client:
-    client.force_login(AdminFactory())
+    client.force_login(AdminFactory.create())
     return client
 
 
 def staff_client(*codenames: str) -> Client:
     client = Client()
-    client.force_login(UserFactory(is_staff=True, permissions=codenames))
+    client.force_login(UserFactory.create(is_staff=True, permissions=codenames))
     return client
 
 
 def vm(name: str, status: str = "running", **fields: object) -> VirtualMachine:
-    return VirtualMachineFactory(name=name, status=status, **fields)
+    return VirtualMachineFactory.create(name=name, status=status, **fields)
 
 
 def iso(name: str, status: str = "ready", **fields: object) -> IsoImage:
-    return IsoImageFactory(name=name, status=status, **fields)
+    return IsoImageFactory.create(name=name, status=status, **fields)
 
 
 def seed(count: int, start: int = 0) -> None:

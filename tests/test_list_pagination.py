@@ -47,7 +47,7 @@ KEYS = {ISOS: "isos", VMS: "virtualmachines", TEMPLATES: "templates"}
 @pytest.fixture
 def admin_api(db: None) -> APIClient:
     client = APIClient()
-    client.force_authenticate(AdminFactory())
+    client.force_authenticate(AdminFactory.create())
     return client
 
 
@@ -58,14 +58,14 @@ def add_isos(count: int, *, start: int = 0, tag: IsoTag | None = None) -> list[I
     isos = IsoImage.objects.bulk_create(
         IsoImageFactory.build(id=f"iso-{n:012x}", name=f"image-{n:04d}.iso", size=n, os_type="linux") for n in range(start, start + count)
     )
-    tags = [tag] if tag else [IsoTagFactory(name=name) for name in ("one", "two")]
+    tags = [tag] if tag else [IsoTagFactory.create(name=name) for name in ("one", "two")]
     IsoImage.tags.through.objects.bulk_create(IsoImage.tags.through(isoimage_id=iso.pk, isotag_id=t.pk) for iso in isos for t in tags)
     return isos
 
 
 def add_vms(count: int, *, start: int = 0) -> None:
     iso = IsoImage.objects.first() or add_isos(1, start=9999)[0]
-    template = VmTemplate.objects.first() or VmTemplateFactory(name="base")
+    template = VmTemplate.objects.first() or VmTemplateFactory.create(name="base")
     vms = VirtualMachine.objects.bulk_create(
         VirtualMachineFactory.build(name=f"vm-{n:04d}", template=template) for n in range(start, start + count)
     )
@@ -172,7 +172,7 @@ def test_the_largest_page_is_the_maximum(admin_api):
 
 
 def test_iso_filters_apply_to_the_count_and_stay_in_the_links(admin_api):
-    tagged = IsoTagFactory(name="lts")
+    tagged = IsoTagFactory.create(name="lts")
     add_isos(5, start=0, tag=tagged)
     add_isos(5, start=100)  # tagged one and two
     first = get(admin_api, f"{ISOS}?tag=lts&os_type=linux&limit=2")

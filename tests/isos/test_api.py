@@ -243,7 +243,7 @@ def test_delete_keeps_a_registered_file_and_retires_the_id(api, iso_dirs, run_ta
 def test_delete_while_a_vm_uses_it_is_a_conflict_naming_the_vms(api, iso_dirs, run_tasks):
     iso = register(api, make_iso(iso_dirs.search[0] / "a.iso"), run_tasks).json()
     for name in ("web-1", "db-1"):
-        VirtualMachineFactory(name=name, cdrom=IsoImage.objects.get(pk=iso["id"]))
+        VirtualMachineFactory.create(name=name, cdrom=IsoImage.objects.get(pk=iso["id"]))
     response = api.delete(f"{URL}/{iso['id']}")
     assert response.status_code == 409
     assert response.json()["vms"] == ["db-1", "web-1"]

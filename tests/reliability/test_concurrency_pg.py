@@ -8,14 +8,13 @@ matters. Run by the PostgreSQL pass (`-m "reliability and postgres"`).
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection, connections
+from django.db import connection
 from django_q.conf import Conf
 from rest_framework.test import APIClient
 
@@ -23,6 +22,7 @@ from isos.models import IsoImage
 from tests.fakes import FakeHypervisor
 from tests.support.factories import UserFactory
 from tests.support.isos import make_iso, register_ready
+from tests.support.threads import in_threads
 from vms.models import CdromAttachment, VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -44,31 +44,19 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
 
 @pytest.fixture
 def operator() -> User:
-    return UserFactory(username="racer", apps=["vms", "isos"])
+    return UserFactory.create(username="racer", apps=["vms", "isos"])
 
 
 def race(user: User, calls: list[Callable[[APIClient], int]]) -> list[int]:
     """Run every call in its own thread, released at once; their status codes in order (an exception fails the test)."""
-    barrier = threading.Barrier(len(calls))
     codes: list[int] = [0] * len(calls)
-    errors: list[BaseException] = []
 
-    def body(index: int) -> None:
+    def call(index: int) -> None:
         client = APIClient()
         client.force_authenticate(user)
-        try:
-            barrier.wait()
-            codes[index] = calls[index](client)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        codes[index] = calls[index](client)
 
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = in_threads(len(calls), call)
     assert not errors, errors
     return codes
 

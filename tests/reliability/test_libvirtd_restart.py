@@ -136,7 +136,7 @@ def _assert_unavailable(response, what: str) -> None:
 def test_requests_while_the_daemon_is_away_get_503_and_work_again_once_it_is_back(vm_api, run_tasks, relay: Relay, relayed: VmEnv, tally):
     name = "rel-restart-" + relayed.pool.rsplit("-", 1)[-1]
     try:
-        vm = VirtualMachineFactory(name=name + "-row", memory_mb=128)
+        vm = VirtualMachineFactory.create(name=name + "-row", memory_mb=128)
         assert relayed.pool in {p.name for p in get_hypervisor().list_pools()}  # the daemon answers through the relay
 
         relay.stop()  # libvirtd goes away

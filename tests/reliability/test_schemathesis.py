@@ -72,7 +72,7 @@ def _aimed(case: schemathesis.Case, existing: dict[str, str]) -> schemathesis.Ca
 def test_operation_has_no_server_error_and_matches_the_schema(
     operation: str, hv: FakeHypervisor, iso_dirs: IsoDirs, tally: Tally, django_capture_on_commit_callbacks: Any
 ) -> None:
-    admin = AdminFactory(username="schemathesis")
+    admin = AdminFactory.create(username="schemathesis")
     headers = {"Authorization": f"Token {Token.objects.create(user=admin).key}"}
     existing = _seed(headers, iso_dirs, django_capture_on_commit_callbacks)
     schema = schemathesis.openapi.from_wsgi("/api/schema/", application)

@@ -4,13 +4,15 @@ They write rows straight to the database, past the services: use them to set
 up the state a test reads (lists, pages, the dashboard, sync), not to test how
 a row comes to be. Defaults are plain and valid; a test names what it checks.
 
-    UserFactory(permissions=["view_isoimage"])          # codenames, or Permission rows
-    UserFactory(apps=["vms", "isos"])                   # every permission of those apps
-    AdminFactory()                                      # a superuser
-    VirtualMachineFactory(disks=2, nics=1, cdrom=iso)   # with its devices
-    VmTemplateFactory(disks=1, nics=1, disks__size_gb=40)
+    UserFactory.create(permissions=["view_isoimage"])          # codenames, or Permission rows
+    UserFactory.create(apps=["vms", "isos"])                   # every permission of those apps
+    AdminFactory.create()                                      # a superuser
+    VirtualMachineFactory.create(disks=2, nics=1, cdrom=iso)   # with its devices
+    VmTemplateFactory.create(disks=1, nics=1, disks__size_gb=40)
 
-`build()` gives unsaved rows for `bulk_create` where a test needs hundreds.
+Call `create()` rather than the class itself: it is typed as returning the
+model, so mypy checks what a test does with the row. `build()` gives unsaved
+rows for `bulk_create` where a test needs hundreds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,47 @@ def _mac(n: int) -> str:
     return f"52:54:00:{(n >> 16) & 0xFF:02x}:{(n >> 8) & 0xFF:02x}:{n & 0xFF:02x}"
 
 
+def _numbered(child: str, parent: str) -> factory.PostGeneration:
+    """`name=N` on the parent's factory makes N rows of the `child` factory for it, `order` 0 to N-1;
+    `name__field=value` goes to each of them."""
+
+    def make(obj: object, create: bool, count: int | None, **fields: Any) -> None:
+        if create and count:
+            for order in range(count):
+                globals()[child].create(**{parent: obj}, order=order, **fields)
+
+    return factory.PostGeneration(make)
+
+
+# The post-generation hooks: `create` is False for build(), which saves nothing and so relates nothing.
+
+
+def _grant(user: User, create: bool, wanted: Iterable[str | Permission] | None, **_: Any) -> None:
+    """Codenames (`"view_isoimage"`) or Permission rows (a queryset)."""
+    if create and wanted:
+        wanted = list(wanted)
+        rows = [p for p in wanted if isinstance(p, Permission)]
+        codenames = [p for p in wanted if isinstance(p, str)]
+        user.user_permissions.add(*rows, *Permission.objects.filter(codename__in=codenames))
+
+
+def _grant_apps(user: User, create: bool, labels: Iterable[str] | None, **_: Any) -> None:
+    """Every permission of the named apps (`["vms", "isos"]`)."""
+    if create and labels:
+        user.user_permissions.add(*Permission.objects.filter(content_type__app_label__in=list(labels)))
+
+
+def _tag(iso: IsoImage, create: bool, names: Iterable[str | IsoTag] | None, **_: Any) -> None:
+    """Tag rows or names (made when missing)."""
+    if create and names:
+        iso.tags.set([tag if isinstance(tag, IsoTag) else IsoTagFactory.create(name=tag) for tag in names])
+
+
+def _attach(vm: VirtualMachine, create: bool, iso: IsoImage | None, **fields: Any) -> None:
+    if create and iso is not None:
+        CdromAttachmentFactory.create(vm=vm, iso=iso, **fields)
+
+
 class UserFactory(factory.django.DjangoModelFactory[User]):
     """A user holding no permission unless given some; tests log in with force_login / force_authenticate."""
 
@@ -41,21 +84,8 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
     username = factory.Sequence(lambda n: f"user{n}")
     password = factory.LazyFunction(lambda: make_password(None))  # unusable: hashing a real one costs time
 
-    @factory.post_generation
-    def permissions(self, create: bool, wanted: Iterable[str | Permission] | None, **kwargs: Any) -> None:
-        """Codenames (`"view_isoimage"`) or Permission rows (a queryset)."""
-        if not (create and wanted):
-            return
-        wanted = list(wanted)
-        rows = [p for p in wanted if isinstance(p, Permission)]
-        codenames = [p for p in wanted if isinstance(p, str)]
-        self.user_permissions.add(*rows, *Permission.objects.filter(codename__in=codenames))
-
-    @factory.post_generation
-    def apps(self, create: bool, labels: Iterable[str] | None, **kwargs: Any) -> None:
-        """Every permission of the named apps (`["vms", "isos"]`)."""
-        if create and labels:
-            self.user_permissions.add(*Permission.objects.filter(content_type__app_label__in=list(labels)))
+    permissions = factory.PostGeneration(_grant)
+    apps = factory.PostGeneration(_grant_apps)
 
 
 class AdminFactory(UserFactory):
@@ -83,11 +113,7 @@ class IsoImageFactory(factory.django.DjangoModelFactory[IsoImage]):
     name = factory.Sequence(lambda n: f"image-{n:04d}.iso")
     path = factory.LazyAttribute(lambda iso: f"/srv/isos/{iso.name}")
 
-    @factory.post_generation
-    def tags(self, create: bool, names: Iterable[str | IsoTag] | None, **kwargs: Any) -> None:
-        """Tag rows or names (made when missing)."""
-        if create and names:
-            self.tags.set([tag if isinstance(tag, IsoTag) else IsoTagFactory(name=tag) for tag in names])
+    tags = factory.PostGeneration(_tag)
 
 
 class VirtualMachineFactory(factory.django.DjangoModelFactory[VirtualMachine]):
@@ -103,22 +129,10 @@ class VirtualMachineFactory(factory.django.DjangoModelFactory[VirtualMachine]):
     vcpus = 1
     status = "running"
 
-    @factory.post_generation
-    def disks(self, create: bool, count: int | None, **kwargs: Any) -> None:
-        if create and count:
-            for order in range(count):
-                DiskFactory(vm=self, order=order, **kwargs)
+    disks = _numbered("DiskFactory", "vm")
+    nics = _numbered("NetworkInterfaceFactory", "vm")
 
-    @factory.post_generation
-    def nics(self, create: bool, count: int | None, **kwargs: Any) -> None:
-        if create and count:
-            for order in range(count):
-                NetworkInterfaceFactory(vm=self, order=order, **kwargs)
-
-    @factory.post_generation
-    def cdrom(self, create: bool, iso: IsoImage | None, **kwargs: Any) -> None:
-        if create and iso is not None:
-            CdromAttachmentFactory(vm=self, iso=iso, **kwargs)
+    cdrom = factory.PostGeneration(_attach)
 
 
 class DiskFactory(factory.django.DjangoModelFactory[Disk]):
@@ -166,17 +180,8 @@ class VmTemplateFactory(factory.django.DjangoModelFactory[VmTemplate]):
 
     name = factory.Sequence(lambda n: f"tpl-{n:04d}")
 
-    @factory.post_generation
-    def disks(self, create: bool, count: int | None, **kwargs: Any) -> None:
-        if create and count:
-            for order in range(count):
-                TemplateDiskFactory(template=self, order=order, **kwargs)
-
-    @factory.post_generation
-    def nics(self, create: bool, count: int | None, **kwargs: Any) -> None:
-        if create and count:
-            for order in range(count):
-                TemplateNicFactory(template=self, order=order, **kwargs)
+    disks = _numbered("TemplateDiskFactory", "template")
+    nics = _numbered("TemplateNicFactory", "template")
 
 
 class TemplateDiskFactory(factory.django.DjangoModelFactory[TemplateDisk]):

@@ -150,7 +150,7 @@ def test_template_picker_prefills_the_form(admin_client, hv, run_tasks, disk_roo
 
 
 def test_picking_a_template_without_javascript_fills_the_form_first(admin_client, hv, run_tasks):
-    VmTemplateFactory(name="small", memory_mb=512)
+    VmTemplateFactory.create(name="small", memory_mb=512)
     response = admin_client.post(ADD, form_data(template="small"))
     assert response.status_code == 302 and response["Location"].endswith("?template=small")
     assert not VirtualMachine.objects.exists()
@@ -261,7 +261,7 @@ def test_template_admin_checks_the_api_rules(admin_client, hv, disk_root, fields
 
 
 def test_template_admin_refuses_to_delete_a_template_in_use(admin_client, hv, run_tasks):
-    template = VmTemplateFactory(name="tpl")
+    template = VmTemplateFactory.create(name="tpl")
     with run_tasks():
         admin_client.post(ADD, form_data(template="tpl", prefilled_from="tpl"))
     assert VirtualMachine.objects.get().template == template
@@ -277,13 +277,13 @@ def test_template_admin_refuses_to_delete_a_template_in_use(admin_client, hv, ru
 def viewer_client(client, db):
     from django.contrib.auth.models import Permission
 
-    client.force_login(UserFactory(is_staff=True, permissions=Permission.objects.filter(codename__startswith="view_")))
+    client.force_login(UserFactory.create(is_staff=True, permissions=Permission.objects.filter(codename__startswith="view_")))
     return client
 
 
 def test_read_only_operator_sees_everything_and_changes_nothing(viewer_client, admin_client, hv, run_tasks):
     add(admin_client, run_tasks, graphics_password="pw123")
-    VmTemplateFactory(name="tpl")
+    VmTemplateFactory.create(name="tpl")
     vm = VirtualMachine.objects.get()
     template = VmTemplate.objects.get()
     pages = [CHANGELIST, f"{CHANGELIST}{vm.pk}/change/", "/admin/vms/vmtemplate/", f"/admin/vms/vmtemplate/{template.pk}/change/",

@@ -34,7 +34,7 @@ def domain(hv: FakeHypervisor, name: str, state: str = "shutoff", *, xml: str = 
 
 
 def vm(name: str, status: str = "running", **fields) -> VirtualMachine:
-    return VirtualMachineFactory(name=name, memory_mb=512, status=status, **fields)
+    return VirtualMachineFactory.create(name=name, memory_mb=512, status=status, **fields)
 
 
 def steps(name: str) -> list[tuple[str, str]]:
@@ -303,7 +303,7 @@ def legacy(hv: FakeHypervisor, tmp_path: Path) -> dict[str, Path]:
     }
     for path in files.values():
         path.write_bytes(b"someone's data " + path.name.encode())
-    IsoImageFactory(name="debian-12.iso", path=str(files["iso"]))
+    IsoImageFactory.create(name="debian-12.iso", path=str(files["iso"]))
     domain(hv, "legacy-web", "running", xml=REALISTIC.format(uuid=uuid.uuid4(), pool=hv.pool_dir, shared=shared, isos=isos))
     hv.domains["legacy-web"].autostart = True
     return files
@@ -380,7 +380,7 @@ def test_domains_that_cannot_be_adopted_say_why(hv, legacy):
     domain(hv, "renamed-on-host", xml=f"<domain type='kvm'><name>renamed-on-host</name><uuid>{owner.uuid}</uuid></domain>")
     domain(hv, "transient", persistent=False)
     clash = vm("clash-owner", "stopped")
-    NetworkInterfaceFactory(vm=clash, mac="52:54:00:aa:bb:01")
+    NetworkInterfaceFactory.create(vm=clash, mac="52:54:00:aa:bb:01")
     report = vm_sync(hv=hv, adopt=True)
     assert report.adopted == []
     assert "UUID belongs to VM 'renamed'" in report.not_adopted["renamed-on-host"]

@@ -115,7 +115,7 @@ def test_unknown_template_item_is_404(vm_api, hv):
 
 
 def test_template_endpoints_need_permissions(anon_api, nobody_api, viewer_api, db):
-    VmTemplateFactory(name="t")
+    VmTemplateFactory.create(name="t")
     assert anon_api.get(TEMPLATES).status_code == 401
     assert nobody_api.get(TEMPLATES).status_code == 403
     assert nobody_api.post(TEMPLATES, {"name": "x"}, format="json").status_code == 403
