@@ -7,7 +7,8 @@ import pytest
 from lxml import etree
 
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import VmEnv, post
+from tests.integration.vm_support import VmEnv
+from tests.support.api import post_create
 from tests.support.images import make_image, qemu_img_info, sha256
 from tests.support.isos import make_iso
 from vms.hypervisor.domain_xml import parse_domain
@@ -36,7 +37,7 @@ def test_example_4_vm_from_template_with_additional_storage(vm_api, run_tasks, v
         "name": "app-server", "memory": 4096, "vcpus": 4, "template": "ubuntu-22.04",
         "disks": [{"size": 50}, {"size": 500}], "networks": [{"type": "bridge", "source": bridges[0]}],
     }  # fmt: skip
-    response = post(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name="app-server")
     assert vm.status == "running", vm.error
@@ -73,7 +74,7 @@ def test_linked_clone_from_a_template_is_grown_and_backed_by_the_base(vm_api, ru
     template = {"name": "debian-linked", "memory": 256, "vcpus": 1, "storage_pool": vm_env.pool,
                 "disks": [{"clone_from": str(base), "linked": True}]}  # fmt: skip
     assert vm_api.post(TEMPLATES, template, format="json").status_code == 201
-    response = post(vm_api, run_tasks, {"name": "linked-grown", "template": "debian-linked", "disks": [{"size": 4}]})
+    response = post_create(vm_api, run_tasks, {"name": "linked-grown", "template": "debian-linked", "disks": [{"size": 4}]})
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name="linked-grown")
     assert vm.status == "running", vm.error

@@ -7,7 +7,8 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import URL, VmEnv
+from tests.integration.vm_support import VmEnv
+from tests.support.api import CREATE_URL
 from tests.support.factories import UserFactory
 from tests.support.threads import in_threads
 from vms.models import VirtualMachine
@@ -27,7 +28,7 @@ def test_twenty_parallel_creates_with_one_name_make_one_vm(vm_env: VmEnv, settin
     def call(_: int) -> None:
         client = APIClient()
         client.force_authenticate(user)
-        codes.append(client.post(URL, payload, format="json").status_code)
+        codes.append(client.post(CREATE_URL, payload, format="json").status_code)
 
     assert in_threads(20, call) == []
     assert sorted(codes) == [202] + [409] * 19

@@ -24,7 +24,6 @@ from tests.integration.conftest import remove_pool, unique, virsh
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 
 NETNS_STATE = Path("/run/vapor/libvirtd.netns")
-URL = "/api/v1/virtualmachines/create-enhanced"
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,3 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def post(api, run_tasks, payload: dict):
-    with run_tasks():
-        return api.post(URL, payload, format="json")

@@ -20,7 +20,6 @@ from tests.fakes import FakeHypervisor
 from tests.support.images import sha256
 from vms.models import Disk, VirtualMachine
 
-CREATE_URL = "/api/v1/virtualmachines/create-enhanced"
 ISO_URL = "/api/v1/virtualmachines/isos"
 HV_WRITES = ("create_volume", "clone_volume", "define_domain", "start_domain", "set_autostart")
 

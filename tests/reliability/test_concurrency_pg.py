@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from isos.models import IsoImage
 from tests.fakes import FakeHypervisor
+from tests.support.api import CREATE_URL
 from tests.support.factories import UserFactory
 from tests.support.isos import make_iso, register_ready
 from tests.support.threads import in_threads
@@ -28,7 +29,6 @@ from vms.models import CdromAttachment, VirtualMachine
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SUITE = "concurrency (PostgreSQL)"
-CREATE = "/api/v1/virtualmachines/create-enhanced"
 ROUNDS = 20
 
 
@@ -66,7 +66,7 @@ def _payload(name: str, **extra: object) -> dict[str, object]:
 
 
 def _create_with(name: str, iso_id: str) -> Callable[[APIClient], int]:
-    return lambda c: c.post(CREATE, _payload(name, iso_path=iso_id), format="json").status_code
+    return lambda c: c.post(CREATE_URL, _payload(name, iso_path=iso_id), format="json").status_code
 
 
 def _delete(iso_id: str) -> Callable[[APIClient], int]:
@@ -75,7 +75,7 @@ def _delete(iso_id: str) -> Callable[[APIClient], int]:
 
 def test_twenty_parallel_creates_with_one_name_make_exactly_one_vm(fake: FakeHypervisor, operator: User, tally):
     assert connection.vendor == "postgresql"
-    codes = race(operator, [lambda c: c.post(CREATE, _payload("race"), format="json").status_code] * 20)
+    codes = race(operator, [lambda c: c.post(CREATE_URL, _payload("race"), format="json").status_code] * 20)
     vms = VirtualMachine.objects.filter(name="race").count()
     domains = sorted(fake.domains)
     volumes = sorted(p.name for p in fake.pool_dir.iterdir())

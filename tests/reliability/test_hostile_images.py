@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.hostile import CREATE_URL, ISO_URL, Ground, database_dump, error_field, file_state, vm_payload
+from tests.reliability.hostile import ISO_URL, Ground, database_dump, error_field, file_state, vm_payload
+from tests.support.api import CREATE_URL
 from tests.support.images import make_image
 from tests.vms import conftest as vm_fixtures
 from vms.hypervisor.domain_xml import parse_domain

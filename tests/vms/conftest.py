@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from tests.fakes import FakeHypervisor
+from tests.support.images import make_image
 
 
 @pytest.fixture
@@ -27,3 +28,9 @@ def disk_root(tmp_path: Path, settings) -> Path:
     root.mkdir()
     settings.VAPOR = dataclasses.replace(django_settings.VAPOR, disk_roots=(root,), virt_type="auto")
     return root
+
+
+@pytest.fixture
+def base_image(disk_root: Path) -> Path:
+    """An 8 GB qcow2 base image in the disk root, for templates to clone."""
+    return make_image(disk_root / "ubuntu-base.qcow2", "8G")
