@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from isos.hashing import hash_file
 from isos.models import IsoImage
+from tests.support.factories import UserFactory
 from tests.support.isos import make_iso, register_ready
 
 pytestmark = pytest.mark.django_db
@@ -101,10 +102,6 @@ def test_cancel_action_reports_isos_that_are_not_downloading(admin_client, iso_d
 
 
 def test_view_only_staff_cannot_add(client, db):
-    from django.contrib.auth.models import Permission, User
-
-    user = User.objects.create_user("staff", password="pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename="view_isoimage"))
-    client.force_login(user)
+    client.force_login(UserFactory.create(is_staff=True, permissions=["view_isoimage"]))
     assert client.get(CHANGELIST).status_code == 200
     assert client.get("/admin/isos/isoimage/add/").status_code == 403

@@ -89,13 +89,10 @@ def test_vms_owned_by_a_task_or_failed_are_never_touched(hv, status):
 def _fleet(hv: FakeHypervisor, size: int, prefix: str) -> None:
     """`size` VMs, a fifth each: running, stopped-but-running, gone, missing-and-back, still missing."""
     kinds = ["run", "wake", "gone", "back", "lost"]
+    statuses = {"run": "running", "wake": "stopped", "gone": "running", "back": "missing", "lost": "missing"}
     VirtualMachine.objects.bulk_create(
-        VirtualMachine(
-            name=f"{prefix}-{kinds[i % 5]}-{i}", uuid=uuid.uuid4(), memory_mb=512, vcpus=1,
-            status={"run": "running", "wake": "stopped", "gone": "running", "back": "missing", "lost": "missing"}[kinds[i % 5]],
-        )
-        for i in range(size)
-    )  # fmt: skip
+        VirtualMachineFactory.build(name=f"{prefix}-{kinds[i % 5]}-{i}", memory_mb=512, status=statuses[kinds[i % 5]]) for i in range(size)
+    )
     for i in range(size):
         if kinds[i % 5] in ("run", "wake", "back"):
             domain(hv, f"{prefix}-{kinds[i % 5]}-{i}", "running")
