@@ -28,7 +28,7 @@ from pytest_httpserver import HTTPServer
 
 from isos import download
 from isos.download import FetchCancelled, FetchError, FetchPolicy, FetchResult, HostNotFound, UrlRefused, fetch, validate_url
-from tests.support.servers import LoopbackServer, Respond, loopback_servers
+from tests.support.servers import LoopbackServer, Respond, http_server_on_127_0_0_2, loopback_servers
 from vaporsite import env
 
 MIB = 1024 * 1024
@@ -94,11 +94,7 @@ def raw_server() -> Iterator[Callable[[Respond], LoopbackServer]]:
 
 @pytest.fixture
 def server_on_127_0_0_2() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.2", port=0)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
+    yield from http_server_on_127_0_0_2()
 
 
 # --- streaming ------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 
+from pytest_httpserver import HTTPServer
+
 # respond(conn, request_number, stop): answer (or misbehave) on `conn`; `stop` is set when the test ends,
 # so a respond that stalls should wait on it rather than sleep.
 Respond = Callable[[socket.socket, int, threading.Event], None]
@@ -80,3 +82,12 @@ def loopback_servers() -> Iterator[Callable[[Respond], LoopbackServer]]:
     yield start
     for server in servers:
         server.close()
+
+
+def http_server_on_127_0_0_2() -> Iterator[HTTPServer]:
+    """The body of a fixture: pytest-httpserver on 127.0.0.2, a second loopback address, for tests that tell hosts apart."""
+    server = HTTPServer(host="127.0.0.2", port=0)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
