@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.db import connection
 from django.template.defaultfilters import filesizeformat
@@ -19,8 +18,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from pytest_django.asserts import assertInHTML
 
-from isos.models import IsoImage, new_iso_id
+from isos.models import IsoImage
 from tests.fakes import FakeHypervisor
+from tests.support.factories import AdminFactory, IsoImageFactory, UserFactory, VirtualMachineFactory
 from vaporsite.errors import HypervisorError
 from vms import encryption
 from vms.hypervisor import HostResources
@@ -55,24 +55,22 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
 
 @pytest.fixture
 def superuser_client(client: Client) -> Client:
-    client.force_login(User.objects.create_superuser("root", password="pw-root"))
+    client.force_login(AdminFactory.create())
     return client
 
 
 def staff_client(*codenames: str) -> Client:
-    user = User.objects.create_user("staff", password="pw-staff", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
     client = Client()
-    client.force_login(user)
+    client.force_login(UserFactory.create(is_staff=True, permissions=codenames))
     return client
 
 
-def vm(name: str, status: str = "running", memory_mb: int = 1024, vcpus: int = 1, **fields: object) -> VirtualMachine:
-    return VirtualMachine.objects.create(name=name, status=status, memory_mb=memory_mb, vcpus=vcpus, **fields)
+def vm(name: str, status: str = "running", **fields: object) -> VirtualMachine:
+    return VirtualMachineFactory.create(name=name, status=status, **fields)
 
 
-def iso(name: str, status: str = "ready", size: int | None = None, **fields: object) -> IsoImage:
-    return IsoImage.objects.create(id=new_iso_id(), name=name, path=f"/srv/isos/{name}.iso", status=status, size=size, **fields)
+def iso(name: str, status: str = "ready", **fields: object) -> IsoImage:
+    return IsoImageFactory.create(name=name, status=status, **fields)
 
 
 def seed(count: int, start: int = 0) -> None:

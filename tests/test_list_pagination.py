@@ -7,17 +7,27 @@ grow with the rows on the page (10 vs 200) nor with the table.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from isos.models import IsoImage, IsoTag
+from tests.support.factories import (
+    AdminFactory,
+    CdromAttachmentFactory,
+    DiskFactory,
+    IsoImageFactory,
+    IsoTagFactory,
+    NetworkInterfaceFactory,
+    TemplateDiskFactory,
+    TemplateNicFactory,
+    VirtualMachineFactory,
+    VmTemplateFactory,
+)
 from vaporsite.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, TemplateNic, VirtualMachine, VmTemplate
 
@@ -37,43 +47,38 @@ KEYS = {ISOS: "isos", VMS: "virtualmachines", TEMPLATES: "templates"}
 @pytest.fixture
 def admin_api(db: None) -> APIClient:
     client = APIClient()
-    client.force_authenticate(User.objects.create_superuser("root", "root@example.invalid", "pw-root"))
+    client.force_authenticate(AdminFactory.create())
     return client
+
+
+# Hundreds of rows per test: the factories build them and bulk_create saves them in a few queries.
 
 
 def add_isos(count: int, *, start: int = 0, tag: IsoTag | None = None) -> list[IsoImage]:
     isos = IsoImage.objects.bulk_create(
-        IsoImage(id=f"iso-{n:012x}", name=f"image-{n:04d}.iso", path=f"/isos/image-{n:04d}.iso", size=n, os_type="linux")
-        for n in range(start, start + count)
+        IsoImageFactory.build(id=f"iso-{n:012x}", name=f"image-{n:04d}.iso", size=n, os_type="linux") for n in range(start, start + count)
     )
-    tags = [tag] if tag else [IsoTag.objects.get_or_create(name=name)[0] for name in ("one", "two")]
+    tags = [tag] if tag else [IsoTagFactory.create(name=name) for name in ("one", "two")]
     IsoImage.tags.through.objects.bulk_create(IsoImage.tags.through(isoimage_id=iso.pk, isotag_id=t.pk) for iso in isos for t in tags)
     return isos
 
 
 def add_vms(count: int, *, start: int = 0) -> None:
     iso = IsoImage.objects.first() or add_isos(1, start=9999)[0]
-    template = VmTemplate.objects.first() or VmTemplate.objects.create(name="base")
+    template = VmTemplate.objects.first() or VmTemplateFactory.create(name="base")
     vms = VirtualMachine.objects.bulk_create(
-        VirtualMachine(name=f"vm-{n:04d}", uuid=uuid.uuid4(), memory_mb=1024, vcpus=1, template=template, status="running")
-        for n in range(start, start + count)
+        VirtualMachineFactory.build(name=f"vm-{n:04d}", template=template) for n in range(start, start + count)
     )
-    Disk.objects.bulk_create(
-        Disk(vm=vm, order=order, source="new", size_gb=10, path=f"/pool/{vm.name}-{order}.qcow2", target_dev=f"vd{'ab'[order]}")
-        for vm in vms
-        for order in range(2)
-    )
-    NetworkInterface.objects.bulk_create(
-        NetworkInterface(vm=vm, order=0, mac=f"52:54:00:00:{n >> 8:02x}:{n & 255:02x}") for n, vm in enumerate(vms, start)
-    )
-    CdromAttachment.objects.bulk_create(CdromAttachment(vm=vm, iso=iso, target_dev="sda") for vm in vms)
+    Disk.objects.bulk_create(DiskFactory.build(vm=vm, order=order) for vm in vms for order in range(2))
+    NetworkInterface.objects.bulk_create(NetworkInterfaceFactory.build(vm=vm) for vm in vms)
+    CdromAttachment.objects.bulk_create(CdromAttachmentFactory.build(vm=vm, iso=iso) for vm in vms)
 
 
 def add_templates(count: int, *, start: int = 0) -> None:
     iso = IsoImage.objects.first() or add_isos(1, start=9999)[0]
-    templates = VmTemplate.objects.bulk_create(VmTemplate(name=f"tpl-{n:04d}", iso=iso) for n in range(start, start + count))
-    TemplateDisk.objects.bulk_create(TemplateDisk(template=t, size_gb=20) for t in templates)
-    TemplateNic.objects.bulk_create(TemplateNic(template=t) for t in templates)
+    templates = VmTemplate.objects.bulk_create(VmTemplateFactory.build(name=f"tpl-{n:04d}", iso=iso) for n in range(start, start + count))
+    TemplateDisk.objects.bulk_create(TemplateDiskFactory.build(template=t) for t in templates)
+    TemplateNic.objects.bulk_create(TemplateNicFactory.build(template=t) for t in templates)
 
 
 ADD: dict[str, Callable[[int], object]] = {ISOS: add_isos, VMS: add_vms, TEMPLATES: add_templates}
@@ -167,7 +172,7 @@ def test_the_largest_page_is_the_maximum(admin_api):
 
 
 def test_iso_filters_apply_to_the_count_and_stay_in_the_links(admin_api):
-    tagged = IsoTag.objects.create(name="lts")
+    tagged = IsoTagFactory.create(name="lts")
     add_isos(5, start=0, tag=tagged)
     add_isos(5, start=100)  # tagged one and two
     first = get(admin_api, f"{ISOS}?tag=lts&os_type=linux&limit=2")

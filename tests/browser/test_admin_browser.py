@@ -17,8 +17,8 @@ from playwright.sync_api import Error, Locator, Page, expect
 
 from tests.browser.conftest import Portal
 from tests.integration.conftest import unique, virsh
-from tests.integration.vm_support import qemu_img
-from tests.isofactory import make_iso
+from tests.support.images import qemu_img_info
+from tests.support.isos import make_iso
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.browser]
 
@@ -176,7 +176,7 @@ def test_admin_registers_an_iso_creates_runs_stops_and_deletes_a_vm(page: Page, 
         expect(disk_rows).to_have_count(2)
         expect(page.locator("#disks-group")).to_contain_text("scsi")
         shots.take("vm-running")
-        sizes = {v.name: qemu_img("-U", str(v))["virtual-size"] for v in portal.pool_dir.iterdir()}
+        sizes = {v.name: qemu_img_info(v, "-U")["virtual-size"] for v in portal.pool_dir.iterdir()}
         assert sorted(sizes.values()) == [1 * GIB, 2 * GIB], sizes
 
         # 5. Force it off from the VM list.

@@ -1,4 +1,4 @@
-"""The disk-probe ISO (tests/bootiso.py) boots under the real libvirtd and reports what the guest sees.
+"""The disk-probe ISO (tests/bootiso/) boots under the real libvirtd and reports what the guest sees.
 
 Two TCG guests, defined here with hand-written XML so the fixture is proven
 independently of Vapor's own domain builder: a BIOS q35 guest with a SATA
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import lzma
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -25,8 +26,10 @@ import pytest
 from lxml import etree
 from lxml.builder import E
 
-from tests import bootiso
-from tests.bootiso import MARKER, ProbeReport, build_probe_iso, parse_probe_output
+from tests.bootiso import MARKER, BootIsoError, ProbeDisk, ProbeReport, build_probe_iso, initramfs, parse_probe_output
+from tests.bootiso import cache as probe_cache
+from tests.bootiso.iso import ISO_NAME
+from tests.bootiso.packages import ensure_debs
 from tests.integration.conftest import virsh
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 
@@ -51,7 +54,7 @@ def test_report_is_read_from_a_noisy_serial_log():
     assert report.complete
     assert (report.firmware, report.secure_boot) == ("efi", True)
     assert [d.name for d in report.disks] == ["sda", "sr0", "vda"]
-    assert report.disk("vda") == bootiso.ProbeDisk(name="vda", sectors=131072, bytes=67108864, ro=True, removable=False)
+    assert report.disk("vda") == ProbeDisk(name="vda", sectors=131072, bytes=67108864, ro=True, removable=False)
     assert report.disk("sr0").removable and report.disk("sr0").ro
 
 
@@ -87,16 +90,24 @@ def test_module_closure_follows_depends_through_compressed_modules_and_skips_bui
     _fake_module(kernel / "drivers/unrelated.ko", {"depends": ""})
     (tmp_path / "modules.builtin").write_text("kernel/drivers/ata/libata.ko\n")
 
-    closure = bootiso._module_closure(tmp_path, ("ahci",))
+    closure = initramfs.module_closure(tmp_path, ("ahci",))
 
     assert [p.as_posix() for p in closure] == [
         "kernel/drivers/ata/ahci.ko.xz",
         "kernel/drivers/ata/libahci.ko",
         "kernel/drivers/scsi/scsi_mod.ko.xz",
     ]
-    assert bootiso._modinfo(bootiso._module_bytes(tmp_path / closure[0]))["license"] == "GPL"
-    with pytest.raises(bootiso.BootIsoError, match="no_such_driver"):
-        bootiso._module_closure(tmp_path, ("no-such-driver",))
+    assert initramfs.modinfo(initramfs.module_bytes(tmp_path / closure[0]))["license"] == "GPL"
+    with pytest.raises(BootIsoError, match="no_such_driver"):
+        initramfs.module_closure(tmp_path, ("no-such-driver",))
+
+
+def test_init_script_is_a_busybox_script_with_every_placeholder_filled():
+    script = initramfs.init_script()
+    assert script.startswith("#!/bin/busybox sh\n")
+    assert not re.search(r"@[A-Z_]+@", script), "a placeholder of init.sh was left unfilled"
+    assert f'echo "{MARKER}"' in script
+    assert f"for m in {' '.join(initramfs.PROBE_MODULES)}; do" in script
 
 
 @pytest.mark.slow
@@ -119,18 +130,18 @@ def test_stale_iso_is_rebuilt_once_when_two_callers_race(tmp_path: Path, monkeyp
             os.link(deb, cache / "debs" / deb.name)
         except OSError:  # another file system
             shutil.copyfile(deb, cache / "debs" / deb.name)
-    shutil.copyfile(cached, cache / bootiso.ISO_NAME)
-    (cache / bootiso.STAMP_NAME).write_text('{"builder_sha256": "older builder", "packages": {}}')
-    stale_inode = (cache / bootiso.ISO_NAME).stat().st_ino
+    shutil.copyfile(cached, cache / ISO_NAME)
+    (cache / probe_cache.STAMP_NAME).write_text('{"builder_sha256": "older builder", "packages": {}}')
+    stale_inode = (cache / ISO_NAME).stat().st_ino
 
     builds: list[Path] = []
-    real_build = bootiso._build
+    real_build = probe_cache.build
 
     def counting_build(debs: dict[str, Path], work: Path) -> Path:
         builds.append(work)
         return real_build(debs, work)
 
-    monkeypatch.setattr(bootiso, "_build", counting_build)
+    monkeypatch.setattr(probe_cache, "build", counting_build)
     results: list[Path] = []
     threads = [threading.Thread(target=lambda: results.append(build_probe_iso(cache))) for _ in range(2)]
     for thread in threads:
@@ -138,11 +149,11 @@ def test_stale_iso_is_rebuilt_once_when_two_callers_race(tmp_path: Path, monkeyp
     for thread in threads:
         thread.join(timeout=300)
 
-    assert results == [cache / bootiso.ISO_NAME] * 2
+    assert results == [cache / ISO_NAME] * 2
     assert len(builds) == 1
-    assert (cache / bootiso.ISO_NAME).stat().st_ino != stale_inode
+    assert (cache / ISO_NAME).stat().st_ino != stale_inode
     assert not list(cache.glob(".build-*"))
-    assert bootiso._read_json(cache / bootiso.STAMP_NAME) == bootiso._stamp(bootiso._ensure_debs(cache / "debs"))
+    assert probe_cache.read_json(cache / probe_cache.STAMP_NAME) == probe_cache.stamp_of(ensure_debs(cache / "debs"))
 
 
 # --- booting it -------------------------------------------------------------
@@ -271,8 +282,8 @@ def test_bios_guest_sees_sata_disk_readonly_virtio_disk_and_cdrom(probe_iso: Pat
 
     assert (report.firmware, report.secure_boot) == ("bios", False)
     assert sorted(d.name for d in report.disks) == ["sda", "sr0", "vda"]
-    assert report.disk("sda") == bootiso.ProbeDisk(name="sda", sectors=409600, bytes=200 * MIB, ro=False, removable=False)
-    assert report.disk("vda") == bootiso.ProbeDisk(name="vda", sectors=131072, bytes=64 * MIB, ro=True, removable=False)
+    assert report.disk("sda") == ProbeDisk(name="sda", sectors=409600, bytes=200 * MIB, ro=False, removable=False)
+    assert report.disk("vda") == ProbeDisk(name="vda", sectors=131072, bytes=64 * MIB, ro=True, removable=False)
     cdrom = report.disk("sr0")
     assert (cdrom.ro, cdrom.removable, cdrom.bytes) == (True, True, iso.stat().st_size)
     assert state == "shut off", "the probe must power the guest off after its report"

@@ -4,14 +4,13 @@ pool volume or from any file) and looking volumes up by path, checked with
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ScratchPool, unique, virsh
+from tests.support.images import qemu_img, qemu_img_info, sha256
 from vaporsite.errors import Conflict, HypervisorError, InvalidInput, NotFound
 from vms.hypervisor import images
 from vms.hypervisor.libvirt_driver import LibvirtDriver
@@ -25,14 +24,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, check=True, timeout=120)
 
 
-def qemu_img_info(path: str, fmt: str) -> dict[str, object]:
-    return json.loads(run("qemu-img", "info", "--output=json", "-f", fmt, path).stdout)
-
-
-def sha256(path: Path | str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def same_content(first: str, first_fmt: str, second: str, second_fmt: str) -> bool:
     done = subprocess.run(
         ["qemu-img", "compare", "-f", first_fmt, "-F", second_fmt, first, second], capture_output=True, text=True, timeout=120
@@ -42,7 +33,7 @@ def same_content(first: str, first_fmt: str, second: str, second_fmt: str) -> bo
 
 def template(path: Path, fmt: str = "qcow2", size: str = "32M") -> str:
     """An image with recognisable data at 0 and at 8 MiB."""
-    run("qemu-img", "create", "-q", "-f", fmt, str(path), size)
+    qemu_img("create", "-q", "-f", fmt, str(path), size)
     run("qemu-io", "-f", fmt, "-c", "write -P 0xa5 0 1M", "-c", "write -P 0x5a 8M 512k", str(path))
     return str(path)
 
@@ -60,7 +51,7 @@ def test_linked_clone_is_an_overlay_on_the_untouched_source(hypervisor: LibvirtD
 
     volume = hypervisor.clone_volume(scratch_pool.name, name, source, "qcow2", linked=True)
 
-    info = qemu_img_info(volume.path, "qcow2")
+    info = qemu_img_info(volume.path, "-f", "qcow2")
     assert (info["backing-filename"], info["backing-filename-format"]) == (source, "qcow2")
     assert (volume.name, volume.format, volume.capacity, info["virtual-size"]) == (name, "qcow2", 32 * MIB, 32 * MIB)
     assert same_content(source, "qcow2", volume.path, "qcow2")
@@ -73,7 +64,7 @@ def test_linked_clone_of_a_raw_template_states_raw_and_can_be_larger(hypervisor:
 
     volume = hypervisor.clone_volume(scratch_pool.name, unique("h6-linked") + ".qcow2", source, "raw", linked=True, capacity_bytes=64 * MIB)
 
-    info = qemu_img_info(volume.path, "qcow2")
+    info = qemu_img_info(volume.path, "-f", "qcow2")
     assert (info["backing-filename-format"], info["virtual-size"], volume.capacity) == ("raw", 64 * MIB, 64 * MIB)
     assert sha256(source) == before
 
@@ -108,7 +99,7 @@ def test_full_clone_of_a_file_outside_any_pool_copies_it_into_the_pool(
     volume = hypervisor.clone_volume(scratch_pool.name, name, source, "qcow2", linked=False)
 
     assert same_content(source, "qcow2", volume.path, "qcow2")
-    assert "backing-filename" not in qemu_img_info(volume.path, "qcow2")
+    assert "backing-filename" not in qemu_img_info(volume.path, "-f", "qcow2")
     assert sha256(source) == before
     # libvirt knows the volume, with what qemu-img wrote into it.
     assert name in pool_volumes(scratch_pool.name)
@@ -139,7 +130,7 @@ def test_full_clone_of_a_pool_volume_is_made_by_libvirt_and_grown_on_request(
 
     # qemu-img compare reads the larger image's tail as zeros, like a guest would.
     assert same_content(origin.path, "qcow2", volume.path, "qcow2")
-    assert (volume.capacity, qemu_img_info(volume.path, "qcow2")["virtual-size"]) == (48 * MIB, 48 * MIB)
+    assert (volume.capacity, qemu_img_info(volume.path, "-f", "qcow2")["virtual-size"]) == (48 * MIB, 48 * MIB)
     assert sha256(origin.path) == before
 
 
@@ -208,7 +199,7 @@ def test_full_clone_of_a_raw_pool_volume_holding_a_qcow2_header_copies_its_bytes
     secret = tmp_path / "host-secret.txt"
     secret.write_bytes(b"h6-TOP-SECRET".ljust(MIB, b"\0"))
     upload = scratch_pool.path / (unique("h6-upload") + ".raw")
-    run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(secret), "-F", "raw", str(upload), "1M")
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(secret), "-F", "raw", str(upload), "1M")
     virsh("pool-refresh", scratch_pool.name)
     # libvirt probes files it did not create, and calls this one qcow2.
     assert hypervisor.volume(scratch_pool.name, upload.name).format == "qcow2"

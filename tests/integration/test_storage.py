@@ -3,13 +3,12 @@ daemon, the files on disk and `qemu-img`."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ScratchPool, unique, virsh
+from tests.support.images import qemu_img_info
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 
@@ -17,11 +16,6 @@ pytestmark = pytest.mark.libvirt
 
 GIB = 1024**3
 MIB = 1024**2
-
-
-def qemu_img_info(path: str, fmt: str) -> dict[str, object]:
-    done = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, path], capture_output=True, text=True, check=True, timeout=60)
-    return json.loads(done.stdout)
 
 
 def test_pool_listing_includes_the_scratch_pool_active_and_autostarted(hypervisor: LibvirtDriver, scratch_pool: ScratchPool):
@@ -44,7 +38,7 @@ def test_create_volume_makes_a_thin_qcow2_of_the_requested_size(hypervisor: Libv
     assert Path(volume.path) == scratch_pool.path / name
     assert Path(volume.path).is_file()
     assert (volume.name, volume.capacity, volume.format) == (name, GIB, "qcow2")
-    info = qemu_img_info(volume.path, "qcow2")
+    info = qemu_img_info(volume.path, "-f", "qcow2")
     assert (info["format"], info["virtual-size"]) == ("qcow2", GIB)
     assert Path(volume.path).stat().st_size < 10 * MIB  # thin: metadata only
     assert hypervisor.volume(scratch_pool.name, name).path == volume.path
@@ -53,7 +47,7 @@ def test_create_volume_makes_a_thin_qcow2_of_the_requested_size(hypervisor: Libv
 def test_raw_volume_is_sparse_with_the_requested_size(hypervisor: LibvirtDriver, scratch_pool: ScratchPool):
     volume = hypervisor.create_volume(scratch_pool.name, unique("raw") + ".img", 64 * MIB, fmt="raw")
     stat = Path(volume.path).stat()
-    assert (volume.format, stat.st_size, qemu_img_info(volume.path, "raw")["virtual-size"]) == ("raw", 64 * MIB, 64 * MIB)
+    assert (volume.format, stat.st_size, qemu_img_info(volume.path, "-f", "raw")["virtual-size"]) == ("raw", 64 * MIB, 64 * MIB)
     assert stat.st_blocks * 512 < 64 * MIB
 
 
@@ -77,7 +71,7 @@ def test_creating_an_existing_volume_is_a_conflict_and_keeps_the_first(hyperviso
     with pytest.raises(Conflict, match="exists"):
         hypervisor.create_volume(scratch_pool.name, name, 2 * GIB)
 
-    assert qemu_img_info(first.path, "qcow2")["virtual-size"] == GIB
+    assert qemu_img_info(first.path, "-f", "qcow2")["virtual-size"] == GIB
 
 
 def test_a_file_the_pool_does_not_know_yet_is_not_overwritten(hypervisor: LibvirtDriver, scratch_pool: ScratchPool):

@@ -12,7 +12,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from tests.integration.conftest import unique, virsh
-from tests.integration.vm_support import VmEnv, make_image
+from tests.integration.vm_support import VmEnv
+from tests.support.images import make_image
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 from vms.models import VirtualMachine
 from vms.services.states import vm_refresh_states

@@ -7,8 +7,10 @@ import pytest
 from lxml import etree
 
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import VmEnv, make_image, post, qemu_img, sha256
-from tests.isofactory import make_iso
+from tests.integration.vm_support import VmEnv
+from tests.support.api import post_create
+from tests.support.images import make_image, qemu_img_info, sha256
+from tests.support.isos import make_iso
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
 
@@ -35,7 +37,7 @@ def test_example_4_vm_from_template_with_additional_storage(vm_api, run_tasks, v
         "name": "app-server", "memory": 4096, "vcpus": 4, "template": "ubuntu-22.04",
         "disks": [{"size": 50}, {"size": 500}], "networks": [{"type": "bridge", "source": bridges[0]}],
     }  # fmt: skip
-    response = post(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name="app-server")
     assert vm.status == "running", vm.error
@@ -49,7 +51,7 @@ def test_example_4_vm_from_template_with_additional_storage(vm_api, run_tasks, v
     assert root.xpath("//*[local-name()='os' and @id]/@id") == ["http://ubuntu.com/ubuntu/22.04"]
     assert live.firmware == "efi" and live.tpm_model == "tpm-crb"
     disks = [d for d in live.disks if d.device == "disk"]
-    first, second = (qemu_img("-f", "qcow2", "-U", d.source) for d in disks)
+    first, second = (qemu_img_info(d.source, "-f", "qcow2", "-U") for d in disks)
     assert first["virtual-size"] == 50 * GB  # the template's cloned disk, grown to 50 GB
     assert second["virtual-size"] == 500 * GB and second["actual-size"] < 10 * 1024**2  # the added data disk, thin
     assert [d.boot_order for d in disks] == [1, None]
@@ -72,11 +74,11 @@ def test_linked_clone_from_a_template_is_grown_and_backed_by_the_base(vm_api, ru
     template = {"name": "debian-linked", "memory": 256, "vcpus": 1, "storage_pool": vm_env.pool,
                 "disks": [{"clone_from": str(base), "linked": True}]}  # fmt: skip
     assert vm_api.post(TEMPLATES, template, format="json").status_code == 201
-    response = post(vm_api, run_tasks, {"name": "linked-grown", "template": "debian-linked", "disks": [{"size": 4}]})
+    response = post_create(vm_api, run_tasks, {"name": "linked-grown", "template": "debian-linked", "disks": [{"size": 4}]})
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name="linked-grown")
     assert vm.status == "running", vm.error
-    overlay = qemu_img("-f", "qcow2", "-U", str(vm_env.pool_dir / "linked-grown-disk0.qcow2"))
+    overlay = qemu_img_info(vm_env.pool_dir / "linked-grown-disk0.qcow2", "-f", "qcow2", "-U")
     assert overlay["virtual-size"] == 4 * GB
     assert overlay["backing-filename"] == str(base) and overlay["backing-filename-format"] == "qcow2"
     assert vm_api.delete(f"/api/v1/virtualmachines/{vm.pk}").status_code == 204

@@ -14,8 +14,10 @@ import pytest
 
 from tests.bootiso import MARKER, build_probe_iso, parse_probe_output
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import VmEnv, make_image, post, qemu_img, sha256, wait_for
-from tests.isofactory import make_iso
+from tests.integration.vm_support import VmEnv, wait_for
+from tests.support.api import post_create
+from tests.support.images import make_image, qemu_img_info, sha256
+from tests.support.isos import make_iso
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
 from vms.services import provisioning
@@ -29,7 +31,7 @@ def running(name: str) -> bool:
 
 
 def test_example_1_simple_vm_runs_and_is_deleted_with_its_volume(vm_api, run_tasks, vm_env: VmEnv):
-    response = post(
+    response = post_create(
         vm_api, run_tasks, {"name": "simple-vm", "memory": 2048, "vcpus": 2, "disks": [{"size": 20}], "storage_pool": vm_env.pool}
     )
     assert response.status_code == 202, response.json()
@@ -37,7 +39,7 @@ def test_example_1_simple_vm_runs_and_is_deleted_with_its_volume(vm_api, run_tas
     assert vm.status == "running", vm.error
     assert running("simple-vm")
     volume = vm_env.pool_dir / "simple-vm-disk0.qcow2"
-    info = qemu_img("-f", "qcow2", "-U", str(volume))
+    info = qemu_img_info(volume, "-f", "qcow2", "-U")
     assert info["virtual-size"] == 20 * GIB and info["actual-size"] < 10 * 1024**2  # thin
     detail = vm_api.get(f"/api/v1/virtualmachines/{vm.pk}").json()
     assert detail["state"] == "running" and detail["graphics"]["port"] >= 5900  # the port libvirt assigned
@@ -56,7 +58,7 @@ def test_example_2_windows_uefi_secure_boot_tpm_two_cdroms(vm_api, run_tasks, vm
         "os_type": "windows", "os_variant": "win11", "uefi": True, "secure_boot": True, "tpm": True,
         "graphics": {"type": "vnc", "port": -1, "password": "s3cret"}, "storage_pool": vm_env.pool,
     }  # fmt: skip
-    response = post(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name="windows-vm")
     assert vm.status == "running", vm.error
@@ -88,7 +90,7 @@ def test_example_3_clone_existing_disks_and_two_bridges(vm_api, run_tasks, vm_en
         "networks": [{"type": "bridge", "source": bridges[0]}, {"type": "bridge", "source": bridges[1]}],
         "storage_pool": vm_env.pool,
     }  # fmt: skip
-    response = post(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name="dev-vm")
     assert vm.status == "running", vm.error
@@ -100,7 +102,7 @@ def test_example_3_clone_existing_disks_and_two_bridges(vm_api, run_tasks, vm_en
         ("vdc", str(docs), True),
     ]
     assert all(f"<source bridge='{b}'" in live_xml for b in bridges)
-    assert qemu_img("-f", "qcow2", "-U", str(vm_env.pool_dir / "dev-vm-disk0.qcow2")).get("backing-filename") is None  # a full copy
+    assert qemu_img_info(vm_env.pool_dir / "dev-vm-disk0.qcow2", "-f", "qcow2", "-U").get("backing-filename") is None  # a full copy
     assert vm_api.delete(f"/api/v1/virtualmachines/{vm.pk}").status_code == 204
     assert projects.exists() and docs.exists() and base.exists()  # never deleted
     assert {p: sha256(p) for p in (base, docs)} == before
@@ -116,10 +118,10 @@ def test_linked_clone_is_an_overlay_backed_by_the_template(vm_api, run_tasks, vm
         "disks": [{"clone_from": str(template), "linked": True}],
         "storage_pool": vm_env.pool,
     }
-    response = post(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     assert VirtualMachine.objects.get(name="linked").status == "running"
-    overlay = qemu_img("-f", "qcow2", "-U", str(vm_env.pool_dir / "linked-disk0.qcow2"))
+    overlay = qemu_img_info(vm_env.pool_dir / "linked-disk0.qcow2", "-f", "qcow2", "-U")
     assert overlay["backing-filename"] == str(template)
     assert overlay["backing-filename-format"] == "qcow2"
     assert sha256(template) == before
@@ -127,7 +129,9 @@ def test_linked_clone_is_an_overlay_backed_by_the_template(vm_api, run_tasks, vm
 
 def test_autostart_is_what_libvirt_reports(vm_api, run_tasks, vm_env: VmEnv):
     for name, autostart in (("auto-on", True), ("auto-off", False)):
-        response = post(vm_api, run_tasks, {"name": name, "memory": 256, "vcpus": 1, "autostart": autostart, "graphics": {"type": "none"}})
+        response = post_create(
+            vm_api, run_tasks, {"name": name, "memory": 256, "vcpus": 1, "autostart": autostart, "graphics": {"type": "none"}}
+        )
         assert response.status_code == 202, response.json()
         assert VirtualMachine.objects.get(name=name).status == "running"
         info = virsh("dominfo", name).stdout
@@ -144,7 +148,7 @@ def test_a_libvirt_refusal_at_define_rolls_back_everything(vm_api, run_tasks, vm
     monkeypatch.setattr(provisioning, "domain_xml", lambda spec, **kw: real_xml(spec, **kw).replace('bus="virtio"', 'bus="nonsense"'))
     payload = {"name": "rollback", "memory": 512, "vcpus": 1, "storage_pool": vm_env.pool,
                "disks": [{"size": 1}, {"clone_from": str(template)}, {"path": str(existing)}]}  # fmt: skip
-    response = post(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202
     vm = VirtualMachine.objects.get(name="rollback")
     assert vm.status == "failed"
@@ -167,7 +171,9 @@ def probe_iso(vm_env: VmEnv) -> Path:
 
 
 def boot_and_read(vm_api, run_tasks, vm_env: VmEnv, payload: dict):
-    response = post(vm_api, run_tasks, {"memory": 512, "vcpus": 1, "graphics": {"type": "none"}, "storage_pool": vm_env.pool, **payload})
+    response = post_create(
+        vm_api, run_tasks, {"memory": 512, "vcpus": 1, "graphics": {"type": "none"}, "storage_pool": vm_env.pool, **payload}
+    )
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name=payload["name"])
     assert vm.status == "running", vm.error

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.contrib.auth.models import Permission, User
-from django.db import connection, connections
+from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.integration.conftest import virsh
-from tests.integration.vm_support import URL, VmEnv
+from tests.integration.vm_support import VmEnv
+from tests.support.api import CREATE_URL
+from tests.support.factories import UserFactory
+from tests.support.threads import in_threads
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
@@ -21,26 +21,16 @@ def test_twenty_parallel_creates_with_one_name_make_one_vm(vm_env: VmEnv, settin
     from django_q.conf import Conf
 
     Conf.SYNC = True
-    user = User.objects.create_user("racer")
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="vms"))
+    user = UserFactory.create(username="racer", apps=["vms"])
     payload = {"name": "race", "memory": 256, "vcpus": 1, "disks": [{"size": 1}], "graphics": {"type": "none"}, "storage_pool": vm_env.pool}
-    barrier = threading.Barrier(20)
     codes: list[int] = []
 
-    def call() -> None:
+    def call(_: int) -> None:
         client = APIClient()
         client.force_authenticate(user)
-        try:
-            barrier.wait()
-            codes.append(client.post(URL, payload, format="json").status_code)
-        finally:
-            connections.close_all()
+        codes.append(client.post(CREATE_URL, payload, format="json").status_code)
 
-    threads = [threading.Thread(target=call) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    assert in_threads(20, call) == []
     assert sorted(codes) == [202] + [409] * 19
     assert VirtualMachine.objects.filter(name="race").count() == 1
     assert VirtualMachine.objects.get(name="race").status == "running"

@@ -9,7 +9,6 @@ Vapor did.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +24,6 @@ from tests.integration.conftest import remove_pool, unique, virsh
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 
 NETNS_STATE = Path("/run/vapor/libvirtd.netns")
-URL = "/api/v1/virtualmachines/create-enhanced"
 
 
 @dataclass(frozen=True)
@@ -94,22 +92,6 @@ def bridges() -> Iterator[list[str]]:
             subprocess.run([*prefix, "ip", "link", "del", name], check=False, capture_output=True)
 
 
-def qemu_img(*args: str) -> dict:
-    import json
-
-    return json.loads(subprocess.run(["qemu-img", "info", "--output=json", *args], check=True, capture_output=True, text=True).stdout)
-
-
-def make_image(path: Path, size: str = "64M", fmt: str = "qcow2") -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
-    path.chmod(0o644)
-    return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,8 +99,3 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def post(api, run_tasks, payload: dict):
-    with run_tasks():
-        return api.post(URL, payload, format="json")

@@ -8,20 +8,16 @@ from django.test.utils import CaptureQueriesContext
 
 from isos.hashing import hash_file
 from isos.models import IsoImage
-from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
+from tests.support.factories import UserFactory
+from tests.support.isos import make_iso, register_ready
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "/admin/isos/isoimage/"
 
 
-def ready(path, **meta):
-    return iso_register_path(path=str(path), meta=IsoMetadata(**meta), digests=hash_file(path))
-
-
 def test_changelist_shows_status_size_usage_and_tags(admin_client, iso_dirs):
-    ready(make_iso(iso_dirs.search[0] / "a.iso", size_padding=3 * 1024 * 1024), tags=("ubuntu",))
+    register_ready(make_iso(iso_dirs.search[0] / "a.iso", size_padding=3 * 1024 * 1024), tags=("ubuntu",))
     page = admin_client.get(CHANGELIST).content.decode()
     assert "a.iso" in page and "Ready" in page and "MB" in page and "ubuntu" in page
 
@@ -33,15 +29,15 @@ def test_changelist_query_count_is_flat(admin_client, iso_dirs):
         return len(captured.captured_queries)
 
     for index in range(2):
-        ready(make_iso(iso_dirs.search[0] / f"{index}.iso"), tags=(f"t{index}",))
+        register_ready(make_iso(iso_dirs.search[0] / f"{index}.iso"), tags=(f"t{index}",))
     few = count()
     for index in range(2, 10):
-        ready(make_iso(iso_dirs.search[0] / f"{index}.iso"), tags=(f"t{index}",))
+        register_ready(make_iso(iso_dirs.search[0] / f"{index}.iso"), tags=(f"t{index}",))
     assert count() == few
 
 
 def test_download_in_progress_shows_a_progress_bar_and_refreshes(admin_client, iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[0] / "a.iso"))
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"))
     IsoImage.objects.filter(pk=iso.pk).update(status="downloading", bytes_done=50, bytes_total=200)
     page = admin_client.get(CHANGELIST).content.decode()
     assert '<progress max="100" value="25.0"' in page
@@ -74,7 +70,7 @@ def test_add_form_needs_exactly_one_source(admin_client, iso_dirs):
 
 
 def test_change_form_edits_metadata_and_keeps_hashes_read_only(admin_client, iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[0] / "a.iso"))
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"))
     url = f"/admin/isos/isoimage/{iso.pk}/change/"
     page = admin_client.get(url).content.decode()
     assert iso.sha256_hash in page and 'name="sha256_hash"' not in page
@@ -90,7 +86,7 @@ def test_change_form_edits_metadata_and_keeps_hashes_read_only(admin_client, iso
 
 def test_rehash_action(admin_client, iso_dirs, run_tasks):
     path = make_iso(iso_dirs.search[0] / "a.iso")
-    iso = ready(path)
+    iso = register_ready(path)
     IsoImage.objects.filter(pk=iso.pk).update(sha256_hash="0" * 64)
     with run_tasks():
         response = admin_client.post(CHANGELIST, {"action": "action_iso_rehash", "_selected_action": [iso.pk]}, follow=True)
@@ -100,16 +96,12 @@ def test_rehash_action(admin_client, iso_dirs, run_tasks):
 
 
 def test_cancel_action_reports_isos_that_are_not_downloading(admin_client, iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[0] / "a.iso"))
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"))
     response = admin_client.post(CHANGELIST, {"action": "action_iso_cancel", "_selected_action": [iso.pk]}, follow=True)
     assert "not downloading: nothing to cancel" in response.content.decode()
 
 
 def test_view_only_staff_cannot_add(client, db):
-    from django.contrib.auth.models import Permission, User
-
-    user = User.objects.create_user("staff", password="pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename="view_isoimage"))
-    client.force_login(user)
+    client.force_login(UserFactory.create(is_staff=True, permissions=["view_isoimage"]))
     assert client.get(CHANGELIST).status_code == 200
     assert client.get("/admin/isos/isoimage/add/").status_code == 403

@@ -10,8 +10,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from isos.models import IsoImage, RetiredIsoId
-from tests.isofactory import make_iso, make_non_iso
-from vms.models import CdromAttachment, VirtualMachine
+from tests.support.factories import VirtualMachineFactory
+from tests.support.isos import make_iso, make_non_iso
 
 URL = "/api/v1/virtualmachines/isos"
 SPEC_FIELDS = {
@@ -243,8 +243,7 @@ def test_delete_keeps_a_registered_file_and_retires_the_id(api, iso_dirs, run_ta
 def test_delete_while_a_vm_uses_it_is_a_conflict_naming_the_vms(api, iso_dirs, run_tasks):
     iso = register(api, make_iso(iso_dirs.search[0] / "a.iso"), run_tasks).json()
     for name in ("web-1", "db-1"):
-        vm = VirtualMachine.objects.create(name=name, memory_mb=512, vcpus=1)
-        CdromAttachment.objects.create(vm=vm, iso_id=iso["id"])
+        VirtualMachineFactory.create(name=name, cdrom=IsoImage.objects.get(pk=iso["id"]))
     response = api.delete(f"{URL}/{iso['id']}")
     assert response.status_code == 409
     assert response.json()["vms"] == ["db-1", "web-1"]

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_record_use, iso_register_path
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso, register_ready
+from tests.support.threads import in_threads
 from vaporsite.errors import Conflict
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def in_threads(count: int, work) -> list[BaseException]:
-    """Run `work(index)` in `count` threads released at once; return their exceptions."""
-    barrier = threading.Barrier(count)
-    errors: list[BaseException] = []
-
-    def body(index: int) -> None:
-        try:
-            barrier.wait()
-            work(index)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
 
 
 def test_the_suite_really_runs_on_postgresql() -> None:
@@ -45,7 +23,7 @@ def test_the_suite_really_runs_on_postgresql() -> None:
 
 def test_concurrent_record_use_loses_no_increment(iso_dirs) -> None:
     path: Path = make_iso(iso_dirs.search[0] / "a.iso")
-    iso = iso_register_path(path=str(path), meta=IsoMetadata(), digests=hash_file(path))
+    iso = register_ready(path)
 
     def use(_: int) -> None:
         for _round in range(10):

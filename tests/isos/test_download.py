@@ -28,6 +28,7 @@ from pytest_httpserver import HTTPServer
 
 from isos import download
 from isos.download import FetchCancelled, FetchError, FetchPolicy, FetchResult, HostNotFound, UrlRefused, fetch, validate_url
+from tests.support.servers import LoopbackServer, Respond, http_server_on_127_0_0_2, loopback_servers
 from vaporsite import env
 
 MIB = 1024 * 1024
@@ -86,66 +87,14 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> 
     return asked
 
 
-class RawServer:
-    """A TCP server on 127.0.0.1 that reads one request head per connection and lets `respond` misbehave."""
-
-    def __init__(self, respond: Callable[[socket.socket], None]) -> None:
-        self.respond = respond
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.requests: list[bytes] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(10)
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    head += data
-                self.requests.append(head)
-                try:
-                    self.respond(conn)
-                    conn.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass  # the client hung up first, which some tests want
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=10)
-        self.listener.close()
-
-
 @pytest.fixture
-def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServer]]:
-    servers: list[RawServer] = []
-
-    def start(respond: Callable[[socket.socket], None]) -> RawServer:
-        servers.append(RawServer(respond))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
+def raw_server() -> Iterator[Callable[[Respond], LoopbackServer]]:
+    yield from loopback_servers()
 
 
 @pytest.fixture
 def server_on_127_0_0_2() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.2", port=0)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
+    yield from http_server_on_127_0_0_2()
 
 
 # --- streaming ------------------------------------------------------------------------------------------------
@@ -236,10 +185,10 @@ def test_content_length_over_the_limit_is_refused_before_the_body_is_read(httpse
     assert sink.progress == []
 
 
-def test_a_chunked_body_without_length_is_stopped_at_the_limit(raw_server: Callable[..., RawServer]) -> None:
+def test_a_chunked_body_without_length_is_stopped_at_the_limit(raw_server: Callable[[Respond], LoopbackServer]) -> None:
     piece = b"y" * (64 * 1024)
 
-    def endless_chunks(conn: socket.socket) -> None:
+    def endless_chunks(conn: socket.socket, *_unused: object) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         for _ in range(64):  # 4 MiB, far past the limit
             conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -249,7 +198,7 @@ def test_a_chunked_body_without_length_is_stopped_at_the_limit(raw_server: Calla
     sink = Sink()
 
     with pytest.raises(FetchError) as caught:
-        sink.run(f"http://127.0.0.1:{server.port}/stream", FetchPolicy(allow_private=True, max_bytes=MIB + 1))
+        sink.run(server.url("stream"), FetchPolicy(allow_private=True, max_bytes=MIB + 1))
 
     assert caught.value.transient is False
     assert "larger than the limit" in caught.value.message
@@ -257,10 +206,10 @@ def test_a_chunked_body_without_length_is_stopped_at_the_limit(raw_server: Calla
     assert MIB <= len(sink.dest.getvalue()) <= MIB + 1
 
 
-def test_a_connection_cut_half_way_is_a_transient_failure_that_says_so(raw_server: Callable[..., RawServer]) -> None:
+def test_a_connection_cut_half_way_is_a_transient_failure_that_says_so(raw_server: Callable[[Respond], LoopbackServer]) -> None:
     total = 4 * MIB
 
-    def half_then_close(conn: socket.socket) -> None:
+    def half_then_close(conn: socket.socket, *_unused: object) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: application/octet-stream\r\n\r\n" % total)
         conn.sendall(b"z" * (total // 2))
 
@@ -268,24 +217,24 @@ def test_a_connection_cut_half_way_is_a_transient_failure_that_says_so(raw_serve
     sink = Sink()
 
     with pytest.raises(FetchError) as caught:
-        sink.run(f"http://127.0.0.1:{server.port}/image.iso", LOOPBACK)
+        sink.run(server.url("image.iso"), LOOPBACK)
 
     assert caught.value.transient is True
     assert f"connection to 127.0.0.1 was cut after {total // 2} of {total} bytes" in caught.value.message
     assert sink.dest.getvalue() == b"z" * (total // 2)
 
 
-def test_a_server_that_stops_sending_times_out_as_transient(raw_server: Callable[..., RawServer]) -> None:
+def test_a_server_that_stops_sending_times_out_as_transient(raw_server: Callable[[Respond], LoopbackServer]) -> None:
     gate = threading.Event()
 
-    def stall(conn: socket.socket) -> None:
+    def stall(conn: socket.socket, *_unused: object) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
         gate.wait(10)
 
     server = raw_server(stall)
     try:
         with pytest.raises(FetchError) as caught:
-            Sink().run(f"http://127.0.0.1:{server.port}/slow", FetchPolicy(allow_private=True, read_timeout=0.2))
+            Sink().run(server.url("slow"), FetchPolicy(allow_private=True, read_timeout=0.2))
     finally:
         gate.set()
 

@@ -14,7 +14,7 @@ from werkzeug import Response
 
 from isos import jobs
 from isos.models import IsoImage
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
 
 URL = "/api/v1/virtualmachines/isos"
 

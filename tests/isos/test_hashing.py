@@ -13,7 +13,7 @@ from django.core.management import call_command
 
 from isos import hashing, jobs
 from isos.hashing import Digests, DualHasher, SerialHasher, hash_file
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
 
 
 def expected(data: bytes) -> Digests:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from isos.inspect import IsoInfo, NotAnIsoImage, OsGuess, _boot_type, guess_os, inspect_iso, is_iso_image
-from tests.isofactory import SECTOR, STANDARD_OSES, make_iso, make_non_iso, make_osinfo_db, make_udf_bridge_iso, make_udf_only_image
+from tests.support.isos import SECTOR, STANDARD_OSES, make_iso, make_non_iso, make_osinfo_db, make_udf_bridge_iso, make_udf_only_image
 
 REAL_OSINFO = Path("/usr/share/osinfo")
 

@@ -12,6 +12,7 @@ from django.db import connection
 from django.db.models import Q
 
 from isos.models import IsoImage
+from tests.support.factories import IsoImageFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -25,7 +26,7 @@ def plan(queryset) -> str:
 
 
 def test_a_name_in_other_case_is_found_through_the_upper_name_index():
-    IsoImage.objects.create(id="iso-0123456789ab", name="Ubuntu 22.04 Server", path="/isos/u.iso")
+    IsoImageFactory.create(id="iso-0123456789ab", name="Ubuntu 22.04 Server")
     loose = IsoImage.objects.filter(Q(name__iexact="ubuntu 22.04 server") | Q(name__iexact="ubuntu 22.04 server.iso"))
     assert "iso_name_upper" in plan(loose)
     assert [iso.pk for iso in loose] == ["iso-0123456789ab"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from guestos import osinfo
-from tests.isofactory import STANDARD_OSES, make_osinfo_db
+from tests.support.isos import STANDARD_OSES, make_osinfo_db
 from vaporsite.errors import InvalidInput
 
 REAL_OSINFO = Path("/usr/share/osinfo")

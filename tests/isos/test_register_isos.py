@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from isos.models import IsoImage
-from tests.isofactory import make_iso, make_non_iso
+from tests.support.isos import make_iso, make_non_iso
 
 pytestmark = pytest.mark.django_db
 

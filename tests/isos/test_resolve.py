@@ -4,41 +4,36 @@ from __future__ import annotations
 
 import pytest
 
-from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.resolve import iso_resolve, iso_resolve_ready
 from isos.services import IsoMetadata, iso_delete, iso_record_use, iso_register_path
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso, register_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 
 pytestmark = pytest.mark.django_db
 
 
-def ready(path, name=""):
-    return iso_register_path(path=str(path), meta=IsoMetadata(name=name), digests=hash_file(path))
-
-
 def test_by_id(iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[0] / "a.iso"))
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"))
     assert (iso_resolve(iso.pk).iso, iso_resolve(iso.pk).rule) == (iso, "id")
 
 
 def test_by_exact_name_then_loose_name(iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[0] / "a.iso"), name="ubuntu-22.04")
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"), name="ubuntu-22.04")
     assert iso_resolve("ubuntu-22.04").rule == "name"
     assert iso_resolve("Ubuntu-22.04.iso").iso == iso
 
 
 def test_loose_name_matching_two_isos_is_ambiguous(iso_dirs):
-    ready(make_iso(iso_dirs.search[0] / "a.iso"), name="win11")
-    ready(make_iso(iso_dirs.search[0] / "b.iso"), name="WIN11.iso")
+    register_ready(make_iso(iso_dirs.search[0] / "a.iso"), name="win11")
+    register_ready(make_iso(iso_dirs.search[0] / "b.iso"), name="WIN11.iso")
     with pytest.raises(Conflict) as caught:
         iso_resolve("Win11", field="secondary_iso")
     assert caught.value.field == "secondary_iso" and caught.value.code == "iso_ambiguous"
 
 
 def test_by_absolute_path_of_a_library_entry_and_through_a_symlink(iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[1] / "a.iso"))
+    iso = register_ready(make_iso(iso_dirs.search[1] / "a.iso"))
     assert (iso_resolve(iso.path).iso, iso_resolve(iso.path).rule) == (iso, "path")
     link = iso_dirs.extra_root / "link.iso"
     link.symlink_to(iso.path)
@@ -64,7 +59,7 @@ def test_bare_filename_is_found_in_the_search_dirs(iso_dirs, run_tasks):
 
 
 def test_bare_filename_of_a_library_file_outside_the_search_dirs(iso_dirs):
-    iso = ready(make_iso(iso_dirs.extra_root / "only-here.iso"), name="something")
+    iso = register_ready(make_iso(iso_dirs.extra_root / "only-here.iso"), name="something")
     assert iso_resolve("only-here.iso").iso == iso
 
 
@@ -105,7 +100,7 @@ def test_path_outside_the_roots_is_refused(iso_dirs):
 
 
 def test_deleted_id_says_so(iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[0] / "a.iso"))
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"))
     iso_id = iso.pk
     iso_delete(iso=iso)
     with pytest.raises(NotFound, match="was deleted"):
@@ -120,7 +115,7 @@ def test_only_ready_isos_can_be_attached(iso_dirs):
 
 
 def test_record_use_counts_and_stamps(iso_dirs):
-    iso = ready(make_iso(iso_dirs.search[0] / "a.iso"))
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"))
     iso_record_use(iso=iso)
     iso_record_use(iso=iso)
     iso.refresh_from_db()

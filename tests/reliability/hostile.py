@@ -8,7 +8,6 @@ of new or changed files, domains, volumes created and VM, disk and ISO rows.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,9 @@ from django.core.management import call_command
 
 from isos.models import IsoImage
 from tests.fakes import FakeHypervisor
+from tests.support.images import sha256
 from vms.models import Disk, VirtualMachine
 
-CREATE_URL = "/api/v1/virtualmachines/create-enhanced"
 ISO_URL = "/api/v1/virtualmachines/isos"
 HV_WRITES = ("create_volume", "clone_volume", "define_domain", "start_domain", "set_autostart")
 
@@ -35,7 +34,7 @@ def file_state(directories: list[Path]) -> dict[str, str]:
             if path.is_symlink():
                 state[str(path)] = "symlink:" + str(path.readlink())
             elif path.is_file():
-                state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+                state[str(path)] = sha256(path)
             else:
                 state[str(path)] = "dir"
     return state

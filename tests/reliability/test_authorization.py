@@ -28,9 +28,9 @@ from isos.hashing import hash_file
 from isos.services import IsoMetadata, iso_register_path
 from tests.conftest import IsoDirs
 from tests.fakes import FakeHypervisor
-from tests.isofactory import make_iso
 from tests.reliability.authz import HypervisorSpy, changed_rows, make_role, rows
 from tests.reliability.conftest import Tally
+from tests.support.isos import make_iso
 from tests.test_settings import manage
 from vms.models import VirtualMachine
 

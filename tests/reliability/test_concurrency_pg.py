@@ -8,28 +8,27 @@ matters. Run by the PostgreSQL pass (`-m "reliability and postgres"`).
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Permission, User
-from django.db import connection, connections
+from django.contrib.auth.models import User
+from django.db import connection
 from django_q.conf import Conf
 from rest_framework.test import APIClient
 
-from isos.hashing import hash_file
 from isos.models import IsoImage
-from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
-from tests.isofactory import make_iso
+from tests.support.api import CREATE_URL
+from tests.support.factories import UserFactory
+from tests.support.isos import make_iso, register_ready
+from tests.support.threads import in_threads
 from vms.models import CdromAttachment, VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SUITE = "concurrency (PostgreSQL)"
-CREATE = "/api/v1/virtualmachines/create-enhanced"
 ROUNDS = 20
 
 
@@ -45,33 +44,19 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
 
 @pytest.fixture
 def operator() -> User:
-    user = User.objects.create_user("racer")
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=["vms", "isos"]))
-    return user
+    return UserFactory.create(username="racer", apps=["vms", "isos"])
 
 
 def race(user: User, calls: list[Callable[[APIClient], int]]) -> list[int]:
     """Run every call in its own thread, released at once; their status codes in order (an exception fails the test)."""
-    barrier = threading.Barrier(len(calls))
     codes: list[int] = [0] * len(calls)
-    errors: list[BaseException] = []
 
-    def body(index: int) -> None:
+    def call(index: int) -> None:
         client = APIClient()
         client.force_authenticate(user)
-        try:
-            barrier.wait()
-            codes[index] = calls[index](client)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        codes[index] = calls[index](client)
 
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = in_threads(len(calls), call)
     assert not errors, errors
     return codes
 
@@ -81,7 +66,7 @@ def _payload(name: str, **extra: object) -> dict[str, object]:
 
 
 def _create_with(name: str, iso_id: str) -> Callable[[APIClient], int]:
-    return lambda c: c.post(CREATE, _payload(name, iso_path=iso_id), format="json").status_code
+    return lambda c: c.post(CREATE_URL, _payload(name, iso_path=iso_id), format="json").status_code
 
 
 def _delete(iso_id: str) -> Callable[[APIClient], int]:
@@ -90,7 +75,7 @@ def _delete(iso_id: str) -> Callable[[APIClient], int]:
 
 def test_twenty_parallel_creates_with_one_name_make_exactly_one_vm(fake: FakeHypervisor, operator: User, tally):
     assert connection.vendor == "postgresql"
-    codes = race(operator, [lambda c: c.post(CREATE, _payload("race"), format="json").status_code] * 20)
+    codes = race(operator, [lambda c: c.post(CREATE_URL, _payload("race"), format="json").status_code] * 20)
     vms = VirtualMachine.objects.filter(name="race").count()
     domains = sorted(fake.domains)
     volumes = sorted(p.name for p in fake.pool_dir.iterdir())
@@ -112,7 +97,7 @@ def test_deleting_an_iso_while_a_vm_is_created_with_it_leaves_one_consistent_out
     outcomes: Counter[str] = Counter()
     for round_ in range(ROUNDS):
         path = make_iso(iso_dirs.search[0] / f"race-{round_}.iso")
-        iso = iso_register_path(path=str(path), meta=IsoMetadata(name=f"race-{round_}"), digests=hash_file(path))
+        iso = register_ready(path, name=f"race-{round_}")
         name = f"race-vm-{round_}"
         create, delete = race(operator, [_create_with(name, iso.pk), _delete(iso.pk)])
         vm = VirtualMachine.objects.filter(name=name).first()

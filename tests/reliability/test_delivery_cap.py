@@ -14,7 +14,7 @@ from django.conf import settings
 from isos.jobs import iso_run_hash
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path, iso_rehash
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
 from vms.jobs import vm_provision
 from vms.models import VirtualMachine
 

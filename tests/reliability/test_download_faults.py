@@ -28,7 +28,8 @@ import pytest
 from isos import jobs
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_cleanup, iso_create_download, temp_path
-from tests.isofactory import make_iso
+from tests.support.isos import make_iso
+from tests.support.servers import LoopbackServer, Respond, loopback_servers
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -36,81 +37,14 @@ SUITE = "faults: download"
 PREVIOUS = b"the file that was here before the download\n" * 100
 ATTEMPTS = 3
 
-Respond = Callable[[socket.socket, int, threading.Event], None]
-
-
-class FaultServer:
-    """Loopback HTTP server on a raw socket; `respond(conn, request_number, stop)` misbehaves as told.
-
-    Each connection gets its own thread, so a stalled answer does not hold up the retry behind it.
-    """
-
-    def __init__(self, respond: Respond) -> None:
-        self.respond = respond
-        self.requests = 0
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.threads: list[threading.Thread] = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/faults/{name}"
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                head += data
-            with self.lock:
-                self.requests += 1
-                number = self.requests
-            try:
-                self.respond(conn, number, self.stop)
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the client hung up first (a read timeout): expected in the stall cases
-
-    def close(self) -> None:
-        self.stop.set()
-        self.acceptor.join(timeout=10)
-        for thread in self.threads:
-            thread.join(timeout=10)
-        self.listener.close()
-
 
 def head(length: int) -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n".encode()
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Respond], FaultServer]]:
-    servers: list[FaultServer] = []
-
-    def start(respond: Respond) -> FaultServer:
-        servers.append(FaultServer(respond))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
+def serve() -> Iterator[Callable[[Respond], LoopbackServer]]:
+    yield from loopback_servers()
 
 
 @pytest.fixture
@@ -140,9 +74,9 @@ class Outcome:
     previous: bool
 
 
-def run_case(server: FaultServer, name: str, *, checksum: str = "", previous: bool = True) -> Outcome:
+def run_case(server: LoopbackServer, name: str, *, checksum: str = "", previous: bool = True) -> Outcome:
     """Queue, put the previous file in place (unless not `previous`), run the job; then count what is not as promised."""
-    iso = iso_create_download(url=server.url(name), meta=IsoMetadata(), checksum=checksum)
+    iso = iso_create_download(url=server.url(f"faults/{name}"), meta=IsoMetadata(), checksum=checksum)
     final = Path(iso.path)
     if previous:
         final.write_bytes(PREVIOUS)

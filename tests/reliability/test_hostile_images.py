@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.hostile import CREATE_URL, ISO_URL, Ground, database_dump, error_field, file_state, vm_payload
+from tests.reliability.hostile import ISO_URL, Ground, database_dump, error_field, file_state, vm_payload
+from tests.support.api import CREATE_URL
+from tests.support.images import make_image
 from tests.vms import conftest as vm_fixtures
-from tests.vms.conftest import make_image
 from vms.hypervisor.domain_xml import parse_domain
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
@@ -48,10 +49,6 @@ class Lab:
     images: dict[str, Path]  # what -> image inside the disk root (a copy sits in the ISO root under the same name)
     bodies: list[bytes] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)  # every qemu-img invocation
-
-
-def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
 
 
 def build_images(root: Path, host: Path, secret: Path) -> dict[str, Path]:

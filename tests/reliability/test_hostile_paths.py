@@ -19,10 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.isofactory import make_iso
-from tests.reliability.hostile import CREATE_URL, ISO_URL, Ground, error_field, vm_payload
+from tests.reliability.hostile import ISO_URL, Ground, error_field, vm_payload
+from tests.support.api import CREATE_URL
+from tests.support.images import make_image
+from tests.support.isos import make_iso
 from tests.vms import conftest as vm_fixtures
-from tests.vms.conftest import make_image
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 

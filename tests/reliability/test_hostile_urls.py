@@ -27,6 +27,7 @@ from werkzeug import Response
 
 from isos.models import IsoImage
 from tests.reliability.hostile import ISO_URL, error_field
+from tests.support.servers import http_server_on_127_0_0_2
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -81,11 +82,7 @@ class Wire:
 
 @pytest.fixture
 def mirror() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.2", port=0)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
+    yield from http_server_on_127_0_0_2()
 
 
 @pytest.fixture

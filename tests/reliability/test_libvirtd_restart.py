@@ -32,6 +32,8 @@ from django.conf import settings as django_settings
 from tests.integration.conftest import hypervisor, remove_pool, virsh  # noqa: F401 (fixture used by vm_env)
 from tests.integration.vm_support import VmEnv, shared_dir, vm_env  # noqa: F401 (fixture)
 from tests.reliability.portal import Backend
+from tests.support.api import CREATE_URL
+from tests.support.factories import VirtualMachineFactory
 from vaporsite.errors import HypervisorError, ServiceUnavailable
 from vms.hypervisor import get_hypervisor
 from vms.hypervisor.errors import from_libvirt
@@ -41,7 +43,6 @@ pytestmark = [pytest.mark.reliability, pytest.mark.libvirt, pytest.mark.django_d
 
 SUITE = "faults: libvirtd restart"
 DAEMON_SOCKET = "/run/libvirt/libvirt-sock"
-CREATE = "/api/v1/virtualmachines/create-enhanced"
 
 
 class Relay:
@@ -135,11 +136,11 @@ def _assert_unavailable(response, what: str) -> None:
 def test_requests_while_the_daemon_is_away_get_503_and_work_again_once_it_is_back(vm_api, run_tasks, relay: Relay, relayed: VmEnv, tally):
     name = "rel-restart-" + relayed.pool.rsplit("-", 1)[-1]
     try:
-        vm = VirtualMachine.objects.create(name=name + "-row", memory_mb=128, vcpus=1, status="running")
+        vm = VirtualMachineFactory.create(name=name + "-row", memory_mb=128)
         assert relayed.pool in {p.name for p in get_hypervisor().list_pools()}  # the daemon answers through the relay
 
         relay.stop()  # libvirtd goes away
-        response = vm_api.post(CREATE, _payload(name, relayed.pool), format="json")
+        response = vm_api.post(CREATE_URL, _payload(name, relayed.pool), format="json")
         _assert_unavailable(response, "create-enhanced")
         start = vm_api.post(f"/api/v1/virtualmachines/{vm.pk}/start")
         _assert_unavailable(start, "start")
@@ -155,7 +156,7 @@ def test_requests_while_the_daemon_is_away_get_503_and_work_again_once_it_is_bac
 
         relay.start()  # libvirtd is back; Vapor was not restarted
         with run_tasks():
-            response = vm_api.post(CREATE, _payload(name, relayed.pool), format="json")
+            response = vm_api.post(CREATE_URL, _payload(name, relayed.pool), format="json")
         assert response.status_code == 202, response.json()
         created = VirtualMachine.objects.get(name=name)
         assert created.status == "running", (created.status, created.error)
@@ -218,7 +219,7 @@ def test_a_running_portal_answers_503_then_works_again_without_a_restart(relay: 
             "print('TOKEN', Token.objects.create(user=User.objects.create_superuser('relay')).key)"
         )
         token = next(line.split()[1] for line in out.splitlines() if line.startswith("TOKEN "))
-        url = backend.start_server() + CREATE + "?dry_run=1"
+        url = backend.start_server() + CREATE_URL + "?dry_run=1"
         payload = _payload("rel-relay-vm", pool)
         before = _http(url, token, payload)
         assert before[0] == 200, before
@@ -274,13 +275,13 @@ def test_the_real_daemon_restarted_while_a_guest_runs(vm_api, run_tasks, hypervi
     and the guest that was running kept running."""
     name = "rel-real-" + vm_env.pool.rsplit("-", 1)[-1]
     with run_tasks():
-        response = vm_api.post(CREATE, _payload(name, vm_env.pool), format="json")
+        response = vm_api.post(CREATE_URL, _payload(name, vm_env.pool), format="json")
     assert response.status_code == 202, response.json()
     vm = VirtualMachine.objects.get(name=name)
     assert vm.status == "running", vm.error
     _libvirtd("stop-daemon")
     try:
-        down = vm_api.post(CREATE, _payload(name + "-b", vm_env.pool), format="json")
+        down = vm_api.post(CREATE_URL, _payload(name + "-b", vm_env.pool), format="json")
         _assert_unavailable(down, "create-enhanced while the daemon is stopped")
         action = vm_api.post(f"/api/v1/virtualmachines/{vm.pk}/reboot")
         _assert_unavailable(action, "reboot while the daemon is stopped")
@@ -296,7 +297,7 @@ def test_the_real_daemon_restarted_while_a_guest_runs(vm_api, run_tasks, hypervi
     detail = vm_api.get(f"/api/v1/virtualmachines/{vm.pk}").json()
     assert detail["state"] == "running", detail  # the guest survived the daemon's restart
     with run_tasks():
-        again = vm_api.post(CREATE, _payload(name + "-c", vm_env.pool), format="json")
+        again = vm_api.post(CREATE_URL, _payload(name + "-c", vm_env.pool), format="json")
     assert again.status_code == 202, again.json()
     assert VirtualMachine.objects.get(name=name + "-c").status == "running"
     tally.record(SUITE, "real restart: the guest kept running, new requests work without restarting Vapor", refused=True)

@@ -20,24 +20,21 @@ their detail and count as leftovers what remains after that delete.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import pytest
 
-from isos.hashing import hash_file
 from isos.models import IsoImage
-from isos.services import IsoMetadata, iso_register_path
 from tests.fakes import FakeHypervisor
-from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.api import create_vm
+from tests.support.images import make_image, sha256
+from tests.support.isos import make_iso, register_ready
 from vaporsite.errors import HypervisorError
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
 SUITE = "faults: provisioning"
-URL = "/api/v1/virtualmachines/create-enhanced"
 STEPS = ("create_volume", "clone_volume", "define_domain", "set_autostart", "start_domain")
 ERRORS = {
     "create_volume": "cannot allocate 1073741824 bytes in file 'x': No space left on device",
@@ -56,7 +53,7 @@ class World:
         self.existing = make_image(root / "data.qcow2")
         self.digests = {p: sha256(p) for p in (self.base, self.existing)}
         path = make_iso(iso_dir / "install.iso", label="Debian 12 amd64")
-        self.iso = iso_register_path(path=str(path), meta=IsoMetadata(name="install"), digests=hash_file(path))
+        self.iso = register_ready(path, name="install")
 
     def payload(self, name: str, *, clone_first: bool) -> dict:
         new, clone = {"size": 1}, {"clone_from": str(self.base)}
@@ -80,23 +77,12 @@ class World:
         return left
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture
 def world(tmp_path: Path, settings, iso_dirs, hv) -> World:
     root = tmp_path / "shared"
     root.mkdir()
     settings.VAPOR = dataclasses.replace(settings.VAPOR, disk_roots=(root,), virt_type="auto")
     return World(root, iso_dirs.search[0])
-
-
-def create(vm_api, run_tasks, payload: dict) -> VirtualMachine:
-    with run_tasks():
-        response = vm_api.post(URL, payload, format="json")
-    assert response.status_code == 202, response.json()
-    return VirtualMachine.objects.get(pk=response.json()["id"])
 
 
 def plan(world: World, name: str, *, clone_first: bool) -> list[str]:
@@ -118,7 +104,7 @@ def test_libvirt_fails_at_each_step(vm_api, run_tasks, hv, world, tally, method,
     first_word = {"create_volume": "create", "clone_volume": "clone"}.get(method)
     failing = next(step for step in order if step.split()[0] == first_word) if first_word else method.replace("_", " ")
     hv.fail[method] = HypervisorError(ERRORS[method])
-    vm = create(vm_api, run_tasks, world.payload(name, clone_first=clone_first))
+    vm = create_vm(vm_api, run_tasks, world.payload(name, clone_first=clone_first))
     vm.refresh_from_db()
 
     at = order.index(failing)
@@ -148,7 +134,7 @@ def test_undo_of_the_volumes_fails_too(vm_api, run_tasks, hv, world, tally):
     """define fails, then deleting the volumes fails: both stay, named by undo_failed; deleting the VM removes them."""
     hv.fail["define_domain"] = HypervisorError(ERRORS["define_domain"])
     hv.fail["delete_volume"] = HypervisorError("cannot unlink file: Device or resource busy")
-    vm = create(vm_api, run_tasks, world.payload("pf-undo-vol", clone_first=False))
+    vm = create_vm(vm_api, run_tasks, world.payload("pf-undo-vol", clone_first=False))
     vm.refresh_from_db()
     order = plan(world, "pf-undo-vol", clone_first=False)
     after_rollback = world.leftovers(hv)
@@ -183,7 +169,7 @@ def test_undo_of_the_domain_fails_too(vm_api, run_tasks, hv, world, tally):
     """start fails, then undefining fails: the volumes are still removed; the domain stays until the VM is deleted."""
     hv.fail["start_domain"] = HypervisorError(ERRORS["start_domain"])
     hv.fail["undefine_domain"] = HypervisorError("Requested operation is not valid: cannot undefine domain with nvram")
-    vm = create(vm_api, run_tasks, world.payload("pf-undo-dom", clone_first=False))
+    vm = create_vm(vm_api, run_tasks, world.payload("pf-undo-dom", clone_first=False))
     vm.refresh_from_db()
     order = plan(world, "pf-undo-dom", clone_first=False)
     after_rollback = world.leftovers(hv)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from django.contrib.auth.models import User
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -23,8 +22,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from tests.conftest import IsoDirs
 from tests.fakes import FakeHypervisor
-from tests.isofactory import make_iso
 from tests.reliability.conftest import Tally
+from tests.support.factories import AdminFactory
+from tests.support.isos import make_iso
 from vaporsite.wsgi import application
 
 pytestmark = [pytest.mark.reliability, pytest.mark.sqlite_pass, pytest.mark.django_db]
@@ -72,7 +72,7 @@ def _aimed(case: schemathesis.Case, existing: dict[str, str]) -> schemathesis.Ca
 def test_operation_has_no_server_error_and_matches_the_schema(
     operation: str, hv: FakeHypervisor, iso_dirs: IsoDirs, tally: Tally, django_capture_on_commit_callbacks: Any
 ) -> None:
-    admin = User.objects.create_superuser("schemathesis", password="pw-schemathesis")
+    admin = AdminFactory.create(username="schemathesis")
     headers = {"Authorization": f"Token {Token.objects.create(user=admin).key}"}
     existing = _seed(headers, iso_dirs, django_capture_on_commit_callbacks)
     schema = schemathesis.openapi.from_wsgi("/api/schema/", application)

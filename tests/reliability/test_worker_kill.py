@@ -23,8 +23,8 @@ import pytest
 
 from tests.integration.conftest import remove_pool, unique, virsh
 from tests.integration.vm_support import shared_dir
-from tests.isofactory import make_iso
 from tests.reliability.portal import Backend
+from tests.support.isos import make_iso
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db, pytest.mark.libvirt]
 

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from tests.isofactory import make_iso
-from tests.reliability.hostile import CREATE_URL, Ground, vm_payload
+from tests.reliability.hostile import Ground, vm_payload
+from tests.support.api import CREATE_URL
+from tests.support.images import make_image
+from tests.support.isos import make_iso
 from tests.vms import conftest as vm_fixtures
-from tests.vms.conftest import make_image
 from vms.hypervisor.domain_xml import MASK
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]

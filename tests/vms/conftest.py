@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
 
 from tests.fakes import FakeHypervisor
+from tests.support.images import make_image
 
 
 @pytest.fixture
@@ -30,6 +30,7 @@ def disk_root(tmp_path: Path, settings) -> Path:
     return root
 
 
-def make_image(path: Path, size: str = "64M", fmt: str = "qcow2", *options: str) -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, *options, str(path), size], check=True)
-    return path
+@pytest.fixture
+def base_image(disk_root: Path) -> Path:
+    """An 8 GB qcow2 base image in the disk root, for templates to clone."""
+    return make_image(disk_root / "ubuntu-base.qcow2", "8G")

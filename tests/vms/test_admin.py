@@ -8,8 +8,9 @@ from django.test.utils import CaptureQueriesContext
 
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.factories import UserFactory, VmTemplateFactory
+from tests.support.images import make_image
+from tests.support.isos import make_iso
 from vms.models import VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest, NicRequest
 from vms.services.templates import TemplateData, stored_os_type, template_create
@@ -149,7 +150,7 @@ def test_template_picker_prefills_the_form(admin_client, hv, run_tasks, disk_roo
 
 
 def test_picking_a_template_without_javascript_fills_the_form_first(admin_client, hv, run_tasks):
-    VmTemplate.objects.create(name="small", memory_mb=512)
+    VmTemplateFactory.create(name="small", memory_mb=512)
     response = admin_client.post(ADD, form_data(template="small"))
     assert response.status_code == 302 and response["Location"].endswith("?template=small")
     assert not VirtualMachine.objects.exists()
@@ -319,7 +320,7 @@ def test_rows_a_user_may_not_see_are_kept_when_the_template_changes(client, hv):
 
 
 def test_template_admin_refuses_to_delete_a_template_in_use(admin_client, hv, run_tasks):
-    template = VmTemplate.objects.create(name="tpl")
+    template = VmTemplateFactory.create(name="tpl")
     with run_tasks():
         admin_client.post(ADD, form_data(template="tpl", prefilled_from="tpl"))
     assert VirtualMachine.objects.get().template == template
@@ -333,17 +334,15 @@ def test_template_admin_refuses_to_delete_a_template_in_use(admin_client, hv, ru
 
 @pytest.fixture
 def viewer_client(client, db):
-    from django.contrib.auth.models import Permission, User
+    from django.contrib.auth.models import Permission
 
-    user = User.objects.create_user("watcher", password="pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
-    client.force_login(user)
+    client.force_login(UserFactory.create(is_staff=True, permissions=Permission.objects.filter(codename__startswith="view_")))
     return client
 
 
 def test_read_only_operator_sees_everything_and_changes_nothing(viewer_client, admin_client, hv, run_tasks):
     add(admin_client, run_tasks, graphics_password="pw123")
-    VmTemplate.objects.create(name="tpl")
+    VmTemplateFactory.create(name="tpl")
     vm = VirtualMachine.objects.get()
     template = VmTemplate.objects.get()
     pages = [CHANGELIST, f"{CHANGELIST}{vm.pk}/change/", "/admin/vms/vmtemplate/", f"/admin/vms/vmtemplate/{template.pk}/change/",

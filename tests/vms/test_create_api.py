@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import pytest
 from django_q.models import Task
 
-from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.api import CREATE_URL, post_create
+from tests.support.images import make_image, sha256
+from tests.support.isos import make_iso, register_ready
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import Disk, VirtualMachine
 
-URL = "/api/v1/virtualmachines/create-enhanced"
 pytestmark = pytest.mark.django_db
-
-
-def ready_iso(path: Path, name: str = "") -> IsoImage:
-    return iso_register_path(path=str(path), meta=IsoMetadata(name=name), digests=hash_file(path))
-
-
-def create(vm_api, run_tasks, payload: dict, url: str = URL):
-    with run_tasks():
-        response = vm_api.post(url, payload, format="json")
-    return response
 
 
 def nothing_created(hv, before_isos: int = 0) -> None:
@@ -41,7 +27,7 @@ def nothing_created(hv, before_isos: int = 0) -> None:
 
 
 def test_example_1_simple_vm(vm_api, hv, run_tasks):
-    response = create(vm_api, run_tasks, {"name": "simple-vm", "memory": 2048, "vcpus": 2, "disks": [{"size": 20}]})
+    response = post_create(vm_api, run_tasks, {"name": "simple-vm", "memory": 2048, "vcpus": 2, "disks": [{"size": 20}]})
     assert response.status_code == 202, response.json()
     body = response.json()
     assert response["Location"] == f"http://testserver/api/v1/virtualmachines/{body['id']}"
@@ -68,7 +54,7 @@ def test_example_1_simple_vm(vm_api, hv, run_tasks):
 
 
 def test_example_2_windows_vm(vm_api, hv, run_tasks, iso_dirs):
-    win = ready_iso(make_iso(iso_dirs.search[0] / "windows-11.iso"))
+    win = register_ready(make_iso(iso_dirs.search[0] / "windows-11.iso"))
     drivers = make_iso(iso_dirs.search[1] / "virtio-win-drivers.iso")  # not in the library yet
     payload = {
         "name": "windows-vm", "memory": 8192, "vcpus": 4,
@@ -77,7 +63,7 @@ def test_example_2_windows_vm(vm_api, hv, run_tasks, iso_dirs):
         "os_type": "windows", "os_variant": "win11", "uefi": True, "secure_boot": True, "tpm": True,
         "graphics": {"type": "vnc", "port": -1, "password": "s3cret"},
     }  # fmt: skip
-    response = create(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     body = response.json()
     assert [(d["target_dev"], d["bus"], d["boot_order"]) for d in body["disks"]] == [("sda", "sata", 1), ("sdb", "sata", None)]
@@ -98,14 +84,14 @@ def test_example_3_existing_and_cloned_disks_with_two_bridges(vm_api, hv, run_ta
     base = make_image(disk_root / "ubuntu-dev-base.qcow2")
     projects = make_image(disk_root / "projects.qcow2")
     docs = make_image(disk_root / "documentation.qcow2")
-    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, projects, docs)}
+    before = {p: sha256(p) for p in (base, projects, docs)}
     payload = {
         "name": "dev-vm", "memory": 16384, "vcpus": 8,
         "disks": [{"clone_from": str(base), "boot_order": 1}, {"path": str(projects), "readonly": False},
                   {"path": str(docs), "readonly": True}],
         "networks": [{"type": "bridge", "source": "br0"}, {"type": "bridge", "source": "br-internal"}],
     }  # fmt: skip
-    response = create(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     disks = response.json()["disks"]
     assert [(d["source"], d["target_dev"], d["readonly"]) for d in disks] == [
@@ -116,17 +102,17 @@ def test_example_3_existing_and_cloned_disks_with_two_bridges(vm_api, hv, run_ta
     assert disks[1]["path"] == str(projects) and disks[0]["source_path"] == str(base)
     assert VirtualMachine.objects.get().status == "running"
     assert [n["source"] for n in response.json()["networks"]] == ["br0", "br-internal"]
-    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, projects, docs)} == before
+    assert {p: sha256(p) for p in (base, projects, docs)} == before
 
 
 def test_legacy_fields_and_endpoint(vm_api, hv, run_tasks, iso_dirs):
-    ready_iso(make_iso(iso_dirs.search[0] / "ubuntu.iso"), name="ubuntu-22.04")
+    register_ready(make_iso(iso_dirs.search[0] / "ubuntu.iso"), name="ubuntu-22.04")
     legacy = {"name": "my-vm", "memory": 4096, "vcpus": 2, "disk_size": 50, "iso_path": "ubuntu-22.04"}
-    response = create(vm_api, run_tasks, legacy, url="/api/v1/virtualmachines/")
+    response = post_create(vm_api, run_tasks, legacy, url="/api/v1/virtualmachines/")
     assert response.status_code == 202, response.json()
     assert [(d["size"], d["target_dev"]) for d in response.json()["disks"]] == [(50, "vda")]
     assert response.json()["cdroms"][0]["target_dev"] == "sda"
-    response = create(vm_api, run_tasks, {**legacy, "name": "my-vm-2"})
+    response = post_create(vm_api, run_tasks, {**legacy, "name": "my-vm-2"})
     assert response.status_code == 202 and response.json()["disks"][0]["size"] == 50
 
 
@@ -140,7 +126,7 @@ def test_dry_run_shows_plan_and_masked_xml_and_creates_nothing(vm_api, hv, run_t
         "iso_path": "fresh.iso",
         "graphics": {"password": "topsecr"},
     }
-    response = create(vm_api, run_tasks, payload, url=URL + "?dry_run=true")
+    response = post_create(vm_api, run_tasks, payload, url=CREATE_URL + "?dry_run=true")
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["plan"] == ["create volume dry-disk0.qcow2", "define domain", "start domain", "record ISO use"]
@@ -151,7 +137,7 @@ def test_dry_run_shows_plan_and_masked_xml_and_creates_nothing(vm_api, hv, run_t
 
 
 def test_vnc_password_is_never_returned_logged_or_queued_in_clear(vm_api, hv, run_tasks, caplog):
-    response = create(vm_api, run_tasks, {"name": "pw", "memory": 512, "vcpus": 1, "graphics": {"password": "p4ssw0rd"}})
+    response = post_create(vm_api, run_tasks, {"name": "pw", "memory": 512, "vcpus": 1, "graphics": {"password": "p4ssw0rd"}})
     assert response.status_code == 202
     assert "p4ssw0rd" not in response.content.decode()
     assert 'passwd="p4ssw0rd"' in hv.domains["pw"].xml  # libvirt got it
@@ -214,7 +200,7 @@ BASE = {"name": "bad", "memory": 1024, "vcpus": 1}
     ],
 )
 def test_bad_input_is_refused_with_the_field_named_and_nothing_created(vm_api, hv, run_tasks, iso_dirs, disk_root, change, status, field):
-    response = create(vm_api, run_tasks, {**BASE, **change})
+    response = post_create(vm_api, run_tasks, {**BASE, **change})
     assert response.status_code == status, response.json()
     assert response.json()["field"] == field, response.json()
     assert response.json()["detail"]
@@ -222,16 +208,16 @@ def test_bad_input_is_refused_with_the_field_named_and_nothing_created(vm_api, h
 
 
 def test_missing_disk_path_inside_the_roots_is_404(vm_api, hv, run_tasks, disk_root):
-    response = create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(disk_root / "missing.qcow2")}]})
+    response = post_create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(disk_root / "missing.qcow2")}]})
     assert (response.status_code, response.json()["field"]) == (404, "disks.0.path")
-    response = create(vm_api, run_tasks, {**BASE, "disks": [{"clone_from": str(disk_root / "missing.qcow2")}]})
+    response = post_create(vm_api, run_tasks, {**BASE, "disks": [{"clone_from": str(disk_root / "missing.qcow2")}]})
     assert (response.status_code, response.json()["field"]) == (404, "disks.0.clone_from")
     nothing_created(hv)
 
 
 def test_read_only_sata_disk_gets_a_clear_answer(vm_api, hv, run_tasks, disk_root):
     data = make_image(disk_root / "data.qcow2")
-    response = create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(data), "bus": "sata", "readonly": True}]})
+    response = post_create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(data), "bus": "sata", "readonly": True}]})
     assert (response.status_code, response.json()["field"]) == (400, "disks.0.bus")
     assert "read-only disk needs bus virtio or scsi" in response.json()["detail"]
 
@@ -239,25 +225,25 @@ def test_read_only_sata_disk_gets_a_clear_answer(vm_api, hv, run_tasks, disk_roo
 def test_image_whose_backing_file_leaves_the_roots_is_refused(vm_api, hv, run_tasks, disk_root, tmp_path):
     outside = make_image(tmp_path / "host-file.qcow2")
     sneaky = make_image(disk_root / "sneaky.qcow2", "64M", "qcow2", "-b", str(outside), "-F", "qcow2")
-    response = create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(sneaky)}]})
+    response = post_create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(sneaky)}]})
     assert (response.status_code, response.json()["field"]) == (400, "disks.0.path")
     nothing_created(hv)
 
 
 def test_raw_image_declared_as_qcow2_is_refused_not_probed(vm_api, hv, run_tasks, disk_root):
     raw = make_image(disk_root / "disk.img", "16M", "raw")
-    response = create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(raw)}]})
+    response = post_create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(raw)}]})
     assert (response.status_code, response.json()["field"]) == (400, "disks.0.path")
-    ok = create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(raw), "format": "raw"}]})
+    ok = post_create(vm_api, run_tasks, {**BASE, "disks": [{"path": str(raw), "format": "raw"}]})
     assert ok.status_code == 202, ok.json()
 
 
 def test_name_taken_in_vapor_or_on_the_host_is_409(vm_api, hv, run_tasks):
-    assert create(vm_api, run_tasks, {**BASE, "name": "taken"}).status_code == 202
-    again = create(vm_api, run_tasks, {**BASE, "name": "taken"})
+    assert post_create(vm_api, run_tasks, {**BASE, "name": "taken"}).status_code == 202
+    again = post_create(vm_api, run_tasks, {**BASE, "name": "taken"})
     assert (again.status_code, again.json()["field"]) == (409, "name")
     hv.domains["foreign"] = hv.domains["taken"]
-    clash = create(vm_api, run_tasks, {**BASE, "name": "foreign"})
+    clash = post_create(vm_api, run_tasks, {**BASE, "name": "foreign"})
     assert (clash.status_code, clash.json()["field"]) == (409, "name")
     assert VirtualMachine.objects.count() == 1
 
@@ -265,25 +251,25 @@ def test_name_taken_in_vapor_or_on_the_host_is_409(vm_api, hv, run_tasks):
 def test_ambiguous_and_not_ready_isos_are_409(vm_api, hv, run_tasks, iso_dirs):
     make_iso(iso_dirs.search[0] / "dup.iso")
     make_iso(iso_dirs.search[1] / "dup.iso")
-    response = create(vm_api, run_tasks, {**BASE, "iso_path": "dup.iso"})
+    response = post_create(vm_api, run_tasks, {**BASE, "iso_path": "dup.iso"})
     assert (response.status_code, response.json()["field"], response.json()["code"]) == (409, "iso_path", "iso_ambiguous")
     pending = iso_register_path(path=str(make_iso(iso_dirs.search[2] / "pending.iso")), meta=IsoMetadata())  # hashing
-    response = create(vm_api, run_tasks, {**BASE, "secondary_iso": pending.pk})
+    response = post_create(vm_api, run_tasks, {**BASE, "secondary_iso": pending.pk})
     assert (response.status_code, response.json()["code"]) == (409, "iso_not_ready")
     assert not VirtualMachine.objects.exists()
 
 
 def test_an_iso_registered_on_the_way_is_rolled_back_with_a_refused_request(vm_api, hv, run_tasks, iso_dirs):
     make_iso(iso_dirs.search[0] / "new.iso")
-    response = create(vm_api, run_tasks, {**BASE, "iso_path": "new.iso", "networks": [{"source": "missing"}]})
+    response = post_create(vm_api, run_tasks, {**BASE, "iso_path": "new.iso", "networks": [{"source": "missing"}]})
     assert response.status_code == 404
     nothing_created(hv)
 
 
 def test_existing_disk_in_read_write_use_by_another_vm_is_409(vm_api, hv, run_tasks, disk_root):
     shared = make_image(disk_root / "shared.qcow2")
-    assert create(vm_api, run_tasks, {**BASE, "name": "a", "disks": [{"path": str(shared)}]}).status_code == 202
-    response = create(vm_api, run_tasks, {**BASE, "name": "b", "disks": [{"path": str(shared), "readonly": True}]})
+    assert post_create(vm_api, run_tasks, {**BASE, "name": "a", "disks": [{"path": str(shared)}]}).status_code == 202
+    response = post_create(vm_api, run_tasks, {**BASE, "name": "b", "disks": [{"path": str(shared), "readonly": True}]})
     assert (response.status_code, response.json()["code"]) == (409, "disk_in_use")
     assert Disk.objects.filter(path=str(shared)).count() == 1
 
@@ -292,7 +278,7 @@ def test_ide_disks_get_the_pc_machine_and_serial_logs_go_to_the_configured_dir(v
     import dataclasses
 
     settings.VAPOR = dataclasses.replace(settings.VAPOR, serial_log_dir=tmp_path / "serial")
-    response = create(vm_api, run_tasks, {**BASE, "name": "old", "disks": [{"size": 1, "bus": "ide"}]})
+    response = post_create(vm_api, run_tasks, {**BASE, "name": "old", "disks": [{"size": 1, "bus": "ide"}]})
     assert response.status_code == 202, response.json()
     assert response.json()["disks"][0]["target_dev"] == "hda"
     vm = VirtualMachine.objects.get()

@@ -13,9 +13,8 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
+from tests.support.api import CREATE_URL
 from vms.models import VirtualMachine
-
-URL = "/api/v1/virtualmachines/create-enhanced"
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def test_the_task_is_queued_once_without_closing_the_connection(vm_api, hv, asyn
 
     monkeypatch.setattr(django.db, "close_old_connections", spy)
 
-    response = vm_api.post(URL, {"name": "queued", "memory": 512, "vcpus": 1, "disks": [{"size": 1}]}, format="json")
+    response = vm_api.post(CREATE_URL, {"name": "queued", "memory": 512, "vcpus": 1, "disks": [{"size": 1}]}, format="json")
 
     assert response.status_code == 202, response.json()
     assert closes == []
@@ -49,6 +48,6 @@ def test_the_task_is_queued_once_without_closing_the_connection(vm_api, hv, asyn
 
 @pytest.mark.django_db(transaction=True)
 def test_a_refused_request_queues_nothing(vm_api, hv, asynchronous):
-    response = vm_api.post(URL, {"name": "bad name!", "memory": 512, "vcpus": 1}, format="json")
+    response = vm_api.post(CREATE_URL, {"name": "bad name!", "memory": 512, "vcpus": 1}, format="json")
     assert response.status_code == 400
     assert not OrmQ.objects.exists() and not VirtualMachine.objects.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vms.conftest import make_image
+from tests.support.images import make_image
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,15 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.images import qemu_img
 from vaporsite.errors import InvalidInput, NotFound
 from vms.hypervisor import images
 from vms.hypervisor.images import check_image_chain, image_info
 
 MIB = 1024**2
-
-
-def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=True, timeout=60)
 
 
 @dataclass(frozen=True)

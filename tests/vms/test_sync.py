@@ -11,8 +11,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import Schedule
 
-from isos.models import IsoImage, new_iso_id
+from isos.models import IsoImage
 from tests.fakes import FakeDomain, FakeHypervisor
+from tests.support.factories import IsoImageFactory, NetworkInterfaceFactory, VirtualMachineFactory
 from vaporsite.errors import Conflict, HypervisorError
 from vms import tasks
 from vms.hypervisor.definition import parse_definition
@@ -34,7 +35,7 @@ def domain(hv: FakeHypervisor, name: str, state: str = "shutoff", *, xml: str = 
 
 
 def vm(name: str, status: str = "running", **fields) -> VirtualMachine:
-    return VirtualMachine.objects.create(name=name, uuid=uuid.uuid4(), memory_mb=512, vcpus=1, status=status, **fields)
+    return VirtualMachineFactory.create(name=name, memory_mb=512, status=status, **fields)
 
 
 def steps(name: str) -> list[tuple[str, str]]:
@@ -89,13 +90,10 @@ def test_vms_owned_by_a_task_or_failed_are_never_touched(hv, status):
 def _fleet(hv: FakeHypervisor, size: int, prefix: str) -> None:
     """`size` VMs, a fifth each: running, stopped-but-running, gone, missing-and-back, still missing."""
     kinds = ["run", "wake", "gone", "back", "lost"]
+    statuses = {"run": "running", "wake": "stopped", "gone": "running", "back": "missing", "lost": "missing"}
     VirtualMachine.objects.bulk_create(
-        VirtualMachine(
-            name=f"{prefix}-{kinds[i % 5]}-{i}", uuid=uuid.uuid4(), memory_mb=512, vcpus=1,
-            status={"run": "running", "wake": "stopped", "gone": "running", "back": "missing", "lost": "missing"}[kinds[i % 5]],
-        )
-        for i in range(size)
-    )  # fmt: skip
+        VirtualMachineFactory.build(name=f"{prefix}-{kinds[i % 5]}-{i}", memory_mb=512, status=statuses[kinds[i % 5]]) for i in range(size)
+    )
     for i in range(size):
         if kinds[i % 5] in ("run", "wake", "back"):
             domain(hv, f"{prefix}-{kinds[i % 5]}-{i}", "running")
@@ -303,7 +301,7 @@ def legacy(hv: FakeHypervisor, tmp_path: Path) -> dict[str, Path]:
     }
     for path in files.values():
         path.write_bytes(b"someone's data " + path.name.encode())
-    IsoImage.objects.create(id=new_iso_id(), name="debian-12.iso", path=str(files["iso"]))
+    IsoImageFactory.create(name="debian-12.iso", path=str(files["iso"]))
     domain(hv, "legacy-web", "running", xml=REALISTIC.format(uuid=uuid.uuid4(), pool=hv.pool_dir, shared=shared, isos=isos))
     hv.domains["legacy-web"].autostart = True
     return files
@@ -380,7 +378,7 @@ def test_domains_that_cannot_be_adopted_say_why(hv, legacy):
     domain(hv, "renamed-on-host", xml=f"<domain type='kvm'><name>renamed-on-host</name><uuid>{owner.uuid}</uuid></domain>")
     domain(hv, "transient", persistent=False)
     clash = vm("clash-owner", "stopped")
-    NetworkInterface.objects.create(vm=clash, order=0, mac="52:54:00:aa:bb:01")
+    NetworkInterfaceFactory.create(vm=clash, mac="52:54:00:aa:bb:01")
     report = vm_sync(hv=hv, adopt=True)
     assert report.adopted == []
     assert "UUID belongs to VM 'renamed'" in report.not_adopted["renamed-on-host"]

@@ -13,8 +13,7 @@ from django.core.management.base import CommandError
 
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
-from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.isos import make_iso
 from vaporsite.errors import Conflict
 from vms.api.template_serializers import TemplateSerializer
 from vms.models import TemplateDisk, TemplateNic, VmTemplate
@@ -22,11 +21,6 @@ from vms.services.templates import TemplateData, template_create, template_data,
 
 pytestmark = pytest.mark.django_db
 SAMPLE = Path(__file__).resolve().parents[2] / "docs" / "templates.example.yaml"
-
-
-@pytest.fixture
-def base_image(disk_root: Path) -> Path:
-    return make_image(disk_root / "ubuntu-base.qcow2", "8G")
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ import pytest
 
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_delete, iso_register_path
-from tests.isofactory import make_iso
-from tests.vms.conftest import make_image
+from tests.support.api import CREATE_URL, post_create
+from tests.support.factories import VmTemplateFactory
+from tests.support.images import make_image
+from tests.support.isos import make_iso
 from vaporsite.errors import Conflict
 from vms.hypervisor.domain_xml import parse_domain
 from vms.models import TemplateDisk, VirtualMachine, VmTemplate
@@ -18,13 +20,7 @@ from vms.services.template_apply import merge_disk
 
 pytestmark = pytest.mark.django_db
 TEMPLATES = "/api/v1/virtualmachines/templates"
-CREATE = "/api/v1/virtualmachines/create-enhanced"
 GIB = 1024**3
-
-
-@pytest.fixture
-def base_image(disk_root: Path) -> Path:
-    return make_image(disk_root / "ubuntu-base.qcow2", "8G")
 
 
 @pytest.fixture
@@ -41,11 +37,6 @@ def ubuntu(vm_api, hv, base_image: Path, iso_dirs) -> dict:
     response = vm_api.post(TEMPLATES, payload, format="json")
     assert response.status_code == 201, response.json()
     return response.json()
-
-
-def create(vm_api, run_tasks, payload: dict):
-    with run_tasks():
-        return vm_api.post(CREATE, payload, format="json")
 
 
 # --- the API ------------------------------------------------------------------------
@@ -114,7 +105,7 @@ def test_unknown_template_item_is_404(vm_api, hv):
 
 
 def test_template_endpoints_need_permissions(anon_api, nobody_api, viewer_api, db):
-    VmTemplate.objects.create(name="t")
+    VmTemplateFactory.create(name="t")
     assert anon_api.get(TEMPLATES).status_code == 401
     assert nobody_api.get(TEMPLATES).status_code == 403
     assert nobody_api.post(TEMPLATES, {"name": "x"}, format="json").status_code == 403
@@ -131,7 +122,7 @@ def test_example_4_template_with_additional_storage(vm_api, hv, run_tasks, ubunt
         "name": "app-server", "memory": 4096, "vcpus": 4, "template": "ubuntu-22.04",
         "disks": [{"size": 50}, {"size": 500}], "networks": [{"type": "bridge", "source": "br0"}],
     }  # fmt: skip
-    response = create(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     body = response.json()
     assert body["template"] == "ubuntu-22.04"
@@ -161,7 +152,7 @@ def test_example_4_template_with_additional_storage(vm_api, hv, run_tasks, ubunt
 
 
 def test_template_alone_supplies_memory_vcpus_disks_and_networks(vm_api, hv, run_tasks, ubuntu):
-    response = create(vm_api, run_tasks, {"name": "bare", "template": "ubuntu-22.04"})
+    response = post_create(vm_api, run_tasks, {"name": "bare", "template": "ubuntu-22.04"})
     assert response.status_code == 202, response.json()
     body = response.json()
     assert (body["memory"], body["vcpus"]) == (2048, 2)
@@ -171,7 +162,7 @@ def test_template_alone_supplies_memory_vcpus_disks_and_networks(vm_api, hv, run
 
 
 def test_smaller_size_on_a_cloned_disk_is_400_and_leaves_nothing(vm_api, hv, run_tasks, ubuntu):
-    response = create(vm_api, run_tasks, {"name": "small", "template": "ubuntu-22.04", "disks": [{"size": 2}]})
+    response = post_create(vm_api, run_tasks, {"name": "small", "template": "ubuntu-22.04", "disks": [{"size": 2}]})
     assert response.status_code == 400
     assert response.json()["field"] == "disks.0.size"
     assert not VirtualMachine.objects.exists() and hv.domains == {} and list(hv.pool_dir.iterdir()) == []
@@ -184,7 +175,7 @@ def test_request_fields_override_field_by_field(vm_api, hv, run_tasks, ubuntu, d
         "graphics": {"password": "pw"},
         "disks": [{"bus": "sata"}, {"clone_from": str(other), "linked": True}],
     }  # fmt: skip
-    response = create(vm_api, run_tasks, payload)
+    response = post_create(vm_api, run_tasks, payload)
     assert response.status_code == 202, response.json()
     body = response.json()
     assert (body["uefi"], body["tpm"], body["os_variant"]) == (False, False, "ubuntu22.04")
@@ -196,7 +187,7 @@ def test_request_fields_override_field_by_field(vm_api, hv, run_tasks, ubuntu, d
 
 
 def test_unknown_template_is_404_naming_the_field(vm_api, hv, run_tasks, ubuntu):
-    response = create(vm_api, run_tasks, {"name": "x", "template": "debian-13"})
+    response = post_create(vm_api, run_tasks, {"name": "x", "template": "debian-13"})
     assert response.status_code == 404
     assert response.json()["field"] == "template"
     assert "ubuntu-22.04" in response.json()["detail"]  # the known templates are listed
@@ -204,13 +195,13 @@ def test_unknown_template_is_404_naming_the_field(vm_api, hv, run_tasks, ubuntu)
 
 
 def test_memory_is_required_without_a_template(vm_api, hv, run_tasks):
-    response = create(vm_api, run_tasks, {"name": "x", "vcpus": 1})
+    response = post_create(vm_api, run_tasks, {"name": "x", "vcpus": 1})
     assert response.status_code == 400 and "memory" in response.json()["errors"]
 
 
 def test_dry_run_with_template_shows_the_merged_plan(vm_api, hv, ubuntu):
     payload = {"name": "preview", "template": "ubuntu-22.04", "disks": [{"size": 20}, {"size": 5}]}
-    response = vm_api.post(CREATE + "?dry_run=true", payload, format="json")
+    response = vm_api.post(CREATE_URL + "?dry_run=true", payload, format="json")
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["vm"]["template"] == "ubuntu-22.04"
@@ -244,7 +235,7 @@ def test_merge_disk_rules(override, expected):
 
 
 def test_delete_is_409_while_a_vm_uses_it_and_allowed_for_history(vm_api, hv, run_tasks, ubuntu):
-    assert create(vm_api, run_tasks, {"name": "user", "template": "ubuntu-22.04"}).status_code == 202
+    assert post_create(vm_api, run_tasks, {"name": "user", "template": "ubuntu-22.04"}).status_code == 202
     response = vm_api.delete(f"{TEMPLATES}/ubuntu-22.04")
     assert response.status_code == 409
     assert response.json()["code"] == "template_in_use" and response.json()["vms"] == ["user"]
@@ -274,18 +265,13 @@ def test_template_list_query_count_is_flat(vm_api, hv):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from vms.models import TemplateNic
-
     def count() -> int:
         with CaptureQueriesContext(connection) as captured:
             assert vm_api.get(TEMPLATES).status_code == 200
         return len(captured.captured_queries)
 
     def make(n: int) -> None:
-        for i in range(n):
-            template = VmTemplate.objects.create(name=f"t{VmTemplate.objects.count()}-{i}")
-            TemplateDisk.objects.create(template=template, size_gb=10)
-            TemplateNic.objects.create(template=template)
+        VmTemplateFactory.create_batch(n, disks=1, disks__size_gb=10, nics=1)
 
     make(2)
     count()  # the first request also loads the user's permissions

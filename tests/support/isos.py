@@ -5,8 +5,9 @@ images (not mocks of the reader), with known labels and El Torito boot
 catalogs. ``xorriso -as mkisofs`` builds one in ~0.1 s; the boot "images" are
 a few random bytes because nothing boots them, only the catalog matters.
 
-Every function takes `dest` as the file to write, or an existing directory to
-write a default-named file into, and returns the path written.
+Every function that builds a file takes `dest` as the file to write, or an
+existing directory to write a default-named file into, and returns the path
+written. `register_ready` puts a built file in the library, as a scan would.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from isos.models import IsoImage
 
 BOOT_KINDS = ("none", "bios", "uefi", "hybrid")
 SECTOR = 2048
@@ -178,3 +183,14 @@ def make_osinfo_db(
         xml_file.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
     (dest / "VERSION").write_text(version)
     return dest
+
+
+def register_ready(path: Path, **meta: Any) -> IsoImage:
+    """Register an ISO file through the library's service, hashed on the spot: the ready row a scan leaves.
+
+    `meta` are IsoMetadata fields (name, os_variant, tags, ...).
+    """
+    from isos.hashing import hash_file
+    from isos.services import IsoMetadata, iso_register_path
+
+    return iso_register_path(path=str(path), meta=IsoMetadata(**meta), digests=hash_file(path))

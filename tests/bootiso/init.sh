@@ -1,0 +1,82 @@
+#!/bin/busybox sh
+# PID 1 of the probe guest: prints the block devices and firmware the guest
+# kernel sees on the serial console, then powers off. initramfs.py fills in
+# the placeholders (a name between two at signs) before packing it. Every wait
+# is bounded: a probe that hangs would cost a test its whole timeout instead of
+# failing with the serial log in hand.
+/bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# Only emergencies from the kernel on the console: a warning printed in the
+# middle of a DISK line would make it unreadable.
+dmesg -n 1
+for m in @MODULES@; do
+    modprobe "$m" || echo "PROBE-NOTE modprobe $m failed"
+done
+
+# SCSI disks and CD-ROMs (types 0, 5, 7, 14) that have no block device yet.
+pending() {
+    n=0
+    for d in /sys/bus/scsi/devices/*:*:*:*; do
+        [ -r "$d/type" ] || continue
+        case "$(cat "$d/type")" in
+            0|5|7|14) [ -d "$d/block" ] || n=$((n + 1)) ;;
+        esac
+    done
+    echo "$n"
+}
+snapshot() {
+    for b in /sys/block/*; do
+        [ -e "$b" ] || continue
+        echo "${b##*/}:$(cat "$b/size"):$(cat "$b/ro")"
+    done
+    echo "pending=$(pending)"
+}
+
+# Settled = nothing pending and the same picture three times, 0.25 s apart;
+# give up after 20 s and report what is there.
+prev=""
+stable=0
+i=0
+while [ "$i" -lt 80 ]; do
+    cur="$(snapshot)"
+    if [ "$cur" = "$prev" ] && [ "$(pending)" = 0 ]; then
+        stable=$((stable + 1))
+        [ "$stable" -ge 2 ] && break
+    else
+        stable=0
+    fi
+    prev="$cur"
+    usleep 250000
+    i=$((i + 1))
+done
+
+for b in /sys/block/*; do
+    name="${b##*/}"
+    case "$name" in
+        '*'|loop*|ram*|zram*) continue ;;
+    esac
+    sectors="$(cat "$b/size")"
+    echo "DISK name=$name sectors=$sectors bytes=$((sectors * 512)) ro=$(cat "$b/ro") removable=$(cat "$b/removable")"
+done
+
+if [ -d /sys/firmware/efi ]; then
+    modprobe @EFI_MODULE@ || echo "PROBE-NOTE modprobe @EFI_MODULE@ failed"
+    mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+    sb=0
+    var=/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c
+    # 4 bytes of attributes, then the value (busybox's od here has no -j/-N).
+    if [ -r "$var" ]; then
+        # shellcheck disable=SC2046
+        set -- $(od -An -tu1 "$var")
+        [ "${5:-0}" = 1 ] && sb=1
+    fi
+    echo "FIRMWARE=efi secureboot=$sb"
+else
+    echo "FIRMWARE=bios secureboot=0"
+fi
+echo "@MARKER@"
+sync
+poweroff -f
