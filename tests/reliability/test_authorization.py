@@ -190,7 +190,7 @@ def powers(status: int, method: str, step: str, vm_status: str | None = None) ->
     def check(seen: Seen) -> str:
         _status(seen, status)
         assert seen.spy.calls[method] == 1, f"{method} was not called once: {dict(seen.spy.calls)}"
-        assert VmEvent.objects.filter(vm_id=seen.seeds["vm"], step=step).exists(), f"no {step} event"
+        assert VmEvent.objects.filter(vm_id=int(seen.seeds["vm"]), step=step).exists(), f"no {step} event"
         if vm_status:
             assert VirtualMachine.objects.get(pk=seen.seeds["vm"]).status == vm_status
         return f"{method} called, {step} recorded" + (f", VM {vm_status}" if vm_status else "")
