@@ -5,11 +5,12 @@
 #   make lint            ruff, mypy, migrations in sync, OpenAPI schema valid
 #   make bench           benchmarks (bench/), figures written to docs/BENCHMARKS.md
 #   make reliability     hostile inputs, authorization, injected faults; figures written to docs/RELIABILITY.md
+#   make mutation        break each rule that guards data and hosts in a copy of the tree; score written to docs/RELIABILITY.md
 
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: run test lint bench reliability venv
+.PHONY: run test lint bench reliability mutation venv
 
 run:
 	bash scripts/run.sh
@@ -39,3 +40,7 @@ reliability: venv
 	env -u DATABASE_URL $(PY) -m pytest -m "reliability and not postgres" $(ARGS)
 	DATABASE_URL=$${VAPOR_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/vapor} \
 	  $(PY) -m pytest -m "reliability and postgres" --reliability-append --reliability-report $(ARGS)
+
+# One mutant at a time in a temporary copy of the tree (scripts/mutation.py holds the table); fails if one survives.
+mutation: venv
+	$(PY) scripts/mutation.py --write $(ARGS)

@@ -7,12 +7,20 @@
 #   1. everything not marked `postgres`, on SQLite (incl. the real-libvirtd
 #      tests in tests/integration);
 #   2. on PostgreSQL at 127.0.0.1:5432 (started here if it does not answer):
-#      the `postgres`-marked tests (concurrency, locking) and every test that
-#      needs no libvirtd, since PostgreSQL enforces what SQLite lets pass
-#      (column lengths, types, locking).
+#      what PostgreSQL can change: the `postgres`-marked tests (concurrency,
+#      locking) and every other test that uses the database and needs no
+#      libvirtd (`--db-only`, tests/conftest.py), since PostgreSQL enforces
+#      what SQLite lets pass (column lengths, types, locking). Tests without a
+#      database would only run a second time, so they are deselected there.
 # A pass that collects no test fails too (pytest exit 5), so CI cannot go
 # green on an empty suite. With extra arguments (a subset run) one empty pass
 # is allowed as long as the other one ran tests.
+# With CI set (.ci/run), a skipped libvirt or browser test is a failure
+# (tests/conftest.py), and this script checks the junit files for one as well.
+#
+# The last lines: the distinct test count (a test run in both passes counts
+# once), then "total: N passed, N failed, N skipped" over both passes (CI
+# reads that line; it stays last).
 #
 # VAPOR_TEST_DATABASE_URL overrides the PostgreSQL URL of pass 2.
 set -euo pipefail
@@ -92,9 +100,10 @@ vapor_say "pass 1: pytest -m 'not postgres' on SQLite"
 sqlite_rc=0
 env -u DATABASE_URL "$VAPOR_PY" -m pytest -m "not postgres" --junitxml="${RESULTS}/sqlite.xml" "$@" || sqlite_rc=$?
 
-vapor_say "pass 2: pytest -m 'postgres or not (libvirt or sqlite_pass)' on PostgreSQL"
+vapor_say "pass 2: pytest -m 'postgres or not (libvirt or sqlite_pass)' --db-only on PostgreSQL"
 postgres_rc=0
-DATABASE_URL="$PG_URL" "$VAPOR_PY" -m pytest -m "postgres or not (libvirt or sqlite_pass)" --junitxml="${RESULTS}/postgres.xml" "$@" || postgres_rc=$?
+DATABASE_URL="$PG_URL" "$VAPOR_PY" -m pytest -m "postgres or not (libvirt or sqlite_pass)" --db-only --junitxml="${RESULTS}/postgres.xml" "$@" ||
+    postgres_rc=$?
 
 status_of() {
     # 0 = passed. 5 = collected nothing: a failure, unless this is a subset run
@@ -115,22 +124,42 @@ subset=$(($# > 0 ? 1 : 0))
 sqlite_status="$(status_of "$sqlite_rc" "$postgres_rc" "$subset")"
 postgres_status="$(status_of "$postgres_rc" "$sqlite_rc" "$subset")"
 echo "test.sh: SQLite pass exit ${sqlite_rc}, PostgreSQL pass exit ${postgres_rc}"
-# One closing line for both passes together, in the plain form CI reads.
-"$VAPOR_PY" - "${RESULTS}"/*.xml <<'PY'
+# The distinct count, a CI check on skipped tiers, then one closing line for
+# both passes together, in the plain form CI reads.
+summary_rc=0
+"$VAPOR_PY" - "${RESULTS}/sqlite.xml" "${RESULTS}/postgres.xml" <<'PY' || summary_rc=$?
 import os
 import sys
 import xml.etree.ElementTree as ET
 
+TIERS = ("tests.integration.", "tests.browser.")  # the libvirt and browser tiers, by module
+in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
+ids: dict[str, set[str]] = {}
+tier_skips: list[str] = []
 for path in filter(os.path.exists, sys.argv[1:]):
-    for suite in ET.parse(path).getroot().iter("testsuite"):
+    root = ET.parse(path).getroot()
+    for suite in root.iter("testsuite"):
         for key in totals:
             totals[key] += int(suite.get(key, 0))
+    cases = ids.setdefault(os.path.basename(path), set())
+    for case in root.iter("testcase"):
+        test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
+        cases.add(test_id)
+        if case.find("skipped") is not None and test_id.startswith(TIERS):
+            tier_skips.append(test_id)
 passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
+per_pass = ", ".join(f"{name.removesuffix('.xml')} {len(cases)}" for name, cases in ids.items())
+print(f"distinct tests: {len(set().union(*ids.values()))} ({per_pass}; a test run in both passes counts once)")
+if in_ci and tier_skips:
+    print(f"test.sh: {len(tier_skips)} libvirt/browser tests skipped under CI, which must run every tier:")
+    for test_id in tier_skips:
+        print(f"  {test_id}")
 print(f"total: {passed} passed, {totals['failures'] + totals['errors']} failed, {totals['skipped']} skipped")
+sys.exit(3 if in_ci and tier_skips else 0)
 PY
 
-if ((sqlite_status != 0 || postgres_status != 0)); then
+if ((sqlite_status != 0 || postgres_status != 0 || summary_rc != 0)); then
     exit 1
 fi
 exit 0

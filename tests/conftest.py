@@ -1,15 +1,94 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures and hooks shared by the whole suite.
+
+Two hooks decide what runs:
+- under CI (`CI` set, as `.ci/run` does), a skipped `libvirt` or `browser`
+  test is a failure: those tiers exist to be proven, and a skip would let a
+  machine without them go green;
+- with `--db-only` (the PostgreSQL pass of scripts/test.sh), only tests that
+  touch the database run (the `django_db` marker, a database fixture, directly
+  or through another fixture) plus the `postgres`-marked ones: the rest cannot
+  behave differently on PostgreSQL, and running them twice only inflates the
+  count.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission, User
 from rest_framework.test import APIClient
+
+# Markers of the tiers a CI run must never skip.
+NEVER_SKIPPED_IN_CI = ("libvirt", "browser")
+# Where those tiers live: a module there that skips itself as a whole is never collected, so no marker is seen.
+TIER_DIRS = (Path(__file__).parent / "integration", Path(__file__).parent / "browser")
+# Fixtures that open the test database; a test depends on one of them directly or
+# through its own fixtures (api, operator...), and item.fixturenames lists the closure.
+DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"})
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail_in_ci(reason: str) -> NoReturn:
+    """A precondition of a real-daemon test is missing: a skip on a workstation, a failure under CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: this tier may not be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db-only",
+        action="store_true",
+        help="run only the tests that use the database (and the `postgres`-marked ones); scripts/test.sh's PostgreSQL pass",
+    )
+
+
+def uses_database(item: pytest.Item) -> bool:
+    if item.get_closest_marker("django_db") or item.get_closest_marker("postgres"):
+        return True
+    return not DATABASE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--db-only"):
+        return
+    kept = [item for item in items if uses_database(item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if not uses_database(item)])
+        items[:] = kept
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    tiers = [name for name in NEVER_SKIPPED_IN_CI if item.get_closest_marker(name)]
+    if not tiers:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped a {'/'.join(tiers)} test under CI, which must run every tier: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and any(Path(collector.path).is_relative_to(tier) for tier in TIER_DIRS):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"{collector.nodeid} skipped itself as a whole under CI, which must run every tier: {reason}"
 
 
 @pytest.fixture(autouse=True, scope="session")

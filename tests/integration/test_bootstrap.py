@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from tests.conftest import skip_or_fail_in_ci
 from tests.integration.conftest import URI, remove_network, remove_pool, unique, virsh
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 
@@ -115,7 +116,7 @@ def test_bootstrap_refuses_bad_options_before_defining_anything(scratch: Scratch
 
 def test_bootstrap_network_lives_in_libvirtds_namespace_not_on_the_host(scratch: Scratch):
     if not NETNS_STATE.exists() or not NETNS_STATE.read_text().strip():
-        pytest.skip("libvirtd was not started by scripts/libvirtd.sh in a private network namespace")
+        skip_or_fail_in_ci("libvirtd was not started by scripts/libvirtd.sh in a private network namespace")
     netns = NETNS_STATE.read_text().strip()
     bootstrap(**scratch.options())
 

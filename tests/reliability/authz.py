@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
 from django.apps import apps
 from django.contrib.auth.models import Permission, User
+
+from tests.reliability.conftest import Tally
 
 # Every row the product writes: VMs, templates, ISOs and the task queue.
 WATCHED_APPS = ("vms", "isos", "django_q")
@@ -76,3 +79,12 @@ def make_role(role: str) -> User | None:
         perms = perms.filter(codename__startswith="view_")
     user.user_permissions.set(perms)
     return user
+
+
+def record_allowed(tally: Tally, suite: str, case: str, *, effect: bool, detail: str = "") -> None:
+    """An allowed cell, in the tally beside the refusals: `allowed` marks it, `effect` says whether the action
+    did what it does (tests/reliability/plugin.py counts these apart from the refused cells)."""
+    tally.path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"suite": suite, "case": case, "allowed": True, "effect": effect, "refused": False, "leftovers": 0, "detail": detail}
+    with tally.path.open("a") as out:
+        out.write(json.dumps(entry) + "\n")

@@ -2,16 +2,20 @@
 
 A denied cell must answer 401/403 (API) or send to the login page / 403
 (admin), with no call on the hypervisor (a spy counts every method, reads
-included, and every connection asked for) and no row changed. An allowed cell
-must not answer 401/403. Also: CSRF on session-authenticated writes, the VNC
-password kept out of every response, page, log line and queued task, and
-`manage.py check --deploy` with production settings.
+included, and every connection asked for), no task queued and no row changed.
+An allowed cell must do what the action does: the page or object shown, the
+row created, changed or deleted, the task queued (and run, as django-q2's
+sync mode runs it at commit), the hypervisor called; each action names its
+effect below. Also: CSRF on session-authenticated writes, the VNC password
+kept out of every response, page, log line and queued task, and `manage.py
+check --deploy` with production settings.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +29,15 @@ from django_q.signing import SignedPackage
 from rest_framework.test import APIClient
 
 from isos.hashing import hash_file
+from isos.models import IsoImage, IsoStatus, RetiredIsoId
 from isos.services import IsoMetadata, iso_register_path
 from tests.conftest import IsoDirs
 from tests.fakes import FakeHypervisor
-from tests.reliability.authz import HypervisorSpy, changed_rows, make_role, rows
+from tests.reliability.authz import HypervisorSpy, changed_rows, make_role, record_allowed, rows
 from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
-from vms.models import VirtualMachine
+from vms.models import VirtualMachine, VmEvent, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -43,13 +48,161 @@ ADMIN = "/admin/"
 
 
 @dataclass(frozen=True)
+class Seen:
+    """What an allowed request did, for its action's effect check."""
+
+    response: Any
+    seeds: dict[str, str]
+    before: dict[str, dict[Any, str]]  # rows() before the request
+    after: dict[str, dict[Any, str]]
+    spy: HypervisorSpy
+    tasks: int  # on-commit callbacks the request registered: queued tasks
+
+    @property
+    def body(self) -> str:
+        return self.response.content.decode()
+
+
+# An effect check asserts what an allowed request did and returns it in a few words (for the report).
+Effect = Callable[[Seen], str]
+
+
+@dataclass(frozen=True)
 class Action:
     name: str
     method: str
-    url: str  # with {vm}, {iso}, {template} for the seeded objects
+    url: str  # with {vm}, {iso}, {template}, {iso_downloading}, {iso_failed} for the seeded objects
     kind: str  # "view", "add", "change" or "delete": what the viewer may do is "view" only
     data: dict[str, Any] = field(default_factory=dict)
     api: bool = True
+    effect: Effect | None = None  # None: a page or listing, checked by shows()
+
+
+def _status(seen: Seen, *expected: int) -> None:
+    assert seen.response.status_code in expected, (seen.response.status_code, seen.response.content[:500])
+
+
+def shows(*texts: str, refreshes_state: bool = False) -> Effect:
+    """A read: 200, the seeded objects named in the body, nothing written, no task. With `refreshes_state`,
+    the VM's row may change: reading one VM stores the live domain state it read (vm_sync_state)."""
+
+    def check(seen: Seen) -> str:
+        _status(seen, 200)
+        wanted = [_fill(text, seen.seeds) for text in texts]
+        missing = [text for text in wanted if text not in seen.body]
+        assert not missing, f"the page does not show {missing}"
+        ignored = ("vms.VirtualMachine",) if refreshes_state else ()
+        before = {label: rows for label, rows in seen.before.items() if label not in ignored}
+        after = {label: rows for label, rows in seen.after.items() if label not in ignored}
+        assert changed_rows(before, after) == 0 and seen.tasks == 0, "a read wrote something"
+        if refreshes_state:
+            assert seen.after["vms.VirtualMachine"].keys() == seen.before["vms.VirtualMachine"].keys(), "a read created or deleted a VM"
+        return f"shows {', '.join(wanted)}" if wanted else "shows the page"
+
+    return check
+
+
+def creates(code: int, model: Any, what: str, /, *, task: bool = False, hv_call: str = "", **lookup: Any) -> Effect:
+    """The row exists afterwards (and not before); its task queued; the hypervisor called."""
+
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        filled = {key: _fill(value, seen.seeds) for key, value in lookup.items()}
+        assert model.objects.filter(**filled).count() == 1, f"no {what} {filled} was created"
+        assert seen.after.get(model._meta.label, {}).keys() - seen.before.get(model._meta.label, {}).keys(), "no new row"
+        done = [f"{what} created"]
+        if task:
+            assert seen.tasks >= 1, "no task was queued"
+            done.append(f"{seen.tasks} task(s) queued")
+        if hv_call:
+            assert seen.spy.calls[hv_call] >= 1, f"the hypervisor's {hv_call} was not called: {dict(seen.spy.calls)}"
+            done.append(f"{hv_call} called")
+        return ", ".join(done)
+
+    return check
+
+
+def provisions(status: int, name: str) -> Effect:
+    """A VM row, its provisioning task queued and run: the domain defined and started on the (fake) host."""
+
+    def check(seen: Seen) -> str:
+        _status(seen, status)
+        vm = VirtualMachine.objects.get(name=name)
+        assert seen.tasks >= 1, "no provisioning task was queued"
+        assert vm.status == "running", (vm.status, vm.error)
+        assert seen.spy.calls["define_domain"] == 1 and seen.spy.calls["start_domain"] == 1, dict(seen.spy.calls)
+        assert name in seen.spy.inner.domains
+        return f"VM {name} created, provisioning queued, domain defined and started"
+
+    return check
+
+
+def changes(code: int, model: Any, key: str, /, *, task: bool = False, **expected: Any) -> Effect:
+    """The seeded row `key` now holds `expected`."""
+
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        row = model.objects.filter(**{("name" if key == "template" else "pk"): seen.seeds[key]}).values(*expected).get()
+        assert row == expected, (row, expected)
+        done = [f"{model.__name__} {', '.join(f'{k}={v!r}' for k, v in expected.items())}"]
+        if task:
+            assert seen.tasks >= 1, "no task was queued"
+            done.append(f"{seen.tasks} task(s) queued")
+        return ", ".join(done)
+
+    return check
+
+
+def retired(status: int, *, retires_id: bool = True) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, status)
+        assert not IsoImage.objects.filter(pk=seen.seeds["iso"]).exists(), "the ISO is still there"
+        if not retires_id:
+            return "ISO deleted"
+        assert RetiredIsoId.objects.filter(pk=seen.seeds["iso"]).exists(), "its id was not retired"
+        return "ISO deleted, its id retired"
+
+    return check
+
+
+def vm_gone(status: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, status)
+        assert not VirtualMachine.objects.filter(pk=seen.seeds["vm"]).exists(), "the VM row is still there"
+        assert seen.spy.calls["undefine_domain"] == 1 and "seed-vm" not in seen.spy.inner.domains, dict(seen.spy.calls)
+        return "VM row deleted, domain undefined"
+
+    return check
+
+
+def template_gone(status: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, status)
+        assert not VmTemplate.objects.filter(name=seen.seeds["template"]).exists(), "the template is still there"
+        return "template deleted"
+
+    return check
+
+
+def powers(status: int, method: str, step: str, vm_status: str | None = None) -> Effect:
+    """The lifecycle call reached the hypervisor once and was recorded."""
+
+    def check(seen: Seen) -> str:
+        _status(seen, status)
+        assert seen.spy.calls[method] == 1, f"{method} was not called once: {dict(seen.spy.calls)}"
+        assert VmEvent.objects.filter(vm_id=int(seen.seeds["vm"]), step=step).exists(), f"no {step} event"
+        if vm_status:
+            assert VirtualMachine.objects.get(pk=seen.seeds["vm"]).status == vm_status
+        return f"{method} called, {step} recorded" + (f", VM {vm_status}" if vm_status else "")
+
+    return check
+
+
+def refreshes(seen: Seen) -> str:
+    _status(seen, 302)
+    assert seen.spy.calls["list_domains"] == 1, dict(seen.spy.calls)
+    assert VirtualMachine.objects.get(pk=seen.seeds["vm"]).state_checked_at is not None, "the state was not stored"
+    return "one host listing, state stored"
 
 
 def _rows_form(prefix: str, items: list[dict[str, str]]) -> dict[str, str]:
@@ -72,58 +225,75 @@ TEMPLATE_FORM = {
 VM_CREATE = {"name": "made-by-api", "memory": 512, "vcpus": 1}
 
 
-def _vm_action(action: str, kind: str = "change") -> Action:
+def _vm_action(action: str, effect: Effect, kind: str = "change") -> Action:
     return Action(f"admin VM action {action}", "POST", ADMIN + "vms/virtualmachine/", kind,
-                  {"action": action, "_selected_action": "{vm}", "index": "0"}, api=False)  # fmt: skip
+                  {"action": action, "_selected_action": "{vm}", "index": "0"}, api=False, effect=effect)  # fmt: skip
 
 
-def _iso_action(action: str) -> Action:
+def _iso_action(action: str, iso: str, effect: Effect) -> Action:
     return Action(f"admin ISO action {action}", "POST", ADMIN + "isos/isoimage/", "change",
-                  {"action": action, "_selected_action": "{iso}", "index": "0"}, api=False)  # fmt: skip
+                  {"action": action, "_selected_action": "{" + iso + "}", "index": "0"}, api=False, effect=effect)  # fmt: skip
+
+
+POWER = {"start": ("start_domain", "running"), "stop": ("shutdown_domain", None), "force-stop": ("destroy_domain", "stopped"),
+         "reboot": ("reboot_domain", None)}  # fmt: skip
 
 
 ACTIONS = [
     # --- API: ISO library (isos/api/urls.py)
-    Action("API GET isos", "GET", API + "isos", "view"),
-    Action("API POST isos (register)", "POST", API + "isos", "add", {"path": "{spare_iso}"}),
-    Action("API POST isos (download)", "POST", API + "isos", "add", {"url": "http://127.0.0.1:9/x.iso"}),
-    Action("API GET iso", "GET", API + "isos/{iso}", "view"),
-    Action("API PATCH iso", "PATCH", API + "isos/{iso}", "change", {"description": "changed"}),
-    Action("API DELETE iso", "DELETE", API + "isos/{iso}", "delete"),
-    Action("API POST iso cancel", "POST", API + "isos/{iso}/cancel", "change"),
-    Action("API POST iso retry", "POST", API + "isos/{iso}/retry", "change"),
-    Action("API POST iso rehash", "POST", API + "isos/{iso}/rehash", "change"),
+    Action("API GET isos", "GET", API + "isos", "view", effect=shows("{iso}", "{iso_failed}")),
+    Action("API POST isos (register)", "POST", API + "isos", "add", {"path": "{spare_iso}"},
+           effect=creates(201, IsoImage, "ISO", task=True, path="{spare_iso}", status=IsoStatus.READY)),
+    Action("API POST isos (download)", "POST", API + "isos", "add", {"url": "http://127.0.0.1:9/x.iso"},
+           effect=creates(202, IsoImage, "ISO", task=True, source_url="http://127.0.0.1:9/x.iso")),
+    Action("API GET iso", "GET", API + "isos/{iso}", "view", effect=shows("{iso}", "seed.iso")),
+    Action("API PATCH iso", "PATCH", API + "isos/{iso}", "change", {"description": "changed"},
+           effect=changes(200, IsoImage, "iso", description="changed")),
+    Action("API DELETE iso", "DELETE", API + "isos/{iso}", "delete", effect=retired(204)),
+    Action("API POST iso cancel", "POST", API + "isos/{iso_downloading}/cancel", "change",
+           effect=changes(200, IsoImage, "iso_downloading", status=IsoStatus.CANCELLED)),
+    Action("API POST iso retry", "POST", API + "isos/{iso_failed}/retry", "change",
+           effect=changes(200, IsoImage, "iso_failed", task=True, status=IsoStatus.READY, error="")),
+    Action("API POST iso rehash", "POST", API + "isos/{iso}/rehash", "change",
+           effect=changes(200, IsoImage, "iso", task=True, status=IsoStatus.READY)),
     # --- API: VMs and templates (vms/api/urls.py)
-    Action("API GET vms", "GET", API, "view"),
-    Action("API POST vms (legacy create)", "POST", API, "add", VM_CREATE),
-    Action("API POST create-enhanced", "POST", API + "create-enhanced", "add", VM_CREATE),
-    Action("API GET vm", "GET", API + "{vm}", "view"),
-    Action("API DELETE vm", "DELETE", API + "{vm}", "delete"),
-    *[Action(f"API POST vm {a}", "POST", API + "{vm}/" + a, "change") for a in ("start", "stop", "force-stop", "reboot")],
-    Action("API GET templates", "GET", API + "templates", "view"),
-    Action("API POST templates", "POST", API + "templates", "add", {"name": "tpl-new", "memory": 512, "vcpus": 1}),
-    Action("API GET template", "GET", API + "templates/{template}", "view"),
-    Action("API PATCH template", "PATCH", API + "templates/{template}", "change", {"memory": 1024}),
-    Action("API DELETE template", "DELETE", API + "templates/{template}", "delete"),
+    Action("API GET vms", "GET", API, "view", effect=shows("seed-vm")),
+    Action("API POST vms (legacy create)", "POST", API, "add", VM_CREATE, effect=provisions(202, "made-by-api")),
+    Action("API POST create-enhanced", "POST", API + "create-enhanced", "add", VM_CREATE, effect=provisions(202, "made-by-api")),
+    Action("API GET vm", "GET", API + "{vm}", "view", effect=shows("seed-vm", refreshes_state=True)),
+    Action("API DELETE vm", "DELETE", API + "{vm}", "delete", effect=vm_gone(204)),
+    *[Action(f"API POST vm {a}", "POST", API + "{vm}/" + a, "change", effect=powers(200, POWER[a][0], a, POWER[a][1])) for a in POWER],
+    Action("API GET templates", "GET", API + "templates", "view", effect=shows("seed-tpl")),
+    Action("API POST templates", "POST", API + "templates", "add", {"name": "tpl-new", "memory": 512, "vcpus": 1},
+           effect=creates(201, VmTemplate, "template", name="tpl-new", memory_mb=512)),
+    Action("API GET template", "GET", API + "templates/{template}", "view", effect=shows("seed-tpl")),
+    Action("API PATCH template", "PATCH", API + "templates/{template}", "change", {"memory": 1024},
+           effect=changes(200, VmTemplate, "template", memory_mb=1024)),
+    Action("API DELETE template", "DELETE", API + "templates/{template}", "delete", effect=template_gone(204)),
     # --- admin: VMs
-    Action("admin VM list", "GET", ADMIN + "vms/virtualmachine/", "view", api=False),
-    Action("admin VM change page", "GET", ADMIN + "vms/virtualmachine/{vm}/change/", "view", api=False),
-    Action("admin VM history", "GET", ADMIN + "vms/virtualmachine/{vm}/history/", "view", api=False),
-    Action("admin VM ISO picker", "GET", ADMIN + "vms/virtualmachine/iso-picker/?term=seed", "view", api=False),
-    Action("admin VM add page", "GET", ADMIN + "vms/virtualmachine/add/", "add", api=False),
-    Action("admin VM add (create)", "POST", ADMIN + "vms/virtualmachine/add/", "add", VM_FORM, api=False),
-    Action("admin VM delete page", "GET", ADMIN + "vms/virtualmachine/{vm}/delete/", "delete", api=False),
-    Action("admin VM delete (confirm)", "POST", ADMIN + "vms/virtualmachine/{vm}/delete/", "delete", {"post": "yes"}, api=False),
-    _vm_action("action_start"),
-    _vm_action("action_stop"),
-    _vm_action("action_force_stop"),
-    _vm_action("action_delete", "delete"),
-    _vm_action("refresh_states"),
+    Action("admin VM list", "GET", ADMIN + "vms/virtualmachine/", "view", api=False, effect=shows("seed-vm")),
+    Action("admin VM change page", "GET", ADMIN + "vms/virtualmachine/{vm}/change/", "view", api=False, effect=shows("seed-vm")),
+    Action("admin VM history", "GET", ADMIN + "vms/virtualmachine/{vm}/history/", "view", api=False, effect=shows("seed-vm")),
+    Action("admin VM ISO picker", "GET", ADMIN + "vms/virtualmachine/iso-picker/?term=seed", "view", api=False, effect=shows("{iso}")),
+    Action("admin VM add page", "GET", ADMIN + "vms/virtualmachine/add/", "add", api=False, effect=shows('name="name"')),
+    Action("admin VM add (create)", "POST", ADMIN + "vms/virtualmachine/add/", "add", VM_FORM, api=False,
+           effect=provisions(302, "made-in-admin")),
+    Action("admin VM delete page", "GET", ADMIN + "vms/virtualmachine/{vm}/delete/", "delete", api=False,
+           effect=shows("seed-vm", 'name="post"')),
+    Action("admin VM delete (confirm)", "POST", ADMIN + "vms/virtualmachine/{vm}/delete/", "delete", {"post": "yes"}, api=False,
+           effect=vm_gone(302)),
+    _vm_action("action_start", powers(302, "start_domain", "start", "running")),
+    _vm_action("action_stop", powers(302, "shutdown_domain", "stop")),
+    _vm_action("action_force_stop", powers(302, "destroy_domain", "force-stop", "stopped")),
+    _vm_action("action_delete", vm_gone(302), "delete"),
+    _vm_action("refresh_states", refreshes),
     # --- admin: templates
-    Action("admin template list", "GET", ADMIN + "vms/vmtemplate/", "view", api=False),
-    Action("admin template change page", "GET", ADMIN + "vms/vmtemplate/{template_pk}/change/", "view", api=False),
-    Action("admin template add page", "GET", ADMIN + "vms/vmtemplate/add/", "add", api=False),
-    Action("admin template add (save)", "POST", ADMIN + "vms/vmtemplate/add/", "add", TEMPLATE_FORM, api=False),
+    Action("admin template list", "GET", ADMIN + "vms/vmtemplate/", "view", api=False, effect=shows("seed-tpl")),
+    Action("admin template change page", "GET", ADMIN + "vms/vmtemplate/{template_pk}/change/", "view", api=False,
+           effect=shows("seed-tpl")),
+    Action("admin template add page", "GET", ADMIN + "vms/vmtemplate/add/", "add", api=False, effect=shows('name="name"')),
+    Action("admin template add (save)", "POST", ADMIN + "vms/vmtemplate/add/", "add", TEMPLATE_FORM, api=False,
+           effect=creates(302, VmTemplate, "template", name="tpl-admin", memory_mb=512)),
     Action(
         "admin template change (save)",
         "POST",
@@ -131,13 +301,16 @@ ACTIONS = [
         "change",
         {**TEMPLATE_FORM, "name": "{template}", "memory_mb": "2048"},
         api=False,
+        effect=changes(302, VmTemplate, "template", memory_mb=2048),
     ),
-    Action("admin template delete (confirm)", "POST", ADMIN + "vms/vmtemplate/{template_pk}/delete/", "delete", {"post": "yes"}, api=False),
+    Action("admin template delete (confirm)", "POST", ADMIN + "vms/vmtemplate/{template_pk}/delete/", "delete", {"post": "yes"}, api=False,
+           effect=template_gone(302)),
     # --- admin: ISOs
-    Action("admin ISO list", "GET", ADMIN + "isos/isoimage/", "view", api=False),
-    Action("admin ISO change page", "GET", ADMIN + "isos/isoimage/{iso}/change/", "view", api=False),
-    Action("admin ISO add page", "GET", ADMIN + "isos/isoimage/add/", "add", api=False),
-    Action("admin ISO add (register)", "POST", ADMIN + "isos/isoimage/add/", "add", {"path": "{spare_iso}"}, api=False),
+    Action("admin ISO list", "GET", ADMIN + "isos/isoimage/", "view", api=False, effect=shows("/admin/isos/isoimage/{iso}/change/")),
+    Action("admin ISO change page", "GET", ADMIN + "isos/isoimage/{iso}/change/", "view", api=False, effect=shows("seed.iso")),
+    Action("admin ISO add page", "GET", ADMIN + "isos/isoimage/add/", "add", api=False, effect=shows('name="path"')),
+    Action("admin ISO add (register)", "POST", ADMIN + "isos/isoimage/add/", "add", {"path": "{spare_iso}"}, api=False,
+           effect=creates(302, IsoImage, "ISO", task=True, path="{spare_iso}", status=IsoStatus.READY)),
     Action(
         "admin ISO change (save)",
         "POST",
@@ -145,12 +318,15 @@ ACTIONS = [
         "change",
         {"name": "renamed", "architecture": "x86_64", "os_type": "", "os_variant": "", "description": ""},
         api=False,
+        effect=changes(302, IsoImage, "iso", name="renamed", architecture="x86_64"),
     ),
-    Action("admin ISO delete (confirm)", "POST", ADMIN + "isos/isoimage/{iso}/delete/", "delete", {"post": "yes"}, api=False),
-    _iso_action("action_iso_rehash"),
-    _iso_action("action_iso_retry"),
-    _iso_action("action_iso_cancel"),
-]
+    # The admin deletes through Django's own delete, not isos.services.iso_delete: no id is retired there.
+    Action("admin ISO delete (confirm)", "POST", ADMIN + "isos/isoimage/{iso}/delete/", "delete", {"post": "yes"}, api=False,
+           effect=retired(302, retires_id=False)),
+    _iso_action("action_iso_rehash", "iso", changes(302, IsoImage, "iso", task=True, status=IsoStatus.READY)),
+    _iso_action("action_iso_retry", "iso_failed", changes(302, IsoImage, "iso_failed", task=True, status=IsoStatus.READY, error="")),
+    _iso_action("action_iso_cancel", "iso_downloading", changes(302, IsoImage, "iso_downloading", status=IsoStatus.CANCELLED)),
+]  # fmt: skip
 
 
 def expected_allowed(role: str, action: Action) -> bool:
@@ -173,10 +349,17 @@ def spy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HypervisorSpy:
 
 @pytest.fixture
 def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_capture_on_commit_callbacks: Any) -> dict[str, str]:
-    """A ready ISO, a template, a running VM and a spare ISO file; the spy's counter starts at 0."""
+    """A ready ISO, one downloading, one failed, a template, a running VM and a spare ISO file; the spy's counter starts at 0."""
     seed_iso = shutil.copyfile(iso_bytes, iso_dirs.search[0] / "seed.iso")
     spare = shutil.copyfile(iso_bytes, iso_dirs.search[0] / "spare.iso")
-    iso = iso_register_path(path=str(seed_iso), meta=IsoMetadata(name="seed"), digests=hash_file(seed_iso))
+    digests = hash_file(seed_iso)
+    iso = iso_register_path(path=str(seed_iso), meta=IsoMetadata(name="seed"), digests=digests)
+    others = {}
+    for status in (IsoStatus.DOWNLOADING, IsoStatus.FAILED):  # what cancel and retry act on
+        path = shutil.copyfile(iso_bytes, iso_dirs.search[0] / f"{status}.iso")
+        other = iso_register_path(path=str(path), meta=IsoMetadata(name=f"{status}-iso"), digests=digests)
+        IsoImage.objects.filter(pk=other.pk).update(status=status, error="" if status == IsoStatus.DOWNLOADING else "seeded failure")
+        others[f"iso_{status}"] = other.pk
     root = APIClient()
     root.force_authenticate(User.objects.create_superuser("seeder", password=None))
     template = root.post(API + "templates", {"name": "seed-tpl", "memory": 512, "vcpus": 1}, format="json")
@@ -192,6 +375,7 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
         "template": "seed-tpl",
         "template_pk": str(template.json()["id"]),
         "spare_iso": str(spare),
+        **others,
     }
 
 
@@ -233,25 +417,36 @@ def _denied(role: str, action: Action, response: Any) -> bool:
 
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("action", ACTIONS, ids=lambda a: a.name)
-def test_cell(role: str, action: Action, spy: HypervisorSpy, seeded: dict[str, str], tally: Tally) -> None:
+def test_cell(
+    role: str, action: Action, spy: HypervisorSpy, seeded: dict[str, str], tally: Tally, django_capture_on_commit_callbacks: Any
+) -> None:
     client = _client(role, make_role(role), action.api)
     before = rows()
-    response = _send(client, action, seeded)
-    allowed = expected_allowed(role, action)
+    # Tasks are queued at commit; run them here (django-q2's sync mode), so their effect is seen and a denied cell's would be.
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        response = _send(client, action, seeded)
     case = f"{role} x {action.name}"
-    if allowed:
-        ok = response.status_code not in (401, 403) and not (
-            response.status_code == 302 and response["Location"].startswith("/admin/login/")
-        )
-        tally.record(SUITE, case, refused=ok, detail=f"allowed: {response.status_code}")
-        assert ok, (case, response.status_code, response.content[:500])
+    if expected_allowed(role, action):
+        seen = Seen(response=response, seeds=seeded, before=before, after=rows(), spy=spy, tasks=len(queued))
+        effect = action.effect or shows()
+        try:
+            done, problem = effect(seen), ""
+        except AssertionError as exc:
+            done, problem = "", str(exc) or "the effect check failed"
+        record_allowed(tally, SUITE, case, effect=not problem, detail=f"{response.status_code}: {done or problem}")
+        assert not problem, (case, response.status_code, problem, response.content[:500])
         return
-    leftovers = spy.total() + changed_rows(before, rows())
+    leftovers = spy.total() + changed_rows(before, rows()) + len(queued)
     refused = _denied(role, action, response)
     tally.record(
         SUITE, case, refused=refused, leftovers=leftovers, detail=f"denied: {response.status_code}; hypervisor calls {dict(spy.calls)}"
     )
     assert refused and leftovers == 0, (case, response.status_code, dict(spy.calls), leftovers, response.content[:300])
+
+
+def test_every_action_names_its_effect() -> None:
+    """An allowed cell without an effect check would again prove only "not 401/403"."""
+    assert [a.name for a in ACTIONS if a.effect is None] == []
 
 
 # --- CSRF on session-authenticated writes ---------------------------------------------
@@ -291,10 +486,11 @@ def test_session_writes_need_the_csrf_token(
     client.get(ADMIN)  # any page with a form sets the CSRF cookie
     token = client.cookies["csrftoken"].value
     accepted = send(HTTP_X_CSRFTOKEN=token) if api else method(url, {**data, "csrfmiddlewaretoken": token})
-    ok = accepted.status_code not in (401, 403)
-    tally.record(SUITE, f"operator (session, CSRF token) x {name}", refused=ok, detail=f"allowed: {accepted.status_code}")
-    assert ok, (name, accepted.status_code, accepted.content[:300])
-    assert changed_rows(before, rows()) > 0, name  # the write happened this time
+    changed = changed_rows(before, rows())
+    ok = accepted.status_code not in (401, 403) and changed > 0  # the write happened this time
+    record_allowed(tally, SUITE, f"operator (session, CSRF token) x {name}", effect=ok,
+                         detail=f"{accepted.status_code}: {changed} row(s) written")  # fmt: skip
+    assert ok, (name, accepted.status_code, changed, accepted.content[:300])
 
 
 # --- the VNC password ------------------------------------------------------------------

@@ -1,0 +1,429 @@
+"""Mutation check over the rules that guard data and hosts (`make mutation`).
+
+Each mutant breaks one rule on purpose: one exact snippet of one file is
+replaced. The script copies the tree (the files git knows, committed or not)
+into a temporary directory once, runs the named tests there unmutated (the
+baseline: a selection that already fails proves nothing), then applies each
+mutant in turn to that copy, runs its tests and puts the file back. The
+working tree is never written, except docs/RELIABILITY.md with --write.
+
+A mutant is *killed* when its tests fail and *survives* when they pass: a
+surviving mutant is a rule no test would notice losing. A snippet that is not
+found exactly once, a selection that collects nothing or a mutant that breaks
+the import is an error, reported loudly: the table below is out of date (a
+file moved, a line changed) and must be edited, not ignored.
+
+    .venv/bin/python scripts/mutation.py            # run every mutant, print the table
+    .venv/bin/python scripts/mutation.py --write    # ... and write the score into docs/RELIABILITY.md
+    .venv/bin/python scripts/mutation.py --list     # the table, without running anything
+    .venv/bin/python scripts/mutation.py --only sharing   # mutants whose rule or name contains a word
+
+Exit status: 0 when every mutant was killed, 1 when one survived, 2 when the
+table or the baseline is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "docs" / "RELIABILITY.md"
+# The block this script owns in docs/RELIABILITY.md; tests/reliability/plugin.py keeps it when it rewrites the rest.
+BLOCK_START = "<!-- mutation:start -->"
+BLOCK_END = "<!-- mutation:end -->"
+TIMEOUT = 300  # seconds per test run (the slowest selection takes ~3 min); a mutant that hangs its tests counts as killed
+PYTEST = ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not libvirt and not browser"]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    rule: str  # the rule broken, in words
+    name: str  # what this mutant does to it
+    file: str  # relative to the repository root
+    snippet: str  # exact text; must occur exactly once in the file
+    replacement: str
+    tests: tuple[str, ...]  # pytest arguments: test files, optionally "-k", "expression"
+
+
+# Test selections, named once because several mutants share them.
+SHARING_TESTS = ("tests/vms/test_create_api.py",)
+VOLUME_TESTS = ("tests/vms/test_create_api.py", "tests/vms/test_provisioning.py")
+ISO_PAIR_TESTS = ("tests/vms/test_create_api.py",)
+PATH_TESTS = ("tests/isos/test_api.py", "-k", "symlink or bad_paths or device_node")
+PATH_TESTS_VMS = ("tests/reliability/test_hostile_paths.py",)
+CHAIN_TESTS = ("tests/vms/test_images.py",)
+SSRF_TESTS = ("tests/isos/test_download.py", "-k", "refuse or internal or allowed or accepts_public")
+
+VALIDATION = "vms/services/validation.py"
+PATHS = "vaporsite/paths.py"
+IMAGES = "vms/hypervisor/images.py"
+NETGUARD = "isos/netguard.py"
+
+MUTANTS: list[Mutant] = [
+    # --- two VMs must not write one image (both directions of the rule)
+    Mutant(
+        "sharing: two VMs must not write one image",
+        "a read-write attachment is not checked at all",
+        VALIDATION,
+        "    users = Disk.objects.filter(path=path).exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])\n",
+        "    if not readonly:\n        return\n"
+        "    users = Disk.objects.filter(path=path).exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])\n",
+        SHARING_TESTS,
+    ),
+    Mutant(
+        "sharing: two VMs must not write one image",
+        "a read-only attachment beside a read-write one is accepted",
+        VALIDATION,
+        "        users = users.filter(readonly=False)\n",
+        "        users = users.none()\n",
+        SHARING_TESTS,
+    ),
+    Mutant(
+        "sharing: two VMs must not write one image",
+        "the read-only exemption is dropped (read-only + read-only refused)",
+        VALIDATION,
+        "    if readonly:\n        users = users.filter(readonly=False)\n",
+        "",
+        SHARING_TESTS,
+    ),
+    # --- a volume that already exists in the pool is a 409, never replaced
+    Mutant(
+        "volume exists: a volume already in the pool is refused (409)",
+        "the check is skipped",
+        VALIDATION,
+        "            if _volume_exists(hv, pool.name, volume_name):\n",
+        "            if False:\n",
+        VOLUME_TESTS,
+    ),
+    Mutant(
+        "volume exists: a volume already in the pool is refused (409)",
+        "_volume_exists always answers no",
+        VALIDATION,
+        "    except NotFound:\n        return False\n    return True\n",
+        "    except NotFound:\n        return False\n    return False\n",
+        VOLUME_TESTS,
+    ),
+    # --- secondary_iso may not be the same file as iso_path
+    Mutant(
+        "secondary_iso is not the same file as iso_path",
+        "the comparison is removed",
+        VALIDATION,
+        "    if len({c.iso.path for c in planned}) < len(planned):\n",
+        "    if False:\n",
+        ISO_PAIR_TESTS,
+    ),
+    # --- the path guard (vaporsite/paths.py)
+    Mutant(
+        "path guard: a user's path stays inside the allowed roots",
+        "the roots are not checked",
+        PATHS,
+        "    if not is_inside(resolved, roots):\n",
+        "    if False:\n",
+        PATH_TESTS,
+    ),
+    Mutant(
+        "path guard: a user's path stays inside the allowed roots",
+        "roots compared as string prefixes (/isos2 inside /isos)",
+        PATHS,
+        "path == root or path.is_relative_to(root)",
+        "str(path).startswith(str(root))",
+        PATH_TESTS,
+    ),
+    Mutant(
+        "path guard: a user's path stays inside the allowed roots",
+        "symlinks are not resolved",
+        PATHS,
+        "    resolved = Path(os.path.realpath(raw))\n",
+        "    resolved = Path(os.path.normpath(raw))\n",
+        PATH_TESTS,
+    ),
+    Mutant(
+        "path guard: a user's path stays inside the allowed roots",
+        "a device node or directory is accepted",
+        PATHS,
+        "    if not stat.S_ISREG(info.st_mode):\n",
+        "    if False:\n",
+        PATH_TESTS,
+    ),
+    Mutant(
+        "path guard: a user's path stays inside the allowed roots",
+        "the roots are not checked (disk paths, through the VM API)",
+        PATHS,
+        "    if not is_inside(resolved, roots):\n",
+        "    if False:\n",
+        PATH_TESTS_VMS,
+    ),
+    # --- the image chain check (vms/hypervisor/images.py)
+    Mutant(
+        "image chain: backing and data files stay inside the roots",
+        "a file of the chain is not held to the roots",
+        IMAGES,
+        "    if not is_inside(Path(os.path.realpath(name)), roots):\n",
+        "    if False:\n",
+        CHAIN_TESTS,
+    ),
+    Mutant(
+        "image chain: backing and data files stay inside the roots",
+        "the walk does not check each backing file",
+        IMAGES,
+        "    if roots is not None:\n        _require_inside(real, roots, field=field, what=what)\n",
+        "",
+        CHAIN_TESTS,
+    ),
+    Mutant(
+        "image chain: backing and data files stay inside the roots",
+        "an external data file is not checked",
+        IMAGES,
+        "        if link.data_file is not None and roots is not None:\n",
+        "        if False:\n",
+        CHAIN_TESTS,
+    ),
+    Mutant(
+        "image chain: backing and data files stay inside the roots",
+        "check_image_chain checks nothing",
+        IMAGES,
+        '        _require_inside(name, roots, field=field, what=f"{name}, referenced by {info.path},")\n',
+        "        pass\n",
+        CHAIN_TESTS,
+    ),
+    # (The same test in _checked_file is a backstop: _link has already refused the name, so breaking only
+    # that one changes nothing a test can see.)
+    Mutant(
+        "image chain: backing and data files stay inside the roots",
+        "a backing protocol name (nbd:, json:) is accepted",
+        IMAGES,
+        "        if has_protocol(backing_name):\n",
+        "        if False:\n",
+        CHAIN_TESTS,
+    ),
+    # --- the SSRF guard (isos/netguard.py)
+    Mutant(
+        "SSRF guard: downloads connect only to public addresses",
+        "a refused address is let through",
+        NETGUARD,
+        "        if why is not None:\n            return address, why\n",
+        "        if why is not None:\n            continue\n",
+        SSRF_TESTS,
+    ),
+    Mutant(
+        "SSRF guard: downloads connect only to public addresses",
+        "an IPv4-mapped IPv6 address is not unwrapped",
+        NETGUARD,
+        "            inner = refusal_reason(address.ipv4_mapped)\n",
+        "            inner = None\n",
+        SSRF_TESTS,
+    ),
+    Mutant(
+        "SSRF guard: downloads connect only to public addresses",
+        "6to4, Teredo and NAT64 forms are not unwrapped",
+        NETGUARD,
+        "            if embedded is not None and (inner := refusal_reason(embedded)) is not None:\n",
+        "            if False and embedded is not None and (inner := refusal_reason(embedded)) is not None:\n",
+        SSRF_TESTS,
+    ),
+    Mutant(
+        "SSRF guard: downloads connect only to public addresses",
+        "addresses that are not globally routable are accepted",
+        NETGUARD,
+        '        (not address.is_global, "an address that is not publicly routable"),\n',
+        '        (False, "an address that is not publicly routable"),\n',
+        SSRF_TESTS,
+    ),
+    Mutant(
+        "SSRF guard: downloads connect only to public addresses",
+        "private (RFC 1918, ULA) addresses are not named",
+        NETGUARD,
+        '        (any(address in network for network in PRIVATE_NETWORKS), "a private address"),\n',
+        '        (False, "a private address"),\n',
+        SSRF_TESTS,
+    ),
+]
+
+
+@dataclass
+class Result:
+    mutant: Mutant
+    outcome: str  # killed, survived, timeout (counted as killed), error
+    seconds: float
+    detail: str = ""
+
+
+class TableError(Exception):
+    """The table does not match the code: a snippet moved, a selection collects nothing."""
+
+
+def copy_tree(dest: Path) -> None:
+    """The files git knows in the working tree (tracked, or new and not ignored), as they are now."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if name == ".venv" or name.startswith(".venv/") or not os.path.lexists(source):
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+def pytest_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CI")}
+    # No stale bytecode: a mutant may keep a file's size and land within the same second as the original.
+    return env | {"VAPOR_Q_SYNC": "1", "VAPOR_DOWNLOAD_ALLOW_PRIVATE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[int | None, str]:
+    """pytest's exit status (None on timeout) and the tail of its output."""
+    try:
+        done = subprocess.run(
+            [sys.executable, *PYTEST, *tests], cwd=tree, env=pytest_env(), capture_output=True, text=True, timeout=TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"no answer within {TIMEOUT} s"
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return done.returncode, "\n".join(lines[-15:])
+
+
+def check_table(tree: Path, mutants: list[Mutant]) -> None:
+    problems = []
+    for mutant in mutants:
+        path = tree / mutant.file
+        if not path.exists():
+            problems.append(f"{mutant.file}: no such file (for '{mutant.name}')")
+            continue
+        count = path.read_text().count(mutant.snippet)
+        if count != 1:
+            problems.append(f"{mutant.file}: the snippet for '{mutant.name}' occurs {count} times, not once:\n{mutant.snippet}")
+    if problems:
+        raise TableError("\n".join(problems))
+
+
+def baseline(tree: Path, mutants: list[Mutant]) -> None:
+    for tests in dict.fromkeys(m.tests for m in mutants):
+        started = time.monotonic()
+        status, tail = run_tests(tree, tests)
+        say(f"baseline {' '.join(tests)}: exit {status} ({time.monotonic() - started:.0f} s)")
+        if status != 0:
+            raise TableError(f"the unmutated tree fails {' '.join(tests)} (exit {status}): nothing can be learnt from it\n{tail}")
+
+
+def run_mutant(tree: Path, mutant: Mutant) -> Result:
+    path = tree / mutant.file
+    original = path.read_text()
+    path.write_text(original.replace(mutant.snippet, mutant.replacement, 1))
+    started = time.monotonic()
+    try:
+        status, tail = run_tests(tree, mutant.tests)
+    finally:
+        path.write_text(original)
+    seconds = time.monotonic() - started
+    if status is None:
+        return Result(mutant, "timeout", seconds, tail)
+    if status == 0:
+        return Result(mutant, "survived", seconds, "the tests passed with the rule broken")
+    if status == 1:
+        failed = [line for line in tail.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        return Result(mutant, "killed", seconds, failed[0] if failed else tail.splitlines()[-1])
+    # 2: interrupted (e.g. an import error), 3: internal error, 4: usage, 5: nothing collected.
+    return Result(mutant, "error", seconds, f"pytest exit {status}: {tail}")
+
+
+def say(message: str) -> None:
+    print(f"mutation: {message}", flush=True)
+
+
+def render_block(results: list[Result], args: list[str]) -> str:
+    killed = sum(r.outcome in ("killed", "timeout") for r in results)
+    survived = [r for r in results if r.outcome == "survived"]
+    errors = [r for r in results if r.outcome == "error"]
+    lines = [
+        BLOCK_START,
+        "## Mutation check",
+        "",
+        "Written by `make mutation` (`scripts/mutation.py --write`); do not edit by hand. Each mutant breaks one",
+        "rule that guards data or hosts (one exact snippet replaced, in a temporary copy of the tree) and runs the",
+        "tests named for it; a mutant whose tests still pass *survived*: no test would notice the rule gone.",
+        "",
+        f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; command: `scripts/mutation.py {' '.join(args)}`".rstrip(),
+        f"- Score: **{killed} of {len(results)} mutants killed**"
+        + (f"; **{len(survived)} survived**" if survived else "")
+        + (f"; **{len(errors)} could not run**" if errors else ""),
+        "",
+        "| rule | mutation | file | tests | result |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r.mutant
+        outcome = {"killed": "killed", "timeout": "killed (its tests hung)"}.get(r.outcome, f"**{r.outcome}**")
+        lines.append(f"| {m.rule} | {m.name} | `{m.file}` | `{shlex.join(m.tests)}` | {outcome} |".replace("\n", " "))
+    lines.append(BLOCK_END)
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, block: str) -> str:
+    pattern = re.compile(re.escape(BLOCK_START) + r".*?" + re.escape(BLOCK_END) + r"\n?", re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    return text.rstrip("\n") + "\n\n" + block
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="write the score into docs/RELIABILITY.md")
+    parser.add_argument("--list", action="store_true", help="print the table and stop")
+    parser.add_argument("--only", help="run only the mutants whose rule or name contains this word")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each selection")
+    options = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not options.only or options.only.lower() in f"{m.rule} {m.name}".lower()]
+    if options.list:
+        for m in mutants:
+            print(f"{m.rule} | {m.name} | {m.file} | {shlex.join(m.tests)}")
+        return 0
+    if not mutants:
+        say(f"no mutant matches {options.only!r}")
+        return 2
+    if options.write and options.only:
+        say("--write records the score of the whole table; run it without --only")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vapor-mutation-") as scratch:
+        tree = Path(scratch) / "tree"
+        copy_tree(tree)
+        try:
+            check_table(tree, mutants)
+            if not options.no_baseline:
+                baseline(tree, mutants)
+        except TableError as exc:
+            say(f"ERROR: {exc}")
+            return 2
+        results = []
+        for index, mutant in enumerate(mutants, 1):
+            result = run_mutant(tree, mutant)
+            results.append(result)
+            say(f"[{index}/{len(mutants)}] {result.outcome.upper():8} {mutant.rule}: {mutant.name} ({result.seconds:.0f} s)")
+            if result.outcome != "killed":
+                say(f"    {result.detail}")
+    killed = sum(r.outcome in ("killed", "timeout") for r in results)
+    say(f"score: {killed} of {len(results)} mutants killed")
+    if options.write:
+        REPORT.write_text(replace_block(REPORT.read_text() if REPORT.exists() else "# Reliability\n", render_block(results, argv)))
+        say(f"wrote the score into {REPORT.relative_to(ROOT)}")
+    if any(r.outcome == "error" for r in results):
+        return 2
+    return 0 if killed == len(results) else 1
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain kill still removes the temporary copy
+    sys.exit(main(sys.argv[1:]))
