@@ -18,7 +18,7 @@ from django.conf import settings
 
 from isos import osinfo
 from isos.models import IsoImage
-from isos.resolve import iso_resolve_ready
+from isos.resolve import iso_resolve, require_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import guard_file
 from vms.choices import CdromSlot, VmStatus
@@ -335,7 +335,12 @@ def _plan_cdroms(request: VmRequest, register: bool, cdrom_order: int) -> tuple[
     targets = target_devs([d.bus for d in request.disks] + ["sata"] * len(refs))[len(request.disks) :]
     planned = []
     for (slot, field, ref), target in zip(refs, targets, strict=True):
-        resolved = iso_resolve_ready(ref, field=field, register=register)
+        resolved = iso_resolve(ref, field=field, register=register)
+        if planned and resolved.iso.path == planned[0].iso.path:
+            # Before the readiness check: a file the primary reference has just registered
+            # is "hashing" when the secondary finds it, which would hide the real mistake.
+            raise InvalidInput("secondary_iso is the same file as iso_path", field="secondary_iso")
+        require_ready(resolved, field=field)
         planned.append(
             PlannedCdrom(
                 slot=slot,
@@ -347,8 +352,6 @@ def _plan_cdroms(request: VmRequest, register: bool, cdrom_order: int) -> tuple[
                 boot_order=cdrom_order if slot == CdromSlot.PRIMARY else None,
             )
         )
-    if len({c.iso.path for c in planned}) < len(planned):
-        raise InvalidInput("secondary_iso is the same file as iso_path", field="secondary_iso")
     return tuple(planned)
 
 
