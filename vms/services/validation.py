@@ -9,6 +9,7 @@ read files.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -270,7 +271,8 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
         else:
             volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
             path = str(Path(pool.path) / volume_name)
-            if _volume_exists(hv, pool.name, volume_name):
+            # libvirt lists a file put in the pool's directory only after a refresh: look at both.
+            if _volume_exists(hv, pool.name, volume_name) or os.path.lexists(path):
                 raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field, code="volume_exists")
         planned.append(
             PlannedDisk(
