@@ -335,7 +335,7 @@ def _plan_cdroms(request: VmRequest, register: bool, cdrom_order: int) -> tuple[
     refs = _iso_refs(request)
     # CD-ROMs are on SATA and take the sdX letters after the disks'.
     targets = target_devs([d.bus for d in request.disks] + ["sata"] * len(refs))[len(request.disks) :]
-    planned = []
+    planned: list[PlannedCdrom] = []
     for (slot, field, ref), target in zip(refs, targets, strict=True):
         resolved = iso_resolve(ref, field=field, register=register)
         if planned and resolved.iso.path == planned[0].iso.path:
