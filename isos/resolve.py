@@ -81,6 +81,12 @@ def iso_resolve_ready(ref: str, *, field: str = "iso_path", register: bool = Tru
     only its checksums are still being computed, so it may be attached.
     """
     resolved = iso_resolve(ref, field=field, register=register)
+    require_ready(resolved, field=field)
+    return resolved
+
+
+def require_ready(resolved: ResolvedIso, *, field: str) -> None:
+    """409 unless the resolved ISO can be attached now (see `iso_resolve_ready`)."""
     iso = resolved.iso
     if iso.status != IsoStatus.READY and not resolved.registered:
         progress = f" ({iso.progress:.0f}%)" if iso.progress is not None else ""
@@ -90,7 +96,6 @@ def iso_resolve_ready(ref: str, *, field: str = "iso_path", register: bool = Tru
             field=field,
             code="iso_not_ready",
         )
-    return resolved
 
 
 def _by_name(ref: str, field: str) -> IsoImage | None:

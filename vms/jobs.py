@@ -5,10 +5,13 @@ lists, records each on the event log, and on any failure undoes the finished
 ones in reverse order.
 
 A queue may deliver the task twice (or again after a worker died): a step
-whose "done" event is on the log is not run again, and a volume found
-without one is the leftover of an interrupted attempt (its name is derived
-from the VM's unique name and was checked free when the request came in), so
-it is removed and made anew rather than trusted half-copied.
+whose "done" event is on the log is not run again, and on a later delivery a
+volume found without one is the leftover of the interrupted attempt (its name
+is derived from the VM's unique name and was checked free when the request
+came in), so it is removed and made anew rather than trusted half-copied. The
+first delivery has no earlier attempt: whatever it finds under its names
+someone else made after the request was checked, so its step fails (libvirt
+refuses the taken name) and the thing found is left alone.
 """
 
 from __future__ import annotations
@@ -60,13 +63,14 @@ def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
     hv = hv or hypervisor.get_hypervisor()
     password = encryption.decrypt(vm.graphics_password_encrypted)
     finished = set(vm.events.filter(status__in=[EventStatus.DONE, EventStatus.SKIPPED]).values_list("step", flat=True))
+    earlier_attempt = vm.attempts > 1  # only then can a volume or domain found on the host be a leftover of ours
     done: list[Step] = []
     for step in provision_steps(vm, hv, password):
         try:
             if step.name in finished:
                 _event(vm, step.name, EventStatus.SKIPPED, "done by an earlier delivery of the task")
             else:
-                if step.leftover is not None and step.leftover() and step.undo is not None:
+                if earlier_attempt and step.leftover is not None and step.leftover() and step.undo is not None:
                     step.undo()
                     _event(vm, step.name, EventStatus.INFO, "removed what an interrupted attempt left behind")
                 step.run()

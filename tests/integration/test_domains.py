@@ -251,8 +251,19 @@ def test_undefine_of_a_running_uefi_tpm_domain_removes_nvram_and_tpm_state(hyper
     assert not tpm_state.exists()
 
 
-def test_undefine_of_a_missing_domain_is_fine(hypervisor: LibvirtDriver):
-    hypervisor.undefine_domain(unique("h6-never"))
+def test_undefine_of_a_missing_domain_is_fine(hypervisor: LibvirtDriver, domain_name):
+    gone, neighbour = domain_name(), domain_name()
+    hypervisor.define_domain(tiny_domain(gone))
+    hypervisor.define_domain(tiny_domain(neighbour))
+    virsh("undefine", gone)  # removed behind the driver's back, as by an operator
+    before = set(virsh("list", "--all", "--name").stdout.split())
+
+    for name in (gone, unique("h6-never")):
+        hypervisor.undefine_domain(name)  # no NotFound: a rollback or a delete may run twice
+
+    assert set(virsh("list", "--all", "--name").stdout.split()) == before  # nothing else was touched
+    assert neighbour in before and gone not in before
+    assert hypervisor.domain_exists(gone) is False
 
 
 def test_lifecycle_calls_on_a_missing_domain_are_not_found(hypervisor: LibvirtDriver):

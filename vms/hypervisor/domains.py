@@ -12,7 +12,7 @@ from typing import Any
 
 import libvirt
 
-from vaporsite.errors import Conflict, InvalidInput
+from vaporsite.errors import Conflict, HypervisorError, InvalidInput
 from vms.hypervisor import DOMAIN_STATES, DomainInfo
 from vms.hypervisor import xml as lvxml
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, vapor_error
@@ -96,9 +96,22 @@ class DomainsMixin(Connection):
         self._lifecycle(name, "reboot")
 
     def set_autostart(self, name: str, on: bool) -> None:
+        """Mark (or unmark) the domain for start with the host; checked by reading it back.
+
+        libvirt 9.0 answers success when it could not create the autostart
+        link (it only logs "Failed to create symlink ..."), so the answer
+        alone does not prove the mark is there.
+        """
         domain = self._lookup_domain(name)
         with calls(field="name"):
             domain.setAutostart(1 if on else 0)
+            recorded = bool(domain.autostart())
+        if recorded != on:
+            raise HypervisorError(
+                f"libvirt answered success, but autostart of domain '{name}' is still {'off' if on else 'on'}"
+                " (libvirtd's log says why, e.g. it could not create the autostart link)",
+                field="name",
+            )
 
     def domain_autostart(self, name: str) -> bool:
         domain = self._lookup_domain(name)

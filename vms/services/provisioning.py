@@ -1,8 +1,9 @@
 """Provisioning as a plan of undoable steps, run by the job `vms.jobs.vm_provision`.
 
 `provision_steps(vm)` lists the steps from the VM's rows, each with its undo
-and a check for what an interrupted attempt left behind. Only volumes Vapor
-created are ever deleted; existing disks are only read.
+and a check for what an interrupted attempt left behind (`vms.jobs` runs
+them). Only volumes Vapor created are ever deleted; existing disks are only
+read.
 """
 
 from __future__ import annotations

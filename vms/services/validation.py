@@ -9,6 +9,7 @@ read files.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from guestos import osinfo
-from isos.resolve import iso_resolve_ready
+from isos.resolve import iso_resolve, require_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file
 from vms.choices import CdromSlot, VmStatus
@@ -216,7 +217,8 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
         else:
             volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
             path = str(Path(pool.path) / volume_name)
-            if volume_exists(hv, pool.name, volume_name):
+            # libvirt lists a file put in the pool's directory only after a refresh: look at both.
+            if volume_exists(hv, pool.name, volume_name) or os.path.lexists(path):
                 raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field, code="volume_exists")
         planned.append(
             PlannedDisk(
@@ -271,9 +273,14 @@ def _plan_cdroms(request: VmRequest, register: bool, cdrom_order: int) -> tuple[
     refs = _iso_refs(request)
     # CD-ROMs are on SATA and take the sdX letters after the disks'.
     targets = target_devs([d.bus for d in request.disks] + ["sata"] * len(refs))[len(request.disks) :]
-    planned = []
+    planned: list[PlannedCdrom] = []
     for (slot, field, ref), target in zip(refs, targets, strict=True):
-        resolved = iso_resolve_ready(ref, field=field, register=register)
+        resolved = iso_resolve(ref, field=field, register=register)
+        if planned and resolved.iso.path == planned[0].iso.path:
+            # Before the readiness check: a file the primary reference has just registered
+            # is "hashing" when the secondary finds it, which would hide the real mistake.
+            raise InvalidInput("secondary_iso is the same file as iso_path", field="secondary_iso")
+        require_ready(resolved, field=field)
         planned.append(
             PlannedCdrom(
                 slot=slot,
@@ -285,8 +292,6 @@ def _plan_cdroms(request: VmRequest, register: bool, cdrom_order: int) -> tuple[
                 boot_order=cdrom_order if slot == CdromSlot.PRIMARY else None,
             )
         )
-    if len({c.iso.path for c in planned}) < len(planned):
-        raise InvalidInput("secondary_iso is the same file as iso_path", field="secondary_iso")
     return tuple(planned)
 
 
