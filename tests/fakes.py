@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vaporsite.errors import Conflict, NotFound
 from vms.hypervisor import DomainInfo, HostCapabilities, HostResources, PoolInfo, VolumeInfo
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 
 
 @dataclass

@@ -21,7 +21,7 @@ from vaporsite.admin_support import VaporModelAdmin
 from vaporsite.errors import VaporError
 from vms import admin_create, hypervisor
 from vms.choices import VmStatus
-from vms.hypervisor.domain_xml import domain_xml, parse_domain
+from vms.hypervisor.documents.domain import domain_xml, parse_domain
 from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, TemplateNic, VirtualMachine, VmEvent, VmTemplate
 from vms.services import sync
 from vms.services import templates as template_services

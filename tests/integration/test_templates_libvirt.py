@@ -9,7 +9,7 @@ from lxml import etree
 from tests.integration.conftest import virsh
 from tests.integration.vm_support import VmEnv, make_image, post, qemu_img, sha256
 from tests.isofactory import make_iso
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db]

@@ -16,7 +16,7 @@ from tests.bootiso import MARKER, build_probe_iso, parse_probe_output
 from tests.integration.conftest import virsh
 from tests.integration.vm_support import VmEnv, make_image, post, qemu_img, sha256, wait_for
 from tests.isofactory import make_iso
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import VirtualMachine
 from vms.services import provisioning
 

@@ -29,7 +29,7 @@ import pytest
 from tests.reliability.hostile import CREATE_URL, ISO_URL, Ground, database_dump, error_field, file_state, vm_payload
 from tests.vms import conftest as vm_fixtures
 from tests.vms.conftest import make_image
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 

@@ -24,7 +24,7 @@ from tests.isofactory import make_iso
 from tests.reliability.hostile import CREATE_URL, Ground, vm_payload
 from tests.vms import conftest as vm_fixtures
 from tests.vms.conftest import make_image
-from vms.hypervisor.domain_xml import MASK
+from vms.hypervisor.documents.domain import MASK
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 

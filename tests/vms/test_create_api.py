@@ -13,7 +13,7 @@ from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.isofactory import make_iso
 from tests.vms.conftest import make_image
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import Disk, VirtualMachine
 
 URL = "/api/v1/virtualmachines/create-enhanced"

@@ -17,7 +17,7 @@ import pytest
 from lxml import etree
 
 from vaporsite.errors import HypervisorError, InvalidInput
-from vms.hypervisor.domain_xml import LIBOSINFO_NS, MASK, VAPOR_NS, domain_xml, parse_domain
+from vms.hypervisor.documents.domain import LIBOSINFO_NS, MASK, VAPOR_NS, domain_xml, parse_domain
 from vms.hypervisor.specs import CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, LiveDisk, LiveDomain, NicSpec, target_devs
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "domain"

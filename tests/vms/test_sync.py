@@ -15,7 +15,7 @@ from isos.models import IsoImage, new_iso_id
 from tests.fakes import FakeDomain, FakeHypervisor
 from vaporsite.errors import Conflict, HypervisorError
 from vms import tasks
-from vms.hypervisor.definition import parse_definition
+from vms.hypervisor.documents.domain import parse_definition
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services import sync
 from vms.services.sync import vm_refresh_states, vm_sync

@@ -11,7 +11,7 @@ from isos.services import IsoMetadata, iso_delete, iso_register_path
 from tests.isofactory import make_iso
 from tests.vms.conftest import make_image
 from vaporsite.errors import Conflict
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import TemplateDisk, VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest
 from vms.services.template_apply import merge_disk

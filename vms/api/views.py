@@ -22,7 +22,7 @@ from vms.api.serializers import (
     VmDetailSerializer,
     VmSerializer,
 )
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import VirtualMachine
 from vms.selectors import vm_list
 from vms.services import vms as services

@@ -14,8 +14,8 @@ import libvirt
 
 from vaporsite.errors import Conflict, InvalidInput
 from vms.hypervisor import DOMAIN_STATES, DomainInfo
-from vms.hypervisor import xml as lvxml
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, vapor_error
+from vms.hypervisor.documents.domain import domain_name
 from vms.hypervisor.errors import VIR_ERR_INVALID_ARG, VIR_ERR_NO_DOMAIN, VIR_ERR_OPERATION_INVALID
 
 # Undefine removes everything libvirt keeps beside the definition: NVRAM
@@ -49,7 +49,7 @@ class DomainsMixin(Connection):
         racing caller in between is refused by libvirt (a different UUID) and
         mapped to Conflict too. The XML is validated against libvirt's schema.
         """
-        name = lvxml.domain_name(xml)
+        name = domain_name(xml)
         if not name:
             raise InvalidInput("the domain XML has no name", field="name")
         if self.domain_exists(name):

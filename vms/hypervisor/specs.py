@@ -1,9 +1,11 @@
 """What a domain is made of, as frozen dataclasses.
 
-Services build these from a validated request; `domain_xml` turns them into
-libvirt XML (and reads live XML back). Nothing here knows Django or libvirt.
-Every value is final: target devices are assigned, paths resolved, formats
-explicit, so building the XML makes no decision of its own.
+The designer (`vms.services.design`) builds a `DomainSpec` from a VM's rows;
+`documents.domain` turns it into libvirt XML and reads a domain's XML back
+into the records below it (`LiveDomain` for Vapor's own checks,
+`DomainDefinition` for adopting a domain). Nothing here knows Django or
+libvirt. Every value is final: target devices are assigned, paths resolved,
+formats explicit, so building the XML makes no decision of its own.
 """
 
 from __future__ import annotations
@@ -109,6 +111,62 @@ class LiveDomain:
     graphics_type: str  # "" when none
     graphics_port: int | None  # the port libvirt assigned (None when not running / none)
     graphics_listen: str
+
+
+@dataclass(frozen=True)
+class DefinedDisk:
+    """A hard disk or CD-ROM. `kind` is libvirt's source type: file, block or volume.
+
+    For a volume disk, `pool` and `volume` name it and `path` is empty (the
+    inactive XML does not resolve it).
+    """
+
+    device: str  # "disk" or "cdrom"
+    kind: str
+    path: str
+    pool: str
+    volume: str
+    format: str
+    bus: str
+    target_dev: str
+    readonly: bool
+    boot_order: int | None
+
+
+@dataclass(frozen=True)
+class DefinedNic:
+    """An interface on a libvirt network (`kind` "network") or a host bridge ("bridge")."""
+
+    kind: str
+    source: str
+    model: str  # "" when the XML leaves it to the hypervisor
+    mac: str
+
+
+@dataclass(frozen=True)
+class DomainDefinition:
+    """A whole domain definition in Vapor's terms, for adopting a domain Vapor did not create.
+
+    Anything Vapor cannot represent is listed in `skipped` instead of being guessed.
+    """
+
+    name: str
+    uuid: str
+    virt_type: str
+    memory_mib: int
+    vcpus: int
+    arch: str
+    machine: str
+    efi: bool
+    secure_boot: bool
+    tpm: bool
+    graphics_type: str  # "" when headless
+    graphics_port: int  # -1: assigned by libvirt when it starts
+    graphics_listen: str
+    serial_log: str
+    disks: tuple[DefinedDisk, ...]
+    nics: tuple[DefinedNic, ...]
+    skipped: tuple[str, ...]  # devices Vapor cannot represent, in words
 
 
 def target_devs(buses: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ from vaporsite.errors import NotFound, VaporError
 from vms import hypervisor, secrets
 from vms.choices import DiskSource, EventStatus, NicType, VmStatus
 from vms.hypervisor import Hypervisor
-from vms.hypervisor.domain_xml import domain_xml
+from vms.hypervisor.documents.domain import domain_xml
 from vms.hypervisor.specs import CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, NicSpec
 from vms.models import Disk, VirtualMachine, VmEvent
 

@@ -30,7 +30,8 @@ from vaporsite.errors import NotFound, VaporError
 from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, EventStatus, GraphicsType, NicType, VmStatus
 from vms.hypervisor import DomainInfo, Hypervisor
-from vms.hypervisor.definition import DefinedDisk, DomainDefinition, parse_definition
+from vms.hypervisor.documents.domain import parse_definition
+from vms.hypervisor.specs import DefinedDisk, DomainDefinition
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 
 log = logging.getLogger("vapor.vms")

@@ -15,7 +15,7 @@ from vaporsite.errors import Conflict, NotFound, VaporError
 from vms import hypervisor, secrets
 from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
-from vms.hypervisor.domain_xml import domain_xml
+from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services.provisioning import claim_is_live, domain_spec, provision_steps
 from vms.services.requests import VmRequest
