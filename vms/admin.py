@@ -26,7 +26,7 @@ from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, Te
 from vms.services import sync
 from vms.services import templates as template_services
 from vms.services import vms as services
-from vms.services.provisioning import domain_spec
+from vms.services.design import domain_spec
 from vms.services.requests import DiskRequest
 
 

@@ -16,6 +16,8 @@ from typing import Literal
 DiskBus = Literal["virtio", "sata", "scsi", "ide"]
 DiskFormat = Literal["qcow2", "raw"]
 NicModel = Literal["virtio", "e1000e", "rtl8139"]
+Firmware = Literal["bios", "efi"]
+ClockOffset = Literal["utc", "localtime"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,15 @@ class DomainSpec:
     virt_type: Literal["kvm", "qemu"] = "kvm"
     arch: str = "x86_64"
     machine: str = "q35"
-    firmware: Literal["bios", "efi"] = "bios"
-    secure_boot: bool = False
+    firmware: Firmware = "bios"
+    secure_boot: bool = False  # needs firmware "efi" and smm
+    smm: bool = False
     tpm: bool = False
+    clock_offset: ClockOffset = "utc"
+    hyperv_clock: bool = False
     uuid: str | None = None
     title: str = ""
-    os_id: str = ""  # libosinfo URI, e.g. "http://ubuntu.com/ubuntu/22.04" (metadata only)
+    os_id: str = ""  # libosinfo URI, e.g. "http://ubuntu.com/ubuntu/22.04" (metadata only; the clock is decided by the designer)
     vapor_id: str = ""  # Vapor's VM id, stored in <metadata> to find the domain's owner
     disks: tuple[DiskSpec, ...] = ()
     cdroms: tuple[CdromSpec, ...] = ()

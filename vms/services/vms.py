@@ -17,7 +17,8 @@ from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
-from vms.services.provisioning import claim_is_live, domain_spec, provision_steps
+from vms.services.design import domain_spec
+from vms.services.provisioning import claim_is_live, provision_steps
 from vms.services.requests import VmRequest
 from vms.services.validation import VmPlan, vm_validate
 

@@ -4,8 +4,8 @@
 Every element is made with lxml and every request value goes into an
 attribute or a text node, never into a format string: a name or path holding
 `<`, `&`, quotes or `]]>` stays data and cannot add a disk or point a source
-at another file. The builder writes what the spec says and decides nothing;
-the policy (clock, Secure Boot, firmware) is the designer's
+at another file. The builder writes what the spec says and decides nothing:
+the firmware, SMM and the guest clock are the designer's choices
 (`vms.services.design`).
 
 The shape follows what libvirt 9.0 / QEMU 7.2 accept (see
@@ -51,11 +51,6 @@ _UNITS = {
 # --- building ------------------------------------------------------------------------
 
 
-def _is_windows(os_id: str) -> bool:
-    """libosinfo ids of every Windows release live under http://microsoft.com/."""
-    return os_id.startswith("http://microsoft.com/")
-
-
 def domain_xml(spec: DomainSpec, *, mask_secrets: bool = False) -> str:
     """The domain definition for `spec`, pretty-printed and deterministic.
 
@@ -63,8 +58,9 @@ def domain_xml(spec: DomainSpec, *, mask_secrets: bool = False) -> str:
     answer and the admin preview: the password is write-only everywhere but
     in the document handed to libvirt.
     """
-    if spec.secure_boot and spec.firmware != "efi":
-        raise InvalidInput("Secure Boot needs UEFI firmware", field="secure_boot")
+    if spec.secure_boot and (spec.firmware != "efi" or not spec.smm):
+        # The designer never asks for this: such a domain would be defined but never start.
+        raise ValueError("a Secure Boot spec needs UEFI firmware and SMM")
     try:
         root = _domain(spec, mask_secrets)
     except ValueError as exc:  # lxml refuses NUL, control characters and lone surrogates
@@ -87,15 +83,12 @@ def _domain(spec: DomainSpec, mask_secrets: bool) -> etree._Element:
     features = sub(root, "features")
     sub(features, "acpi")
     sub(features, "apic")
-    if spec.secure_boot:
+    if spec.smm:
         sub(features, "smm", state="on")
-    # Windows keeps the RTC in local time; the Hyper-V clock saves it from
-    # constant resynchronisation. No <cpu>: host-model/passthrough abort here.
-    if _is_windows(spec.os_id):
-        clock = sub(root, "clock", offset="localtime")
+    # No <cpu>: host-model/passthrough abort here.
+    clock = sub(root, "clock", offset=spec.clock_offset)
+    if spec.hyperv_clock:
         sub(clock, "timer", name="hypervclock", present="yes")
-    else:
-        sub(root, "clock", offset="utc")
     sub(root, "on_poweroff", "destroy")
     sub(root, "on_reboot", "restart")
     sub(root, "on_crash", "destroy")
