@@ -174,6 +174,63 @@ class DomainDefinition:
     skipped: tuple[str, ...]  # devices Vapor cannot represent, in words
 
 
+SnapshotKind = Literal["internal", "external", "no"]
+
+
+@dataclass(frozen=True)
+class SnapshotDiskSpec:
+    """What a snapshot does with one disk, by target device.
+
+    "internal": a snapshot inside the qcow2 image; "external": a new qcow2
+    overlay at `path` (the disk's current image becomes its backing file);
+    "no": the disk is left out (CD-ROMs, raw disks, shared data).
+    """
+
+    target_dev: str
+    snapshot: SnapshotKind
+    path: str = ""  # external only
+    format: DiskFormat = "qcow2"  # external only: the overlay's format
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """A domain snapshot to take.
+
+    `memory` "no" takes the disks only (a shut-off domain, or a disk-only
+    snapshot of a running one); "internal" also saves the running guest's
+    memory into the first qcow2 disk, and then no disk may be external.
+    Disks not listed get libvirt's default for the domain.
+    """
+
+    name: str
+    description: str = ""
+    memory: Literal["no", "internal"] = "no"
+    disks: tuple[SnapshotDiskSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class SnapshotDisk:
+    """A disk as a snapshot's XML describes it; `path` and `format` only for an external one."""
+
+    target_dev: str
+    snapshot: str
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """What Vapor reads back from a snapshot's XML (`virDomainSnapshotGetXMLDesc`)."""
+
+    name: str
+    description: str
+    state: str  # the domain's state when it was taken ("shutoff", "running", ...; "" in a request)
+    parent: str  # "" for a first snapshot
+    creation_time: int | None  # seconds since the epoch; None in a request
+    memory: str  # "no", "internal" or "external"; "" when unstated
+    disks: tuple[SnapshotDisk, ...]
+
+
 def target_devs(buses: list[str]) -> list[str]:
     """Assign target devices in order: virtio -> vdX; sata and scsi share sdX; ide -> hdX."""
     prefixes = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
