@@ -7,6 +7,7 @@ rows, checked by the same rules as the API's."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 from django import forms
@@ -21,7 +22,7 @@ from vaporsite.admin_support import VaporModelAdmin
 from vaporsite.errors import VaporError
 from vms import admin_create, hypervisor
 from vms.choices import VmStatus
-from vms.hypervisor.documents.domain import domain_xml, parse_domain
+from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, TemplateNic, VirtualMachine, VmEvent, VmTemplate
 from vms.services import sync
 from vms.services import templates as template_services
@@ -173,10 +174,11 @@ class VirtualMachineAdmin(VaporModelAdmin):
         if obj.status != VmStatus.RUNNING:
             return f"{where}, port {'assigned at start' if obj.graphics_port == -1 else obj.graphics_port}"
         try:
-            port = parse_domain(hypervisor.get_hypervisor().domain_xml(obj.name)).graphics_port
+            with closing(hypervisor.get_hypervisor()) as hv:
+                live = hv.console(obj.name)
         except VaporError as exc:
             return f"{where} (could not read the host: {exc.message})"
-        return f"{where}:{port}" + (" (password set)" if obj.graphics_password_set else "")
+        return f"{where}:{live.port}" + (" (password set)" if live.password_set else "")
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: VirtualMachine) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from lxml import etree
 
 from vaporsite.errors import InvalidInput
+from vms.hypervisor import ConsoleInfo
 from vms.hypervisor.documents import parse, serialize, sub, yes
 from vms.hypervisor.specs import (
     CdromSpec,
@@ -236,6 +237,19 @@ def parse_domain(xml: str) -> LiveDomain:
         graphics_type=graphics.get("type", "") if graphics is not None else "",
         graphics_port=_non_negative(graphics.get("port")) if graphics is not None else None,
         graphics_listen=_listen(graphics) if graphics is not None else "",
+    )
+
+
+def parse_console(xml: str) -> ConsoleInfo:
+    """The graphical console of a domain's XML; `password_set` is only known from the secure XML."""
+    graphics = parse(xml, root="domain").find("devices/graphics")
+    if graphics is None:
+        return ConsoleInfo(type="", listen="", port=None, password_set=False)
+    return ConsoleInfo(
+        type=graphics.get("type", ""),
+        listen=_listen(graphics),
+        port=_non_negative(graphics.get("port")),
+        password_set=bool(graphics.get("passwd")),
     )
 
 
