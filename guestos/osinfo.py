@@ -23,20 +23,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from lxml import etree
-
 from guestos.choices import OsType
 from vaporsite.errors import InvalidInput
+from vaporsite.safexml import DocumentError, parse_file
 
 logger = logging.getLogger("vapor.guestos")
 
 MAX_SUGGESTIONS: Final = 5
 WINDOWS_FAMILIES: Final = frozenset({"winnt", "win9x", "win16"})
 WINDOWS_DISTROS: Final = frozenset({"win", "winnt"})
-
-# The database is trusted system data, but nothing in it needs entities or the
-# network, so an unexpected file cannot make the parser do either.
-_PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
 @dataclass(frozen=True)
@@ -85,8 +80,9 @@ def _load(directory: Path, stamp: int) -> MappingProxyType[str, OsEntry]:
     catalogue: dict[str, OsEntry] = {}
     for xml_file in sorted((directory / "os").glob("*/*.xml")):
         try:
-            root = etree.parse(str(xml_file), _PARSER).getroot()
-        except (OSError, etree.XMLSyntaxError) as exc:
+            # Trusted system data, still read by the parser that refuses entities and the network.
+            root = parse_file(xml_file)
+        except (OSError, DocumentError) as exc:
             logger.warning("skipping unreadable osinfo-db file %s: %s", xml_file, exc)
             continue
         for os_element in root.iterfind("os"):

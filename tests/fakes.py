@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaporsite.errors import Conflict, NotFound
-from vms.hypervisor import DomainInfo, HostCapabilities, HostResources, PoolInfo, VolumeInfo
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor import ConsoleInfo, DomainInfo, HostCapabilities, HostResources, NetworkInfo, PoolInfo, VolumeInfo
+from vms.hypervisor.documents.domain import parse_console, parse_domain
 
 
 @dataclass
@@ -54,6 +54,14 @@ class FakeHypervisor:
 
     def pool_paths(self) -> dict[str, str]:
         return {n: str(p) for n, p in self.pools.items()}
+
+    def ensure_dir_pool(self, name: str, path: str) -> bool:
+        self._call("ensure_dir_pool")
+        if name in self.pools:
+            return False
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.pools[name] = Path(path)
+        return True
 
     def pool(self, name: str) -> PoolInfo:
         if name not in self.pools:
@@ -113,8 +121,18 @@ class FakeHypervisor:
         path.unlink()
 
     # --- networks and host ---------------------------------------------------
+    def list_networks(self) -> list[NetworkInfo]:
+        return [NetworkInfo(name, True, True, "nat", "", "") for name in sorted(self.networks)]
+
     def network_exists(self, name: str) -> bool:
         return name in self.networks
+
+    def ensure_nat_network(self, name: str, bridge: str, cidr: str) -> bool:
+        self._call("ensure_nat_network")
+        if name in self.networks:
+            return False
+        self.networks.add(name)
+        return True
 
     def bridge_exists(self, name: str) -> bool:
         return name in self.bridges
@@ -188,5 +206,9 @@ class FakeHypervisor:
     def domain_xml(self, name: str, inactive: bool = False) -> str:
         return self._domain(name).xml
 
+    def console(self, name: str) -> ConsoleInfo:
+        self._call("console")
+        return parse_console(self._domain(name).xml)
+
     def close(self) -> None:
-        pass
+        self._call("close")

@@ -22,7 +22,7 @@ from lxml import etree
 
 from tests.integration.conftest import remove_network, unique, virsh
 from tests.vms.test_domain_xml import EXAMPLES, example_1, example_2
-from vms.hypervisor.domain_xml import VAPOR_NS, domain_xml, parse_domain
+from vms.hypervisor.documents.domain import VAPOR_NS, domain_xml, parse_domain
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 from vms.hypervisor.specs import DomainSpec, GraphicsSpec, LiveDisk
 

@@ -30,7 +30,7 @@ from tests.integration.conftest import unique, virsh
 from tests.integration.vm_support import VmEnv
 from tests.support.api import CREATE_URL
 from tests.support.images import make_image, sha256
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db]

@@ -11,7 +11,7 @@ from tests.integration.vm_support import VmEnv
 from tests.support.api import post_create
 from tests.support.images import make_image, qemu_img_info, sha256
 from tests.support.isos import make_iso
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db]

@@ -18,7 +18,7 @@ from tests.integration.vm_support import VmEnv, wait_for
 from tests.support.api import post_create
 from tests.support.images import make_image, qemu_img_info, sha256
 from tests.support.isos import make_iso
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import VirtualMachine
 from vms.services import provisioning
 

@@ -30,7 +30,7 @@ from tests.reliability.hostile import ISO_URL, Ground, database_dump, error_fiel
 from tests.support.api import CREATE_URL
 from tests.support.images import make_image
 from tests.vms import conftest as vm_fixtures
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 

@@ -25,7 +25,7 @@ from tests.support.api import CREATE_URL
 from tests.support.images import make_image
 from tests.support.isos import make_iso
 from tests.vms import conftest as vm_fixtures
-from vms.hypervisor.domain_xml import MASK
+from vms.hypervisor.documents.domain import MASK
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 

@@ -10,7 +10,7 @@ from isos.services import IsoMetadata, iso_register_path
 from tests.support.api import CREATE_URL, post_create
 from tests.support.images import make_image, sha256
 from tests.support.isos import make_iso, register_ready
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import Disk, VirtualMachine
 
 pytestmark = pytest.mark.django_db

@@ -20,7 +20,7 @@ import pytest
 from lxml import etree
 
 from vaporsite.errors import HypervisorError, InvalidInput
-from vms.hypervisor.domain_xml import LIBOSINFO_NS, MASK, VAPOR_NS, domain_xml, parse_domain
+from vms.hypervisor.documents.domain import LIBOSINFO_NS, MASK, VAPOR_NS, domain_xml, parse_domain
 from vms.hypervisor.specs import CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, LiveDisk, LiveDomain, NicSpec, target_devs
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "domain"
@@ -42,7 +42,8 @@ def example_1() -> DomainSpec:
 
 
 def example_2(name: str = "windows-vm", images: str = IMAGES, isos: str = ISOS, network: str = "default") -> DomainSpec:
-    """Spec example 2: two SATA disks, Windows ISO + driver ISO, UEFI + Secure Boot + TPM under TCG."""
+    """Spec example 2: two SATA disks, Windows ISO + driver ISO, UEFI + Secure Boot + TPM under TCG,
+    with the clock and SMM the designer gives Windows with Secure Boot."""
     disks, cdroms = target_devs(["sata", "sata"]), target_devs(["sata"] * 4)[2:]
     return DomainSpec(
         name=name,
@@ -51,7 +52,10 @@ def example_2(name: str = "windows-vm", images: str = IMAGES, isos: str = ISOS, 
         virt_type="qemu",
         firmware="efi",
         secure_boot=True,
+        smm=True,
         tpm=True,
+        clock_offset="localtime",
+        hyperv_clock=True,
         uuid="5f3c2f0e-8d1b-4c1e-9a57-3b6f2a9d4e01",
         os_id="http://microsoft.com/win/11",
         vapor_id="1d6e0c3a-2b4f-4d8e-9c71-0a5b3e2f6d84",
@@ -217,17 +221,17 @@ def test_bios_domain_reads_back_as_bios_without_loader_smm_or_tpm():
 
 
 def test_plain_uefi_turns_both_firmware_features_off_and_leaves_smm_out():
-    root = tree(dataclasses.replace(example_2(), secure_boot=False))
+    root = tree(dataclasses.replace(example_2(), secure_boot=False, smm=False))
     features = {f.get("name"): f.get("enabled") for f in root.iterfind("os/firmware/feature")}
     assert features == {"enrolled-keys": "no", "secure-boot": "no"}
     assert el(root, "os").get("firmware") == "efi"
     assert root.find("features/smm") is None
 
 
-def test_secure_boot_without_uefi_is_refused():
-    with pytest.raises(InvalidInput) as caught:
-        domain_xml(dataclasses.replace(example_1(), secure_boot=True))
-    assert caught.value.field == "secure_boot"
+@pytest.mark.parametrize("change", [{"firmware": "bios"}, {"smm": False}])
+def test_a_secure_boot_spec_without_uefi_or_smm_is_never_written(change: dict[str, object]):
+    with pytest.raises(ValueError, match="UEFI firmware and SMM"):
+        domain_xml(dataclasses.replace(example_2(), **change))  # type: ignore[arg-type]
 
 
 def test_password_is_masked_only_when_asked():
@@ -303,11 +307,12 @@ def test_without_serial_log_serial_and_console_are_a_pty():
     assert devices.find("serial/source") is None
 
 
-def test_windows_keeps_local_time_with_the_hyperv_clock_and_others_utc():
+def test_the_clock_is_written_as_the_spec_says_whatever_the_os():
     windows = el(tree(example_2()), "clock")
     assert (windows.get("offset"), el(windows, "timer").attrib) == ("localtime", {"name": "hypervclock", "present": "yes"})
     assert el(tree(example_1()), "clock").attrib == {"offset": "utc"}
-    assert el(tree(dataclasses.replace(example_1(), os_id="http://ubuntu.com/microsoft.com")), "clock").get("offset") == "utc"
+    assert el(tree(dataclasses.replace(example_2(), clock_offset="utc", hyperv_clock=False)), "clock").attrib == {"offset": "utc"}
+    assert el(tree(dataclasses.replace(example_1(), clock_offset="localtime")), "clock").attrib == {"offset": "localtime"}
 
 
 def test_metadata_carries_vapor_id_and_libosinfo_id_in_their_namespaces():

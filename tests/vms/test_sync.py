@@ -16,7 +16,7 @@ from tests.fakes import FakeDomain, FakeHypervisor
 from tests.support.factories import IsoImageFactory, NetworkInterfaceFactory, VirtualMachineFactory
 from vaporsite.errors import Conflict, HypervisorError
 from vms import tasks
-from vms.hypervisor.definition import parse_definition
+from vms.hypervisor.documents.domain import parse_definition
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services import states
 from vms.services.adoption import vm_sync

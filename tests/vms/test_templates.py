@@ -13,7 +13,7 @@ from tests.support.factories import VmTemplateFactory
 from tests.support.images import make_image
 from tests.support.isos import make_iso
 from vaporsite.errors import Conflict
-from vms.hypervisor.domain_xml import parse_domain
+from vms.hypervisor.documents.domain import parse_domain
 from vms.models import TemplateDisk, VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest
 from vms.services.template_apply import merge_disk

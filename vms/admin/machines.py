@@ -6,6 +6,7 @@ masked), lifecycle and refresh actions, and the "Create virtual machine" page
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 from django.contrib import admin, messages
@@ -20,11 +21,11 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.admin import create as admin_create
 from vms.choices import VmStatus
-from vms.hypervisor.domain_xml import domain_xml, parse_domain
+from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services import lifecycle as services
 from vms.services import states
-from vms.services.provisioning import domain_spec
+from vms.services.design import domain_spec
 
 
 class _ReadOnlyInline(admin.TabularInline):
@@ -170,10 +171,11 @@ class VirtualMachineAdmin(VaporModelAdmin):
         if obj.status != VmStatus.RUNNING:
             return f"{where}, port {'assigned at start' if obj.graphics_port == -1 else obj.graphics_port}"
         try:
-            port = parse_domain(hypervisor.get_hypervisor().domain_xml(obj.name)).graphics_port
+            with closing(hypervisor.get_hypervisor()) as hv:
+                live = hv.console(obj.name)
         except VaporError as exc:
             return f"{where} (could not read the host: {exc.message})"
-        return f"{where}:{port}" + (" (password set)" if obj.graphics_password_set else "")
+        return f"{where}:{live.port}" + (" (password set)" if live.password_set else "")
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: VirtualMachine) -> str:

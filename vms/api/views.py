@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import Any
 
 from django.shortcuts import get_object_or_404
@@ -23,7 +24,6 @@ from vms.api.serializers import (
     VmDetailSerializer,
     VmSerializer,
 )
-from vms.hypervisor.domain_xml import parse_domain
 from vms.models import VirtualMachine
 from vms.selectors import vm_list
 from vms.services import lifecycle as services
@@ -89,13 +89,13 @@ class VmItemView(APIView):
     def get(self, request: Request, vm_id: int) -> Response:
         vm = get_object_or_404(vm_list().prefetch_related("events"), pk=vm_id)
         context: dict[str, Any] = {}
-        hv = hypervisor.get_hypervisor()
-        try:
-            context["state"] = services.vm_sync_state(vm=vm, hv=hv)
-            if context["state"] not in ("", "missing"):
-                context["live_port"] = parse_domain(hv.domain_xml(vm.name)).graphics_port
-        except VaporError as exc:
-            context["state"] = f"unknown ({exc.message})"
+        with closing(hypervisor.get_hypervisor()) as hv:
+            try:
+                context["state"] = services.vm_sync_state(vm=vm, hv=hv)
+                if context["state"] not in ("", "missing"):
+                    context["live_port"] = hv.console(vm.name).port
+            except VaporError as exc:
+                context["state"] = f"unknown ({exc.message})"
         return Response(VmDetailSerializer(vm, context=context).data)
 
     @extend_schema(

@@ -90,6 +90,22 @@ class DomainInfo:
     persistent: bool
 
 
+@dataclass(frozen=True)
+class ConsoleInfo:
+    """A domain's graphical console as the host reports it.
+
+    `type` is "vnc" or "spice" ("" for a headless domain); `port` is None
+    until libvirt assigns one (autoport before the domain starts, or no
+    console). `password_set` says whether one is set: the password itself
+    never leaves the adapter.
+    """
+
+    type: str
+    listen: str
+    port: int | None
+    password_set: bool
+
+
 DOMAIN_STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 """A domain's state in words, indexed by libvirt's `virDomainState` number."""
 
@@ -134,6 +150,7 @@ class Hypervisor(Protocol):
     def domain_autostart(self, name: str) -> bool: ...
     def domain_state(self, name: str) -> str: ...
     def domain_xml(self, name: str, inactive: bool = False) -> str: ...
+    def console(self, name: str) -> ConsoleInfo: ...
     def list_domain_names(self) -> list[str]: ...
     def list_domains(self) -> list[DomainInfo]: ...
     def close(self) -> None: ...
@@ -161,6 +178,7 @@ def get_hypervisor(uri: str | None = None) -> Hypervisor:
 
 __all__ = [
     "DOMAIN_STATES",
+    "ConsoleInfo",
     "DomainInfo",
     "HostCapabilities",
     "HostResources",

@@ -13,9 +13,9 @@ from typing import Any
 import libvirt
 
 from vaporsite.errors import Conflict, HypervisorError, InvalidInput
-from vms.hypervisor import DOMAIN_STATES, DomainInfo
-from vms.hypervisor import xml as lvxml
+from vms.hypervisor import DOMAIN_STATES, ConsoleInfo, DomainInfo
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, vapor_error
+from vms.hypervisor.documents.domain import domain_name, parse_console
 from vms.hypervisor.errors import VIR_ERR_INVALID_ARG, VIR_ERR_NO_DOMAIN, VIR_ERR_OPERATION_INVALID
 
 # Undefine removes everything libvirt keeps beside the definition: NVRAM
@@ -49,7 +49,7 @@ class DomainsMixin(Connection):
         racing caller in between is refused by libvirt (a different UUID) and
         mapped to Conflict too. The XML is validated against libvirt's schema.
         """
-        name = lvxml.domain_name(xml)
+        name = domain_name(xml)
         if not name:
             raise InvalidInput("the domain XML has no name", field="name")
         if self.domain_exists(name):
@@ -134,6 +134,16 @@ class DomainsMixin(Connection):
         domain = self._lookup_domain(name)
         with calls(field="name"):
             return domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+
+    def console(self, name: str) -> ConsoleInfo:
+        """Where the domain's graphical console listens, and whether it has a password.
+
+        Read from the secure XML, the only one that shows whether a password
+        is set; it is parsed here and never returned, logged or kept.
+        """
+        domain = self._lookup_domain(name)
+        with calls(field="name"):
+            return parse_console(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
 
     def list_domain_names(self) -> list[str]:
         with calls():

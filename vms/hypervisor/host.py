@@ -14,8 +14,11 @@ import libvirt
 
 from vaporsite.errors import InvalidInput
 from vms.hypervisor import HostCapabilities, HostResources, NetworkInfo
-from vms.hypervisor import xml as lvxml
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, undefined_on_failure, vapor_error
+from vms.hypervisor.documents.capabilities import host_capabilities
+from vms.hypervisor.documents.capabilities import max_vcpus as domain_max_vcpus
+from vms.hypervisor.documents.interface import interface_type
+from vms.hypervisor.documents.network import nat_network_xml, network_shape
 from vms.hypervisor.errors import (
     VIR_ERR_CONFIG_UNSUPPORTED,
     VIR_ERR_INVALID_ARG,
@@ -53,7 +56,7 @@ class HostMixin(Connection):
         """
         validate_name(name, field="network", what="network")
         validate_bridge_name(bridge)
-        document = lvxml.nat_network_xml(name, bridge, cidr)
+        document = nat_network_xml(name, bridge, cidr)
         conn = self._connection()
         network = lookup_or_none(conn.networkLookupByName, name, VIR_ERR_NO_NETWORK)
         created = network is None
@@ -70,7 +73,7 @@ class HostMixin(Connection):
     @staticmethod
     def _network_info(network: Any) -> NetworkInfo:
         with calls():
-            shape = lvxml.network_shape(network.XMLDesc(0))
+            shape = network_shape(network.XMLDesc(0))
             return NetworkInfo(
                 name=network.name(),
                 active=bool(network.isActive()),
@@ -87,7 +90,7 @@ class HostMixin(Connection):
         if self._capabilities is None:
             with calls():
                 document = self._connection().getCapabilities()
-            self._capabilities = lvxml.host_capabilities(document)
+            self._capabilities = host_capabilities(document)
         return self._capabilities
 
     def host_resources(self) -> HostResources:
@@ -114,7 +117,7 @@ class HostMixin(Connection):
         if key not in self._max_vcpus:
             conn = self._connection()
             try:
-                limit = lvxml.max_vcpus(conn.getDomainCapabilities(None, arch, machine, virt_type, 0))
+                limit = domain_max_vcpus(conn.getDomainCapabilities(None, arch, machine, virt_type, 0))
             except libvirt.libvirtError as exc:
                 code, words = exc.get_error_code() or 0, exc.get_error_message() or str(exc)
                 if code in (VIR_ERR_INVALID_ARG, VIR_ERR_CONFIG_UNSUPPORTED):
@@ -150,4 +153,4 @@ class HostMixin(Connection):
             if code != VIR_ERR_NO_SUPPORT:
                 raise vapor_error(exc, field="bridge") from exc
             return os.path.isdir(f"/sys/class/net/{name}/bridge")
-        return lvxml.interface_type(document) == "bridge"
+        return interface_type(document) == "bridge"

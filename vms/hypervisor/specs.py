@@ -1,9 +1,11 @@
 """What a domain is made of, as frozen dataclasses.
 
-Services build these from a validated request; `domain_xml` turns them into
-libvirt XML (and reads live XML back). Nothing here knows Django or libvirt.
-Every value is final: target devices are assigned, paths resolved, formats
-explicit, so building the XML makes no decision of its own.
+The designer (`vms.services.design`) builds a `DomainSpec` from a VM's rows;
+`documents.domain` turns it into libvirt XML and reads a domain's XML back
+into the records below it (`LiveDomain` for Vapor's own checks,
+`DomainDefinition` for adopting a domain). Nothing here knows Django or
+libvirt. Every value is final: target devices are assigned, paths resolved,
+formats explicit, so building the XML makes no decision of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ DiskFormat = Literal["qcow2", "raw"]
 IMAGE_FORMATS: tuple[DiskFormat, ...] = get_args(DiskFormat)
 """The disk image formats Vapor reads and writes; every other list of them (vms.choices.DiskFormat) is built from this one."""
 NicModel = Literal["virtio", "e1000e", "rtl8139"]
+Firmware = Literal["bios", "efi"]
+ClockOffset = Literal["utc", "localtime"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,15 @@ class DomainSpec:
     virt_type: Literal["kvm", "qemu"] = "kvm"
     arch: str = "x86_64"
     machine: str = "q35"
-    firmware: Literal["bios", "efi"] = "bios"
-    secure_boot: bool = False
+    firmware: Firmware = "bios"
+    secure_boot: bool = False  # needs firmware "efi" and smm
+    smm: bool = False
     tpm: bool = False
+    clock_offset: ClockOffset = "utc"
+    hyperv_clock: bool = False
     uuid: str | None = None
     title: str = ""
-    os_id: str = ""  # libosinfo URI, e.g. "http://ubuntu.com/ubuntu/22.04" (metadata only)
+    os_id: str = ""  # libosinfo URI, e.g. "http://ubuntu.com/ubuntu/22.04" (metadata only; the clock is decided by the designer)
     vapor_id: str = ""  # Vapor's VM id, stored in <metadata> to find the domain's owner
     disks: tuple[DiskSpec, ...] = ()
     cdroms: tuple[CdromSpec, ...] = ()
@@ -111,6 +118,119 @@ class LiveDomain:
     graphics_type: str  # "" when none
     graphics_port: int | None  # the port libvirt assigned (None when not running / none)
     graphics_listen: str
+
+
+@dataclass(frozen=True)
+class DefinedDisk:
+    """A hard disk or CD-ROM. `kind` is libvirt's source type: file, block or volume.
+
+    For a volume disk, `pool` and `volume` name it and `path` is empty (the
+    inactive XML does not resolve it).
+    """
+
+    device: str  # "disk" or "cdrom"
+    kind: str
+    path: str
+    pool: str
+    volume: str
+    format: str
+    bus: str
+    target_dev: str
+    readonly: bool
+    boot_order: int | None
+
+
+@dataclass(frozen=True)
+class DefinedNic:
+    """An interface on a libvirt network (`kind` "network") or a host bridge ("bridge")."""
+
+    kind: str
+    source: str
+    model: str  # "" when the XML leaves it to the hypervisor
+    mac: str
+
+
+@dataclass(frozen=True)
+class DomainDefinition:
+    """A whole domain definition in Vapor's terms, for adopting a domain Vapor did not create.
+
+    Anything Vapor cannot represent is listed in `skipped` instead of being guessed.
+    """
+
+    name: str
+    uuid: str
+    virt_type: str
+    memory_mib: int
+    vcpus: int
+    arch: str
+    machine: str
+    efi: bool
+    secure_boot: bool
+    tpm: bool
+    graphics_type: str  # "" when headless
+    graphics_port: int  # -1: assigned by libvirt when it starts
+    graphics_listen: str
+    serial_log: str
+    disks: tuple[DefinedDisk, ...]
+    nics: tuple[DefinedNic, ...]
+    skipped: tuple[str, ...]  # devices Vapor cannot represent, in words
+
+
+SnapshotKind = Literal["internal", "external", "no"]
+
+
+@dataclass(frozen=True)
+class SnapshotDiskSpec:
+    """What a snapshot does with one disk, by target device.
+
+    "internal": a snapshot inside the qcow2 image; "external": a new qcow2
+    overlay at `path` (the disk's current image becomes its backing file);
+    "no": the disk is left out (CD-ROMs, raw disks, shared data).
+    """
+
+    target_dev: str
+    snapshot: SnapshotKind
+    path: str = ""  # external only
+    format: DiskFormat = "qcow2"  # external only: the overlay's format
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """A domain snapshot to take.
+
+    `memory` "no" takes the disks only (a shut-off domain, or a disk-only
+    snapshot of a running one); "internal" also saves the running guest's
+    memory into the first qcow2 disk, and then no disk may be external.
+    Disks not listed get libvirt's default for the domain.
+    """
+
+    name: str
+    description: str = ""
+    memory: Literal["no", "internal"] = "no"
+    disks: tuple[SnapshotDiskSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class SnapshotDisk:
+    """A disk as a snapshot's XML describes it; `path` and `format` only for an external one."""
+
+    target_dev: str
+    snapshot: str
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """What Vapor reads back from a snapshot's XML (`virDomainSnapshotGetXMLDesc`)."""
+
+    name: str
+    description: str
+    state: str  # the domain's state when it was taken ("shutoff", "running", ...; "" in a request)
+    parent: str  # "" for a first snapshot
+    creation_time: int | None  # seconds since the epoch; None in a request
+    memory: str  # "no", "internal" or "external"; "" when unstated
+    disks: tuple[SnapshotDisk, ...]
 
 
 def target_devs(buses: list[str]) -> list[str]:

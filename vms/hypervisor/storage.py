@@ -17,8 +17,9 @@ import libvirt
 from vaporsite.errors import Conflict, InvalidInput, NotFound, VaporError
 from vaporsite.paths import absolute_path
 from vms.hypervisor import PoolInfo, VolumeInfo, images
-from vms.hypervisor import xml as lvxml
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, undefined_on_failure
+from vms.hypervisor.documents.pool import dir_pool_xml, pool_target_path, pool_type
+from vms.hypervisor.documents.volume import clone_volume_xml, volume_format, volume_xml
 from vms.hypervisor.errors import (
     VIR_ERR_INTERNAL_ERROR,
     VIR_ERR_NO_STORAGE_POOL,
@@ -60,12 +61,12 @@ class StorageMixin(Connection):
         created = pool is None
         with calls(field="pool"):
             if pool is None:
-                pool = conn.storagePoolDefineXML(lvxml.dir_pool_xml(name, path), 0)
+                pool = conn.storagePoolDefineXML(dir_pool_xml(name, path), 0)
             with undefined_on_failure(pool, created):
                 if not pool.isActive():
                     # Build only dir pools: for a disk or LVM pool, "build"
                     # writes a label or a volume group onto a device.
-                    if lvxml.pool_type(pool.XMLDesc(0)) == "dir":
+                    if pool_type(pool.XMLDesc(0)) == "dir":
                         pool.build(0)
                     pool.create(0)
                 if not pool.autostart():
@@ -84,7 +85,7 @@ class StorageMixin(Connection):
                 name=pool.name(),
                 active=bool(pool.isActive()),
                 autostart=bool(pool.autostart()),
-                path=lvxml.pool_target_path(pool.XMLDesc(0)),
+                path=pool_target_path(pool.XMLDesc(0)),
                 capacity=capacity,
                 allocation=allocation,
                 available=available,
@@ -95,7 +96,7 @@ class StorageMixin(Connection):
     def create_volume(self, pool: str, name: str, capacity_bytes: int, fmt: str = "qcow2") -> VolumeInfo:
         """A new thin volume; Conflict if the name (or its file) is taken."""
         validate_volume_name(name)
-        document = lvxml.volume_xml(name, capacity_bytes, fmt)
+        document = volume_xml(name, capacity_bytes, fmt)
         target = self._lookup_pool(pool)
         with calls(field="name"):
             return self._volume_info(target.createXML(document, 0))
@@ -123,7 +124,7 @@ class StorageMixin(Connection):
                 path=volume.path(),
                 capacity=capacity,
                 allocation=allocation,
-                format=lvxml.volume_format(volume.XMLDesc(0)),
+                format=volume_format(volume.XMLDesc(0)),
             )
 
     # Storage seen as files
@@ -134,8 +135,8 @@ class StorageMixin(Connection):
         with calls():
             for pool in self._connection().listAllStoragePools(0):
                 document = pool.XMLDesc(0)
-                path = lvxml.pool_target_path(document)
-                if path and lvxml.pool_type(document) in _FILE_POOL_TYPES:
+                path = pool_target_path(document)
+                if path and pool_type(document) in _FILE_POOL_TYPES:
                     paths[pool.name()] = path
         return paths
 
@@ -180,7 +181,7 @@ class StorageMixin(Connection):
         size = images.image_info(source, source_format, field="clone_from").virtual_size
         capacity = max(size, capacity_bytes or 0)
         backing = {"backing_path": source, "backing_format": source_format} if linked else {}
-        document = lvxml.clone_volume_xml(name, capacity, fmt, **backing)
+        document = clone_volume_xml(name, capacity, fmt, **backing)
         target = self._lookup_pool(pool)
         with calls(field="name"):
             if name in target.listVolumes():
@@ -192,7 +193,7 @@ class StorageMixin(Connection):
             # create: a "raw" upload holding a qcow2 header would be copied as
             # qcow2, pulling its backing file (any host file) into the copy.
             # It may copy only when its format is the one the caller states.
-            if origin is not None and lvxml.volume_format(origin.XMLDesc(0)) == source_format:
+            if origin is not None and volume_format(origin.XMLDesc(0)) == source_format:
                 volume = self._create_from(target, document, origin, name)
                 # createXMLFrom keeps the source's size whatever the XML asks.
                 if volume.info()[1] < capacity:

@@ -23,7 +23,8 @@ from vaporsite.transactions import atomic_or_dry_run
 from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, EventStatus, GraphicsType, NicType
 from vms.hypervisor import DomainInfo, Hypervisor
-from vms.hypervisor.definition import DefinedDisk, DomainDefinition, parse_definition
+from vms.hypervisor.documents.domain import parse_definition
+from vms.hypervisor.specs import DefinedDisk, DomainDefinition
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services.states import log_changes, refresh_rows, status_for, synced_rows
 

@@ -16,10 +16,11 @@ from vaporsite.transactions import atomic_or_dry_run
 from vms import encryption, hypervisor
 from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
-from vms.hypervisor.domain_xml import domain_xml
+from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
+from vms.services.design import domain_spec
 from vms.services.plans import VmPlan
-from vms.services.provisioning import claim_is_live, domain_spec, provision_steps
+from vms.services.provisioning import claim_is_live, provision_steps
 from vms.services.requests import VmRequest
 from vms.services.validation import vm_validate
 

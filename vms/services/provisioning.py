@@ -15,13 +15,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from guestos import osinfo
 from vms import hypervisor
-from vms.choices import DiskSource, NicType
+from vms.choices import DiskSource
 from vms.hypervisor import Hypervisor
-from vms.hypervisor.domain_xml import domain_xml
-from vms.hypervisor.specs import CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, NicSpec
+from vms.hypervisor.documents.domain import domain_xml
 from vms.models import Disk, VirtualMachine
+from vms.services.design import domain_spec
 
 
 @dataclass(frozen=True)
@@ -30,42 +29,6 @@ class Step:
     run: Callable[[], None]
     undo: Callable[[], None] | None = None
     leftover: Callable[[], bool] | None = None  # True if a previous attempt left something to clear first
-
-
-def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpec:
-    """The domain as the VM's rows describe it."""
-    disks = tuple(
-        DiskSpec(path=d.path, format=d.format, bus=d.bus, target_dev=d.target_dev, boot_order=d.boot_order, readonly=d.readonly)  # type: ignore[arg-type]
-        for d in vm.disks.all()
-    )
-    cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
-    nics = tuple(
-        NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac)  # type: ignore[arg-type]
-        for n in vm.nics.all()
-    )
-    graphics = None
-    if vm.graphics_type != "none":
-        graphics = GraphicsSpec(type=vm.graphics_type, port=vm.graphics_port, listen=vm.graphics_listen, password=password)  # type: ignore[arg-type]
-    return DomainSpec(
-        name=vm.name,
-        uuid=str(vm.uuid) if vm.uuid else None,
-        memory_mib=vm.memory_mb,
-        vcpus=vm.vcpus,
-        virt_type=vm.virt_type,  # type: ignore[arg-type]
-        arch=vm.architecture,
-        machine=vm.machine,
-        firmware="efi" if vm.uefi else "bios",
-        secure_boot=vm.secure_boot,
-        tpm=vm.tpm,
-        os_id=osinfo.os_id_for(vm.os_variant) if vm.os_variant else "",
-        vapor_id=str(vm.pk or ""),
-        title=f"Vapor VM {vm.name}",
-        disks=disks,
-        cdroms=cdroms,
-        nics=nics,
-        graphics=graphics,
-        serial_log=vm.serial_log,
-    )
 
 
 def _volume_steps(vm: VirtualMachine, hv: Hypervisor, disk: Disk) -> Step:

@@ -14,8 +14,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from vaporsite.errors import InvalidInput, VaporError
 from vms.hypervisor import Hypervisor, get_hypervisor
+from vms.hypervisor.documents.network import nat_layout
 from vms.hypervisor.errors import validate_bridge_name, validate_name
-from vms.hypervisor.xml import nat_layout
 
 
 class Command(BaseCommand):

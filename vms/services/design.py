@@ -1,0 +1,83 @@
+"""Designing a VM's domain: every decision between the VM's rows and libvirt's document.
+
+`domain_spec(vm)` reads the rows and settles what the domain is made of,
+including the rules that are policy rather than syntax: which firmware,
+whether SMM comes with it, how the guest's clock runs. The builder
+(`vms.hypervisor.documents.domain`) then writes exactly what the spec says
+(the role of Nova's `designer.py` beside its `config.py`).
+"""
+
+from __future__ import annotations
+
+from isos import osinfo
+from vaporsite.errors import InvalidInput
+from vms.choices import NicType
+from vms.hypervisor.specs import CdromSpec, ClockOffset, DiskSpec, DomainSpec, Firmware, GraphicsSpec, NicSpec
+from vms.models import VirtualMachine
+
+WINDOWS_OS_IDS = "http://microsoft.com/"
+"""libosinfo ids of every Windows release live under this prefix."""
+
+
+def clock_for(os_id: str) -> tuple[ClockOffset, bool]:
+    """The RTC offset and whether the Hyper-V clock is offered, for the OS `os_id`.
+
+    Windows keeps the RTC in local time; the Hyper-V clock saves it from
+    constant resynchronisation. Every other guest keeps it in UTC.
+    """
+    if os_id.startswith(WINDOWS_OS_IDS):
+        return "localtime", True
+    return "utc", False
+
+
+def firmware_for(*, uefi: bool, secure_boot: bool) -> tuple[Firmware, bool]:
+    """The firmware and whether SMM is on.
+
+    Secure Boot exists only in UEFI, and OVMF's Secure Boot build needs SMM
+    (without it the guest never starts), so SMM comes exactly with Secure Boot.
+    """
+    if secure_boot and not uefi:
+        raise InvalidInput("Secure Boot needs UEFI firmware", field="secure_boot")
+    return ("efi" if uefi else "bios"), secure_boot
+
+
+def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpec:
+    """The domain as the VM's rows describe it, with every decision made."""
+    firmware, smm = firmware_for(uefi=vm.uefi, secure_boot=vm.secure_boot)
+    os_id = osinfo.os_id_for(vm.os_variant) if vm.os_variant else ""
+    clock_offset, hyperv_clock = clock_for(os_id)
+    disks = tuple(
+        DiskSpec(path=d.path, format=d.format, bus=d.bus, target_dev=d.target_dev, boot_order=d.boot_order, readonly=d.readonly)  # type: ignore[arg-type]
+        for d in vm.disks.all()
+    )
+    cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
+    nics = tuple(
+        NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac)  # type: ignore[arg-type]
+        for n in vm.nics.all()
+    )
+    graphics = None
+    if vm.graphics_type != "none":
+        graphics = GraphicsSpec(type=vm.graphics_type, port=vm.graphics_port, listen=vm.graphics_listen, password=password)  # type: ignore[arg-type]
+    return DomainSpec(
+        name=vm.name,
+        uuid=str(vm.uuid) if vm.uuid else None,
+        memory_mib=vm.memory_mb,
+        vcpus=vm.vcpus,
+        virt_type=vm.virt_type,  # type: ignore[arg-type]
+        arch=vm.architecture,
+        machine=vm.machine,
+        firmware=firmware,
+        secure_boot=vm.secure_boot,
+        smm=smm,
+        tpm=vm.tpm,
+        clock_offset=clock_offset,
+        hyperv_clock=hyperv_clock,
+        os_id=os_id,
+        vapor_id=str(vm.pk or ""),
+        title=f"Vapor VM {vm.name}",
+        disks=disks,
+        cdroms=cdroms,
+        nics=nics,
+        graphics=graphics,
+        serial_log=vm.serial_log,
+    )
