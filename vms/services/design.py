@@ -9,7 +9,7 @@ whether SMM comes with it, how the guest's clock runs. The builder
 
 from __future__ import annotations
 
-from isos import osinfo
+from guestos import osinfo
 from vaporsite.errors import InvalidInput
 from vms.choices import NicType
 from vms.hypervisor.specs import CdromSpec, ClockOffset, DiskSpec, DomainSpec, Firmware, GraphicsSpec, NicSpec
