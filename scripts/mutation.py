@@ -58,9 +58,9 @@ class Mutant:
 
 
 # Test selections, named once because several mutants share them.
-SHARING_TESTS = ("tests/vms/test_create_api.py",)
-VOLUME_TESTS = ("tests/vms/test_create_api.py", "tests/vms/test_provisioning.py")
-ISO_PAIR_TESTS = ("tests/vms/test_create_api.py",)
+SHARING_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py")
+VOLUME_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py", "tests/vms/test_provisioning.py")
+ISO_PAIR_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py")
 PATH_TESTS = ("tests/isos/test_api.py", "-k", "symlink or bad_paths or device_node")
 PATH_TESTS_VMS = ("tests/reliability/test_hostile_paths.py",)
 CHAIN_TESTS = ("tests/vms/test_images.py",)
@@ -69,6 +69,7 @@ SSRF_TESTS = ("tests/isos/test_download.py", "-k", "refuse or internal or allowe
 VALIDATION = "vms/services/validation.py"
 PATHS = "vaporsite/paths.py"
 IMAGES = "vms/hypervisor/images.py"
+HYPERVISOR = "vms/hypervisor/__init__.py"
 NETGUARD = "isos/netguard.py"
 
 MUTANTS: list[Mutant] = [
@@ -103,14 +104,14 @@ MUTANTS: list[Mutant] = [
         "volume exists: a volume already in the pool is refused (409)",
         "the check is skipped",
         VALIDATION,
-        "            if _volume_exists(hv, pool.name, volume_name):\n",
+        "            if volume_exists(hv, pool.name, volume_name) or os.path.lexists(path):\n",
         "            if False:\n",
         VOLUME_TESTS,
     ),
     Mutant(
         "volume exists: a volume already in the pool is refused (409)",
-        "_volume_exists always answers no",
-        VALIDATION,
+        "volume_exists always answers no",
+        HYPERVISOR,
         "    except NotFound:\n        return False\n    return True\n",
         "    except NotFound:\n        return False\n    return False\n",
         VOLUME_TESTS,
@@ -120,8 +121,8 @@ MUTANTS: list[Mutant] = [
         "secondary_iso is not the same file as iso_path",
         "the comparison is removed",
         VALIDATION,
-        "    if len({c.iso.path for c in planned}) < len(planned):\n",
-        "    if False:\n",
+        "        if planned and resolved.iso.path == planned[0].iso.path:\n",
+        "        if False:\n",
         ISO_PAIR_TESTS,
     ),
     # --- the path guard (vaporsite/paths.py)
