@@ -3,17 +3,23 @@ input serializers that refuse fields they do not know.
 
 Every error body has ``detail`` (words) and ``code``; input errors add
 ``field`` (the first field at fault) and ``errors`` (field -> messages).
+An unexpected exception is a 500 in the same shape, whatever DEBUG says.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from vaporsite.errors import VaporError
+
+log = logging.getLogger("vapor.api")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -81,4 +87,25 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is not None and isinstance(response.data, dict) and "detail" in response.data:
         detail = response.data["detail"]
         response.data = {"detail": str(detail), "code": getattr(detail, "code", "error")}
+    if response is None:
+        return _server_error(exc, context)
     return response
+
+
+def _server_error(exc: Exception, context: dict[str, Any]) -> Response:
+    """A bug or an unforeseen failure: the traceback goes to the log, never to the client.
+
+    The body names a reference that is also in the log line, so a user can
+    report it; neither the exception's text (it may hold paths, SQL or
+    values) nor a traceback leaves the server, and Django's debug page is
+    never shown, even with DEBUG on.
+    """
+    reference = uuid.uuid4().hex[:12]
+    request = context.get("request")
+    where = f"{request.method} {request.path}" if request is not None else "?"
+    log.error("unexpected error %s on %s", reference, where, exc_info=exc)
+    set_rollback()
+    return Response(
+        {"detail": f"Internal server error (reference {reference}); the details are in the server log.", "code": "server_error"},
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )

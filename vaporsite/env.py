@@ -184,9 +184,18 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         if not config.get("ENGINE"):
             raise ValueError("unknown scheme")
         if "sqlite" in config["ENGINE"]:
-            # Tasks and web requests write concurrently: wait for the lock
-            # instead of failing at once with "database is locked".
-            config.setdefault("OPTIONS", {})["timeout"] = 30
+            # The web process and the worker write concurrently. WAL lets
+            # readers go on while one writes; "timeout" waits for the write
+            # lock instead of failing at once with "database is locked"; and
+            # IMMEDIATE takes that lock when a transaction begins, so two
+            # transactions that read first and write later cannot each hold a
+            # read lock the other must wait on (SQLite would then fail one at
+            # once, whatever the timeout). NORMAL is durable enough under WAL.
+            config.setdefault("OPTIONS", {}).update(
+                timeout=30,
+                transaction_mode="IMMEDIATE",
+                init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            )
         return config
 
     debug = env.flag("VAPOR_DEBUG", True)

@@ -7,8 +7,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from isos.hashing import hash_file
-from isos.models import IsoImage
-from tests.support.factories import UserFactory
+from isos.models import IsoImage, RetiredIsoId
+from tests.support.factories import UserFactory, VirtualMachineFactory
 from tests.support.isos import make_iso, register_ready
 
 pytestmark = pytest.mark.django_db
@@ -105,3 +105,48 @@ def test_view_only_staff_cannot_add(client, db):
     client.force_login(UserFactory.create(is_staff=True, permissions=["view_isoimage"]))
     assert client.get(CHANGELIST).status_code == 200
     assert client.get("/admin/isos/isoimage/add/").status_code == 403
+
+
+# --- delete: through isos.services.iso_delete, as the API ---------------------
+
+
+def _delete_on_page(admin_client, iso: IsoImage):
+    return admin_client.post(f"/admin/isos/isoimage/{iso.pk}/delete/", {"post": "yes"}, follow=True)
+
+
+def _delete_selected(admin_client, iso: IsoImage):
+    return admin_client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": [iso.pk], "post": "yes"}, follow=True)
+
+
+DELETES = pytest.mark.parametrize("delete", [_delete_on_page, _delete_selected], ids=["delete page", "delete selected"])
+
+
+@DELETES
+def test_delete_retires_the_id_and_keeps_a_registered_file(admin_client, iso_dirs, delete):
+    path = make_iso(iso_dirs.search[0] / "a.iso")
+    iso = register_ready(path)
+    assert delete(admin_client, iso).status_code == 200
+    assert not IsoImage.objects.filter(pk=iso.pk).exists()
+    assert RetiredIsoId.objects.filter(pk=iso.pk, file_deleted=False).exists()
+    assert path.exists()
+
+
+@DELETES
+def test_delete_removes_a_downloaded_file(admin_client, iso_dirs, delete):
+    path = make_iso(iso_dirs.download / "fetched.iso")
+    iso = register_ready(path)
+    IsoImage.objects.filter(pk=iso.pk).update(downloaded=True)
+    iso.refresh_from_db()
+    assert delete(admin_client, iso).status_code == 200
+    assert RetiredIsoId.objects.filter(pk=iso.pk, file_deleted=True).exists()
+    assert not path.exists()
+
+
+@DELETES
+def test_delete_of_an_iso_in_use_is_refused_naming_the_vm(admin_client, iso_dirs, delete):
+    iso = register_ready(make_iso(iso_dirs.search[0] / "a.iso"))
+    VirtualMachineFactory.create(name="web-1", cdrom=iso)
+    page = delete(admin_client, iso).content.decode()
+    assert "is attached to 1 VM(s): web-1" in page
+    assert IsoImage.objects.filter(pk=iso.pk).exists()
+    assert not RetiredIsoId.objects.filter(pk=iso.pk).exists()

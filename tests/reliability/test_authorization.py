@@ -153,12 +153,10 @@ def changes(code: int, model: Any, key: str, /, *, task: bool = False, **expecte
     return check
 
 
-def retired(status: int, *, retires_id: bool = True) -> Effect:
+def retired(status: int) -> Effect:
     def check(seen: Seen) -> str:
         _status(seen, status)
         assert not IsoImage.objects.filter(pk=seen.seeds["iso"]).exists(), "the ISO is still there"
-        if not retires_id:
-            return "ISO deleted"
         assert RetiredIsoId.objects.filter(pk=seen.seeds["iso"]).exists(), "its id was not retired"
         return "ISO deleted, its id retired"
 
@@ -320,9 +318,8 @@ ACTIONS = [
         api=False,
         effect=changes(302, IsoImage, "iso", name="renamed", architecture="x86_64"),
     ),
-    # The admin deletes through Django's own delete, not isos.services.iso_delete: no id is retired there.
     Action("admin ISO delete (confirm)", "POST", ADMIN + "isos/isoimage/{iso}/delete/", "delete", {"post": "yes"}, api=False,
-           effect=retired(302, retires_id=False)),
+           effect=retired(302)),
     _iso_action("action_iso_rehash", "iso", changes(302, IsoImage, "iso", task=True, status=IsoStatus.READY)),
     _iso_action("action_iso_retry", "iso_failed", changes(302, IsoImage, "iso_failed", task=True, status=IsoStatus.READY, error="")),
     _iso_action("action_iso_cancel", "iso_downloading", changes(302, IsoImage, "iso_downloading", status=IsoStatus.CANCELLED)),
