@@ -1,0 +1,88 @@
+"""Bounds on every number and list of a VM request (issue 11, point 4): always a 400 naming the field, nothing left behind."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from isos.models import IsoImage
+from tests.support.api import post_create
+from tests.vms.test_admin import form_data
+from vms.models import VirtualMachine, VmTemplate
+
+pytestmark = pytest.mark.django_db
+TEMPLATES = "/api/v1/virtualmachines/templates"
+ADMIN_ADD = "/admin/vms/virtualmachine/add/"
+BASE = {"name": "big", "memory": 1024, "vcpus": 1}
+HUGE = 100000000000000000000  # 10^20: overflowed the database column (a 500) before the bound
+
+
+def nothing_created(hv) -> None:
+    assert not VirtualMachine.objects.exists()
+    assert not IsoImage.objects.exists()
+    assert list(hv.pool_dir.iterdir()) == []
+    assert hv.domains == {}
+
+
+def refused(response, field: str, *words: str) -> None:
+    body = response.json()
+    assert response.status_code == 400, body
+    assert body["field"] == field, body
+    for word in words:
+        assert word in body["detail"], body
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"disks": [{"size": HUGE}]}, "disks.0.size", ("at most 65536 GB", "VAPOR_MAX_DISK_GB")),
+        ({"disks": [{"size": 65537}]}, "disks.0.size", ("at most 65536 GB",)),
+        ({"disks": [{"size": 1}, {"size": HUGE}]}, "disks.1.size", ("VAPOR_MAX_DISK_GB",)),
+        ({"disk_size": HUGE}, "disks.0.size", ("VAPOR_MAX_DISK_GB",)),
+        ({"disks": [{"size": 1, "boot_order": 2**40}]}, "disks.0.boot_order", ("1-258",)),
+        ({"memory": HUGE}, "memory", ("at most",)),
+        ({"vcpus": HUGE}, "vcpus", ("at most",)),
+        ({"graphics": {"port": HUGE}}, "graphics.port", ("5900-65535",)),
+    ],
+)
+def test_numbers_past_their_bound_are_400_on_the_field(vm_api, hv, run_tasks, change, field, words):
+    refused(post_create(vm_api, run_tasks, {**BASE, **change}), field, *words)
+    nothing_created(hv)
+
+
+def test_the_legacy_endpoint_has_the_same_disk_bound(vm_api, hv, run_tasks):
+    with run_tasks():
+        response = vm_api.post("/api/v1/virtualmachines/", {**BASE, "disk_size": HUGE}, format="json")
+    refused(response, "disks.0.size", "VAPOR_MAX_DISK_GB")
+    nothing_created(hv)
+
+
+def test_the_disk_bound_follows_the_setting(vm_api, hv, run_tasks, settings):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, max_disk_gb=100)
+    refused(post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 101}]}), "disks.0.size", "at most 100 GB")
+    nothing_created(hv)
+    assert post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 100}]}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"disks": [{"size": HUGE}]}, "disks.0.size"),
+        ({"disks": [{"size": 1, "boot_order": 2**40}]}, "disks.0.boot_order"),
+        ({"memory": HUGE}, "memory"),
+        ({"vcpus": HUGE}, "vcpus"),
+    ],
+)
+def test_templates_have_the_same_bounds(vm_api, hv, change, field):
+    response = vm_api.post(TEMPLATES, {"name": "t", **change}, format="json")
+    refused(response, field)
+    assert not VmTemplate.objects.exists()
+
+
+def test_the_admin_create_form_reaches_the_same_rule(admin_client, hv, run_tasks):
+    with run_tasks():
+        response = admin_client.post(ADMIN_ADD, form_data(disks=[{"size": str(HUGE), "format": "qcow2", "bus": "virtio"}]))
+    assert response.status_code == 200  # the form again, with the error
+    assert "VAPOR_MAX_DISK_GB" in response.content.decode()
+    nothing_created(hv)
