@@ -49,6 +49,9 @@ def test_allowed_roots_join_search_dirs_download_dir_and_extra_roots() -> None:
         ("VAPOR_LOG_LEVEL", "LOUD", "is not one of"),
         ("VAPOR_MAX_DISK_GB", "0", "must be at least 1"),
         ("VAPOR_MAX_DISK_GB", str(2**31), "must be at most 2147483647"),
+        ("VAPOR_MEMORY_OVERCOMMIT", "0", "is not a ratio"),
+        ("VAPOR_MEMORY_OVERCOMMIT", "nan", "is not a ratio"),
+        ("VAPOR_CPU_OVERCOMMIT", "lots", "is not a ratio"),
     ],
 )
 def test_a_bad_value_is_reported_with_its_variable_and_falls_back(variable: str, value: str, words: str) -> None:

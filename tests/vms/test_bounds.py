@@ -86,3 +86,34 @@ def test_the_admin_create_form_reaches_the_same_rule(admin_client, hv, run_tasks
     assert response.status_code == 200  # the form again, with the error
     assert "VAPOR_MAX_DISK_GB" in response.content.decode()
     nothing_created(hv)
+
+
+# The fake host: 16 GiB (16384 MB) and 8 CPUs; by default memory x 1.5, vCPUs x 4.
+
+
+def test_memory_past_the_host_times_the_ratio_is_400(vm_api, hv, run_tasks):
+    refused(post_create(vm_api, run_tasks, {**BASE, "memory": 1000000000000}), "memory", "at most")  # the request
+    refused(post_create(vm_api, run_tasks, {**BASE, "memory": 1000000000}), "memory", "the host has 16384 MB", "1.5")
+    refused(post_create(vm_api, run_tasks, {**BASE, "memory": 24577}), "memory", "at most 24576 MB", "VAPOR_MEMORY_OVERCOMMIT")
+    nothing_created(hv)
+    assert post_create(vm_api, run_tasks, {**BASE, "memory": 24576}).status_code == 202
+
+
+def test_vcpus_past_the_host_times_the_ratio_is_400(vm_api, hv, run_tasks, settings):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, cpu_overcommit=2.0)
+    refused(post_create(vm_api, run_tasks, {**BASE, "vcpus": 17}), "vcpus", "at most 16", "the host has 8 CPUs", "VAPOR_CPU_OVERCOMMIT")
+    nothing_created(hv)
+    assert post_create(vm_api, run_tasks, {**BASE, "vcpus": 16}).status_code == 202
+
+
+def test_the_ratios_follow_the_settings(vm_api, hv, run_tasks, settings):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, memory_overcommit=0.5, cpu_overcommit=0.5)
+    refused(post_create(vm_api, run_tasks, {**BASE, "memory": 8193}), "memory", "at most 8192 MB")
+    refused(post_create(vm_api, run_tasks, {**BASE, "vcpus": 5}), "vcpus", "at most 4")
+    nothing_created(hv)
+
+
+def test_a_template_asking_more_than_the_host_is_refused_when_a_vm_is_made_from_it(vm_api, hv, run_tasks):
+    assert vm_api.post(TEMPLATES, {"name": "huge", "memory": 1000000}, format="json").status_code == 201
+    refused(post_create(vm_api, run_tasks, {"name": "from-huge", "template": "huge"}), "memory", "the host has 16384 MB")
+    nothing_created(hv)

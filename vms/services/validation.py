@@ -52,6 +52,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = Fal
     if hv.domain_exists(request.name):
         raise Conflict(f"a domain named {request.name!r} already exists on the host", field="name", code="name_taken")
     virt_type = _virt_type(request, hv)
+    _check_host_size(request, hv)
     pool = _pool(request, hv)
     _check_networks(request, hv)
     disk_orders, cdrom_order = _boot_orders(request)
@@ -151,6 +152,24 @@ def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
     if request.vcpus > maximum:
         raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for {machine}/{virt_type})", field="vcpus")
     return virt_type
+
+
+def _check_host_size(request: VmRequest, hv: Hypervisor) -> None:
+    """Memory and vCPUs no more than the host's, times the overcommit ratio the operator allows."""
+    host = hv.host_resources()
+    host_mb = host.memory_bytes // 2**20
+    ratio = settings.VAPOR.memory_overcommit
+    if request.memory > int(host_mb * ratio):
+        raise InvalidInput(
+            f"must be at most {int(host_mb * ratio)} MB: the host has {host_mb} MB, overcommit ratio {ratio:g} (VAPOR_MEMORY_OVERCOMMIT)",
+            field="memory",
+        )
+    ratio = settings.VAPOR.cpu_overcommit
+    if request.vcpus > int(host.cpus * ratio):
+        raise InvalidInput(
+            f"must be at most {int(host.cpus * ratio)}: the host has {host.cpus} CPUs, overcommit ratio {ratio:g} (VAPOR_CPU_OVERCOMMIT)",
+            field="vcpus",
+        )
 
 
 def _pool(request: VmRequest, hv: Hypervisor) -> PoolInfo:
