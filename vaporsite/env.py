@@ -68,6 +68,8 @@ class Config:
     hsts_seconds: int
     # Bounds on what one VM request may ask for (README, "Limits").
     max_disk_gb: int
+    max_disks: int
+    max_nics: int
     memory_overcommit: float
     cpu_overcommit: float
     problems: tuple[Problem, ...] = field(default=())
@@ -246,6 +248,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         ssl_redirect=env.flag("VAPOR_SSL_REDIRECT", True),
         hsts_seconds=env.number("VAPOR_HSTS_SECONDS", 31536000, 0),
         max_disk_gb=env.number("VAPOR_MAX_DISK_GB", 65536, 1, MAX_DISK_GB_CEILING),
+        max_disks=env.number("VAPOR_MAX_DISKS", 64, 1, 256),
+        max_nics=env.number("VAPOR_MAX_NICS", 16, 1, 256),
         memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 1.5),
         cpu_overcommit=env.ratio("VAPOR_CPU_OVERCOMMIT", 4.0),
         problems=(),

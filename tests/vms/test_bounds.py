@@ -117,3 +117,49 @@ def test_a_template_asking_more_than_the_host_is_refused_when_a_vm_is_made_from_
     assert vm_api.post(TEMPLATES, {"name": "huge", "memory": 1000000}, format="json").status_code == 201
     refused(post_create(vm_api, run_tasks, {"name": "from-huge", "template": "huge"}), "memory", "the host has 16384 MB")
     nothing_created(hv)
+
+
+# --- how many: disks, disks per bus, NICs ----------------------------------------
+
+
+def test_more_disks_than_the_limit_is_400_on_disks(vm_api, hv, run_tasks):
+    # 300 disks once ended in "database is locked"; the limit stops them before anything is written.
+    response = post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 1}] * 300})
+    refused(response, "disks", "at most 64 disks", "VAPOR_MAX_DISKS", "300 given")
+    refused(post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 1}] * 65}), "disks", "at most 64 disks")
+    nothing_created(hv)
+
+
+def test_the_disk_count_follows_the_setting(vm_api, hv, run_tasks, settings):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, max_disks=2)
+    refused(post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 1}] * 3}), "disks", "at most 2 disks")
+    nothing_created(hv)
+    assert post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 1}] * 2}).status_code == 202
+
+
+def test_at_most_four_ide_disks(vm_api, hv, run_tasks):
+    refused(post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 1, "bus": "ide"}] * 5}), "disks", "at most 4 IDE disks")
+    nothing_created(hv)
+    assert post_create(vm_api, run_tasks, {**BASE, "disks": [{"size": 1, "bus": "ide"}] * 4}).status_code == 202
+
+
+def test_more_nics_than_the_limit_is_400_on_networks(vm_api, hv, run_tasks, settings):
+    refused(post_create(vm_api, run_tasks, {**BASE, "networks": [{}] * 200}), "networks", "at most 16", "VAPOR_MAX_NICS")
+    refused(post_create(vm_api, run_tasks, {**BASE, "networks": [{}] * 17}), "networks", "at most 16")
+    nothing_created(hv)
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, max_nics=1)
+    refused(post_create(vm_api, run_tasks, {**BASE, "networks": [{}] * 2}), "networks", "at most 1 network")
+    nothing_created(hv)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"disks": [{"size": 1}] * 65}, "disks"),
+        ({"disks": [{"size": 1, "bus": "ide"}] * 5}, "disks"),
+        ({"networks": [{}] * 17}, "networks"),
+    ],
+)
+def test_templates_have_the_same_counts(vm_api, hv, change, field):
+    refused(vm_api.post(TEMPLATES, {"name": "t", **change}, format="json"), field)
+    assert not VmTemplate.objects.exists()

@@ -84,6 +84,7 @@ def check_shape(request: VmRequest) -> None:
         raise InvalidInput("must be at least 1", field="vcpus")
     if request.vcpus > MAX_VCPUS:
         raise InvalidInput(f"must be at most {MAX_VCPUS}", field="vcpus")
+    check_counts(request)
     if request.secure_boot and not request.uefi:
         raise InvalidInput("Secure Boot needs UEFI: set uefi to true", field="secure_boot")
     graphics = request.graphics
@@ -129,6 +130,23 @@ def check_shape(request: VmRequest) -> None:
                     f"boot_order {disk.boot_order} is already used by disks.{seen[disk.boot_order]}", field=f"{field}.boot_order"
                 )
             seen[disk.boot_order] = index
+
+
+def check_counts(request: VmRequest) -> None:
+    """How many disks and NICs one VM may have (README, "Limits")."""
+    max_disks = settings.VAPOR.max_disks
+    if len(request.disks) > max_disks:
+        raise InvalidInput(f"at most {max_disks} disks per VM (VAPOR_MAX_DISKS); {len(request.disks)} given", field="disks")
+    ide = sum(1 for disk in request.disks if disk.bus == "ide")
+    if ide > MAX_IDE_DISKS:
+        raise InvalidInput(
+            f"at most {MAX_IDE_DISKS} IDE disks (the pc machine has 2 IDE controllers of 2 devices); {ide} given", field="disks"
+        )
+    max_nics = settings.VAPOR.max_nics
+    if len(request.networks) > max_nics:
+        raise InvalidInput(
+            f"at most {max_nics} network interfaces per VM (VAPOR_MAX_NICS); {len(request.networks)} given", field="networks"
+        )
 
 
 def _machine(request: VmRequest) -> str:
