@@ -54,6 +54,7 @@ def test_allowed_roots_join_search_dirs_download_dir_and_extra_roots() -> None:
         ("VAPOR_CPU_OVERCOMMIT", "lots", "is not a ratio"),
         ("VAPOR_MAX_DISKS", "257", "must be at most 256"),
         ("VAPOR_MAX_NICS", "0", "must be at least 1"),
+        ("VAPOR_MAX_BODY_BYTES", "100", "must be at least 1024"),
     ],
 )
 def test_a_bad_value_is_reported_with_its_variable_and_falls_back(variable: str, value: str, words: str) -> None:

@@ -7,9 +7,11 @@ Every error body has ``detail`` (words) and ``code``; input errors add
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
-from rest_framework import exceptions, serializers, status
+from django.conf import settings
+from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -82,3 +84,27 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = response.data["detail"]
         response.data = {"detail": str(detail), "code": getattr(detail, "code", "error")}
     return response
+
+
+class BodyTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "body_too_large"
+
+
+class _BoundedBody:
+    """Refuse a body over DATA_UPLOAD_MAX_MEMORY_SIZE: DRF hands parsers the raw stream, past Django's own check."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        data = stream.read(limit + 1) if stream is not None else b""
+        if len(data) > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes (VAPOR_MAX_BODY_BYTES)")
+        return super().parse(io.BytesIO(data), media_type, parser_context)  # type: ignore[misc]
+
+
+class BoundedJSONParser(_BoundedBody, parsers.JSONParser):
+    pass
+
+
+class BoundedFormParser(_BoundedBody, parsers.FormParser):
+    pass

@@ -70,6 +70,7 @@ class Config:
     max_disk_gb: int
     max_disks: int
     max_nics: int
+    max_body_bytes: int
     memory_overcommit: float
     cpu_overcommit: float
     problems: tuple[Problem, ...] = field(default=())
@@ -250,6 +251,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         max_disk_gb=env.number("VAPOR_MAX_DISK_GB", 65536, 1, MAX_DISK_GB_CEILING),
         max_disks=env.number("VAPOR_MAX_DISKS", 64, 1, 256),
         max_nics=env.number("VAPOR_MAX_NICS", 16, 1, 256),
+        max_body_bytes=env.number("VAPOR_MAX_BODY_BYTES", 1024**2, 1024),
         memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 1.5),
         cpu_overcommit=env.ratio("VAPOR_CPU_OVERCOMMIT", 4.0),
         problems=(),

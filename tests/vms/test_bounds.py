@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -163,3 +164,24 @@ def test_more_nics_than_the_limit_is_400_on_networks(vm_api, hv, run_tasks, sett
 def test_templates_have_the_same_counts(vm_api, hv, change, field):
     refused(vm_api.post(TEMPLATES, {"name": "t", **change}, format="json"), field)
     assert not VmTemplate.objects.exists()
+
+
+# --- the request body -------------------------------------------------------------
+
+
+def test_a_body_past_the_limit_is_413_and_creates_nothing(vm_api, hv, run_tasks, settings):
+    body = json.dumps({**BASE, "os_variant": "a" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 10)})
+    with run_tasks():
+        response = vm_api.post("/api/v1/virtualmachines/create-enhanced", body, content_type="application/json")
+    assert response.status_code == 413, response.content[:200]
+    assert "VAPOR_MAX_BODY_BYTES" in response.json()["detail"] and response.json()["code"] == "body_too_large"
+    nothing_created(hv)
+
+
+def test_a_body_within_the_limit_is_read_whole(vm_api, hv, run_tasks, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    padded = {**BASE, "disks": [{"size": 1}] * 40}  # about 600 bytes of JSON
+    assert post_create(vm_api, run_tasks, padded).status_code == 202
+    refused_body = json.dumps({**BASE, "os_variant": "a" * 5000})
+    response = vm_api.post("/api/v1/virtualmachines/create-enhanced", refused_body, content_type="application/json")
+    assert response.status_code == 413
