@@ -109,11 +109,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["vaporsite.permissions.ModelPermissions"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "vaporsite.api.exception_handler",
-    # The JSON and form parsers hold the body to DATA_UPLOAD_MAX_MEMORY_SIZE (DRF would read any size).
+    # Every parser holds the body to DATA_UPLOAD_MAX_MEMORY_SIZE (DRF would read JSON of any size).
     "DEFAULT_PARSER_CLASSES": [
         "vaporsite.api.BoundedJSONParser",
         "vaporsite.api.BoundedFormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "vaporsite.api.BoundedMultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

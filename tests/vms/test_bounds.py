@@ -178,6 +178,15 @@ def test_a_body_past_the_limit_is_413_and_creates_nothing(vm_api, hv, run_tasks,
     nothing_created(hv)
 
 
+@pytest.mark.parametrize("fmt", ["multipart", "json"])
+def test_every_body_format_has_the_limit_and_the_error_shape(vm_api, hv, settings, fmt):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2000
+    response = vm_api.post("/api/v1/virtualmachines/create-enhanced", {**BASE, "os_variant": "a" * 5000}, format=fmt)
+    assert response.status_code == 413, response.content[:200]
+    assert response.json()["code"] == "body_too_large"
+    nothing_created(hv)
+
+
 def test_a_body_within_the_limit_is_read_whole(vm_api, hv, run_tasks, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
     padded = {**BASE, "disks": [{"size": 1}] * 40}  # about 600 bytes of JSON
