@@ -111,9 +111,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "vaporsite.api.exception_handler",
     # Every parser holds the body to DATA_UPLOAD_MAX_MEMORY_SIZE (DRF would read JSON of any size).
     "DEFAULT_PARSER_CLASSES": [
-        "vaporsite.api.BoundedJSONParser",
-        "vaporsite.api.BoundedFormParser",
-        "vaporsite.api.BoundedMultiPartParser",
+        "vaporsite.parsers.BoundedJSONParser",
+        "vaporsite.parsers.BoundedFormParser",
+        "vaporsite.parsers.BoundedMultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
