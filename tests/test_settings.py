@@ -47,6 +47,14 @@ def test_allowed_roots_join_search_dirs_download_dir_and_extra_roots() -> None:
         ("VAPOR_DOWNLOAD_ALLOWED_NETWORKS", "10.0.0.0/33", "is not a comma-separated list of networks"),
         ("DATABASE_URL", "mongo://x/y", "is not a database URL"),
         ("VAPOR_LOG_LEVEL", "LOUD", "is not one of"),
+        ("VAPOR_MAX_DISK_GB", "0", "must be at least 1"),
+        ("VAPOR_MAX_DISK_GB", str(2**31), "must be at most 2147483647"),
+        ("VAPOR_MEMORY_OVERCOMMIT", "0", "is not a ratio"),
+        ("VAPOR_MEMORY_OVERCOMMIT", "nan", "is not a ratio"),
+        ("VAPOR_CPU_OVERCOMMIT", "lots", "is not a ratio"),
+        ("VAPOR_MAX_DISKS", "257", "must be at most 256"),
+        ("VAPOR_MAX_NICS", "0", "must be at least 1"),
+        ("VAPOR_MAX_BODY_BYTES", "100", "must be at least 1024"),
     ],
 )
 def test_a_bad_value_is_reported_with_its_variable_and_falls_back(variable: str, value: str, words: str) -> None:

@@ -26,6 +26,8 @@ DEV_SECRET_KEY = "django-insecure-vapor-development-key-change-me"  # noqa: S105
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# A disk's size in GB is stored in a 32-bit column (PositiveIntegerField).
+MAX_DISK_GB_CEILING = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,13 @@ class Config:
     secure_cookies: bool
     ssl_redirect: bool
     hsts_seconds: int
+    # Bounds on what one VM request may ask for (README, "Limits").
+    max_disk_gb: int
+    max_disks: int
+    max_nics: int
+    max_body_bytes: int
+    memory_overcommit: float
+    cpu_overcommit: float
     problems: tuple[Problem, ...] = field(default=())
 
     @property
@@ -98,11 +107,13 @@ class _Reader:
     def flag(self, name: str, default: bool) -> bool:
         return self.parse(name, default, _to_bool, "a boolean (1/0, true/false, yes/no, on/off)")
 
-    def number(self, name: str, default: int, minimum: int) -> int:
+    def number(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
         def convert(text: str) -> int:
             number = int(text)
             if number < minimum:
                 raise ValueError(f"must be at least {minimum}")
+            if maximum is not None and number > maximum:
+                raise ValueError(f"must be at most {maximum}")
             return number
 
         return self.parse(name, default, convert, "a whole number")
@@ -115,6 +126,15 @@ class _Reader:
             return number
 
         return self.parse(name, default, convert, "a number of seconds")
+
+    def ratio(self, name: str, default: float) -> float:
+        def convert(text: str) -> float:
+            number = float(text)
+            if not 0 < number <= 1000:  # also refuses nan and inf
+                raise ValueError("must be greater than 0 and at most 1000")
+            return number
+
+        return self.parse(name, default, convert, "a ratio (a number such as 1.5)")
 
     def dirs(self, name: str, default: str) -> tuple[Path, ...]:
         def convert(text: str) -> tuple[Path, ...]:
@@ -237,6 +257,12 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         secure_cookies=env.flag("VAPOR_SECURE_COOKIES", True),
         ssl_redirect=env.flag("VAPOR_SSL_REDIRECT", True),
         hsts_seconds=env.number("VAPOR_HSTS_SECONDS", 31536000, 0),
+        max_disk_gb=env.number("VAPOR_MAX_DISK_GB", 65536, 1, MAX_DISK_GB_CEILING),
+        max_disks=env.number("VAPOR_MAX_DISKS", 64, 1, 256),
+        max_nics=env.number("VAPOR_MAX_NICS", 16, 1, 256),
+        max_body_bytes=env.number("VAPOR_MAX_BODY_BYTES", 1024**2, 1024),
+        memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 1.5),
+        cpu_overcommit=env.ratio("VAPOR_CPU_OVERCOMMIT", 4.0),
         problems=(),
     )
     # django-q2 hands a task to another worker once it has been out this long

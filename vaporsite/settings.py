@@ -98,6 +98,9 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 X_FRAME_OPTIONS = "DENY"
 
+# A request body (API JSON, admin form) may be this large; README, "Limits".
+DATA_UPLOAD_MAX_MEMORY_SIZE = VAPOR.max_body_bytes
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -106,6 +109,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["vaporsite.permissions.ModelPermissions"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "vaporsite.api.exception_handler",
+    # Every parser holds the body to DATA_UPLOAD_MAX_MEMORY_SIZE (DRF would read JSON of any size).
+    "DEFAULT_PARSER_CLASSES": [
+        "vaporsite.parsers.BoundedJSONParser",
+        "vaporsite.parsers.BoundedFormParser",
+        "vaporsite.parsers.BoundedMultiPartParser",
+    ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 

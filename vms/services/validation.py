@@ -32,6 +32,13 @@ from vms.services.template_apply import template_apply
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GIB = 1024**3
 MIN_MEMORY_MB = 64
+# Ceilings of the database columns (a template is checked without a host): above them a save fails.
+MAX_MEMORY_MB = 2**31 - 1
+MAX_VCPUS = 32767
+# More than any VM's boot devices (VAPOR_MAX_DISKS at most 256, plus two CD-ROMs).
+MAX_BOOT_ORDER = 258
+# The pc machine (the only one with IDE) has two IDE controllers of two devices each.
+MAX_IDE_DISKS = 4
 READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
 
 
@@ -45,6 +52,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = Fal
     if hv.domain_exists(request.name):
         raise Conflict(f"a domain named {request.name!r} already exists on the host", field="name", code="name_taken")
     virt_type = _virt_type(request, hv)
+    _check_host_size(request, hv)
     pool = _pool(request, hv)
     _check_networks(request, hv)
     disk_orders, cdrom_order = _boot_orders(request)
@@ -70,8 +78,13 @@ def check_shape(request: VmRequest) -> None:
         raise InvalidInput("must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit", field="name")
     if request.memory < MIN_MEMORY_MB:
         raise InvalidInput(f"must be at least {MIN_MEMORY_MB} MB", field="memory")
+    if request.memory > MAX_MEMORY_MB:
+        raise InvalidInput(f"must be at most {MAX_MEMORY_MB} MB", field="memory")
     if request.vcpus < 1:
         raise InvalidInput("must be at least 1", field="vcpus")
+    if request.vcpus > MAX_VCPUS:
+        raise InvalidInput(f"must be at most {MAX_VCPUS}", field="vcpus")
+    check_counts(request)
     if request.secure_boot and not request.uefi:
         raise InvalidInput("Secure Boot needs UEFI: set uefi to true", field="secure_boot")
     graphics = request.graphics
@@ -94,6 +107,9 @@ def check_shape(request: VmRequest) -> None:
             raise InvalidInput("give size (a new volume), path (an existing disk) or clone_from (a clone)", field=field)
         if disk.size is not None and disk.size <= 0:
             raise InvalidInput("must be greater than 0 (GB)", field=f"{field}.size")
+        max_gb = settings.VAPOR.max_disk_gb
+        if disk.size is not None and disk.size > max_gb:
+            raise InvalidInput(f"must be at most {max_gb} GB (VAPOR_MAX_DISK_GB)", field=f"{field}.size")
         if disk.readonly and disk.kind != "existing":
             raise InvalidInput("only existing disks (path) can be read-only", field=f"{field}.readonly")
         if disk.readonly and disk.bus not in READONLY_BUSES:
@@ -107,13 +123,30 @@ def check_shape(request: VmRequest) -> None:
         if disk.bus == "ide" and request.secure_boot:
             raise InvalidInput("Secure Boot needs the q35 machine, which has no IDE bus: use sata", field=f"{field}.bus")
         if disk.boot_order is not None:
-            if disk.boot_order < 1:
-                raise InvalidInput("must be a positive number", field=f"{field}.boot_order")
+            if not 1 <= disk.boot_order <= MAX_BOOT_ORDER:
+                raise InvalidInput(f"must be 1-{MAX_BOOT_ORDER}", field=f"{field}.boot_order")
             if disk.boot_order in seen:
                 raise InvalidInput(
                     f"boot_order {disk.boot_order} is already used by disks.{seen[disk.boot_order]}", field=f"{field}.boot_order"
                 )
             seen[disk.boot_order] = index
+
+
+def check_counts(request: VmRequest) -> None:
+    """How many disks and NICs one VM may have (README, "Limits")."""
+    max_disks = settings.VAPOR.max_disks
+    if len(request.disks) > max_disks:
+        raise InvalidInput(f"at most {max_disks} disks per VM (VAPOR_MAX_DISKS); {len(request.disks)} given", field="disks")
+    ide = sum(1 for disk in request.disks if disk.bus == "ide")
+    if ide > MAX_IDE_DISKS:
+        raise InvalidInput(
+            f"at most {MAX_IDE_DISKS} IDE disks (the pc machine has 2 IDE controllers of 2 devices); {ide} given", field="disks"
+        )
+    max_nics = settings.VAPOR.max_nics
+    if len(request.networks) > max_nics:
+        raise InvalidInput(
+            f"at most {max_nics} network interfaces per VM (VAPOR_MAX_NICS); {len(request.networks)} given", field="networks"
+        )
 
 
 def _machine(request: VmRequest) -> str:
@@ -137,6 +170,24 @@ def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
     if request.vcpus > maximum:
         raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for {machine}/{virt_type})", field="vcpus")
     return virt_type
+
+
+def _check_host_size(request: VmRequest, hv: Hypervisor) -> None:
+    """Memory and vCPUs no more than the host's, times the overcommit ratio the operator allows."""
+    host = hv.host_resources()
+    host_mb = host.memory_bytes // 2**20
+    ratio = settings.VAPOR.memory_overcommit
+    if request.memory > int(host_mb * ratio):
+        raise InvalidInput(
+            f"must be at most {int(host_mb * ratio)} MB: the host has {host_mb} MB, overcommit ratio {ratio:g} (VAPOR_MEMORY_OVERCOMMIT)",
+            field="memory",
+        )
+    ratio = settings.VAPOR.cpu_overcommit
+    if request.vcpus > int(host.cpus * ratio):
+        raise InvalidInput(
+            f"must be at most {int(host.cpus * ratio)}: the host has {host.cpus} CPUs, overcommit ratio {ratio:g} (VAPOR_CPU_OVERCOMMIT)",
+            field="vcpus",
+        )
 
 
 def _pool(request: VmRequest, hv: Hypervisor) -> PoolInfo:
