@@ -261,7 +261,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         max_disks=env.number("VAPOR_MAX_DISKS", 64, 1, 256),
         max_nics=env.number("VAPOR_MAX_NICS", 16, 1, 256),
         max_body_bytes=env.number("VAPOR_MAX_BODY_BYTES", 1024**2, 1024),
-        memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 1.5),
+        memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 4.0),
         cpu_overcommit=env.ratio("VAPOR_CPU_OVERCOMMIT", 4.0),
         problems=(),
     )

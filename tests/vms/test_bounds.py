@@ -89,10 +89,11 @@ def test_the_admin_create_form_reaches_the_same_rule(admin_client, hv, run_tasks
     nothing_created(hv)
 
 
-# The fake host: 16 GiB (16384 MB) and 8 CPUs; by default memory x 1.5, vCPUs x 4.
+# The fake host: 16 GiB (16384 MB) and 8 CPUs.
 
 
-def test_memory_past_the_host_times_the_ratio_is_400(vm_api, hv, run_tasks):
+def test_memory_past_the_host_times_the_ratio_is_400(vm_api, hv, run_tasks, settings):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, memory_overcommit=1.5)
     refused(post_create(vm_api, run_tasks, {**BASE, "memory": 1000000000000}), "memory", "at most")  # the request
     refused(post_create(vm_api, run_tasks, {**BASE, "memory": 1000000000}), "memory", "the host has 16384 MB", "1.5")
     refused(post_create(vm_api, run_tasks, {**BASE, "memory": 24577}), "memory", "at most 24576 MB", "VAPOR_MEMORY_OVERCOMMIT")
