@@ -17,7 +17,7 @@ from vms import encryption, hypervisor
 from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.documents.domain import domain_xml
-from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
+from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, VirtualMachine, VmEvent
 from vms.services.design import domain_spec
 from vms.services.plans import VmPlan
 from vms.services.provisioning import claim_is_live, provision_steps
@@ -205,6 +205,8 @@ def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | 
     volumes Vapor created unless `keep_disks`; existing disks are never touched."""
     if vm.status == VmStatus.PROVISIONING and claim_is_live(vm):
         raise Conflict(f"VM {vm.name} is being provisioned; delete it when that has finished", code="vm_busy")
+    if not keep_disks:
+        _refuse_if_a_linked_clone_base(vm)
     hv = hv or hypervisor.get_hypervisor()
     VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.DELETING)
     try:
@@ -218,3 +220,29 @@ def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | 
         raise
     vm.delete()
     log.info("deleted VM %s (disks kept: %s)", vm.name, keep_disks)
+
+
+def _refuse_if_a_linked_clone_base(vm: VirtualMachine) -> None:
+    """409 when a volume Vapor made for `vm` backs another VM's linked clone or
+    is a template's linked base: deleting it would leave those overlays
+    without their backing file."""
+    paths = {p for p in vm.disks.filter(created_by_vapor=True).exclude(path="").values_list("path", flat=True)}
+    if not paths:
+        return
+    clones = sorted(
+        set(
+            Disk.objects.filter(linked=True, source_path__in=paths)
+            .exclude(vm=vm)
+            .exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])
+            .values_list("vm__name", flat=True)
+        )
+    )
+    templates = sorted(set(TemplateDisk.objects.filter(linked=True, clone_from__in=paths).values_list("template__name", flat=True)))
+    if not clones and not templates:
+        return
+    users = [f"VM {name}" for name in clones] + [f"template {name}" for name in templates]
+    raise Conflict(
+        f"VM {vm.name} has a disk that backs the linked clones of {', '.join(users)}; "
+        "delete those first or keep the disks (keep_disks=true)",
+        code="disk_in_use",
+    )
