@@ -60,6 +60,7 @@ class Mutant:
 # Test selections, named once because several mutants share them.
 SHARING_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py")
 VOLUME_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py", "tests/vms/test_provisioning.py")
+OWNERSHIP_TESTS = ("tests/vms/test_disk_ownership.py",)
 ISO_PAIR_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py")
 PATH_TESTS = ("tests/isos/test_api.py", "-k", "symlink or bad_paths or device_node")
 PATH_TESTS_VMS = ("tests/reliability/test_hostile_paths.py",)
@@ -98,6 +99,31 @@ MUTANTS: list[Mutant] = [
         "    if readonly:\n        users = users.filter(readonly=False)\n",
         "",
         SHARING_TESTS,
+    ),
+    # --- a file others only read (library ISO, template base, linked clone's backing file) is attached read-only only
+    Mutant(
+        "ownership: a library ISO is not a writable disk",
+        "the ISO check is skipped",
+        VALIDATION,
+        "    if iso is not None:\n",
+        "    if False:\n",
+        OWNERSHIP_TESTS,
+    ),
+    Mutant(
+        "ownership: a template's base is not a writable disk",
+        "the template check is skipped",
+        VALIDATION,
+        "    if templates:\n",
+        "    if False:\n",
+        OWNERSHIP_TESTS,
+    ),
+    Mutant(
+        "ownership: a linked clone's backing file is not a writable disk",
+        "the backing-file check is skipped",
+        VALIDATION,
+        '    if names:\n        raise Conflict(f"{path} is the backing',
+        '    if False:\n        raise Conflict(f"{path} is the backing',
+        OWNERSHIP_TESTS,
     ),
     # --- a volume that already exists in the pool is a 409, never replaced
     Mutant(

@@ -17,14 +17,15 @@ from pathlib import Path
 from django.conf import settings
 
 from guestos import osinfo
+from isos.models import IsoImage
 from isos.resolve import iso_resolve, require_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file
-from vms.choices import CdromSlot, VmStatus
+from vms.choices import CdromSlot, DiskSource, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import check_image, check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
-from vms.models import Disk, NetworkInterface, VirtualMachine
+from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
 from vms.services.requests import DiskRequest, VmRequest
 from vms.services.template_apply import template_apply
@@ -264,6 +265,7 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
         source_path, source_format, capacity = disk_source(disk, field, roots)
         if disk.kind == "existing":
             _check_not_shared(source_path, disk.readonly, f"{field}.path")
+            _check_not_owned(source_path, disk.readonly, f"{field}.path")
             volume_name, path = "", source_path
         else:
             volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
@@ -300,6 +302,35 @@ def _check_not_shared(path: str, readonly: bool, field: str) -> None:
     names = sorted(set(users.values_list("vm__name", flat=True)))
     if names:
         raise Conflict(f"{path} is already attached to {', '.join(names)}", field=field, code="disk_in_use")
+
+
+def _check_not_owned(path: str, readonly: bool, field: str) -> None:
+    """A file that others only read is theirs: a library ISO, a template's base,
+    the backing file of a linked clone. Writing it would corrupt them all, so
+    it may be attached read-only only. `path` is resolved (symlinks followed)."""
+    if readonly:
+        return
+    iso = IsoImage.objects.filter(path=path).first()
+    if iso is not None:
+        raise Conflict(f"{path} is the library ISO {iso.name} (id {iso.id}); attach it read-only", field=field, code="disk_owned")
+    # Template paths are stored as typed: compare them resolved.
+    templates = sorted(
+        {
+            td.template.name
+            for td in TemplateDisk.objects.exclude(clone_from="").select_related("template")
+            if os.path.realpath(td.clone_from) == path
+        }
+    )
+    if templates:
+        raise Conflict(f"{path} is the base image of template {', '.join(templates)}; attach it read-only", field=field, code="disk_owned")
+    clones = (
+        Disk.objects.filter(source=DiskSource.CLONE, linked=True, source_path=path)
+        .exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])
+        .values_list("vm__name", flat=True)
+    )
+    names = sorted(set(clones))
+    if names:
+        raise Conflict(f"{path} is the backing file of a disk of {', '.join(names)}; attach it read-only", field=field, code="disk_owned")
 
 
 def _iso_refs(request: VmRequest) -> list[tuple[str, str, str]]:
