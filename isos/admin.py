@@ -15,7 +15,6 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html, format_html_join
 
@@ -169,22 +168,8 @@ class IsoImageAdmin(ServiceSavedAdmin):
         deleted, counts, perms_needed, _protected = super().get_deleted_objects(objs, request)
         return deleted, counts, perms_needed, []
 
-    def delete_model(self, request: HttpRequest, obj: IsoImage) -> None:
+    def delete_through_service(self, obj: IsoImage) -> None:
         services.iso_delete(iso=obj)
-
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except VaporError as exc:
-            self.message_user(request, exc.message, messages.ERROR)
-            return redirect("admin:isos_isoimage_change", object_id)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[IsoImage]) -> None:
-        for iso in queryset:
-            try:
-                services.iso_delete(iso=iso)
-            except VaporError as exc:
-                self.message_user(request, exc.message, messages.ERROR)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         busy = IsoImage.objects.filter(status__in=BUSY_STATUSES).exists()

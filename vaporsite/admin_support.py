@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 
 from vaporsite.errors import VaporError
 
@@ -96,3 +98,27 @@ class ServiceSavedAdmin(VaporModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
+
+    def delete_through_service(self, obj: Any) -> None:
+        """Delete `obj` the way the API does; a subclass names its service (a VaporError refuses)."""
+        raise NotImplementedError
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self.delete_through_service(obj)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
+        """The service's refusal (in use, being provisioned, ...) is shown on the object's page."""
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except VaporError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            opts = self.model._meta
+            return redirect(f"admin:{opts.app_label}_{opts.model_name}_change", object_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Model]) -> None:
+        """Each row through the service; a refused one is named and the others still go."""
+        for obj in queryset:
+            try:
+                self.delete_through_service(obj)
+            except VaporError as exc:
+                self.message_user(request, exc.message, messages.ERROR)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.shortcuts import redirect
 
 from vaporsite.admin_support import ErrorRows, ServiceForm, ServiceSavedAdmin, show_service_error
 from vaporsite.errors import VaporError
@@ -199,19 +198,5 @@ class VmTemplateAdmin(ServiceSavedAdmin):
         """Nothing to write (the service stored the rows with the template): only note what changed, for the history."""
         formset.save(commit=False)
 
-    def delete_model(self, request: HttpRequest, obj: VmTemplate) -> None:
+    def delete_through_service(self, obj: VmTemplate) -> None:
         template_services.template_delete(template=obj)
-
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except VaporError as exc:
-            self.message_user(request, exc.message, messages.ERROR)
-            return redirect("admin:vms_vmtemplate_change", object_id)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[VmTemplate]) -> None:
-        for template in queryset:
-            try:
-                template_services.template_delete(template=template)
-            except VaporError as exc:
-                self.message_user(request, exc.message, messages.ERROR)
