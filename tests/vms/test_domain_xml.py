@@ -21,7 +21,7 @@ from lxml import etree
 
 from vaporsite.errors import HypervisorError, InvalidInput
 from vms.hypervisor.documents.domain import LIBOSINFO_NS, MASK, VAPOR_NS, domain_xml, parse_domain
-from vms.hypervisor.specs import CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, LiveDisk, LiveDomain, NicSpec, target_devs
+from vms.hypervisor.specs import BackingSpec, CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, LiveDisk, LiveDomain, NicSpec, target_devs
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "domain"
 IMAGES = "/var/lib/libvirt/images"
@@ -36,7 +36,7 @@ def example_1() -> DomainSpec:
         memory_mib=2048,
         vcpus=2,
         vapor_id="3f8a2c1e-5b7d-4e9f-8a6c-1d2e3f4a5b6c",
-        disks=(DiskSpec(f"{IMAGES}/simple-vm-disk0.qcow2", "qcow2", "virtio", "vda", boot_order=1),),
+        disks=(DiskSpec(f"{IMAGES}/simple-vm-disk0.qcow2", "qcow2", "virtio", "vda", boot_order=1, backing=()),),
         nics=(NicSpec("network", "default"),),
     )
 
@@ -60,8 +60,8 @@ def example_2(name: str = "windows-vm", images: str = IMAGES, isos: str = ISOS, 
         os_id="http://microsoft.com/win/11",
         vapor_id="1d6e0c3a-2b4f-4d8e-9c71-0a5b3e2f6d84",
         disks=(
-            DiskSpec(f"{images}/{name}-disk0.qcow2", "qcow2", "sata", disks[0], boot_order=1),
-            DiskSpec(f"{images}/{name}-disk1.qcow2", "qcow2", "sata", disks[1]),
+            DiskSpec(f"{images}/{name}-disk0.qcow2", "qcow2", "sata", disks[0], boot_order=1, backing=()),
+            DiskSpec(f"{images}/{name}-disk1.qcow2", "qcow2", "sata", disks[1], backing=()),
         ),
         cdroms=(
             CdromSpec(f"{isos}/windows-11.iso", cdroms[0], boot_order=2),
@@ -72,7 +72,10 @@ def example_2(name: str = "windows-vm", images: str = IMAGES, isos: str = ISOS, 
 
 
 def example_3() -> DomainSpec:
-    """Spec example 3: a clone, an existing read-write and an existing read-only disk, two bridges."""
+    """Spec example 3: a clone, an existing read-write and an existing read-only disk, two bridges.
+
+    The clone is linked: its chain (the template's base, itself an overlay of a raw image) is stated.
+    """
     return DomainSpec(
         name="dev-vm",
         memory_mib=16384,
@@ -80,9 +83,16 @@ def example_3() -> DomainSpec:
         title="Development VM",
         vapor_id="9b0d4f6a-7c2e-4a1b-b3d5-e6f708192a3b",
         disks=(
-            DiskSpec(f"{IMAGES}/dev-vm-disk0.qcow2", "qcow2", "virtio", "vda", boot_order=1),
-            DiskSpec("/shared/data/projects.qcow2", "qcow2", "virtio", "vdb"),
-            DiskSpec("/shared/data/documentation.qcow2", "qcow2", "virtio", "vdc", readonly=True),
+            DiskSpec(
+                f"{IMAGES}/dev-vm-disk0.qcow2",
+                "qcow2",
+                "virtio",
+                "vda",
+                boot_order=1,
+                backing=(BackingSpec("/shared/templates/dev-base.qcow2", "qcow2"), BackingSpec("/shared/templates/dev-seed.img", "raw")),
+            ),
+            DiskSpec("/shared/data/projects.qcow2", "qcow2", "virtio", "vdb", backing=()),
+            DiskSpec("/shared/data/documentation.qcow2", "qcow2", "virtio", "vdc", readonly=True, backing=()),
         ),
         nics=(
             NicSpec("bridge", "br0", mac="52:54:00:6b:3c:01"),
@@ -92,7 +102,10 @@ def example_3() -> DomainSpec:
 
 
 def legacy() -> DomainSpec:
-    """The migration section's old request: `disk_size: 50` plus `iso_path`."""
+    """The migration section's old request: `disk_size: 50` plus `iso_path`.
+
+    Its disk states no chain (`backing` None), as for a disk row made before Vapor recorded chains.
+    """
     return DomainSpec(
         name="my-vm",
         memory_mib=4096,
@@ -168,8 +181,8 @@ def test_example_2_reads_back_as_defined():
         tpm_model="tpm-crb",
         tpm_version="2.0",
         disks=(
-            LiveDisk("disk", "sda", "sata", f"{IMAGES}/windows-vm-disk0.qcow2", "qcow2", False, 1),
-            LiveDisk("disk", "sdb", "sata", f"{IMAGES}/windows-vm-disk1.qcow2", "qcow2", False, None),
+            LiveDisk("disk", "sda", "sata", f"{IMAGES}/windows-vm-disk0.qcow2", "qcow2", False, 1, backing=()),
+            LiveDisk("disk", "sdb", "sata", f"{IMAGES}/windows-vm-disk1.qcow2", "qcow2", False, None, backing=()),
             LiveDisk("cdrom", "sdc", "sata", f"{ISOS}/windows-11.iso", "raw", True, 2),
             LiveDisk("cdrom", "sdd", "sata", f"{ISOS}/virtio-win-drivers.iso", "raw", True, None),
         ),
@@ -193,10 +206,10 @@ def test_live_xml_of_a_running_uefi_secure_boot_domain_is_read():
         tpm_model="tpm-crb",
         tpm_version="2.0",
         disks=(
-            LiveDisk("disk", "sda", "sata", f"{IMAGES}/windows-vm-disk0.qcow2", "qcow2", False, 1),
-            LiveDisk("disk", "sdb", "sata", f"{IMAGES}/windows-vm-disk1.qcow2", "qcow2", False, None),
-            LiveDisk("cdrom", "sdc", "sata", f"{ISOS}/windows-11.iso", "raw", True, 2),
-            LiveDisk("cdrom", "sdd", "sata", f"{ISOS}/virtio-win-drivers.iso", "raw", True, None),
+            LiveDisk("disk", "sda", "sata", f"{IMAGES}/windows-vm-disk0.qcow2", "qcow2", False, 1, backing=()),
+            LiveDisk("disk", "sdb", "sata", f"{IMAGES}/windows-vm-disk1.qcow2", "qcow2", False, None, backing=()),
+            LiveDisk("cdrom", "sdc", "sata", f"{ISOS}/windows-11.iso", "raw", True, 2, backing=()),
+            LiveDisk("cdrom", "sdd", "sata", f"{ISOS}/virtio-win-drivers.iso", "raw", True, None, backing=()),
         ),
         macs=("52:54:00:4f:50:ad",),
         graphics_type="vnc",

@@ -23,8 +23,23 @@ ClockOffset = Literal["utc", "localtime"]
 
 
 @dataclass(frozen=True)
+class BackingSpec:
+    """One image below a disk in its backing chain, as Vapor checked it."""
+
+    path: str
+    format: DiskFormat
+
+
+@dataclass(frozen=True)
 class DiskSpec:
-    """A hard disk backed by a file on the host."""
+    """A hard disk backed by a file on the host.
+
+    `backing` is the disk's checked backing chain, nearest image first: `()`
+    states that the disk has none (`<backingStore/>`), so neither libvirt nor
+    QEMU reads a backing file name from the image's header. None leaves the
+    chain unstated (a disk whose chain Vapor never recorded), and libvirt
+    probes it as it did before Vapor stated chains.
+    """
 
     path: str
     format: DiskFormat
@@ -32,6 +47,7 @@ class DiskSpec:
     target_dev: str  # "vda", "sda", "hda" ...
     boot_order: int | None = None
     readonly: bool = False
+    backing: tuple[BackingSpec, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,7 @@ class LiveDisk:
     format: str
     readonly: bool
     boot_order: int | None
+    backing: tuple[BackingSpec, ...] | None = None  # the stated chain; None when the XML states none
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from guestos import osinfo
 from vaporsite.errors import InvalidInput
-from vms.choices import NicType
-from vms.hypervisor.specs import CdromSpec, ClockOffset, DiskSpec, DomainSpec, Firmware, GraphicsSpec, NicSpec
-from vms.models import VirtualMachine
+from vms.choices import DiskSource, NicType
+from vms.hypervisor.specs import BackingSpec, CdromSpec, ClockOffset, DiskSpec, DomainSpec, Firmware, GraphicsSpec, NicSpec
+from vms.models import Disk, VirtualMachine
 
 WINDOWS_OS_IDS = "http://microsoft.com/"
 """libosinfo ids of every Windows release live under this prefix."""
@@ -41,13 +41,37 @@ def firmware_for(*, uefi: bool, secure_boot: bool) -> tuple[Firmware, bool]:
     return ("efi" if uefi else "bios"), secure_boot
 
 
+def backing_for(disk: Disk) -> tuple[BackingSpec, ...] | None:
+    """The backing chain the domain states for `disk`: the one the request checked.
+
+    A new volume and a full copy have none (stated as none, so nothing is
+    probed). An existing disk has the rest of its own chain, a linked clone
+    its source's whole chain. A disk whose chain was never recorded (made
+    before Vapor recorded chains) is left unstated: None.
+    """
+    if disk.source == DiskSource.NEW or (disk.source == DiskSource.CLONE and not disk.linked):
+        return ()
+    if disk.source_chain is None:
+        return None
+    chain = disk.source_chain if disk.source == DiskSource.CLONE else disk.source_chain[1:]
+    return tuple(BackingSpec(path=str(link["path"]), format=link["format"]) for link in chain)
+
+
 def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpec:
     """The domain as the VM's rows describe it, with every decision made."""
     firmware, smm = firmware_for(uefi=vm.uefi, secure_boot=vm.secure_boot)
     os_id = osinfo.os_id_for(vm.os_variant) if vm.os_variant else ""
     clock_offset, hyperv_clock = clock_for(os_id)
     disks = tuple(
-        DiskSpec(path=d.path, format=d.format, bus=d.bus, target_dev=d.target_dev, boot_order=d.boot_order, readonly=d.readonly)  # type: ignore[arg-type]
+        DiskSpec(
+            path=d.path,
+            format=d.format,  # type: ignore[arg-type]
+            bus=d.bus,  # type: ignore[arg-type]
+            target_dev=d.target_dev,
+            boot_order=d.boot_order,
+            readonly=d.readonly,
+            backing=backing_for(d),
+        )
         for d in vm.disks.all()
     )
     cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())

@@ -23,6 +23,7 @@ from vaporsite.errors import InvalidInput
 from vms.hypervisor import ConsoleInfo
 from vms.hypervisor.documents import parse, serialize, sub, yes
 from vms.hypervisor.specs import (
+    BackingSpec,
     CdromSpec,
     DefinedDisk,
     DefinedNic,
@@ -168,9 +169,28 @@ def _boot(parent: etree._Element, order: int | None) -> None:
 
 def _disk(devices: etree._Element, spec: DiskSpec) -> None:
     disk = _disk_element(devices, "disk", spec.path, spec.format, spec.bus, spec.target_dev)
+    if spec.backing is not None:
+        _backing_store(disk, spec.backing)
     if spec.readonly:
         sub(disk, "readonly")
     _boot(disk, spec.boot_order)
+
+
+def _backing_store(disk: etree._Element, chain: tuple[BackingSpec, ...]) -> None:
+    """The checked chain as nested `<backingStore>` elements after `<source>`, ending in an empty one.
+
+    libvirt (blockdev, 5.10 and later) opens exactly the chain it is given and
+    reads no backing file name from an image header: the guest cannot point
+    QEMU at a file nobody checked by rewriting a header after the check.
+    """
+    outer = store = etree.Element("backingStore", type="file") if chain else etree.Element("backingStore")
+    for position, link in enumerate(chain):
+        sub(store, "format", type=link.format)
+        sub(store, "source", file=link.path)
+        store = sub(store, "backingStore", type="file") if position + 1 < len(chain) else sub(store, "backingStore")
+    source = disk.find("source")
+    assert source is not None
+    source.addnext(outer)
 
 
 def _cdrom(devices: etree._Element, spec: CdromSpec) -> None:
@@ -374,7 +394,23 @@ def _live_disk(disk: etree._Element) -> LiveDisk:
         format=driver.get("type", "") if driver is not None else "",
         readonly=disk.find("readonly") is not None,
         boot_order=_non_negative(boot.get("order")) if boot is not None else None,
+        backing=_backing_chain(disk),
     )
+
+
+def _backing_chain(disk: etree._Element) -> tuple[BackingSpec, ...] | None:
+    """The `<backingStore>` chain of a disk, nearest first; None when the XML states none."""
+    store = disk.find("backingStore")
+    if store is None:
+        return None
+    chain: list[BackingSpec] = []
+    while store is not None:
+        source, fmt = store.find("source"), store.find("format")
+        if source is None:  # the empty <backingStore/> that ends a chain
+            break
+        chain.append(BackingSpec(path=source.get("file", ""), format=fmt.get("type", "") if fmt is not None else ""))  # type: ignore[arg-type]
+        store = store.find("backingStore")
+    return tuple(chain)
 
 
 def _defined_disk(element: etree._Element) -> DefinedDisk | str:
