@@ -95,6 +95,12 @@ class Disk(models.Model):
     volume_name = models.CharField(max_length=255, blank=True)
     target_dev = models.CharField(max_length=8)
     created_by_vapor = models.BooleanField(default=False)
+    source_chain = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The source's backing chain as the request checked it (path, format, data file; top first). "
+        "The worker checks it again before use; the domain states it to libvirt.",
+    )
 
     class Meta:
         ordering = ["vm", "order"]

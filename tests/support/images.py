@@ -36,3 +36,10 @@ def make_image(path: Path, size: str = "64M", fmt: str = "qcow2", *options: str)
 
 def sha256(path: Path | str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def overwrite_start(disk: Path, image: Path) -> None:
+    """Write `image`'s bytes over the start of `disk`, keeping its size: what a guest
+    writing its own raw disk can do to the file's first sectors at any time."""
+    with disk.open("r+b") as handle:
+        handle.write(image.read_bytes())

@@ -121,7 +121,7 @@ def image_info(
         links.append(link)
         top = top or data
         if link.data_file is not None and roots is not None:
-            _require_inside(link.data_file, roots, field=field, what=f"the data file of {real}")
+            _checked_file(link.data_file, roots=roots, field=field, parent=real, role="data file")
         if link.backing_path is None:
             break
         current, current_fmt, parent = link.backing_path, link.backing_format or "", real
@@ -137,9 +137,19 @@ def image_info(
 
 
 def check_image_chain(info: ImageInfo, roots: Sequence[Path], field: str) -> None:
-    """InvalidInput when a backing file or a data file of `info` resolves outside `roots`."""
+    """InvalidInput when a backing file or a data file of `info` resolves outside `roots`,
+    or a data file is not a regular file (a device or a FIFO would be opened as the disk's data)."""
     for name in info.referenced_files:
         _require_inside(name, roots, field=field, what=f"{name}, referenced by {info.path},")
+    for link in info.chain:
+        if link.data_file is not None:
+            _checked_file(link.data_file, roots=roots, field=field, parent=link.path, role="data file")
+
+
+def chain_record(info: ImageInfo) -> list[dict[str, str | None]]:
+    """`info`'s whole chain, top first, as it is stored and compared: each image's
+    resolved path, its format and its data file (as the header names it)."""
+    return [{"path": link.path, "format": link.format, "data_file": link.data_file} for link in info.chain]
 
 
 def check_image(info: ImageInfo, *, timeout: float = 30, field: str = "path") -> None:
@@ -200,9 +210,12 @@ def convert_image(source: str, source_format: str, dest: str, dest_format: str, 
         raise HypervisorError(f"copying {source} to {dest} failed: {_words(done.stderr)}")
 
 
-def _checked_file(name: str, *, roots: Sequence[Path] | None, field: str, parent: str | None) -> str:
-    """The resolved path of `name` once it is known to be a regular file (inside `roots`, if given)."""
-    what = f"the backing file {name} of {parent}" if parent else name
+def _checked_file(name: str, *, roots: Sequence[Path] | None, field: str, parent: str | None, role: str = "backing file") -> str:
+    """The resolved path of `name` once it is known to be a regular file (inside `roots`, if given).
+
+    `parent` is the image that names `name` as its `role` (None: `name` is the top image).
+    """
+    what = f"the {role} {name} of {parent}" if parent else name
     if has_protocol(name) or not name.startswith("/"):
         raise InvalidInput(f"{what} is not a plain absolute file name", field=field)
     real = os.path.realpath(name)

@@ -134,6 +134,7 @@ def _store(plan: VmPlan) -> VirtualMachine:
             path=d.path,
             volume_name=d.volume_name,
             target_dev=d.target_dev,
+            source_chain=d.source_chain,
             created_by_vapor=d.source != DiskSource.EXISTING,
         )
         for d in plan.disks

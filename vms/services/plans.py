@@ -27,6 +27,7 @@ class PlannedDisk:
     path: str
     volume_name: str
     target_dev: str
+    source_chain: list[dict[str, str | None]] | None = None  # the source's chain as checked (images.chain_record)
 
 
 @dataclass(frozen=True)

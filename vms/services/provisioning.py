@@ -21,6 +21,7 @@ from vms.hypervisor import Hypervisor
 from vms.hypervisor.documents.domain import domain_xml
 from vms.models import Disk, VirtualMachine
 from vms.services.design import domain_spec
+from vms.services.validation import source_recheck
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def _volume_steps(vm: VirtualMachine, hv: Hypervisor, disk: Disk) -> Step:
         return Step(f"create volume {disk.volume_name}", run, delete, exists)
 
     def clone() -> None:
+        source_recheck(disk, hv)  # the source as the request saw it, checked again just before it is read
         grow_to = disk.size_gb * 1024**3 if disk.size_gb else None  # a clone given a size is grown to it
         hv.clone_volume(
             pool, disk.volume_name, disk.source_path, disk.source_format, linked=disk.linked, fmt=disk.format, capacity_bytes=grow_to
@@ -61,6 +63,11 @@ def provision_steps(vm: VirtualMachine, hv: Hypervisor, password: str | None) ->
     steps = [_volume_steps(vm, hv, d) for d in vm.disks.all() if d.source != DiskSource.EXISTING]
 
     def define() -> None:
+        # The chains the domain states are checked again: an existing disk's
+        # and a linked clone's source are opened by QEMU from here on.
+        for disk in vm.disks.all():
+            if disk.source == DiskSource.EXISTING or disk.linked:
+                source_recheck(disk, hv)
         hv.define_domain(domain_xml(domain_spec(vm, password=password)))
 
     def undefine() -> None:

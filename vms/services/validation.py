@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -23,7 +24,7 @@ from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file
 from vms.choices import CdromSlot, DiskSource, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
-from vms.hypervisor.images import check_image, check_image_chain, image_info
+from vms.hypervisor.images import ImageInfo, chain_record, check_image, check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
 from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
@@ -215,32 +216,76 @@ def disk_roots(hv: Hypervisor) -> list[Path]:
     return roots + [root for root in settings.VAPOR.disk_roots if root not in roots]
 
 
-def disk_source(disk: DiskRequest, field: str, roots: list[Path]) -> tuple[str, str, int]:
-    """An existing disk's or a clone's source, checked: (path, format, capacity in bytes).
+@dataclass(frozen=True)
+class CheckedSource:
+    """An existing disk's or a clone's source once checked, and its whole chain as checked (`chain_record`)."""
+
+    path: str
+    format: str
+    capacity: int
+    chain: list[dict[str, str | None]] | None
+
+
+def disk_source(disk: DiskRequest, field: str, roots: list[Path]) -> CheckedSource:
+    """An existing disk's or a clone's source, checked, with its capacity in bytes.
 
     A clone given a size is grown to it; smaller than its source is refused.
-    A new volume has no source: ("", "", its size).
+    A new volume has no source: path and format "", its size, no chain.
     """
     if disk.kind == "new":
-        return "", "", (disk.size or 0) * GIB
+        return CheckedSource("", "", (disk.size or 0) * GIB, None)
     raw = disk.path if disk.kind == "existing" else disk.clone_from
     source_format = disk.source_format or (disk.format if disk.kind == "existing" else "qcow2")
     key = "path" if disk.kind == "existing" else "clone_from"
-    resolved, capacity = _inspect_source(str(raw), source_format, f"{field}.{key}", roots)
+    resolved, info = _inspect_source(str(raw), source_format, f"{field}.{key}", roots)
+    capacity = info.virtual_size
     if disk.size is not None:
         if disk.size * GIB < capacity:
             raise InvalidInput(
                 f"{disk.size} GB is smaller than the clone source ({_gb(capacity)}); a cloned disk can only grow", field=f"{field}.size"
             )
         capacity = disk.size * GIB
-    return str(resolved), source_format, capacity
+    return CheckedSource(str(resolved), source_format, capacity, chain_record(info))
+
+
+def source_recheck(disk: Disk, hv: Hypervisor) -> None:
+    """The worker's check of an existing disk's or a clone's source, just before it is used.
+
+    The request's check is minutes old by the time a worker clones or defines,
+    and a guest that writes a raw disk can rewrite its first bytes into a
+    qcow2 header naming any file in between. So the same rules run again
+    (regular files inside the roots, recorded formats, no protocol names,
+    data files inside the roots, an undamaged qcow2), and the chain must be
+    the one the request checked: the domain states that chain to libvirt,
+    and a clone copies what the chain holds. InvalidInput (code
+    `chain_changed` for a changed chain) names the disk's field.
+    """
+    key = "path" if disk.source == DiskSource.EXISTING else "clone_from"
+    field = f"disks.{disk.order}.{key}"
+    _, info = _inspect_source(disk.source_path, disk.source_format, field, disk_roots(hv))
+    found = chain_record(info)
+    if disk.source_chain is not None and found != disk.source_chain:
+        raise InvalidInput(
+            f"the backing chain of {disk.source_path} changed since the request was checked: "
+            f"it was {_chain_words(disk.source_chain)}, it is now {_chain_words(found)}",
+            field=field,
+            code="chain_changed",
+        )
+
+
+def _chain_words(chain: list[dict[str, str | None]]) -> str:
+    words = []
+    for link in chain:
+        word = f"{link['path']} ({link['format']})"
+        words.append(f"{word} with the data file {link['data_file']}" if link.get("data_file") else word)
+    return " -> ".join(words)
 
 
 def _gb(size: int) -> str:
     return f"{size // GIB} GB" if size % GIB == 0 else f"{size / GIB:.2f} GB"
 
 
-def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[Path, int]:
+def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[Path, ImageInfo]:
     absolute_path(raw, field=field, note=" (protocol names such as json: or nbd: are refused)")
     resolved = guard_file(raw, roots=roots, field=field, what="disk image")
     # With the roots given, each backing file is checked before qemu-img opens it.
@@ -253,7 +298,7 @@ def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[
         raise InvalidInput(f"{exc.message}: set {hint} to the image's real format", field=field, code=exc.code) from None
     check_image_chain(info, roots, field=field)
     check_image(info, field=field)  # after the chain is known to stay inside the roots: check opens it all
-    return resolved, info.virtual_size
+    return resolved, info
 
 
 def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list[int | None]) -> tuple[PlannedDisk, ...]:
@@ -262,7 +307,8 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
     planned: list[PlannedDisk] = []
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
-        source_path, source_format, capacity = disk_source(disk, field, roots)
+        checked = disk_source(disk, field, roots)
+        source_path, source_format, capacity = checked.path, checked.format, checked.capacity
         if disk.kind == "existing":
             _check_not_shared(source_path, disk.readonly, f"{field}.path")
             _check_not_owned(source_path, disk.readonly, f"{field}.path")
@@ -289,6 +335,7 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
                 path=path,
                 volume_name=volume_name,
                 target_dev=targets[index],
+                source_chain=checked.chain,
             )
         )
     return tuple(planned)
