@@ -30,7 +30,7 @@ from isos.inspect import inspect_iso
 from isos.models import IsoImage, RetiredIsoId
 from isos.services import IsoMetadata, iso_register_path
 from vaporsite.errors import Conflict, InvalidInput, NotFound
-from vaporsite.paths import guard_file
+from vaporsite.paths import guard_file, require_reachable_by_qemu
 
 ID_RE = re.compile(r"^iso-[0-9a-f]{12}$")
 NAME_MAX = 255  # bytes in one file name on Linux file systems
@@ -119,6 +119,7 @@ def _register(path: str, field: str, register: bool) -> IsoImage:
 
 def _by_path(ref: str, field: str, register: bool) -> ResolvedIso:
     resolved = guard_file(ref, roots=settings.VAPOR.allowed_iso_roots, field=field, what="ISO file")
+    require_reachable_by_qemu(resolved, user=settings.VAPOR.qemu_user, field=field)  # a registered one too: it is about to be attached
     iso = IsoImage.objects.filter(path=str(resolved)).first()
     if iso:
         return ResolvedIso(iso, ResolveRule.PATH)

@@ -27,7 +27,7 @@ from isos.hashing import Digests
 from isos.inspect import guess_os, inspect_iso
 from isos.models import IsoImage, IsoTag, RetiredIsoId, new_iso_id
 from vaporsite.errors import Conflict, InvalidInput, NotFound
-from vaporsite.paths import guard_file
+from vaporsite.paths import guard_file, require_reachable_by_qemu
 
 log = logging.getLogger("vapor.isos")
 
@@ -130,6 +130,8 @@ def iso_register_path(*, path: str, meta: IsoMetadata, digests: Digests | None =
     background task fills the hashes in and makes it `ready`.
     """
     resolved = guard_file(path, roots=settings.VAPOR.allowed_iso_roots, field=field, what="ISO file")
+    # An ISO QEMU cannot open is no use to any VM: refused before it enters the library.
+    require_reachable_by_qemu(resolved, user=settings.VAPOR.qemu_user, field=field)
     info = inspect_iso(resolved, field=field)
     tags = _clean_tags(meta.tags)
     os_type, variant, architecture = _resolve_os(meta, label=info.volume_label, filename=resolved.name)

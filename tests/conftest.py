@@ -99,6 +99,17 @@ def _tasks_run_inline() -> None:
     Conf.SYNC = True
 
 
+@pytest.fixture(autouse=True)
+def _no_qemu_user_off_the_daemon(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the real daemon no QEMU opens anything, and the tests' files live in pytest's 0700
+    directories: the check that QEMU's user can reach a file (VAPOR_QEMU_USER) is off, for this
+    process and the portals it starts. `libvirt` tests keep it; a test of the check turns it on."""
+    if request.node.get_closest_marker("libvirt") is None:
+        settings = request.getfixturevalue("settings")
+        settings.VAPOR = dataclasses.replace(django_settings.VAPOR, qemu_user="")
+        monkeypatch.setenv("VAPOR_QEMU_USER", "")
+
+
 @dataclasses.dataclass
 class IsoDirs:
     search: list[Path]  # VAPOR_ISO_DIRS, in order

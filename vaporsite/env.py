@@ -56,6 +56,7 @@ class Config:
     osinfo_dir: Path
     disk_roots: tuple[Path, ...]
     virt_type: str
+    qemu_user: str  # the account QEMU runs as: files given to it must be reachable by it ("" skips the check)
     graphics_listen: str
     serial_log_dir: Path | None
     q_workers: int
@@ -247,6 +248,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         osinfo_dir=env.directory("VAPOR_OSINFO_DIR", "/usr/share/osinfo"),
         disk_roots=env.dirs("VAPOR_DISK_ROOTS", ""),
         virt_type=env.parse("VAPOR_VIRT_TYPE", "auto", _virt_type, "one of auto, kvm, qemu"),
+        qemu_user=env.raw("VAPOR_QEMU_USER", "libvirt-qemu").strip(),
         serial_log_dir=env.parse("VAPOR_SERIAL_LOG_DIR", None, _optional_dir, "an absolute directory"),
         graphics_listen=env.parse("VAPOR_GRAPHICS_LISTEN", "127.0.0.1", _address, "an IP address"),
         q_workers=env.number("VAPOR_Q_WORKERS", 2, 1),
