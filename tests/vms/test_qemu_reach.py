@@ -75,7 +75,7 @@ def iso_root(settings, iso_dirs) -> Iterator[Path]:
 
 
 @pytest.mark.django_db
-def test_an_iso_in_a_directory_qemu_cannot_search_is_refused_naming_it(vm_api, hv, iso_root: Path):
+def test_an_iso_in_a_directory_qemu_cannot_search_is_refused_naming_it(vm_api, hv, run_tasks, iso_root: Path):
     home = folder(iso_root, "home-of-someone", 0o700)
     iso = make_iso(home / "installer.iso")
 
@@ -91,5 +91,12 @@ def test_an_iso_in_a_directory_qemu_cannot_search_is_refused_naming_it(vm_api, h
     assert IsoImage.objects.count() == 0 and VirtualMachine.objects.count() == 0 and hv.calls["create_volume"] == 0
 
     home.chmod(0o711)  # searchable, not listable: enough for QEMU
-    response = vm_api.post("/api/v1/virtualmachines/isos", {"path": str(iso)}, format="json")
+    with run_tasks():  # hashed: ready
+        response = vm_api.post("/api/v1/virtualmachines/isos", {"path": str(iso)}, format="json")
     assert response.status_code == 201, response.json()
+    assert IsoImage.objects.get().status == "ready"
+
+    home.chmod(0o700)  # closed again after registration: a path reference to the library's ISO is refused too
+    response = vm_api.post(CREATE_URL, payload, format="json")
+    assert response.status_code == 400 and response.json()["field"] == "iso_path", response.json()
+    assert VirtualMachine.objects.count() == 0
