@@ -17,6 +17,7 @@ no log record and no database row.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -28,9 +29,11 @@ import pytest
 
 from tests.reliability.hostile import ISO_URL, Ground, database_dump, error_field, file_state, vm_payload
 from tests.support.api import CREATE_URL
-from tests.support.images import make_image
+from tests.support.images import make_image, overwrite_start
 from tests.vms import conftest as vm_fixtures
 from vms.hypervisor.documents.domain import parse_domain
+from vms.jobs import vm_provision
+from vms.models import VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -62,6 +65,12 @@ def build_images(root: Path, host: Path, secret: Path) -> dict[str, Path]:
     data = host / "data.raw"
     images["qcow2 with an external data file outside"] = make_image(root / "datafile.qcow2", "1M", "qcow2", "-o", f"data_file={data}")
     data.write_bytes(secret.read_bytes())  # the data file now holds host bytes
+    fifo = root / "data.fifo"
+    images["qcow2 whose data file is a FIFO inside the roots"] = make_image(
+        root / "datafile-fifo.qcow2", "1M", "qcow2", "-o", f"data_file={fifo}"
+    )
+    fifo.unlink()
+    os.mkfifo(fifo)  # QEMU would read a pipe as the disk's data
     for size in (100, 4096, 65536):
         image = make_image(root / f"truncated-{size}.qcow2", "64M")
         with image.open("r+b") as handle:
@@ -185,4 +194,41 @@ def test_a_header_inside_a_raw_disk_stays_data(lab: Lab, hv, vm_api, run_tasks, 
     assert set(info_formats) == {"raw"}, lab.commands
     assert named == []
     assert image.read_bytes() == original
+    assert_secret_nowhere(lab, caplog, tally, hv)
+
+
+REWRITTEN = {
+    # slot -> the disk as requested, and the step the worker must fail at
+    "clone_from": (lambda p: {"clone_from": str(p), "source_format": "qcow2"}, "clone"),
+    "linked clone_from": (lambda p: {"clone_from": str(p), "source_format": "qcow2", "linked": True}, "linked clone"),
+    "path": (lambda p: {"path": str(p), "format": "qcow2"}, "define domain"),
+}
+
+
+@pytest.mark.parametrize("slot", list(REWRITTEN))
+@pytest.mark.parametrize(
+    "what", ["qcow2 backed by a host file", "qcow2 with an external data file outside", "qcow2 backed by a json: name"]
+)
+def test_a_header_rewritten_between_request_and_worker_fails_the_vm(
+    lab: Lab, hv, vm_api, tally, caplog, tmp_path: Path, slot: str, what: str
+):
+    """A guest writing a raw disk rewrites its header after the request was checked: the worker checks again."""
+    disk = lab.disk_root / f"guest-written-{uuid.uuid4().hex[:6]}.img"
+    disk.write_bytes(make_image(tmp_path / "harmless.qcow2", "1M").read_bytes())
+    request, step = REWRITTEN[slot]
+    response = vm_api.post(CREATE_URL, vm_payload(name="rewritten", disks=[{"size": 1}, request(disk)]), format="json")
+    lab.bodies.append(response.content)
+    assert response.status_code == 202, response.content
+    overwrite_start(disk, lab.images[what])
+    before = lab.ground.snapshot()
+    before.rows = {**before.rows, "vm": before.rows["vm"] - 1, "disk": before.rows["disk"] - 2}  # the accepted request's rows
+    vm_provision(vm_id=response.json()["id"])
+    vm = VirtualMachine.objects.get(name="rewritten")
+    failed_there = vm.status == "failed" and vm.error.startswith(step)
+    vm.delete()  # a failed VM's rows stay, on purpose, until it is deleted
+    before.calls = lab.ground.snapshot().calls  # volumes made and undone are calls, not leftovers
+    leftovers, left = lab.ground.leftovers(before)
+    tally.record(SUITE, f"worker re-check, {slot}: rewritten to a {what}", refused=failed_there, leftovers=leftovers, detail=vm.error[:120])
+    assert failed_there, vm.error
+    assert leftovers == 0, left
     assert_secret_nowhere(lab, caplog, tally, hv)

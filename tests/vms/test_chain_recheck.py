@@ -164,3 +164,26 @@ def test_image_info_refuses_a_data_file_that_is_a_directory(disk_root: Path):
 
     with pytest.raises(InvalidInput, match="is not a regular file"):
         image_info(str(image), "qcow2", roots=[disk_root])
+
+
+def test_a_linked_clones_source_rewritten_after_the_clone_fails_before_define(vm_api, hv, disk_root: Path, secret: Path, tmp_path: Path):
+    # The overlay is made; then, before the domain is defined, the source's header changes: QEMU would open it.
+    raw = disk_root / "golden.img"
+    raw.write_bytes(make_image(tmp_path / "harmless.qcow2", "8M").read_bytes())
+    hostile = make_image(tmp_path / "hostile.qcow2", "8M", "qcow2", "-b", str(secret), "-F", "raw")
+    vm = accepted(vm_api, {"name": "lk", "disks": [{"clone_from": str(raw), "source_format": "qcow2", "linked": True}]})
+    clone = hv.clone_volume
+
+    def clone_then_rewrite(*args, **kwargs):
+        made = clone(*args, **kwargs)
+        overwrite_start(raw, hostile)
+        return made
+
+    hv.clone_volume = clone_then_rewrite
+
+    vm = failed(vm)
+
+    assert vm.error.startswith("define domain failed: ")
+    assert f"the backing file {secret} of {raw} lies outside the allowed directories" in vm.error
+    assert (f"linked clone {raw} to lk-disk0.qcow2", "undone") in [(e.step, e.status) for e in vm.events.all()]
+    assert hv.calls["define_domain"] == 0 and list(hv.pool_dir.iterdir()) == []

@@ -3,10 +3,13 @@ builder no longer makes. The builder's side is in test_domain_xml.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from vaporsite.errors import InvalidInput
-from vms.models import VirtualMachine
+from vms.hypervisor.specs import BackingSpec
+from vms.models import Disk, VirtualMachine
 from vms.services.design import clock_for, domain_spec, firmware_for
 
 
@@ -58,3 +61,21 @@ def test_a_stored_vm_with_secure_boot_but_no_uefi_is_refused_by_the_designer():
     vm = VirtualMachine.objects.create(name="b", memory_mb=1024, vcpus=1, secure_boot=True)
     with pytest.raises(InvalidInput, match="Secure Boot needs UEFI firmware"):
         domain_spec(vm)
+
+
+@pytest.mark.django_db
+def test_each_disk_states_the_chain_its_request_checked_and_an_unrecorded_one_is_left_unstated():
+    vm = VirtualMachine.objects.create(name="c", memory_mb=1024, vcpus=1)
+    chain = [{"path": "/d/base.qcow2", "format": "qcow2", "data_file": None}, {"path": "/d/seed.img", "format": "raw", "data_file": None}]
+    rows: list[dict[str, Any]] = [
+        {"source": "new"},
+        {"source": "clone", "linked": False, "source_chain": chain},
+        {"source": "clone", "linked": True, "source_chain": chain},
+        {"source": "existing", "source_chain": chain},
+        {"source": "existing", "source_chain": None},  # made before Vapor recorded chains
+        {"source": "clone", "linked": True, "source_chain": None},
+    ]
+    for order, row in enumerate(rows):
+        Disk.objects.create(vm=vm, order=order, path=f"/p/{order}.qcow2", target_dev=f"vd{'abcdef'[order]}", **row)
+    base, seed = BackingSpec("/d/base.qcow2", "qcow2"), BackingSpec("/d/seed.img", "raw")
+    assert [d.backing for d in domain_spec(vm).disks] == [(), (), (base, seed), (seed,), None, None]
