@@ -147,7 +147,9 @@ def require_reachable_by_qemu(resolved: Path, *, user: str, field: str) -> None:
 
     `user` is the account QEMU runs as (VAPOR_QEMU_USER); "" or a user this
     host does not have skips the check. Vapor does not change the directory's
-    permissions for the operator: see docs/RELIABILITY.md, "hostile paths".
+    permissions (virt-install would add an ACL for QEMU's user): opening a
+    directory, often someone's home, to every guest's QEMU is the operator's
+    decision, and the message says how.
     """
     who = identity(user) if user else None
     if who is None:

@@ -259,6 +259,11 @@ def source_recheck(disk: Disk, hv: Hypervisor) -> None:
     the one the request checked: the domain states that chain to libvirt,
     and a clone copies what the chain holds. InvalidInput (code
     `chain_changed` for a changed chain) names the disk's field.
+
+    What is left between this check and the copy is closed by QEMU's image
+    locks: a guest can only rewrite its disk while it runs, and the copy
+    (`qemu-img convert` without `-U`, or libvirt's own) is refused on an
+    image a running guest holds for writing.
     """
     key = "path" if disk.source == DiskSource.EXISTING else "clone_from"
     field = f"disks.{disk.order}.{key}"
