@@ -9,7 +9,10 @@ domain, no writing call on the hypervisor. A fixed list of known tricks, then Hy
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,3 +197,26 @@ def test_generated_hostile_paths_are_refused_and_leave_nothing(field: Field, hv,
     offered()
     assert len(seen) >= 30  # the strategy really produced distinct cases
     assert not any(os.scandir(hv.pool_dir))
+
+
+# --- directories QEMU's user cannot search ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", [f for f in FIELDS if not f.disk], ids=lambda f: f.name)
+def test_an_iso_in_a_directory_qemus_user_cannot_search_is_refused(field: Field, hv, iso_dirs, vm_api, run_tasks, tally, settings) -> None:
+    """Inside the roots and a valid ISO, but QEMU (here: nobody) could not open it: a home directory and its kin."""
+    top = Path(tempfile.mkdtemp(prefix="vapor-hostile-", dir="/var/tmp"))  # pytest's own directories are 0700
+    top.chmod(0o755)
+    try:
+        settings.VAPOR = dataclasses.replace(settings.VAPOR, qemu_user="nobody", iso_roots=(top,))
+        cases = {"0700 (a home directory)": 0o700, "0750 (group only)": 0o750, "0744 (readable, not searchable)": 0o744}
+        for what, mode in cases.items():
+            closed = top / f"closed-{mode:o}"
+            closed.mkdir()
+            iso = make_iso(closed / "installer.iso")
+            closed.chmod(mode)
+            place = Place(Ground(hv, [top, hv.pool_dir]), top, top, top, iso, iso, top, top)
+            assert_refused(place, tally, field, f"ISO in a {what} directory QEMU's user cannot search", str(iso), vm_api, run_tasks)
+            closed.chmod(0o700)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
