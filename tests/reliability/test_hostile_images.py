@@ -228,7 +228,8 @@ def test_a_header_rewritten_between_request_and_worker_fails_the_vm(
     vm.delete()  # a failed VM's rows stay, on purpose, until it is deleted
     before.calls = lab.ground.snapshot().calls  # volumes made and undone are calls, not leftovers
     leftovers, left = lab.ground.leftovers(before)
-    tally.record(SUITE, f"worker re-check, {slot}: rewritten to a {what}", refused=failed_there, leftovers=leftovers, detail=vm.error[:120])
+    words = vm.error.replace(str(lab.disk_root), "<disk root>").replace(str(lab.secret.parent), "<host dir>")[:160]
+    tally.record(SUITE, f"worker re-check, {slot}: rewritten to a {what}", refused=failed_there, leftovers=leftovers, detail=words)
     assert failed_there, vm.error
     assert leftovers == 0, left
     assert_secret_nowhere(lab, caplog, tally, hv)
