@@ -113,11 +113,11 @@ def test_example_2_runs_under_tcg_with_secure_loader_tpm_and_two_cdroms(domain_n
     assert (live.firmware, live.loader_secure, live.smm) == ("efi", True, True)
     assert Path(live.loader).is_file()
     assert (live.tpm_model, live.tpm_version) == ("tpm-crb", "2.0")
-    assert live.disks == (
-        LiveDisk("disk", "sda", "sata", spec.disks[0].path, "qcow2", False, 1),
-        LiveDisk("disk", "sdb", "sata", spec.disks[1].path, "qcow2", False, None),
-        LiveDisk("cdrom", "sdc", "sata", spec.cdroms[0].path, "raw", True, 2),
-        LiveDisk("cdrom", "sdd", "sata", spec.cdroms[1].path, "raw", True, None),
+    assert live.disks == (  # the disks state "no backing file" as the spec did; libvirt adds the same to the CD-ROMs
+        LiveDisk("disk", "sda", "sata", spec.disks[0].path, "qcow2", False, 1, backing=()),
+        LiveDisk("disk", "sdb", "sata", spec.disks[1].path, "qcow2", False, None, backing=()),
+        LiveDisk("cdrom", "sdc", "sata", spec.cdroms[0].path, "raw", True, 2, backing=()),
+        LiveDisk("cdrom", "sdd", "sata", spec.cdroms[1].path, "raw", True, None, backing=()),
     )
     assert len(live.macs) == 1 and live.macs[0].startswith("52:54:00:")
     assert live.graphics_type == "vnc" and live.graphics_port is not None and live.graphics_port >= 5900
