@@ -32,6 +32,7 @@ import pytest
 
 from tests.integration.conftest import virsh
 from tests.integration.vm_support import VmEnv
+from tests.support.images import make_image
 from tests.support.isos import make_iso
 
 pytestmark = pytest.mark.libvirt
@@ -123,6 +124,7 @@ def run_sh(vm_env: VmEnv, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[byt
         VAPOR_DATA_DIR=str(data),
         VAPOR_ISO_DOWNLOAD_DIR=str(isos),
         VAPOR_ISO_DIRS=str(isos),
+        VAPOR_DISK_ROOTS=str(vm_env.disks),
         VAPOR_LISTEN=f"127.0.0.1:{port}",
         VAPOR_ADMIN_PASSWORD=PASSWORD,
         VAPOR_DOWNLOAD_ALLOW_PRIVATE="1",  # the ISO comes from this machine
@@ -185,14 +187,23 @@ def test_run_sh_serves_and_works_as_an_unprivileged_user(run_sh, iso_server: str
     assert downloaded.exists() and downloaded.stat().st_uid == user.pw_uid
 
     # The web process asks libvirtd (validation), the worker defines and starts the domain, the web process deletes it.
+    # disk 1 is a full copy of a file outside the pools: qemu-img, run by the worker, writes the volume libvirtd made.
+    base = make_image(vm_env.disks / "base.qcow2")
     name = "unpriv-" + uuid.uuid4().hex[:8]
     try:
-        payload = {"name": name, "memory": 128, "vcpus": 1, "disks": [{"size": 1}], "storage_pool": vm_env.pool, "iso_path": done["path"]}
+        payload = {
+            "name": name, "memory": 128, "vcpus": 1, "storage_pool": vm_env.pool, "iso_path": done["path"],
+            "disks": [{"size": 1}, {"clone_from": str(base)}],
+        }  # fmt: skip
         status, vm = portal.call("POST", "/api/v1/virtualmachines/create-enhanced", payload)
         assert status == 202, vm
         created = portal.until(f"/api/v1/virtualmachines/{vm['id']}", lambda body: body["status"] not in ("pending", "provisioning"))
         assert created["status"] == "running", created
         assert virsh("domstate", name).stdout.strip() == "running"
+        # Lent to QEMU while the guest runs; given back to the user (libvirt remembers the owner) once it stops.
+        virsh("destroy", name)
+        owners = {path.name: path.stat().st_uid for path in vm_env.pool_dir.iterdir()}
+        assert owners == {f"{name}-disk0.qcow2": user.pw_uid, f"{name}-disk1.qcow2": user.pw_uid}, owners
         status, body = portal.call("DELETE", f"/api/v1/virtualmachines/{vm['id']}")
         assert status == 204, body
         assert virsh("dominfo", name, check=False).returncode != 0
