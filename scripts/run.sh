@@ -91,6 +91,7 @@ cat <<EOF
     API token:  .venv/bin/python manage.py drf_create_token admin
                 curl -H "Authorization: Token KEY" http://${ADDRESS}/api/v1/virtualmachines/isos
     Logs:       var/log/ (libvirtd, virtlogd)
+    Runs as:    $( ((EUID == 0)) && printf 'user %s (only the set-up keeps root)' "$VAPOR_USER" || id -un)
   Ctrl-C stops the server and the worker$( ((VAPOR_STARTED_LIBVIRTD)) && printf ' and libvirtd')
 
 EOF

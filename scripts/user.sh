@@ -5,7 +5,7 @@
 # As root, run.sh:
 #   1. creates the system user VAPOR_USER (default `vapor`) if it is missing;
 #   2. gives it the data directory (VAPOR_DATA_DIR, default var/: SQLite, the
-#      kept keys) except var/log (libvirtd's logs), and the ISO download
+#      kept keys; mode 0700) except var/log (libvirtd's logs), and the ISO download
 #      directory (VAPOR_ISO_DOWNLOAD_DIR), which the worker writes;
 #   3. lets it reach the code, the interpreter and those directories: a
 #      directory it cannot search (a checkout under /root, which is 0700) gets
@@ -65,6 +65,7 @@ vapor_give_files() {
     ((EUID == 0)) || return 0
     local data="${VAPOR_DATA_DIR:-${VAPOR_ROOT}/var}" download="${VAPOR_ISO_DOWNLOAD_DIR:-/var/lib/vapor/iso}" entry
     chown "${VAPOR_USER}:" "$data"
+    chmod 0700 "$data" # the database and the keys are nobody else's
     for entry in "$data"/* "$data"/.[!.]*; do
         [[ -e "$entry" && "$entry" != "${data%/}/log" ]] || continue
         chown -R "${VAPOR_USER}:" "$entry"

@@ -175,6 +175,7 @@ def test_run_sh_serves_and_works_as_an_unprivileged_user(run_sh, iso_server: str
     # The kept secret key is the user's, and only the user's.
     secret = (data / "secret_key").stat()
     assert (secret.st_uid, secret.st_mode & 0o777) == (user.pw_uid, 0o600)
+    assert (data.stat().st_uid, data.stat().st_mode & 0o777) == (user.pw_uid, 0o700)
 
     # The worker writes the download directory.
     status, iso = portal.call("POST", "/api/v1/virtualmachines/isos", {"url": iso_server, "name": "unpriv"})
