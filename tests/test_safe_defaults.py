@@ -163,7 +163,11 @@ def runserver_process(address: str, tmp_path: Path, **environ: str) -> subproces
 @pytest.mark.parametrize("address", ["0.0.0.0:0", "0:0", "[::]:0", "192.0.2.10:0"])
 def test_the_server_refuses_debug_on_an_address_that_is_not_loopback(tmp_path: Path, address: str) -> None:
     process = runserver_process(address, tmp_path, VAPOR_DEBUG="1")
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()  # a server that did not refuse would serve on until the end of time
+        process.wait(timeout=30)
     assert process.returncode != 0
     shown = {"0:0": "0.0.0.0", "[::]:0": "::", "192.0.2.10:0": "192.0.2.10"}.get(address, "0.0.0.0")
     assert "VAPOR_DEBUG" in stderr and f"listen on {shown}," in stderr and "loopback" in stderr
