@@ -6,14 +6,21 @@
 #   bash scripts/run.sh            (or: make run)
 #
 # VAPOR_ADMIN_PASSWORD sets the password of the admin user created on the
-# first run; without it a random one is printed once.
+# first run; without it a random one is printed once. VAPOR_LISTEN sets the
+# address (default 127.0.0.1:8000).
+#
+# Run as root, only the set-up keeps root: the server and the worker run as
+# the unprivileged user VAPOR_USER (default `vapor`, created if missing;
+# scripts/user.sh).
 set -euo pipefail
 
 # shellcheck source=scripts/setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# shellcheck source=scripts/user.sh
+source "$(dirname "${BASH_SOURCE[0]}")/user.sh"
 cd "$VAPOR_ROOT"
 
-ADDRESS=127.0.0.1:8000
+ADDRESS="${VAPOR_LISTEN:-127.0.0.1:8000}"
 WEB_PID=""
 WORKER_PID=""
 
@@ -36,6 +43,7 @@ stop_all() {
     for pid in $WEB_PID $WORKER_PID; do
         kill -KILL "$pid" 2>/dev/null || true
     done
+    vapor_unbridge_libvirt
     if ((VAPOR_STARTED_LIBVIRTD)); then
         bash "${VAPOR_ROOT}/scripts/libvirtd.sh" stop
     fi
@@ -45,11 +53,14 @@ trap 'stop_all; exit 143' TERM
 trap stop_all EXIT
 
 vapor_setup
+vapor_ensure_user
+vapor_give_files
+vapor_bridge_libvirt
 
 # Creates the superuser `admin` unless one exists. The password comes from the
 # environment, never the command line (which `ps` shows to everyone).
 ADMIN_STATUS="$(
-    vapor_manage shell -v 0 -c '
+    "${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py shell -v 0 -c '
 import os, secrets
 from django.contrib.auth import get_user_model
 User = get_user_model()
@@ -80,13 +91,16 @@ cat <<EOF
     API token:  .venv/bin/python manage.py drf_create_token admin
                 curl -H "Authorization: Token KEY" http://${ADDRESS}/api/v1/virtualmachines/isos
     Logs:       var/log/ (libvirtd, virtlogd)
+    Runs as:    $( ((EUID == 0)) && printf 'user %s (only the set-up keeps root)' "$VAPOR_USER" || id -un)
   Ctrl-C stops the server and the worker$( ((VAPOR_STARTED_LIBVIRTD)) && printf ' and libvirtd')
 
 EOF
 
-"$VAPOR_PY" manage.py qcluster &
+# As VAPOR_USER (empty prefix when not root). --insecure: DEBUG is off, and
+# runserver then serves the admin's CSS and JS only when told to.
+"${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py qcluster &
 WORKER_PID=$!
-"$VAPOR_PY" manage.py runserver "$ADDRESS" --noreload &
+"${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py runserver "$ADDRESS" --noreload --insecure &
 WEB_PID=$!
 
 # Either one ending on its own (port taken, crash) ends the run: a server

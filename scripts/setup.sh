@@ -26,6 +26,7 @@ VAPOR_PACKAGES=(
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc python3-dev python3-venv
     qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools osinfo-db xorriso dnsmasq-base
     iptables iproute2 mtools ca-certificates procps make
+    acl socat # run.sh: search ACLs for the unprivileged user, the libvirt socket bridge (scripts/user.sh)
     curl # the download benchmark's baseline (bench/isos_download.py)
     chromium fonts-dejavu-core # the browser tests (tests/browser): Playwright drives this Chromium
 )

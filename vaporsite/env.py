@@ -8,7 +8,9 @@ place where a misconfiguration is explained.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,12 +21,18 @@ from django.core.management.utils import get_random_secret_key
 
 T = TypeVar("T")
 
+# Kept in the data directory when the environment gives no key (README,
+# "Configuration"): made once, mode 0600, read by every later start, so the
+# web server and the worker agree and sessions survive a restart.
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name)
+VNC_KEY_FILE = "vnc_key"
+
 DEFAULT_ISO_DIRS = "/var/lib/libvirt/images/iso:/var/lib/vapor/iso:/usr/share/iso"
 DEFAULT_DOWNLOAD_DIR = "/var/lib/vapor/iso"
-# A fixed key is fine for a developer machine; `check --deploy` flags it.
-DEV_SECRET_KEY = "django-insecure-vapor-development-key-change-me"  # noqa: S105
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
+# The default VAPOR_ALLOWED_HOSTS: the portal is reached on this machine only.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # A disk's size in GB is stored in a 32-bit column (PositiveIntegerField).
 MAX_DISK_GB_CEILING = 2**31 - 1
@@ -41,6 +49,8 @@ class Config:
     data_dir: Path
     database: dict[str, Any]
     secret_key: str
+    # Encrypts VNC passwords at rest (vms/encryption.py); never derived from secret_key.
+    vnc_key: str
     debug: bool
     allowed_hosts: list[str]
     libvirt_uri: str
@@ -194,6 +204,52 @@ def _networks(text: str) -> tuple[str, ...]:
     return nets
 
 
+def kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret stored in `path`, made by `make` and stored first if the file does not exist.
+
+    The file is written whole under a temporary name (mode 0600 from the
+    start) and then linked to `path`, which fails if `path` exists: two
+    processes starting at once cannot each keep their own key, and nobody
+    ever reads a half-written one. Raises OSError (unreadable, or a directory
+    that cannot be written) or ValueError (an empty file).
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(make() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            # If another process kept its key first, this one uses that key.
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        text = path.read_text()
+    secret = text.strip()
+    if not secret:
+        raise ValueError("the file is empty")
+    return secret
+
+
+def _secret(env: _Reader, variable: str, path: Path, make: Callable[[], str]) -> str:
+    given = env.raw(variable, "").strip()
+    if given:
+        return given
+    try:
+        return kept_secret(path, make)
+    except (OSError, ValueError) as exc:
+        # This process still starts (checks then fail, naming the file), with
+        # a key nobody else has: nothing made with it outlives the process.
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        env.problems.append(Problem(variable, f"is not set and {path} cannot be used: {detail}"))
+        return make()
+
+
 def load(environ: Mapping[str, str] | None = None) -> Config:
     env = _Reader(os.environ if environ is None else environ)
     base_dir = Path(__file__).resolve().parent.parent
@@ -219,11 +275,13 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             )
         return config
 
-    debug = env.flag("VAPOR_DEBUG", True)
-    secret_key = env.raw("VAPOR_SECRET_KEY", "") or (DEV_SECRET_KEY if debug else get_random_secret_key())
-    if not debug and not env.raw("VAPOR_SECRET_KEY", ""):
-        env.problems.append(Problem("VAPOR_SECRET_KEY", "must be set when VAPOR_DEBUG is off (sessions would not survive a restart)"))
-    hosts = [h.strip() for h in env.raw("VAPOR_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+    debug = env.flag("VAPOR_DEBUG", False)
+    secret_key = _secret(env, "VAPOR_SECRET_KEY", data_dir / SECRET_KEY_FILE, get_random_secret_key)
+    vnc_key = _secret(env, "VAPOR_VNC_KEY", data_dir / VNC_KEY_FILE, lambda: secrets.token_urlsafe(32))
+    hosts = [h.strip() for h in env.raw("VAPOR_ALLOWED_HOSTS", ",".join(LOOPBACK_HOSTS)).split(",") if h.strip()]
+    # Served under a host name of its own, the portal is expected behind HTTPS;
+    # on this machine's loopback only (the run command), plain HTTP must work.
+    public = any(host not in LOOPBACK_HOSTS for host in hosts)
     if not hosts:
         env.problems.append(Problem("VAPOR_ALLOWED_HOSTS", "is empty: no host name would be served"))
 
@@ -233,6 +291,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             "DATABASE_URL", database(sqlite_default), database, "a database URL (sqlite:///PATH or postgres://USER@HOST:PORT/NAME)"
         ),
         secret_key=secret_key,
+        vnc_key=vnc_key,
         debug=debug,
         allowed_hosts=hosts,
         libvirt_uri=env.raw("VAPOR_LIBVIRT_URI", "qemu:///system"),
@@ -256,8 +315,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         q_retry=0,  # set below: it depends on q_timeout
         q_sync=env.flag("VAPOR_Q_SYNC", False),
         log_level=env.raw("VAPOR_LOG_LEVEL", "INFO").upper(),
-        secure_cookies=env.flag("VAPOR_SECURE_COOKIES", True),
-        ssl_redirect=env.flag("VAPOR_SSL_REDIRECT", True),
+        secure_cookies=env.flag("VAPOR_SECURE_COOKIES", public),
+        ssl_redirect=env.flag("VAPOR_SSL_REDIRECT", public),
         hsts_seconds=env.number("VAPOR_HSTS_SECONDS", 31536000, 0),
         max_disk_gb=env.number("VAPOR_MAX_DISK_GB", 65536, 1, MAX_DISK_GB_CEILING),
         max_disks=env.number("VAPOR_MAX_DISKS", 64, 1, 256),

@@ -28,12 +28,13 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: its `runserver` (refusing DEBUG beyond loopback) replaces theirs.
+    "vaporsite.apps.VaporSiteConfig",
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_q",
-    "vaporsite.apps.VaporSiteConfig",
     "isos.apps.IsosConfig",
     "vms.apps.VmsConfig",
 ]

@@ -71,7 +71,7 @@ def _portal_env(data_dir: Path, iso_dir: Path) -> dict[str, str]:
         VAPOR_LIBVIRT_URI="qemu:///system",
         VAPOR_VIRT_TYPE="qemu",  # TCG: no dependence on /dev/kvm
         VAPOR_SECRET_KEY="browser-test-" + os.urandom(16).hex(),
-        VAPOR_DEBUG="1",  # as scripts/run.sh: runserver then serves the admin's CSS and JS
+        VAPOR_DEBUG="1",  # runserver then serves the admin's CSS and JS (scripts/run.sh passes --insecure instead)
         VAPOR_ALLOWED_HOSTS="127.0.0.1",
         VAPOR_Q_SYNC="0",
         VAPOR_Q_WORKERS="1",

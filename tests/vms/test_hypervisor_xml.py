@@ -352,3 +352,20 @@ def test_files_are_read_by_the_same_parser_and_a_doctype_is_refused(tmp_path):
     with pytest.raises(DocumentError, match="DOCTYPE") as caught:
         parse_file(hostile)
     assert "TOP-SECRET" not in caught.value.message
+
+
+def test_a_volume_for_an_unprivileged_vapor_is_given_to_its_user(monkeypatch):
+    # run.sh runs the worker as `vapor`: the files libvirtd (root) creates for it must be vapor's.
+    for document in (volume.volume_xml("d.qcow2", GIB, owner=(998, 997)), volume.clone_volume_xml("c.qcow2", GIB, owner=(998, 997))):
+        permissions = etree.fromstring(document).find("target/permissions")
+        assert permissions is not None
+        assert [(child.tag, child.text) for child in permissions] == [("owner", "998"), ("group", "997"), ("mode", "0600")]
+    assert etree.fromstring(volume.volume_xml("d.qcow2", GIB)).find("target/permissions") is None
+
+    from vms.hypervisor import storage
+
+    monkeypatch.setattr(storage.os, "geteuid", lambda: 0)
+    assert storage.volume_owner() is None  # root: libvirt's own default
+    monkeypatch.setattr(storage.os, "geteuid", lambda: 998)
+    monkeypatch.setattr(storage.os, "getegid", lambda: 997)
+    assert storage.volume_owner() == (998, 997)

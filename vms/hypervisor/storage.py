@@ -34,6 +34,18 @@ from vms.hypervisor.errors import (
 _FILE_POOL_TYPES = frozenset({"dir", "fs", "netfs"})
 
 
+def volume_owner() -> tuple[int, int] | None:
+    """Who a new volume's file belongs to: this process's user when it is not root (run.sh's `vapor`).
+
+    libvirtd (root) creates the file; Vapor itself then reads it with
+    qemu-img (the chain checks, a later clone of it) and writes it (a copy
+    made by `qemu-img convert`), which a root-owned 0600 file would refuse.
+    While a guest runs, libvirt lends the file to QEMU and gives it back.
+    """
+    uid = os.geteuid()
+    return None if uid == 0 else (uid, os.getegid())
+
+
 class StorageMixin(Connection):
     """Pools, volumes, and volumes seen as files (allowed roots, clones)."""
 
@@ -96,7 +108,7 @@ class StorageMixin(Connection):
     def create_volume(self, pool: str, name: str, capacity_bytes: int, fmt: str = "qcow2") -> VolumeInfo:
         """A new thin volume; Conflict if the name (or its file) is taken."""
         validate_volume_name(name)
-        document = volume_xml(name, capacity_bytes, fmt)
+        document = volume_xml(name, capacity_bytes, fmt, owner=volume_owner())
         target = self._lookup_pool(pool)
         with calls(field="name"):
             return self._volume_info(target.createXML(document, 0))
@@ -181,7 +193,7 @@ class StorageMixin(Connection):
         size = images.image_info(source, source_format, field="clone_from").virtual_size
         capacity = max(size, capacity_bytes or 0)
         backing = {"backing_path": source, "backing_format": source_format} if linked else {}
-        document = clone_volume_xml(name, capacity, fmt, **backing)
+        document = clone_volume_xml(name, capacity, fmt, owner=volume_owner(), **backing)
         target = self._lookup_pool(pool)
         with calls(field="name"):
             if name in target.listVolumes():

@@ -16,8 +16,12 @@ def _check_volume(fmt: str, capacity_bytes: int) -> None:
         raise InvalidInput(f"capacity must be a positive number of bytes, not {capacity_bytes!r}", field="capacity")
 
 
-def _volume(name: str, capacity_bytes: int, fmt: str) -> tuple[etree._Element, etree._Element]:
-    """The `<volume>` element and its `<target>`, thin (`allocation` 0)."""
+# (uid, gid) a new volume's file is given to; None: libvirt's default (its own user, root).
+Owner = tuple[int, int] | None
+
+
+def _volume(name: str, capacity_bytes: int, fmt: str, owner: Owner = None) -> tuple[etree._Element, etree._Element]:
+    """The `<volume>` element and its `<target>`, thin (`allocation` 0), owned by `owner` (mode 0600)."""
     _check_volume(fmt, capacity_bytes)
     volume = etree.Element("volume")
     sub(volume, "name", name)
@@ -25,16 +29,21 @@ def _volume(name: str, capacity_bytes: int, fmt: str) -> tuple[etree._Element, e
     sub(volume, "allocation", "0", unit="bytes")
     target = sub(volume, "target")
     sub(target, "format", type=fmt)
+    if owner is not None:
+        permissions = sub(target, "permissions")
+        sub(permissions, "owner", str(owner[0]))
+        sub(permissions, "group", str(owner[1]))
+        sub(permissions, "mode", "0600")
     return volume, target
 
 
-def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2") -> str:
+def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2", *, owner: Owner = None) -> str:
     """A thin volume: `allocation` 0 so libvirt reserves no space up front.
 
     The format is always stated, because an image whose format QEMU has to
     guess can claim to be something else (CVE-2008-2004).
     """
-    volume, target = _volume(name, capacity_bytes, fmt)
+    volume, target = _volume(name, capacity_bytes, fmt, owner)
     if fmt == "qcow2":
         # Without it libvirt writes QEMU 0.10's layout (no zero clusters, no lazy refcounts).
         sub(target, "compat", "1.1")
@@ -42,7 +51,13 @@ def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2") -> str:
 
 
 def clone_volume_xml(
-    name: str, capacity_bytes: int, fmt: str = "qcow2", *, backing_path: str | None = None, backing_format: str | None = None
+    name: str,
+    capacity_bytes: int,
+    fmt: str = "qcow2",
+    *,
+    backing_path: str | None = None,
+    backing_format: str | None = None,
+    owner: Owner = None,
 ) -> str:
     """The target of a clone: a full copy (no backing) or a linked qcow2 overlay.
 
@@ -52,7 +67,7 @@ def clone_volume_xml(
     for compat 1.1, because libvirt otherwise writes the 0.10 layout of
     QEMU 0.10 (no zero clusters, no lazy refcounts).
     """
-    volume, target = _volume(name, capacity_bytes, fmt)
+    volume, target = _volume(name, capacity_bytes, fmt, owner)
     if fmt == "qcow2":
         sub(target, "compat", "1.1")
     if backing_path is not None:
