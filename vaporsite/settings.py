@@ -35,7 +35,14 @@ INSTALLED_APPS = [
     "django_q",
     "vaporsite.apps.VaporSiteConfig",
     "isos.apps.IsosConfig",
+    "projects.apps.ProjectsConfig",
     "vms.apps.VmsConfig",
+]
+
+# Django's own permissions, plus what a user's project roles grant (projects/backends.py).
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "projects.backends.ProjectRoleBackend",
 ]
 
 MIDDLEWARE = [

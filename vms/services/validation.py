@@ -19,6 +19,8 @@ from django.conf import settings
 from guestos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve, require_ready
+from projects.access import SYSTEM, Actor, check_allowed, project_for_create
+from projects.models import Project
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file
 from vms.choices import CdromSlot, DiskSource, VmStatus
@@ -43,10 +45,15 @@ MAX_IDE_DISKS = 4
 READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
 
 
-def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = False) -> VmPlan:
-    """The plan for `request`; with a template, for the request completed by it."""
-    request, template = template_apply(request)
+def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = False, actor: Actor = SYSTEM) -> VmPlan:
+    """The plan for `request`; with a template, for the request completed by it.
+
+    The project (named, the template's, or the actor's default) is decided and
+    its pools and networks checked before the host is asked anything."""
+    request, template = template_apply(request, actor=actor)
     check_shape(request)
+    project = project_for_create(actor, request.project, fallback=template.project if template and not request.project else None)
+    _check_project_resources(request, project)
     variant = osinfo.validate_os_variant(request.os_variant)
     if VirtualMachine.objects.filter(name=request.name).exists():
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken")
@@ -70,7 +77,16 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = Fal
         cdroms=cdroms,
         nics=_plan_nics(request),
         template=template,
+        project=project,
     )
+
+
+def _check_project_resources(request: VmRequest, project: Project) -> None:
+    """The pool and every NIC's network or bridge must be open to the project (400 naming the field)."""
+    check_allowed(project, kind="pool", name=request.storage_pool, field="storage_pool")
+    for index, nic in enumerate(request.networks):
+        kind = "bridge" if nic.type == "bridge" else "network"
+        check_allowed(project, kind=kind, name=nic.source, field=f"networks.{index}.source")
 
 
 def check_shape(request: VmRequest) -> None:
