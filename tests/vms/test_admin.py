@@ -9,9 +9,9 @@ from django.test.utils import CaptureQueriesContext
 from isos.models import IsoImage
 from isos.services import IsoMetadata, iso_register_path
 from tests.support.factories import UserFactory, VmTemplateFactory
-from tests.support.projects import join
 from tests.support.images import make_image
 from tests.support.isos import make_iso
+from tests.support.projects import join
 from vms.models import VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest, NicRequest
 from vms.services.templates import TemplateData, stored_os_type, template_create

@@ -92,9 +92,10 @@ def _action(label: str, action: str) -> Callable[..., None]:
 
 @admin.action(description="Refresh state from the host", permissions=["change"])
 def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, queryset: QuerySet[VirtualMachine]) -> None:
-    """One libvirt listing for all VMs (the selection only says the operator asked)."""
+    """One libvirt listing for every VM of the user's projects (the selection only says the operator asked)."""
     try:
-        count = states.vm_refresh_states()
+        visible = None if request.user.is_superuser else list(modeladmin.get_queryset(request).values_list("pk", flat=True))
+        count = states.vm_refresh_states(ids=visible)
     except VaporError as exc:
         modeladmin.message_user(request, f"Could not read the host: {exc.message}", messages.ERROR)
         return
@@ -107,7 +108,11 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         "name", "project", "status_badge", "state", "memory_mb", "vcpus", "os_variant", "firmware", "template", "storage_pool", "autostart",
         "state_checked_at",
     ]  # fmt: skip
-    list_filter = ["project", "status", "uefi", "os_type", "template", "storage_pool", "autostart"]
+    # RelatedOnly: a filter lists only the projects and templates of the VMs the user sees.
+    list_filter = [
+        ("project", admin.RelatedOnlyFieldListFilter), "status", "uefi", "os_type", ("template", admin.RelatedOnlyFieldListFilter),
+        "storage_pool", "autostart",
+    ]  # fmt: skip
     list_select_related = ["template", "project"]
     search_fields = ["name", "uuid", "os_variant", "disks__path", "nics__mac"]
     actions = [

@@ -169,7 +169,7 @@ class VmTemplateAdmin(ProjectScopedAdmin, ServiceSavedAdmin):
         "vm_count",
         "updated_at",
     ]
-    list_filter = ["project", "uefi", "os_type", "architecture"]
+    list_filter = [("project", admin.RelatedOnlyFieldListFilter), "uefi", "os_type", "architecture"]
     search_fields = ["name", "description", "os_variant"]
     autocomplete_fields = ["iso"]
     inlines = [TemplateDiskInline, TemplateNicInline]
@@ -182,10 +182,10 @@ class VmTemplateAdmin(ProjectScopedAdmin, ServiceSavedAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         base = super().get_form(request, obj, change=change, **kwargs)
-        form = type(base.__name__, (base,), {"actor": admin_actor(request)})  # the metaclass makes the fields anew: change them after
+        form: Any = type(base.__name__, (base,), {"actor": admin_actor(request)})  # the metaclass makes the fields anew: change them after
         if "project" in form.base_fields:
             field = form.base_fields["project"]
-            field.queryset = project_choices(request)  # type: ignore[attr-defined]
+            field.queryset = project_choices(request)
             field.required = False
             field.help_text = "Who sees it and may use it. Empty: default (or your only project)."
         return form

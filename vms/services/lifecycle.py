@@ -45,7 +45,6 @@ def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool
     so the plan and XML it shows are the ones a real run would use, and
     nothing (no VM row, no ISO registered on the way, no task) remains.
     """
-    hv = hv or hypervisor.get_hypervisor()
     with atomic_or_dry_run(dry_run=dry_run):
         plan = vm_validate(request=request, hv=hv, register_isos=True, actor=actor)
         assert plan.project is not None
@@ -54,7 +53,7 @@ def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool
         vm = _store(plan, actor)
         if dry_run:
             vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
-            steps = [s.name for s in provision_steps(vm, hv, None)] + ["record ISO use"]
+            steps = [s.name for s in provision_steps(vm, hv or hypervisor.get_hypervisor(), None)] + ["record ISO use"]
             return DryRun(vm=vm, steps=steps, xml=domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True))
         audit(actor, "vm.create", target=f"VM {vm.name}", project=plan.project, vm_id=vm.pk, detail=_summary(plan))
         transaction.on_commit(lambda: _enqueue(vm.pk))

@@ -23,6 +23,7 @@ from projects.access import SYSTEM, Actor, check_allowed, project_for_create
 from projects.models import Project
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file
+from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import check_image, check_image_chain, image_info
@@ -45,15 +46,17 @@ MAX_IDE_DISKS = 4
 READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
 
 
-def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = False, actor: Actor = SYSTEM) -> VmPlan:
+def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_isos: bool = False, actor: Actor = SYSTEM) -> VmPlan:
     """The plan for `request`; with a template, for the request completed by it.
 
     The project (named, the template's, or the actor's default) is decided and
-    its pools and networks checked before the host is asked anything."""
+    its pools and networks checked before the host is asked anything (without
+    `hv`, a connection is opened only then)."""
     request, template = template_apply(request, actor=actor)
     check_shape(request)
     project = project_for_create(actor, request.project, fallback=template.project if template and not request.project else None)
     _check_project_resources(request, project)
+    hv = hv or hypervisor.get_hypervisor()
     variant = osinfo.validate_os_variant(request.os_variant)
     if VirtualMachine.objects.filter(name=request.name).exists():
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken")

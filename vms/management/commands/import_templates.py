@@ -106,7 +106,9 @@ class Command(BaseCommand):
     @staticmethod
     def _plan(entry: Entry) -> None:
         assert entry.data is not None
-        entry.existing = VmTemplate.objects.select_related("iso", "project").prefetch_related("disks", "nics").filter(name=entry.data.name).first()
+        entry.existing = (
+            VmTemplate.objects.select_related("iso", "project").prefetch_related("disks", "nics").filter(name=entry.data.name).first()
+        )
         if entry.existing is None:
             entry.action = CREATE
             return
