@@ -84,7 +84,7 @@ class AuditEntry(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     username = models.CharField(max_length=150, blank=True, help_text="Kept when the user is deleted.")
     source_address = models.GenericIPAddressField(null=True, blank=True)
-    via = models.CharField(max_length=8, choices=Via.choices)
+    via = models.CharField("way in", max_length=8, choices=Via.choices)
     project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries")
     action = models.CharField(max_length=32, db_index=True, help_text="e.g. vm.create, vm.start, template.delete.")
     target = models.CharField(max_length=200, help_text="What it acted on: 'VM web-1', 'template small'.")
@@ -94,7 +94,7 @@ class AuditEntry(models.Model):
     class Meta:
         ordering = ["-at", "-id"]
         verbose_name = "audit entry"
-        verbose_name_plural = "audit trail"
+        verbose_name_plural = "audit trail entries"
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action} {self.target}"

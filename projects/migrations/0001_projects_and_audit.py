@@ -57,7 +57,7 @@ class Migration(migrations.Migration):
                 ('at', models.DateTimeField(auto_now_add=True, db_index=True)),
                 ('username', models.CharField(blank=True, help_text='Kept when the user is deleted.', max_length=150)),
                 ('source_address', models.GenericIPAddressField(blank=True, null=True)),
-                ('via', models.CharField(choices=[('api', 'API'), ('admin', 'admin'), ('command', 'management command or worker')], max_length=8)),
+                ('via', models.CharField(choices=[('api', 'API'), ('admin', 'admin'), ('command', 'management command or worker')], max_length=8, verbose_name='way in')),
                 ('action', models.CharField(db_index=True, help_text='e.g. vm.create, vm.start, template.delete.', max_length=32)),
                 ('target', models.CharField(help_text="What it acted on: 'VM web-1', 'template small'.", max_length=200)),
                 ('vm_id', models.BigIntegerField(blank=True, help_text="The VM's id (the VM may be gone).", null=True)),
@@ -67,7 +67,7 @@ class Migration(migrations.Migration):
             ],
             options={
                 'verbose_name': 'audit entry',
-                'verbose_name_plural': 'audit trail',
+                'verbose_name_plural': 'audit trail entries',
                 'ordering': ['-at', '-id'],
             },
         ),

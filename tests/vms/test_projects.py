@@ -418,3 +418,13 @@ def test_visible_projects_for_system_and_superusers(two_projects: dict[str, Any]
     assert set(visible_projects(SYSTEM).values_list("name", flat=True)) >= {"a", "b"}
     assert set(visible_projects(Actor(user=admin_user)).values_list("name", flat=True)) >= {"a", "b"}
     assert list(visible_projects(two_projects["alice"]).values_list("name", flat=True)) == ["a"]
+
+
+def test_the_dashboard_counts_only_the_users_vms(two_projects: dict[str, Any], admin_user: User) -> None:
+    from dashboard.selectors import dashboard_for
+
+    VirtualMachine.objects.filter(name="b-vm").update(status="failed", error="seeded")
+    alice, everyone = dashboard_for(user=two_projects["alice"]), dashboard_for(user=admin_user)
+    assert alice.vms is not None and everyone.vms is not None
+    assert (alice.vms.total, everyone.vms.total) == (1, 2)
+    assert [f.name for f in alice.failures or []] == [] and [f.name for f in everyone.failures or []] == ["b-vm"]
