@@ -19,12 +19,13 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.admin.utils import quote
 from django.core.cache import cache
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.urls import reverse
 
 from isos.choices import BUSY_STATUSES as ISO_BUSY
 from isos.choices import IsoStatus
 from isos.models import IsoImage
+from projects.access import visible_projects
 from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.choices import BUSY_STATUSES as VM_BUSY
@@ -153,12 +154,25 @@ def host_summary() -> HostSummary:
     return summary
 
 
-def vm_section() -> VmSection:
+def _own_vms(user: PermissionHolder | None) -> QuerySet[VirtualMachine]:
+    """The VMs of the user's projects (all for superusers): what the counts and failures show."""
+    vms = VirtualMachine.objects.all()
+    if user is None or getattr(user, "is_superuser", False):
+        return vms
+    return vms.filter(project__in=visible_projects(user))
+
+
+def vm_section(user: PermissionHolder | None = None) -> VmSection:
+    """Counts of the user's VMs by status; the host's memory and vCPUs against what every running VM uses
+    (the host is shared by all projects)."""
     counts = {f"n_{value}": Count("id", filter=Q(status=value)) for value in VmStatus.values}
     running = Q(status=VmStatus.RUNNING)
-    totals = VirtualMachine.objects.aggregate(
-        **counts, total=Count("id"), memory=Sum("memory_mb", filter=running), vcpus=Sum("vcpus", filter=running)
-    )
+    host_use = {"memory": Sum("memory_mb", filter=running), "vcpus": Sum("vcpus", filter=running)}
+    own = _own_vms(user)
+    if own.query.where:  # a member: their counts, the host's use apart
+        totals = {**own.aggregate(**counts, total=Count("id")), **VirtualMachine.objects.aggregate(**host_use)}
+    else:
+        totals = own.aggregate(**counts, total=Count("id"), **host_use)
     memory, vcpus = totals["memory"] or 0, totals["vcpus"] or 0
     host = host_summary()
     resources = host.resources
@@ -198,12 +212,12 @@ def iso_section() -> IsoSection:
     )
 
 
-def recent_failures(*, vms: bool, isos: bool) -> list[Failure]:
+def recent_failures(*, vms: bool, isos: bool, user: PermissionHolder | None = None) -> list[Failure]:
     """The latest failed VMs and ISOs (those the flags allow), newest first."""
     failures: list[Failure] = []
     fields = ("pk", "name", "error", "updated_at")
     if vms:
-        rows = VirtualMachine.objects.filter(status=VmStatus.FAILED).order_by("-updated_at").values(*fields)[:FAILURES_SHOWN]
+        rows = _own_vms(user).filter(status=VmStatus.FAILED).order_by("-updated_at").values(*fields)[:FAILURES_SHOWN]
         failures += [
             Failure("VM", r["name"], r["error"], r["updated_at"], reverse("admin:vms_virtualmachine_change", args=[r["pk"]])) for r in rows
         ]
@@ -221,12 +235,12 @@ def dashboard_for(*, user: PermissionHolder) -> Dashboard:
     """What the admin index shows `user`."""
     see_vms = _may_view(user, "vms", "virtualmachine")
     see_isos = _may_view(user, "isos", "isoimage")
-    vms = vm_section() if see_vms else None
+    vms = vm_section(user) if see_vms else None
     isos = iso_section() if see_isos else None
     busy = bool(vms and vms.busy) or bool(isos and isos.busy)
     return Dashboard(
         vms=vms,
         isos=isos,
-        failures=recent_failures(vms=see_vms, isos=see_isos) if see_vms or see_isos else None,
+        failures=recent_failures(vms=see_vms, isos=see_isos, user=user) if see_vms or see_isos else None,
         refresh_seconds=REFRESH_SECONDS if busy else 0,
     )

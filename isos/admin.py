@@ -168,7 +168,7 @@ class IsoImageAdmin(ServiceSavedAdmin):
         deleted, counts, perms_needed, _protected = super().get_deleted_objects(objs, request)
         return deleted, counts, perms_needed, []
 
-    def delete_through_service(self, obj: IsoImage) -> None:
+    def delete_through_service(self, request: HttpRequest, obj: IsoImage) -> None:
         services.iso_delete(iso=obj)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:

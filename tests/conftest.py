@@ -24,6 +24,9 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission, User
 from rest_framework.test import APIClient
 
+from projects.choices import Role
+from projects.models import Membership, default_project_pk
+
 # Markers of the tiers a CI run must never skip.
 NEVER_SKIPPED_IN_CI = ("libvirt", "browser")
 # Where those tiers live: a module there that skips itself as a whole is never collected, so no marker is seen.
@@ -172,6 +175,7 @@ def vm_api(db: None) -> APIClient:
     """A user with every permission on VMs (and the ISO library), not a superuser."""
     user = User.objects.create_user(username="vmop", password="pw-vmop")
     user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=["vms", "isos"]))
+    Membership.objects.create(user=user, project_id=default_project_pk(), role=Role.ADMIN)  # the VMs and templates it makes go there
     client = APIClient()
     client.force_authenticate(user)
     return client

@@ -21,6 +21,7 @@ from pytest_django.asserts import assertInHTML
 from isos.models import IsoImage
 from tests.fakes import FakeHypervisor
 from tests.support.factories import AdminFactory, IsoImageFactory, UserFactory, VirtualMachineFactory
+from tests.support.projects import join
 from vaporsite.errors import HypervisorError
 from vms import encryption
 from vms.hypervisor import HostResources
@@ -61,7 +62,10 @@ def superuser_client(client: Client) -> Client:
 
 def staff_client(*codenames: str) -> Client:
     client = Client()
-    client.force_login(UserFactory.create(is_staff=True, permissions=codenames))
+    user = UserFactory.create(is_staff=True, permissions=codenames)
+    if any(codename.endswith("_virtualmachine") for codename in codenames):
+        join(user, "viewer")  # the VMs are in the default project: a viewer there sees them
+    client.force_login(user)
     return client
 
 

@@ -21,8 +21,9 @@ MAY_IMPORT = {
     "vaporsite": set(),
     "guestos": {"vaporsite"},
     "isos": {"vaporsite", "guestos"},
-    "vms": {"vaporsite", "guestos", "isos"},
-    "dashboard": {"vaporsite", "isos", "vms"},
+    "projects": {"vaporsite"},
+    "vms": {"vaporsite", "guestos", "isos", "projects"},
+    "dashboard": {"vaporsite", "isos", "vms", "projects"},
 }
 
 

@@ -99,12 +99,12 @@ class ServiceSavedAdmin(VaporModelAdmin):
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
-    def delete_through_service(self, obj: Any) -> None:
+    def delete_through_service(self, request: HttpRequest, obj: Any) -> None:
         """Delete `obj` the way the API does; a subclass names its service (a VaporError refuses)."""
         raise NotImplementedError
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        self.delete_through_service(obj)
+        self.delete_through_service(request, obj)
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
         """The service's refusal (in use, being provisioned, ...) is shown on the object's page."""
@@ -119,6 +119,6 @@ class ServiceSavedAdmin(VaporModelAdmin):
         """Each row through the service; a refused one is named and the others still go."""
         for obj in queryset:
             try:
-                self.delete_through_service(obj)
+                self.delete_through_service(request, obj)
             except VaporError as exc:
                 self.message_user(request, exc.message, messages.ERROR)

@@ -61,3 +61,10 @@ class ServiceUnavailable(HypervisorError):
 
     status = 503
     code = "hypervisor_unavailable"
+
+
+class Forbidden(VaporError):
+    """The caller may see the object but not do this to it (a viewer's write, say)."""
+
+    status = 403
+    code = "forbidden"

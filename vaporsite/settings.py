@@ -36,7 +36,14 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_q",
     "isos.apps.IsosConfig",
+    "projects.apps.ProjectsConfig",
     "vms.apps.VmsConfig",
+]
+
+# Django's own permissions, plus what a user's project roles grant (projects/backends.py).
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "projects.backends.ProjectRoleBackend",
 ]
 
 MIDDLEWARE = [

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from guestos.choices import OsType
 from isos.choices import Architecture
+from projects.models import Project, default_project_pk
 from vms.choices import BUSY_STATUSES, CdromSlot, DiskBus, DiskFormat, DiskSource, EventStatus, GraphicsType, NicModel, NicType, VmStatus
 
 
@@ -40,6 +42,7 @@ class VirtualMachine(GuestSettings):
     """
 
     name = models.CharField(max_length=64, unique=True)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="vms", default=default_project_pk)
     uuid = models.UUIDField(null=True, blank=True, unique=True, help_text="libvirt domain UUID.")
     memory_mb = models.PositiveIntegerField("memory (MB)")
     vcpus = models.PositiveSmallIntegerField("vCPUs")
@@ -52,6 +55,11 @@ class VirtualMachine(GuestSettings):
     graphics_password_encrypted = models.TextField(blank=True, editable=False)
     graphics_password_set = models.BooleanField(default=False)
     serial_log = models.CharField(max_length=4096, blank=True, help_text="File the serial console is written to (empty: pty).")
+    disk_gb = models.PositiveBigIntegerField(
+        "disk (GB)",
+        default=0,
+        help_text="GB of the volumes Vapor makes for it (new disks and clones), as counted against its project's quota.",
+    )
     status = models.CharField(max_length=16, choices=VmStatus.choices, default=VmStatus.PROVISIONING, db_index=True)
     error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took the provisioning task.")
@@ -156,6 +164,10 @@ class VmEvent(models.Model):
     step = models.TextField(help_text="The step's name; clone steps name their source path, which may be long.")
     status = models.CharField(max_length=16, choices=EventStatus.choices)
     message = models.TextField(blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="Who asked for it."
+    )
+    source_address = models.GenericIPAddressField(null=True, blank=True, help_text="Where the request came from.")
 
     class Meta:
         ordering = ["vm", "at", "id"]
@@ -173,6 +185,7 @@ class VmTemplate(GuestSettings):
     """
 
     name = models.CharField(max_length=64, unique=True)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="templates", default=default_project_pk)
     description = models.TextField(blank=True)
     memory_mb = models.PositiveIntegerField("memory (MB)", default=2048)
     vcpus = models.PositiveSmallIntegerField("vCPUs", default=2)

@@ -195,6 +195,22 @@ def test_admin_registers_an_iso_creates_runs_stops_and_deletes_a_vm(page: Page, 
         assert gone.returncode != 0 and "failed to get domain" in gone.stderr, gone
         assert sorted(p.name for p in portal.pool_dir.iterdir()) == []
         shots.take("vm-deleted")
+
+        # 7. The audit trail names who did each step, from where, through the admin; the project shows its use.
+        page.goto(f"{portal.url}/admin/projects/auditentry/?action=vm.force-stop")
+        audit_row = page.locator("#result_list tbody tr", has_text=f"VM {vm_name}")
+        expect(audit_row).to_have_count(1)
+        expect(audit_row.locator("td.field-username")).to_have_text(portal.username)
+        expect(audit_row.locator("td.field-via")).to_have_text("admin")
+        expect(audit_row.locator("td.field-source_address")).to_have_text("127.0.0.1")
+        shots.take("audit-trail-filtered")
+        page.goto(f"{portal.url}/admin/projects/auditentry/")
+        for action in ("vm.create", "vm.force-stop", "vm.delete"):
+            expect(page.locator("#result_list tbody tr", has_text=f"VM {vm_name}").filter(has_text=action)).to_have_count(1)
+        shots.take("audit-trail")
+        page.goto(f"{portal.url}/admin/projects/project/")
+        expect(page.locator("#result_list tbody tr", has_text="default")).to_have_count(1)
+        shots.take("projects")
     finally:
         virsh("destroy", vm_name, check=False)
         virsh("undefine", vm_name, "--nvram", "--tpm", "--managed-save", check=False)

@@ -10,6 +10,7 @@ from tests.integration.conftest import virsh
 from tests.integration.vm_support import VmEnv
 from tests.support.api import CREATE_URL
 from tests.support.factories import UserFactory
+from tests.support.projects import join
 from tests.support.threads import in_threads
 from vms.models import VirtualMachine
 
@@ -22,6 +23,7 @@ def test_twenty_parallel_creates_with_one_name_make_one_vm(vm_env: VmEnv, settin
 
     Conf.SYNC = True
     user = UserFactory.create(username="racer", apps=["vms"])
+    join(user, "operator")
     payload = {"name": "race", "memory": 256, "vcpus": 1, "disks": [{"size": 1}], "graphics": {"type": "none"}, "storage_pool": vm_env.pool}
     codes: list[int] = []
 

@@ -10,9 +10,10 @@ from django.apps import apps
 from django.contrib.auth.models import Permission, User
 
 from tests.reliability.conftest import Tally
+from tests.support.projects import join
 
-# Every row the product writes: VMs, templates, ISOs and the task queue.
-WATCHED_APPS = ("vms", "isos", "django_q")
+# Every row the product writes: VMs, templates, ISOs, projects (with the audit trail) and the task queue.
+WATCHED_APPS = ("vms", "isos", "projects", "django_q")
 
 
 class HypervisorSpy:
@@ -66,18 +67,18 @@ def changed_rows(before: dict[str, dict[Any, str]], after: dict[str, dict[Any, s
     return changed
 
 
-def make_role(role: str) -> User | None:
-    """anonymous (None), viewer (every view_* on VMs and ISOs), operator (every VM and ISO
-    permission, staff, not superuser) or admin (superuser)."""
+def make_role(role: str, project: str | None = None) -> User | None:
+    """anonymous (None); viewer or operator: a staff user who is that in `project` (None: the default project)
+    and holds no Django permission on VMs (the role grants them), the operator also every ISO permission (the
+    library is shared, not a project's); admin: a superuser, or with `project` that project's admin."""
     if role == "anonymous":
         return None
-    if role == "admin":
+    if role == "admin" and project is None:
         return User.objects.create_superuser("admin-role", password=None)  # no password hashing: logged in with force_login
-    user = User.objects.create_user(f"{role}-role", password=None, is_staff=True)
-    perms = Permission.objects.filter(content_type__app_label__in=["vms", "isos"])
-    if role == "viewer":
-        perms = perms.filter(codename__startswith="view_")
-    user.user_permissions.set(perms)
+    user = User.objects.create_user(f"{role}-role" + (f"-{project}" if project else ""), password=None, is_staff=True)
+    if role in ("operator", "admin"):
+        user.user_permissions.set(Permission.objects.filter(content_type__app_label="isos"))
+    join(user, role, project)
     return user
 
 

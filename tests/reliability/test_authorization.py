@@ -13,6 +13,7 @@ check --deploy` with production settings.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Callable
@@ -444,6 +445,65 @@ def test_cell(
 def test_every_action_names_its_effect() -> None:
     """An allowed cell without an effect check would again prove only "not 401/403"."""
     assert [a.name for a in ACTIONS if a.effect is None] == []
+
+
+# --- two projects: a member of another project against the default project's VM and template ------------
+
+# The ISO library is shared by every project (its rights are Django permissions, not a project's), so its
+# actions are not cross-project cells. Creates name the seeds' project: the member may not create there.
+CROSS_ROLES = ("viewer", "operator", "admin")  # roles in project "other"; admin here is the project's admin, not a superuser
+CROSS_ACTIONS = [
+    dataclasses.replace(a, data={**a.data, "project": "default"}) if a.kind == "add" and a.method == "POST" else a
+    for a in ACTIONS
+    if "iso" not in a.name.lower()
+]
+
+
+def _hidden(action: Action, response: Any, seeds: dict[str, str]) -> bool:
+    """What a refusal looks like to a member of another project: the object does not exist for them."""
+    code, body = response.status_code, response.content.decode()
+    seed_names = [seeds[key] for key in ("template",)] + ["seed-vm"]
+    if action.api:
+        if action.method == "GET" and "{" not in action.url:  # a list: 200 without the other project's objects
+            return code == 200 and not any(f'"{name}"' in body for name in seed_names)
+        if action.kind == "add":  # a viewer may create nowhere (403); others: the project is not found, on the field
+            return code == 403 or (code == 404 and '"field":"project"' in body.replace(" ", ""))
+        return code in (403, 404)
+    if action.method == "GET" and action.url.endswith(("/virtualmachine/", "/vmtemplate/")):
+        return code == 200 and not any(f">{name}<" in body for name in seed_names)
+    if action.kind == "add" and action.method == "GET":  # the add page offers only the member's projects
+        return code in (200, 403) and '<option value="default"' not in body
+    if action.kind == "add":  # the form names the other project: refused on the field, nothing made
+        return code in (200, 403)
+    if action.data.get("action"):  # a list action on another project's object: refused or a no-op
+        return code in (302, 403)
+    return code == 403 or (code == 302 and response["Location"] == ADMIN)  # "does not exist" sends to the index
+
+
+@pytest.mark.parametrize("role", CROSS_ROLES)
+@pytest.mark.parametrize("action", CROSS_ACTIONS, ids=lambda a: a.name)
+def test_cross_project_cell(
+    role: str, action: Action, spy: HypervisorSpy, seeded: dict[str, str], tally: Tally, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Every cross-project cell is denied: nothing shown, no hypervisor call, no row changed, no task."""
+    from projects.models import Project
+
+    Project.objects.create(name="other")
+    user = make_role(role, "other")
+    client = _client(role, user, action.api)
+    before = rows()
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        response = _send(client, action, seeded)
+    leftovers = spy.total() + changed_rows(before, rows()) + len(queued)
+    hidden = _hidden(action, response, seeded)
+    tally.record(
+        SUITE,
+        f"{role} of another project x {action.name}",
+        refused=hidden,
+        leftovers=leftovers,
+        detail=f"{response.status_code}; hypervisor calls {dict(spy.calls)}",
+    )
+    assert hidden and leftovers == 0, (role, action.name, response.status_code, dict(spy.calls), leftovers, response.content[:400])
 
 
 # --- CSRF on session-authenticated writes ---------------------------------------------

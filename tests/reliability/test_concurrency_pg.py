@@ -19,10 +19,12 @@ from django_q.conf import Conf
 from rest_framework.test import APIClient
 
 from isos.models import IsoImage
+from projects.models import AuditEntry, Project
 from tests.fakes import FakeHypervisor
 from tests.support.api import CREATE_URL
 from tests.support.factories import UserFactory
 from tests.support.isos import make_iso, register_ready
+from tests.support.projects import join
 from tests.support.threads import in_threads
 from vms.models import CdromAttachment, VirtualMachine
 
@@ -44,7 +46,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
 
 @pytest.fixture
 def operator() -> User:
-    return UserFactory.create(username="racer", apps=["vms", "isos"])
+    user = UserFactory.create(username="racer", apps=["vms", "isos"])
+    join(user, "operator")
+    return user
 
 
 def race(user: User, calls: list[Callable[[APIClient], int]]) -> list[int]:
@@ -132,3 +136,36 @@ def test_deleting_an_iso_while_a_vm_is_created_with_it_leaves_one_consistent_out
     # No orphan: every attachment points at an ISO that exists, every VM row is a created one.
     assert not CdromAttachment.objects.exclude(iso__in=IsoImage.objects.all()).exists()
     print(dict(outcomes))
+
+
+def test_twenty_parallel_creates_against_a_quota_of_five_vms_make_exactly_five(fake: FakeHypervisor, tally):
+    """Issue 11: the quota is checked under a lock on the project's row, so racing creates cannot all see room."""
+    assert connection.vendor == "postgresql"
+    project = Project.objects.create(name="racers", max_vms=5)
+    user = UserFactory.create(username="quota-racer")
+    join(user, "operator", project)
+    bodies: list[dict[str, object]] = [{} for _ in range(20)]
+
+    def create(index: int) -> Callable[[APIClient], int]:
+        def call(client: APIClient) -> int:
+            response = client.post(CREATE_URL, _payload(f"q-{index}", project="racers"), format="json")
+            bodies[index] = response.json()
+            return int(response.status_code)
+
+        return call
+
+    codes = race(user, [create(i) for i in range(20)])
+    made = VirtualMachine.objects.filter(project=project)
+    refused = [b for code, b in zip(codes, bodies, strict=True) if code == 409]
+    leftovers = abs(made.count() - 5) + abs(len(fake.domains) - 5) + abs(len(list(fake.pool_dir.iterdir())) - 5)
+    tally.record(
+        SUITE,
+        "20 parallel creates against a quota of 5 VMs",
+        refused=sorted(codes) == [202] * 5 + [409] * 15,
+        leftovers=leftovers,
+        detail=f"codes {dict(Counter(codes))}; {made.count()} VM row(s), {len(fake.domains)} domain(s)",
+    )
+    assert sorted(codes) == [202] * 5 + [409] * 15, bodies
+    assert made.count() == 5 and len(fake.domains) == 5 and leftovers == 0
+    assert all(b["code"] == "quota_exceeded" and b["use"] == 5 and b["limit"] == 5 and b["quota"] == "max_vms" for b in refused), refused
+    assert AuditEntry.objects.filter(action="vm.create", project=project).count() == 5

@@ -11,6 +11,7 @@ from isos.services import IsoMetadata, iso_register_path
 from tests.support.factories import UserFactory, VmTemplateFactory
 from tests.support.images import make_image
 from tests.support.isos import make_iso
+from tests.support.projects import join
 from vms.models import VirtualMachine, VmTemplate
 from vms.services.requests import DiskRequest, NicRequest
 from vms.services.templates import TemplateData, stored_os_type, template_create
@@ -308,6 +309,7 @@ def test_rows_a_user_may_not_see_are_kept_when_the_template_changes(client, hv):
     template = template_create(data=TemplateData(name="tpl", disks=(DiskRequest(size=20),), networks=(NicRequest(),)))
     user = User.objects.create_user("templates-only", password="pw", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=["view_vmtemplate", "change_vmtemplate"]))
+    join(user, "operator")  # the template is in the default project
     client.force_login(user)
     page = client.get(f"/admin/vms/vmtemplate/{template.pk}/change/").content.decode()
     assert 'name="disks-TOTAL_FORMS"' not in page  # no inline rows on the page
@@ -336,7 +338,9 @@ def test_template_admin_refuses_to_delete_a_template_in_use(admin_client, hv, ru
 def viewer_client(client, db):
     from django.contrib.auth.models import Permission
 
-    client.force_login(UserFactory.create(is_staff=True, permissions=Permission.objects.filter(codename__startswith="view_")))
+    user = UserFactory.create(is_staff=True, permissions=Permission.objects.filter(codename__startswith="view_"))
+    join(user, "viewer")
+    client.force_login(user)
     return client
 
 

@@ -26,6 +26,9 @@ from django.utils.translation import ngettext
 from guestos.choices import OsType
 from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
+from projects.access import visible_projects
+from projects.admin_scoping import admin_actor, project_choices
+from projects.models import Project
 from vaporsite.admin_support import ErrorRows, show_service_error
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
@@ -78,6 +81,12 @@ def iso_picker_view(request: HttpRequest) -> JsonResponse:
 
 
 class VmCreateForm(forms.Form):
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(),
+        required=False,
+        to_field_name="name",
+        help_text="Where the VM belongs: who sees it and whose quota it uses. Empty: the template's, else default.",
+    )
     template = forms.ModelChoiceField(
         queryset=VmTemplate.objects.all(),
         required=False,
@@ -106,8 +115,10 @@ class VmCreateForm(forms.Form):
     storage_pool = forms.CharField(initial="default", max_length=64)
     autostart = forms.BooleanField(label="Start with the host", required=False)
 
-    def __init__(self, *args: Any, admin_site: admin.AdminSite, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, admin_site: admin.AdminSite, request: HttpRequest, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = project_choices(request)  # type: ignore[attr-defined]
+        self.fields["template"].queryset = VmTemplate.objects.filter(project__in=visible_projects(request.user))  # type: ignore[attr-defined]
         iso_field = CdromAttachment._meta.get_field("iso")
         for name in ("iso_path", "secondary_iso"):
             self.fields[name].widget = IsoPicker(iso_field, admin_site, choices=self.fields[name].widget.choices)
@@ -136,7 +147,7 @@ DEFAULT_NIC = {"type": NicType.NAT.value, "source": "default", "model": NicModel
 DiskFormSet = formset_factory(DiskForm, extra=0, can_delete=True)
 NicFormSet = formset_factory(NicForm, extra=0, can_delete=True)
 
-MAIN_FIELDS = {"iso_path", "secondary_iso", "name", "memory", "vcpus", "os_type", "os_variant", "architecture",
+MAIN_FIELDS = {"project", "iso_path", "secondary_iso", "name", "memory", "vcpus", "os_type", "os_variant", "architecture",
                "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template"}  # fmt: skip
 GRAPHICS_FIELDS = {"graphics.type": "graphics_type", "graphics.port": "graphics_port", "graphics.password": "graphics_password"}
 
@@ -146,6 +157,7 @@ def template_initial(template: VmTemplate) -> tuple[dict[str, Any], list[dict[st
     data = template_data(template)
     main = {
         "template": template.name,
+        "project": template.project.name,
         "prefilled_from": template.name,
         "memory": data.memory,
         "vcpus": data.vcpus,
@@ -214,6 +226,7 @@ def build_request(form: VmCreateForm, disks: list[dict[str, Any]], nics: list[di
         autostart=data["autostart"],
         # The form was filled in from the template: everything is spelled out, the template is only recorded.
         template=template.name if template else None,
+        project=data["project"].name if data.get("project") else None,
         given=None,
     )
 
@@ -235,11 +248,12 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
     site = model_admin.admin_site
     preview: DryRun | None = None
     if request.method == "POST":
-        form = VmCreateForm(request.POST, admin_site=site)
+        form = VmCreateForm(request.POST, admin_site=site, request=request)
         disk_formset = DiskFormSet(request.POST, prefix="disks")
         nic_formset = NicFormSet(request.POST, prefix="networks")
         template = request.POST.get("template", "")
-        if template and template != request.POST.get("prefilled_from", "") and VmTemplate.objects.filter(name=template).exists():
+        mine = VmTemplate.objects.filter(project__in=visible_projects(request.user))
+        if template and template != request.POST.get("prefilled_from", "") and mine.filter(name=template).exists():
             # A template was picked but the form was not filled in from it (no JavaScript): fill it in first.
             messages.info(request, f"The form was filled in from template {template}: check it and submit again.")
             return HttpResponseRedirect(f"{request.path}?template={template}")
@@ -248,7 +262,7 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
             vm_request = build_request(form, [d for _, d in disks], [n for _, n in nics])
             dry_run = "_dryrun" in request.POST
             try:
-                result = services.vm_create(request=vm_request, dry_run=dry_run)
+                result = services.vm_create(request=vm_request, dry_run=dry_run, actor=admin_actor(request))
             except VaporError as exc:
                 place_error(exc, form, disk_formset, nic_formset, [i for i, _ in disks], [i for i, _ in nics])
             else:
@@ -263,10 +277,11 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         initial: dict[str, Any] = {}
         disk_rows: list[dict[str, Any]] = [{"size": 20}]
         nic_rows: list[dict[str, Any]] = [DEFAULT_NIC]
-        chosen = VmTemplate.objects.filter(name=request.GET.get("template", "")).prefetch_related("disks", "nics").first()
+        mine = VmTemplate.objects.filter(project__in=visible_projects(request.user))
+        chosen = mine.filter(name=request.GET.get("template", "")).prefetch_related("disks", "nics").first()
         if chosen is not None:
             initial, disk_rows, nic_rows = template_initial(chosen)
-        form = VmCreateForm(initial=initial, admin_site=site)
+        form = VmCreateForm(initial=initial, admin_site=site, request=request)
         disk_formset = DiskFormSet(initial=disk_rows, prefix="disks")
         nic_formset = NicFormSet(initial=nic_rows, prefix="networks")
     errors = sum(len(f.errors) for f in [form, *disk_formset.forms, *nic_formset.forms]) + len(disk_formset.non_form_errors())

@@ -16,6 +16,7 @@ from django.shortcuts import redirect
 from django.urls import path
 from django.utils.html import format_html
 
+from projects.admin_scoping import ProjectScopedAdmin, admin_actor
 from vaporsite.admin_support import VaporModelAdmin
 from vaporsite.errors import VaporError
 from vms import hypervisor
@@ -68,7 +69,7 @@ class CdromInline(_ReadOnlyInline):
 
 class EventInline(_ReadOnlyInline):
     model = VmEvent
-    fields = ["at", "step", "status", "message"]
+    fields = ["at", "step", "status", "message", "user", "source_address"]
     readonly_fields = ["at"]
     verbose_name_plural = "event log"
 
@@ -78,9 +79,9 @@ def _action(label: str, action: str) -> Callable[..., None]:
         for vm in queryset:
             try:
                 if action == "delete":
-                    services.vm_delete(vm=vm)
+                    services.vm_delete(vm=vm, actor=admin_actor(request))
                 else:
-                    services.vm_action(vm=vm, action=action)
+                    services.vm_action(vm=vm, action=action, actor=admin_actor(request))
                 modeladmin.message_user(request, f"{label}: {vm.name}", messages.SUCCESS)
             except VaporError as exc:
                 modeladmin.message_user(request, f"{vm.name}: {exc.message}", messages.ERROR)
@@ -91,9 +92,10 @@ def _action(label: str, action: str) -> Callable[..., None]:
 
 @admin.action(description="Refresh state from the host", permissions=["change"])
 def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, queryset: QuerySet[VirtualMachine]) -> None:
-    """One libvirt listing for all VMs (the selection only says the operator asked)."""
+    """One libvirt listing for every VM of the user's projects (the selection only says the operator asked)."""
     try:
-        count = states.vm_refresh_states()
+        visible = None if request.user.is_superuser else list(modeladmin.get_queryset(request).values_list("pk", flat=True))
+        count = states.vm_refresh_states(ids=visible)
     except VaporError as exc:
         modeladmin.message_user(request, f"Could not read the host: {exc.message}", messages.ERROR)
         return
@@ -101,13 +103,17 @@ def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, querys
 
 
 @admin.register(VirtualMachine)
-class VirtualMachineAdmin(VaporModelAdmin):
+class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
     list_display = [
-        "name", "status_badge", "state", "memory_mb", "vcpus", "os_variant", "firmware", "template", "storage_pool", "autostart",
+        "name", "project", "status_badge", "state", "memory_mb", "vcpus", "os_variant", "firmware", "template", "storage_pool", "autostart",
         "state_checked_at",
     ]  # fmt: skip
-    list_filter = ["status", "uefi", "os_type", "template", "storage_pool", "autostart"]
-    list_select_related = ["template"]
+    # RelatedOnly: a filter lists only the projects and templates of the VMs the user sees.
+    list_filter = [
+        ("project", admin.RelatedOnlyFieldListFilter), "status", "uefi", "os_type", ("template", admin.RelatedOnlyFieldListFilter),
+        "storage_pool", "autostart",
+    ]  # fmt: skip
+    list_select_related = ["template", "project"]
     search_fields = ["name", "uuid", "os_variant", "disks__path", "nics__mac"]
     actions = [
         _action("Start", "start"), _action("Shut down", "stop"), _action("Force off", "force-stop"), _action("Delete", "delete"),
@@ -115,9 +121,9 @@ class VirtualMachineAdmin(VaporModelAdmin):
     ]  # fmt: skip
     inlines = [DiskInline, CdromInline, NicInline, EventInline]
     readonly_fields = [
-        "name", "uuid", "status", "error", "memory_mb", "vcpus", "os_type", "os_variant", "architecture", "virt_type", "machine",
+        "name", "project", "uuid", "status", "error", "memory_mb", "vcpus", "os_type", "os_variant", "architecture", "virt_type", "machine",
         "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "graphics_type", "graphics_port", "graphics_listen",
-        "graphics_password_set", "created_at", "template", "state", "state_checked_at", "console", "domain_xml_preview",
+        "graphics_password_set", "disk_gb", "created_at", "template", "state", "state_checked_at", "console", "domain_xml_preview",
     ]  # fmt: skip
 
     def get_urls(self) -> list[Any]:
@@ -141,8 +147,11 @@ class VirtualMachineAdmin(VaporModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: VirtualMachine | None = None) -> Any:
         return [
-            (None, {"fields": ["name", "uuid", "status", "state", "state_checked_at", "error", "template", "created_at"]}),
-            ("Hardware", {"fields": ["memory_mb", "vcpus", "architecture", "virt_type", "machine", "storage_pool", "autostart"]}),
+            (None, {"fields": ["name", "project", "uuid", "status", "state", "state_checked_at", "error", "template", "created_at"]}),
+            (
+                "Hardware",
+                {"fields": ["memory_mb", "vcpus", "disk_gb", "architecture", "virt_type", "machine", "storage_pool", "autostart"]},
+            ),
             ("OS and firmware", {"fields": ["os_type", "os_variant", "uefi", "secure_boot", "tpm"]}),
             ("Console", {"fields": ["console", "graphics_type", "graphics_port", "graphics_listen", "graphics_password_set"]}),
             ("Domain XML", {"fields": ["domain_xml_preview"], "classes": ["collapse"]}),
@@ -152,7 +161,7 @@ class VirtualMachineAdmin(VaporModelAdmin):
         return self.readonly_fields
 
     def delete_model(self, request: HttpRequest, obj: VirtualMachine) -> None:
-        services.vm_delete(vm=obj)
+        services.vm_delete(vm=obj, actor=admin_actor(request))
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
         """The delete page; a refusal (still provisioning) or a libvirt failure is a message, not a 500."""

@@ -10,6 +10,8 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from projects.access import SYSTEM, Actor
+from projects.admin_scoping import ProjectScopedAdmin, admin_actor, project_choices
 from vaporsite.admin_support import ErrorRows, ServiceForm, ServiceSavedAdmin, show_service_error
 from vaporsite.errors import VaporError
 from vms.models import TemplateDisk, TemplateNic, VmTemplate
@@ -18,13 +20,15 @@ from vms.services.requests import DiskRequest, NicRequest
 
 
 class TemplateAdminForm(ServiceForm):
+    actor: Actor = SYSTEM  # set per request by VmTemplateAdmin.get_form
+
     """The template with its disk and NIC rows, saved by the template service as the API saves it
     (same rules, same stored values, e.g. the OS type derived from the variant); the service's
     errors are shown on the field or row they name."""
 
     class Meta:
         model = VmTemplate
-        fields = ["name", "description", "memory_mb", "vcpus", "architecture", "storage_pool", "os_type", "os_variant",
+        fields = ["name", "project", "description", "memory_mb", "vcpus", "architecture", "storage_pool", "os_type", "os_variant",
                   "uefi", "secure_boot", "tpm", "iso", "graphics_type"]  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
@@ -41,9 +45,9 @@ class TemplateAdminForm(ServiceForm):
         )
         try:
             if self.instance.pk is None:
-                self.created = template_services.template_create(data=values)
+                self.created = template_services.template_create(data=values, actor=self.actor)
             else:
-                template_services.template_update(template=self.instance, data=values)
+                template_services.template_update(template=self.instance, data=values, actor=self.actor)
         except VaporError as exc:
             shown = {"disks": ("disks", disk_rows, {"size": "size_gb"}), "networks": ("nics", nic_rows, {})}
             rows = {key: ErrorRows(formsets[prefix], kept, aliases) for key, (prefix, kept, aliases) in shown.items() if prefix in formsets}
@@ -76,6 +80,7 @@ def _template_data(
         iso=iso.pk if iso else None,
         disks=disks,
         networks=networks,
+        project=values["project"].name if values.get("project") else None,
     )
 
 
@@ -149,10 +154,11 @@ class TemplateNicInline(admin.TabularInline):
 
 
 @admin.register(VmTemplate)
-class VmTemplateAdmin(ServiceSavedAdmin):
+class VmTemplateAdmin(ProjectScopedAdmin, ServiceSavedAdmin):
     form = TemplateAdminForm
     list_display = [
         "name",
+        "project",
         "memory_mb",
         "vcpus",
         "os_variant",
@@ -163,16 +169,26 @@ class VmTemplateAdmin(ServiceSavedAdmin):
         "vm_count",
         "updated_at",
     ]
-    list_filter = ["uefi", "os_type", "architecture"]
+    list_filter = [("project", admin.RelatedOnlyFieldListFilter), "uefi", "os_type", "architecture"]
     search_fields = ["name", "description", "os_variant"]
     autocomplete_fields = ["iso"]
     inlines = [TemplateDiskInline, TemplateNicInline]
     fieldsets = [
-        (None, {"fields": ["name", "description"]}),
+        (None, {"fields": ["name", "project", "description"]}),
         ("Hardware", {"fields": ["memory_mb", "vcpus", "architecture", "storage_pool"]}),
         ("OS and firmware", {"fields": ["os_type", "os_variant", "uefi", "secure_boot", "tpm"]}),
         ("Install media and console", {"fields": ["iso", "graphics_type"]}),
     ]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        base = super().get_form(request, obj, change=change, **kwargs)
+        form: Any = type(base.__name__, (base,), {"actor": admin_actor(request)})  # the metaclass makes the fields anew: change them after
+        if "project" in form.base_fields:
+            field = form.base_fields["project"]
+            field.queryset = project_choices(request)
+            field.required = False
+            field.help_text = "Who sees it and may use it. Empty: default (or your only project)."
+        return form
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[VmTemplate]:
         from django.db.models import Count
@@ -198,5 +214,5 @@ class VmTemplateAdmin(ServiceSavedAdmin):
         """Nothing to write (the service stored the rows with the template): only note what changed, for the history."""
         formset.save(commit=False)
 
-    def delete_through_service(self, obj: VmTemplate) -> None:
-        template_services.template_delete(template=obj)
+    def delete_through_service(self, request: HttpRequest, obj: VmTemplate) -> None:
+        template_services.template_delete(template=obj, actor=admin_actor(request))

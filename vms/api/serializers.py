@@ -49,6 +49,12 @@ class _BaseVmIn(StrictSerializer):
     iso_path = serializers.CharField(required=False, allow_null=True, max_length=4096, help_text="ISO id, name, path or file name.")
     disk_size = serializers.IntegerField(required=False, help_text="Legacy: one new disk of this many GB.")
     disk_path = serializers.CharField(required=False, max_length=4096, help_text="Legacy: one existing disk.")
+    project = serializers.CharField(
+        required=False,
+        allow_null=True,
+        max_length=64,
+        help_text="The project's name. Default: the template's project, else `default`, else the only project where you are an operator.",
+    )
 
     def legacy_disks(self, attrs: dict[str, Any]) -> tuple[DiskRequest, ...] | None:
         size, path = attrs.get("disk_size"), attrs.get("disk_path")
@@ -131,6 +137,7 @@ class VmCreateSerializer(_BaseVmIn):
             storage_pool=data["storage_pool"],
             autostart=data["autostart"],
             template=data.get("template"),
+            project=data.get("project"),
         )
 
 
@@ -145,6 +152,7 @@ class LegacyVmCreateSerializer(_BaseVmIn):
             vcpus=data["vcpus"],
             disks=self.legacy_disks(data) or (),
             iso_path=data.get("iso_path"),
+            project=data.get("project"),
         )
 
 
@@ -187,6 +195,9 @@ _GRAPHICS = GraphicsOutSerializer()
 
 class VmSerializer(serializers.ModelSerializer):
     memory = serializers.IntegerField(source="memory_mb")
+    project: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, help_text="The project it belongs to."
+    )
     template: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="name", read_only=True, allow_null=True, help_text="The template it was made from."
     )
@@ -198,9 +209,9 @@ class VmSerializer(serializers.ModelSerializer):
     class Meta:
         model = VirtualMachine
         fields = [
-            "id", "name", "uuid", "status", "error", "memory", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
+            "id", "name", "project", "uuid", "status", "error", "memory", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
             "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "disks", "cdroms", "networks", "graphics",
-            "state", "state_checked_at", "created_at", "updated_at",
+            "disk_gb", "state", "state_checked_at", "created_at", "updated_at",
         ]  # fmt: skip
 
     @extend_schema_field(GraphicsOutSerializer(allow_null=True))
@@ -216,9 +227,13 @@ class VmSerializer(serializers.ModelSerializer):
 
 
 class VmEventSerializer(serializers.ModelSerializer):
+    user: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True, help_text="Who asked for it (empty: the worker)."
+    )
+
     class Meta:
         model = VmEvent
-        fields = ["at", "step", "status", "message"]
+        fields = ["at", "step", "status", "message", "user", "source_address"]
 
 
 class VmDetailSerializer(VmSerializer):

@@ -47,6 +47,13 @@ class TemplateSerializer(StrictSerializer):
     iso = serializers.CharField(required=False, allow_null=True, allow_blank=True, default=None, help_text="ISO id, name or path.")
     disks = TemplateDiskSerializer(many=True, required=False, default=list)
     networks = NicInSerializer(many=True, required=False, default=list)
+    project = serializers.CharField(
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=64,
+        help_text="The project's name. Default: `default`, else your only one.",
+    )
 
     def to_data(self, base: TemplateData | None = None) -> TemplateData:
         """The template the input describes; for a partial update, `base` with the given fields replaced."""

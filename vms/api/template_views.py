@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from projects.access import actor_from_request
+from projects.choices import Via
 from vaporsite.api import ErrorSerializer
 from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
 from vms.api.template_serializers import TemplateOutSerializer, TemplateSerializer, template_out
@@ -38,18 +40,19 @@ class TemplateCollectionView(APIView):
 
     @extend_schema(
         operation_id="vm_templates_list",
-        parameters=PAGE_PARAMETERS,
+        parameters=[*PAGE_PARAMETERS, OpenApiParameter("project", str, description="Only those of this project (by name).")],
         responses={200: page_serializer("TemplatePage", "templates", TemplateOutSerializer(many=True)), 400: ErrorSerializer},
-        description=PAGE_DESCRIPTION,
+        description=PAGE_DESCRIPTION + " Only the templates of your projects (every template for superusers).",
     )
     def get(self, request: Request) -> Response:
-        return paginated(request, template_list(), "templates", lambda page: [render(t) for t in page])
+        templates = template_list(request.user, project=request.query_params.get("project"))
+        return paginated(request, templates, "templates", lambda page: [render(t) for t in page])
 
     @extend_schema(operation_id="vm_templates_create", request=TemplateSerializer, responses={201: TemplateOutSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         serializer = TemplateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        template = services.template_create(data=serializer.to_data())
+        template = services.template_create(data=serializer.to_data(), actor=actor_from_request(request, Via.API))
         return Response(render(template), status=status.HTTP_201_CREATED)
 
 
@@ -58,7 +61,7 @@ class TemplateItemView(APIView):
 
     @extend_schema(operation_id="vm_templates_retrieve", responses={200: TemplateOutSerializer, 404: ErrorSerializer})
     def get(self, request: Request, name: str) -> Response:
-        return Response(render(get_object_or_404(template_list(), name=name)))
+        return Response(render(get_object_or_404(template_list(request.user), name=name)))
 
     @extend_schema(
         operation_id="vm_templates_partial_update",
@@ -67,10 +70,11 @@ class TemplateItemView(APIView):
         description="Change the given fields; `disks` and `networks`, when given, replace the whole list.",
     )
     def patch(self, request: Request, name: str) -> Response:
-        template = get_object_or_404(template_list(), name=name)
+        template = get_object_or_404(template_list(request.user), name=name)
         serializer = TemplateSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        template = services.template_update(template=template, data=serializer.to_data(base=services.template_data(template)))
+        data = serializer.to_data(base=services.template_data(template))
+        template = services.template_update(template=template, data=data, actor=actor_from_request(request, Via.API))
         return Response(render(template))
 
     @extend_schema(
@@ -79,5 +83,6 @@ class TemplateItemView(APIView):
         description="409 while VMs made from the template exist (failed VMs do not count).",
     )
     def delete(self, request: Request, name: str) -> Response:
-        services.template_delete(template=get_object_or_404(VmTemplate, name=name))
+        template = get_object_or_404(template_list(request.user), name=name)
+        services.template_delete(template=template, actor=actor_from_request(request, Via.API))
         return Response(status=status.HTTP_204_NO_CONTENT)

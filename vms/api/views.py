@@ -13,6 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from projects.access import actor_from_request
+from projects.choices import Via
 from vaporsite.api import ErrorSerializer
 from vaporsite.errors import VaporError
 from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
@@ -32,15 +34,16 @@ from vms.services.lifecycle import DryRun
 # 503: libvirt is unreachable (code hypervisor_unavailable); the request can be repeated once it is back.
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer, 503: ErrorSerializer}
 DRY_RUN = OpenApiParameter("dry_run", bool, description="Validate and show the plan and domain XML; create nothing.")
+PROJECT = OpenApiParameter("project", str, description="Only those of this project (by name).")
 
 
 def _accepted(request: Request, serializer: VmCreateSerializer | LegacyVmCreateSerializer) -> Response:
     serializer.is_valid(raise_exception=True)
     dry_run = request.query_params.get("dry_run", "").lower() in {"1", "true", "yes"}
-    result = services.vm_create(request=serializer.to_request(), dry_run=dry_run)
+    result = services.vm_create(request=serializer.to_request(), dry_run=dry_run, actor=actor_from_request(request, Via.API))
     if isinstance(result, DryRun):
         return Response({"plan": result.steps, "domain_xml": result.xml, "vm": VmSerializer(result.vm).data})
-    vm = vm_list().get(pk=result.pk)
+    vm = vm_list(request.user).get(pk=result.pk)
     location = request.build_absolute_uri(reverse("vm-detail", args=[vm.pk]))
     return Response(VmSerializer(vm).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
@@ -64,12 +67,13 @@ class VmCollectionView(APIView):
 
     @extend_schema(
         operation_id="vms_list",
-        parameters=PAGE_PARAMETERS,
+        parameters=[*PAGE_PARAMETERS, PROJECT],
         responses={200: page_serializer("VmPage", "virtualmachines", VmSerializer(many=True)), 400: ErrorSerializer},
-        description=PAGE_DESCRIPTION,
+        description=PAGE_DESCRIPTION + " Only the VMs of your projects (every VM for superusers).",
     )
     def get(self, request: Request) -> Response:
-        return paginated(request, vm_list(), "virtualmachines", lambda page: VmSerializer(page, many=True).data)
+        vms = vm_list(request.user, project=request.query_params.get("project"))
+        return paginated(request, vms, "virtualmachines", lambda page: VmSerializer(page, many=True).data)
 
     @extend_schema(
         operation_id="vms_create_legacy",
@@ -87,7 +91,7 @@ class VmItemView(APIView):
 
     @extend_schema(operation_id="vms_retrieve", responses={200: VmDetailSerializer, 404: ErrorSerializer})
     def get(self, request: Request, vm_id: int) -> Response:
-        vm = get_object_or_404(vm_list().prefetch_related("events"), pk=vm_id)
+        vm = get_object_or_404(vm_list(request.user).prefetch_related("events__user"), pk=vm_id)
         context: dict[str, Any] = {}
         with closing(hypervisor.get_hypervisor()) as hv:
             try:
@@ -104,9 +108,9 @@ class VmItemView(APIView):
         responses={204: None, 404: ErrorSerializer, 409: ErrorSerializer, 500: ErrorSerializer, 503: ErrorSerializer},
     )
     def delete(self, request: Request, vm_id: int) -> Response:
-        vm = get_object_or_404(VirtualMachine, pk=vm_id)
+        vm = get_object_or_404(vm_list(request.user), pk=vm_id)
         keep = request.query_params.get("keep_disks", "").lower() in {"1", "true", "yes"}
-        services.vm_delete(vm=vm, keep_disks=keep)
+        services.vm_delete(vm=vm, keep_disks=keep, actor=actor_from_request(request, Via.API))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -117,8 +121,9 @@ def _action_view(action: str) -> type[APIView]:
 
         @extend_schema(operation_id=f"vms_{action.replace('-', '_')}", request=None, responses={200: VmSerializer, **ERRORS})
         def post(self, request: Request, vm_id: int) -> Response:
-            vm = services.vm_action(vm=get_object_or_404(VirtualMachine, pk=vm_id), action=action)
-            return Response(VmSerializer(vm_list().get(pk=vm.pk)).data)
+            vm = get_object_or_404(vm_list(request.user), pk=vm_id)
+            vm = services.vm_action(vm=vm, action=action, actor=actor_from_request(request, Via.API))
+            return Response(VmSerializer(vm_list(request.user).get(pk=vm.pk)).data)
 
     View.__name__ = View.__qualname__ = f"Vm{action.title().replace('-', '')}View"
     return View

@@ -11,6 +11,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from isos.models import IsoImage
+from projects.access import SYSTEM, Actor, audit, require
+from projects.choices import Role
+from projects.usage import Usage
 from vaporsite.errors import Conflict, NotFound, VaporError
 from vaporsite.transactions import atomic_or_dry_run
 from vms import encryption, hypervisor
@@ -21,6 +24,7 @@ from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, Vi
 from vms.services.design import domain_spec
 from vms.services.plans import VmPlan
 from vms.services.provisioning import claim_is_live, provision_steps
+from vms.services.quotas import disk_gb, quota_check
 from vms.services.requests import VmRequest
 from vms.services.validation import vm_validate
 
@@ -34,24 +38,40 @@ class DryRun:
     xml: str  # password masked
 
 
-def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool = False) -> VirtualMachine | DryRun:
-    """Validate, store the VM and queue its provisioning (202).
+def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool = False, actor: Actor = SYSTEM) -> VirtualMachine | DryRun:
+    """Validate, check the project's quotas, store the VM and queue its provisioning (202).
 
     A dry run does exactly the same inside a transaction that is rolled back,
     so the plan and XML it shows are the ones a real run would use, and
     nothing (no VM row, no ISO registered on the way, no task) remains.
     """
-    hv = hv or hypervisor.get_hypervisor()
     with atomic_or_dry_run(dry_run=dry_run):
-        plan = vm_validate(request=request, hv=hv, register_isos=True)
-        vm = _store(plan)
+        plan = vm_validate(request=request, hv=hv, register_isos=True, actor=actor)
+        assert plan.project is not None
+        asked = Usage(vms=1, vcpus=plan.request.vcpus, memory_mb=plan.request.memory, disk_gb=_disk_gb(plan))
+        quota_check(project=plan.project, asked=asked)
+        vm = _store(plan, actor)
         if dry_run:
             vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
-            steps = [s.name for s in provision_steps(vm, hv, None)] + ["record ISO use"]
+            steps = [s.name for s in provision_steps(vm, hv or hypervisor.get_hypervisor(), None)] + ["record ISO use"]
             return DryRun(vm=vm, steps=steps, xml=domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True))
+        audit(actor, "vm.create", target=f"VM {vm.name}", project=plan.project, vm_id=vm.pk, detail=_summary(plan))
         transaction.on_commit(lambda: _enqueue(vm.pk))
     log.info("VM %s accepted (%s)", vm.name, vm.pk)
     return vm
+
+
+def _disk_gb(plan: VmPlan) -> int:
+    """What the VM's new volumes (new disks and clones) count against the disk quota."""
+    return disk_gb([d.capacity_bytes for d in plan.disks if d.source != DiskSource.EXISTING])
+
+
+def _summary(plan: VmPlan) -> str:
+    made_from = f" from template {plan.template.name}" if plan.template else ""
+    return (
+        f"{plan.request.vcpus} vCPU(s), {plan.request.memory} MB, {len(plan.disks)} disk(s) ({_disk_gb(plan)} GB new), "
+        f"{len(plan.nics)} NIC(s){made_from}"
+    )
 
 
 def _enqueue(vm_id: int) -> None:
@@ -79,7 +99,7 @@ def _serial_log(name: str) -> str:
     return str(directory / f"{name}.serial.log") if directory else ""
 
 
-def _store(plan: VmPlan) -> VirtualMachine:
+def _store(plan: VmPlan, actor: Actor) -> VirtualMachine:
     request = plan.request
     graphics = request.graphics
     # Lock the ISOs to attach, as iso_delete does: a delete racing this
@@ -94,6 +114,8 @@ def _store(plan: VmPlan) -> VirtualMachine:
         with transaction.atomic():
             vm = VirtualMachine.objects.create(
                 name=request.name,
+                project=plan.project,
+                disk_gb=_disk_gb(plan),
                 uuid=uuid.uuid4(),
                 memory_mb=request.memory,
                 vcpus=request.vcpus,
@@ -150,7 +172,12 @@ def _store(plan: VmPlan) -> VirtualMachine:
     )
     made_from = f" from template {plan.template.name}" if plan.template else ""
     VmEvent.objects.create(
-        vm=vm, step="accepted", status=EventStatus.INFO, message=f"{len(plan.disks)} disk(s), {len(plan.nics)} NIC(s){made_from}"
+        vm=vm,
+        step="accepted",
+        status=EventStatus.INFO,
+        message=f"{len(plan.disks)} disk(s), {len(plan.nics)} NIC(s){made_from}",
+        user=actor.user,
+        source_address=actor.source_address,
     )
     return vm
 
@@ -165,7 +192,8 @@ ACTIONS = {
 }
 
 
-def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None) -> VirtualMachine:
+def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> VirtualMachine:
+    require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")
     if vm.status == VmStatus.MISSING:
         raise Conflict(
             f"VM {vm.name} is missing: its domain is gone from the host, so {action} is not possible; "
@@ -177,7 +205,8 @@ def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None) 
     hv = hv or hypervisor.get_hypervisor()
     method, status = ACTIONS[action]
     getattr(hv, method)(vm.name)
-    VmEvent.objects.create(vm=vm, step=action, status=EventStatus.DONE)
+    VmEvent.objects.create(vm=vm, step=action, status=EventStatus.DONE, user=actor.user, source_address=actor.source_address)
+    audit(actor, f"vm.{action}", target=f"VM {vm.name}", project=vm.project, vm_id=vm.pk)
     if status:
         VirtualMachine.objects.filter(pk=vm.pk).update(status=status)
     vm.refresh_from_db()
@@ -201,9 +230,10 @@ def vm_sync_state(*, vm: VirtualMachine, hv: Hypervisor) -> str:
     return state or "missing"
 
 
-def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None) -> None:
+def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> None:
     """Destroy and undefine the domain (NVRAM and TPM state too), delete the
     volumes Vapor created unless `keep_disks`; existing disks are never touched."""
+    require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")
     if vm.status == VmStatus.PROVISIONING and claim_is_live(vm):
         raise Conflict(f"VM {vm.name} is being provisioned; delete it when that has finished", code="vm_busy")
     if not keep_disks:
@@ -219,6 +249,7 @@ def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | 
     except VaporError as exc:
         VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=f"delete failed: {exc.message}")
         raise
+    audit(actor, "vm.delete", target=f"VM {vm.name}", project=vm.project, vm_id=vm.pk, detail="disks kept" if keep_disks else "")
     vm.delete()
     log.info("deleted VM %s (disks kept: %s)", vm.name, keep_disks)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from isos.models import IsoImage
+from projects.models import Project
 from vms.hypervisor import PoolInfo
 from vms.models import VmTemplate
 from vms.services.requests import VmRequest
@@ -62,3 +63,4 @@ class VmPlan:
     cdroms: tuple[PlannedCdrom, ...]
     nics: tuple[PlannedNic, ...]
     template: VmTemplate | None = None
+    project: Project | None = None  # None only for plans made outside a create (tests of the designer)

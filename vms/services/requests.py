@@ -67,5 +67,6 @@ class VmRequest:
     storage_pool: str = "default"
     autostart: bool = False
     template: str | None = None
+    project: str | None = None  # a project's name; None: the template's, else the caller's default (projects.access)
     serial_log: str = ""  # not in the API: tests and diagnostics set it through the service
     given: frozenset[str] | None = None

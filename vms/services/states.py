@@ -62,14 +62,17 @@ def _transition_event(vm_id: int, old: str, new: str, state: str) -> VmEvent | N
 Row = tuple[int, str, str]  # pk, name, status
 
 
-def synced_rows() -> list[Row]:
+def synced_rows(ids: list[int] | None = None) -> list[Row]:
     """The VMs whose status the host decides, read *before* listing the domains.
 
     In that order a VM seen running or stopped had its domain defined before
     the listing (provisioning defines it first), so a domain absent from the
     listing is really gone, not defined a moment after the listing.
     """
-    return list(VirtualMachine.objects.filter(status__in=SYNCED_STATUSES).values_list("pk", "name", "status"))
+    rows = VirtualMachine.objects.filter(status__in=SYNCED_STATUSES)
+    if ids is not None:
+        rows = rows.filter(pk__in=ids)
+    return list(rows.values_list("pk", "name", "status"))
 
 
 def refresh_rows(rows: list[Row], domains: dict[str, DomainInfo], now: datetime) -> Refreshed:
@@ -116,14 +119,16 @@ def log_changes(refreshed: Refreshed) -> None:
         log.info("VM %s: its domain is on the host again", name)
 
 
-def vm_refresh_states(*, hv: Hypervisor | None = None) -> int:
-    """Store every running/stopped/missing VM's domain state; the number of VMs checked.
+def vm_refresh_states(*, hv: Hypervisor | None = None, ids: list[int] | None = None) -> int:
+    """Store every running/stopped/missing VM's domain state (only those of `ids` if given); the number of VMs checked.
 
     One libvirt listing and a fixed number of queries, whatever the number of VMs.
     """
+    rows = synced_rows(ids)
+    if ids is not None and not rows:
+        return 0  # nothing of the caller's to read: the host is not asked
     owned = hv is None
     hv = hv or hypervisor.get_hypervisor()
-    rows = synced_rows()
     try:
         domains = {domain.name: domain for domain in hv.list_domains()}
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from projects.access import SYSTEM, Actor, visible_projects
 from vaporsite.errors import NotFound
 from vms.models import VmTemplate
 from vms.services.requests import DiskRequest, NicRequest, VmRequest
@@ -22,10 +23,12 @@ TEMPLATE_FIELDS = ("memory", "vcpus", "os_type", "os_variant", "architecture", "
 DISK_FIELDS = tuple(f.name for f in fields(DiskRequest) if f.name != "given")
 
 
-def template_get(name: str, *, field: str = "template") -> VmTemplate:
-    template = VmTemplate.objects.select_related("iso").prefetch_related("disks", "nics").filter(name=name).first()
+def template_get(name: str, *, field: str = "template", actor: Actor = SYSTEM) -> VmTemplate:
+    """The template `name` among those `actor` may see (404 otherwise, naming a few it may)."""
+    mine = VmTemplate.objects.filter(project__in=visible_projects(actor))
+    template = mine.select_related("iso", "project").prefetch_related("disks", "nics").filter(name=name).first()
     if template is None:
-        known = list(VmTemplate.objects.order_by("name").values_list("name", flat=True)[:10])
+        known = list(mine.order_by("name").values_list("name", flat=True)[:10])
         hint = f" (templates: {', '.join(known)})" if known else " (no templates are defined)"
         raise NotFound(f"template {name!r} does not exist{hint}", field=field, code="template_not_found")
     return template
@@ -61,11 +64,11 @@ def merge_disk(base: DiskRequest, override: DiskRequest) -> DiskRequest:
     return replace(base, **changes, given=None)
 
 
-def template_apply(request: VmRequest) -> tuple[VmRequest, VmTemplate | None]:
+def template_apply(request: VmRequest, *, actor: Actor = SYSTEM) -> tuple[VmRequest, VmTemplate | None]:
     """The request completed by its template (and the template), or unchanged without one."""
     if not request.template:
         return request, None
-    template = template_get(request.template)
+    template = template_get(request.template, actor=actor)
     if request.given is None:
         return request, template  # the caller already applied the template and spelled everything out
     given = request.given

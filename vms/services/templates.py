@@ -20,6 +20,8 @@ from django.utils import timezone
 from guestos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve
+from projects.access import SYSTEM, Actor, audit, project_for_create, require
+from projects.choices import Role
 from vaporsite.errors import Conflict, InvalidInput
 from vms import hypervisor
 from vms.choices import LIVE_STATUSES
@@ -51,6 +53,7 @@ class TemplateData:
     iso: str | None = None  # an ISO reference: id, name, path or file name
     disks: tuple[DiskRequest, ...] = ()  # size and/or clone_from; never path or readonly
     networks: tuple[NicRequest, ...] = field(default_factory=tuple)
+    project: str | None = None  # a project's name; None: the caller's default (a change keeps the template's)
 
 
 def template_request(data: TemplateData) -> VmRequest:
@@ -93,31 +96,42 @@ def template_validate(data: TemplateData, *, hv: Hypervisor | None = None, regis
     return iso
 
 
-def template_create(*, data: TemplateData, hv: Hypervisor | None = None) -> VmTemplate:
+def template_create(*, data: TemplateData, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> VmTemplate:
     try:
         with transaction.atomic():  # an ISO registered on the way goes if anything fails
+            project = project_for_create(actor, data.project)
             iso = template_validate(data, hv=hv, register=True)
-            template = VmTemplate.objects.create(name=data.name, iso=iso, **_columns(data))
+            template = VmTemplate.objects.create(name=data.name, iso=iso, project=project, **_columns(data))
             _store_rows(template, data)
+            audit(actor, "template.create", target=f"template {template.name}", project=project)
     except IntegrityError:
         raise Conflict(f"a template named {data.name!r} already exists", field="name", code="name_taken") from None
     log.info("template %s created", template.name)
     return template
 
 
-def template_update(*, template: VmTemplate, data: TemplateData, hv: Hypervisor | None = None) -> VmTemplate:
-    """Replace the template's values, disks and networks with `data`'s.
+def template_update(*, template: VmTemplate, data: TemplateData, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> VmTemplate:
+    """Replace the template's values, disks and networks with `data`'s (and move it to `data.project` if
+    that names another project, where the actor must be an operator too).
 
     VMs made from it keep what they were made with: a template is only read
     when a VM is created.
     """
+    require(actor, template.project, Role.OPERATOR, f"template {template.name}")
     try:
         with transaction.atomic():
+            project = template.project
+            if data.project and data.project != project.name:
+                project = project_for_create(actor, data.project)
             iso = template_validate(data, hv=hv, register=True)
-            VmTemplate.objects.filter(pk=template.pk).update(name=data.name, iso=iso, updated_at=timezone.now(), **_columns(data))
+            VmTemplate.objects.filter(pk=template.pk).update(
+                name=data.name, iso=iso, project=project, updated_at=timezone.now(), **_columns(data)
+            )
             template.disks.all().delete()
             template.nics.all().delete()
             _store_rows(template, data)
+            moved = f"moved from project {template.project.name}" if project != template.project else ""
+            audit(actor, "template.update", target=f"template {data.name}", project=project, detail=moved)
     except IntegrityError:
         raise Conflict(f"a template named {data.name!r} already exists", field="name", code="name_taken") from None
     template.refresh_from_db()
@@ -125,8 +139,9 @@ def template_update(*, template: VmTemplate, data: TemplateData, hv: Hypervisor 
     return template
 
 
-def template_delete(*, template: VmTemplate) -> None:
+def template_delete(*, template: VmTemplate, actor: Actor = SYSTEM) -> None:
     """Delete it; 409 while a VM made from it exists (failed VMs are history and only lose the link)."""
+    require(actor, template.project, Role.OPERATOR, f"template {template.name}")
     users = sorted(template.vms.filter(status__in=LIVE_STATUSES).values_list("name", flat=True))
     if users:
         raise Conflict(
@@ -134,7 +149,9 @@ def template_delete(*, template: VmTemplate) -> None:
             code="template_in_use",
             vms=users,
         )
-    template.delete()  # history (failed VMs) keeps its rows: the link is set to NULL
+    with transaction.atomic():
+        audit(actor, "template.delete", target=f"template {template.name}", project=template.project)
+        template.delete()  # history (failed VMs) keeps its rows: the link is set to NULL
     log.info("template %s deleted", template.name)
 
 
@@ -156,6 +173,7 @@ def template_data(template: VmTemplate) -> TemplateData:
         iso=template.iso.name if template.iso else None,
         disks=template_disks(template),
         networks=template_nics(template),
+        project=template.project.name,
     )
 
 

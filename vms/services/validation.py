@@ -20,8 +20,11 @@ from django.conf import settings
 from guestos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve, require_ready
+from projects.access import SYSTEM, Actor, check_allowed, project_for_create
+from projects.models import Project
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file
+from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, VmStatus
 from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import ImageInfo, chain_record, check_image, check_image_chain, image_info
@@ -44,10 +47,17 @@ MAX_IDE_DISKS = 4
 READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
 
 
-def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = False) -> VmPlan:
-    """The plan for `request`; with a template, for the request completed by it."""
-    request, template = template_apply(request)
+def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_isos: bool = False, actor: Actor = SYSTEM) -> VmPlan:
+    """The plan for `request`; with a template, for the request completed by it.
+
+    The project (named, the template's, or the actor's default) is decided and
+    its pools and networks checked before the host is asked anything (without
+    `hv`, a connection is opened only then)."""
+    request, template = template_apply(request, actor=actor)
     check_shape(request)
+    project = project_for_create(actor, request.project, fallback=template.project if template and not request.project else None)
+    _check_project_resources(request, project)
+    hv = hv or hypervisor.get_hypervisor()
     variant = osinfo.validate_os_variant(request.os_variant)
     if VirtualMachine.objects.filter(name=request.name).exists():
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken")
@@ -71,7 +81,16 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor, register_isos: bool = Fal
         cdroms=cdroms,
         nics=_plan_nics(request),
         template=template,
+        project=project,
     )
+
+
+def _check_project_resources(request: VmRequest, project: Project) -> None:
+    """The pool and every NIC's network or bridge must be open to the project (400 naming the field)."""
+    check_allowed(project, kind="pool", name=request.storage_pool, field="storage_pool")
+    for index, nic in enumerate(request.networks):
+        kind = "bridge" if nic.type == "bridge" else "network"
+        check_allowed(project, kind=kind, name=nic.source, field=f"networks.{index}.source")
 
 
 def check_shape(request: VmRequest) -> None:

@@ -106,10 +106,14 @@ class Command(BaseCommand):
     @staticmethod
     def _plan(entry: Entry) -> None:
         assert entry.data is not None
-        entry.existing = VmTemplate.objects.select_related("iso").prefetch_related("disks", "nics").filter(name=entry.data.name).first()
+        entry.existing = (
+            VmTemplate.objects.select_related("iso", "project").prefetch_related("disks", "nics").filter(name=entry.data.name).first()
+        )
         if entry.existing is None:
             entry.action = CREATE
             return
+        if entry.data.project is None:  # a file that names no project keeps the template where it is
+            entry.data = dataclasses.replace(entry.data, project=entry.existing.project.name)
         before, after = template_out(template_data(entry.existing)), template_out(entry.data)
         entry.changed = tuple(key for key in after if before.get(key) != after[key])
         entry.action = UPDATE if entry.changed else UNCHANGED
