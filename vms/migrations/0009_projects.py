@@ -23,7 +23,7 @@ def _into_default(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("projects", "0001_projects_and_audit"),
-        ("vms", "0007_delivery_attempts"),
+        ("vms", "0008_disk_source_chain"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
