@@ -65,6 +65,7 @@ ISO_PAIR_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api
 PATH_TESTS = ("tests/isos/test_api.py", "-k", "symlink or bad_paths or device_node")
 PATH_TESTS_VMS = ("tests/reliability/test_hostile_paths.py",)
 CHAIN_TESTS = ("tests/vms/test_images.py",)
+PROJECT_TESTS = ("tests/vms/test_projects.py",)
 SSRF_TESTS = ("tests/isos/test_download.py", "-k", "refuse or internal or allowed or accepts_public")
 
 VALIDATION = "vms/services/validation.py"
@@ -72,6 +73,7 @@ PATHS = "vaporsite/paths.py"
 IMAGES = "vms/hypervisor/images.py"
 HYPERVISOR = "vms/hypervisor/__init__.py"
 NETGUARD = "isos/netguard.py"
+ACCESS = "projects/access.py"
 
 MUTANTS: list[Mutant] = [
     # --- two VMs must not write one image (both directions of the rule)
@@ -275,6 +277,55 @@ MUTANTS: list[Mutant] = [
         '        (any(address in network for network in PRIVATE_NETWORKS), "a private address"),\n',
         '        (False, "a private address"),\n',
         SSRF_TESTS,
+    ),
+    # --- projects: a member sees and changes only their projects, within their role and quotas (issue 11)
+    Mutant(
+        "projects: a member acts only within their role in the object's project",
+        "a viewer's (or weaker) role is not compared with the one needed",
+        ACCESS,
+        "    if RANK[Role(held)] < RANK[Role(role)]:\n",
+        "    if False:\n",
+        PROJECT_TESTS,
+    ),
+    Mutant(
+        "projects: a member acts only within their role in the object's project",
+        "a non-member is not refused by the service",
+        ACCESS,
+        "    if held is None:\n        raise NotFound(",
+        "    if False:\n        raise NotFound(",
+        PROJECT_TESTS,
+    ),
+    Mutant(
+        "projects: lists and lookups show only the user's projects",
+        "the API's reads are not scoped",
+        "vms/selectors.py",
+        "    if user is not None and not user.is_superuser:\n",
+        "    if False:\n",
+        PROJECT_TESTS,
+    ),
+    Mutant(
+        "projects: lists and lookups show only the user's projects",
+        "the admin's pages are not scoped",
+        "projects/admin_scoping.py",
+        "        return queryset.filter(project__in=visible_projects(request.user))\n",
+        "        return queryset\n",
+        PROJECT_TESTS,
+    ),
+    Mutant(
+        "quotas: a create past a project's quota is refused",
+        "the use is not compared with the limit",
+        "vms/services/quotas.py",
+        "        if current + wanted > limit:\n",
+        "        if False:\n",
+        PROJECT_TESTS,
+    ),
+    Mutant(
+        "projects: pools, networks and bridges outside a project's list are refused",
+        "the project's list is not consulted",
+        ACCESS,
+        "    if allowed and name not in allowed:\n",
+        "    if False:\n",
+        PROJECT_TESTS,
     ),
 ]
 

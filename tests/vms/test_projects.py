@@ -428,3 +428,22 @@ def test_the_dashboard_counts_only_the_users_vms(two_projects: dict[str, Any], a
     assert alice.vms is not None and everyone.vms is not None
     assert (alice.vms.total, everyone.vms.total) == (1, 2)
     assert [f.name for f in alice.failures or []] == [] and [f.name for f in everyone.failures or []] == ["b-vm"]
+
+
+def test_the_services_refuse_a_non_member_even_when_an_entry_point_would_not(two_projects: dict[str, Any], hv: FakeHypervisor) -> None:
+    """Defence in depth: the entry points look objects up in the user's projects, and the services check again."""
+    from vaporsite.errors import Forbidden, NotFound
+    from vms.services.lifecycle import vm_action, vm_delete
+    from vms.services.templates import template_delete
+
+    bob = Actor(user=two_projects["bob"], source_address="192.0.2.1", via="api")
+    with pytest.raises(NotFound):
+        vm_action(vm=two_projects["a_vm"], action="force-stop", actor=bob)
+    with pytest.raises(NotFound):
+        vm_delete(vm=two_projects["a_vm"], actor=bob)
+    with pytest.raises(NotFound):
+        template_delete(template=VmTemplate.objects.get(name="a-tpl"), actor=bob)
+    join(two_projects["bob"], "viewer", "a")
+    with pytest.raises(Forbidden):
+        vm_action(vm=two_projects["a_vm"], action="force-stop", actor=bob)
+    assert hv.domain_state("a-vm") == "running" and VmTemplate.objects.filter(name="a-tpl").exists()
