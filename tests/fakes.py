@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaporsite.errors import Conflict, NotFound
-from vms.hypervisor import ConsoleInfo, DomainInfo, HostCapabilities, HostResources, NetworkInfo, PoolInfo, VolumeInfo
-from vms.hypervisor.documents.domain import parse_console, parse_domain
+from vms.hypervisor import ConsoleInfo, DiskUse, DomainInfo, HostCapabilities, HostResources, NetworkInfo, PoolInfo, VolumeInfo
+from vms.hypervisor.documents.domain import parse_console, parse_disk_files, parse_domain
 
 
 @dataclass
@@ -157,6 +157,17 @@ class FakeHypervisor:
 
     def domain_exists(self, name: str) -> bool:
         return name in self.domains
+
+    def disk_uses(self) -> list[DiskUse]:
+        """Like the driver: every file of every domain's XML, volume sources by their path."""
+        self._call("disk_uses")
+        uses: set[DiskUse] = set()
+        for name, domain in self.domains.items():
+            for file in parse_disk_files(domain.xml):
+                path = file.path or (str(self.pools[file.pool] / file.volume) if file.pool in self.pools else "")
+                if path:
+                    uses.add(DiskUse(domain=name, path=path, readonly=file.readonly, backing=file.backing))
+        return sorted(uses, key=lambda u: (u.domain, u.path, u.readonly, u.backing))
 
     def _domain(self, name: str) -> FakeDomain:
         if name not in self.domains:

@@ -141,6 +141,22 @@ class DefinedDisk:
 
 
 @dataclass(frozen=True)
+class DiskFile:
+    """A file a domain's XML names as a disk, CD-ROM or backing file of one.
+
+    `path` for a file or block source; `pool` and `volume` for a volume
+    source (the driver finds its path). `readonly`: the domain only reads it
+    (a `<readonly/>` disk, a CD-ROM or floppy, or a `backing` file).
+    """
+
+    path: str
+    pool: str
+    volume: str
+    readonly: bool
+    backing: bool
+
+
+@dataclass(frozen=True)
 class DefinedNic:
     """An interface on a libvirt network (`kind` "network") or a host bridge ("bridge")."""
 

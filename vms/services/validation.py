@@ -20,9 +20,9 @@ from guestos import osinfo
 from isos.models import IsoImage
 from isos.resolve import iso_resolve, require_ready
 from vaporsite.errors import Conflict, InvalidInput, NotFound
-from vaporsite.paths import absolute_path, guard_file
+from vaporsite.paths import absolute_path, guard_file, is_inside, real_roots
 from vms.choices import CdromSlot, DiskSource, VmStatus
-from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
+from vms.hypervisor import DiskUse, Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import check_image, check_image_chain, image_info
 from vms.hypervisor.specs import target_devs
 from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
@@ -258,7 +258,10 @@ def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[
 
 def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list[int | None]) -> tuple[PlannedDisk, ...]:
     roots = disk_roots(hv)
+    if any(d.kind != "existing" for d in request.disks):
+        _check_pool_not_iso_dir(pool)
     targets = target_devs([d.bus for d in request.disks])  # CD-ROMs take the next sdX after these
+    host_uses: list[DiskUse] | None = None  # read from the host once, when an existing disk needs it
     planned: list[PlannedDisk] = []
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
@@ -266,6 +269,10 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
         if disk.kind == "existing":
             _check_not_shared(source_path, disk.readonly, f"{field}.path")
             _check_not_owned(source_path, disk.readonly, f"{field}.path")
+            _check_not_in_iso_dir(source_path, disk.readonly, f"{field}.path")
+            if host_uses is None:
+                host_uses = hv.disk_uses()
+            _check_not_used_on_host(source_path, disk.readonly, f"{field}.path", host_uses)
             volume_name, path = "", source_path
         else:
             volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
@@ -295,13 +302,85 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
 
 
 def _check_not_shared(path: str, readonly: bool, field: str) -> None:
-    """Two VMs writing one image corrupt it: refuse unless both only read it."""
-    users = Disk.objects.filter(path=path).exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])
+    """Two VMs writing one image corrupt it: refuse unless both only read it.
+
+    Every stored VM holds its disks until it is deleted, a failed or departing
+    one too (its domain may still be defined): the database's constraint
+    `disk_writable_path_unique` holds the same rule for two writers racing.
+    """
+    users = Disk.objects.filter(path=path)
     if readonly:
         users = users.filter(readonly=False)
-    names = sorted(set(users.values_list("vm__name", flat=True)))
-    if names:
-        raise Conflict(f"{path} is already attached to {', '.join(names)}", field=field, code="disk_in_use")
+    holders = sorted(set(users.values_list("vm__name", "vm__status")))
+    if holders:
+        raise Conflict(disk_in_use_message(path, holders), field=field, code="disk_in_use")
+
+
+def disk_in_use_message(path: str, holders: list[tuple[str, str]]) -> str:
+    names = [
+        name if status not in (VmStatus.FAILED, VmStatus.DELETING) else f"{name} ({status}; delete it to free the disk)"
+        for name, status in holders
+    ]
+    return f"{path} is already attached to {', '.join(names)}"
+
+
+def _check_not_in_iso_dir(path: str, readonly: bool, field: str) -> None:
+    """ISO directories are never a writable disk's location, even inside a disk root:
+    a guest writing there could rewrite an installer the library hands to others."""
+    if readonly:
+        return
+    for root in real_roots(settings.VAPOR.allowed_iso_roots):
+        if is_inside(Path(path), [root]):
+            raise InvalidInput(
+                f"{path} is in the ISO directory {root}, which is never a writable disk's location; attach it read-only",
+                field=field,
+                code="path_in_iso_dir",
+            )
+
+
+def _check_pool_not_iso_dir(pool: PoolInfo) -> None:
+    """New volumes and clones are written into the pool's directory: never an ISO directory."""
+    if pool.path and is_inside(Path(os.path.realpath(pool.path)), settings.VAPOR.allowed_iso_roots):
+        raise InvalidInput(
+            f"pool {pool.name} is in an ISO directory ({pool.path}), which is never a writable disk's location; choose another pool",
+            field="storage_pool",
+            code="path_in_iso_dir",
+        )
+
+
+def _check_not_used_on_host(path: str, readonly: bool, field: str, uses: list[DiskUse]) -> None:
+    """A file a domain on the host uses, Vapor's or not (one defined with virsh, say).
+
+    Refused when either side would write it: a writable attachment of any
+    file a domain uses (its disk, CD-ROM or a backing file of its disks), or
+    a read-only attachment of a file a domain writes. Two readers may share.
+    """
+    writers, readers, backing = set(), set(), set()
+    for use in uses:
+        if os.path.realpath(use.path) != path:
+            continue
+        if use.backing:
+            backing.add(use.domain)
+        elif use.readonly:
+            readers.add(use.domain)
+        else:
+            writers.add(use.domain)
+    if writers:
+        raise Conflict(f"{path} is a writable disk of domain {', '.join(sorted(writers))} on the host", field=field, code="disk_in_use")
+    if readonly:
+        return
+    if readers:
+        raise Conflict(
+            f"{path} is a read-only disk of domain {', '.join(sorted(readers))} on the host; attach it read-only",
+            field=field,
+            code="disk_in_use",
+        )
+    if backing:
+        raise Conflict(
+            f"{path} is the backing file of a disk of domain {', '.join(sorted(backing))} on the host; attach it read-only",
+            field=field,
+            code="disk_owned",
+        )
 
 
 def _check_not_owned(path: str, readonly: bool, field: str) -> None:
