@@ -162,7 +162,7 @@ class FakeHypervisor:
         """Like the driver: every file of every domain's XML, volume sources by their path."""
         self._call("disk_uses")
         uses: set[DiskUse] = set()
-        for name, domain in self.domains.items():
+        for name, domain in list(self.domains.items()):  # racing requests define domains meanwhile
             for file in parse_disk_files(domain.xml):
                 path = file.path or (str(self.pools[file.pool] / file.volume) if file.pool in self.pools else "")
                 if path:
