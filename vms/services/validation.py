@@ -24,7 +24,7 @@ from vaporsite.paths import absolute_path, guard_file, is_inside, real_roots
 from vms.choices import CdromSlot, DiskSource, VmStatus
 from vms.hypervisor import DiskUse, Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import check_image, check_image_chain, image_info
-from vms.hypervisor.specs import target_devs
+from vms.hypervisor.specs import controllers_needed, target_devs
 from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
 from vms.services.requests import DiskRequest, VmRequest
@@ -40,6 +40,11 @@ MAX_VCPUS = 32767
 MAX_BOOT_ORDER = 258
 # The pc machine (the only one with IDE) has two IDE controllers of two devices each.
 MAX_IDE_DISKS = 4
+# PCI(e) devices a VM's disks and NICs may take: each virtio disk, each NIC, each SATA
+# controller (6 drives) and each SCSI controller (7 drives). libvirt 9 places about 235
+# on q35 beside Vapor's other devices (video, USB, virtio-serial, RNG, balloon), then
+# refuses the definition ("a PCI slot is needed ... none is available").
+MAX_PCI_DEVICES = 200
 READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
 
 
@@ -148,6 +153,26 @@ def check_counts(request: VmRequest) -> None:
         raise InvalidInput(
             f"at most {max_nics} network interfaces per VM (VAPOR_MAX_NICS); {len(request.networks)} given", field="networks"
         )
+    _check_pci_devices(request)
+
+
+def _check_pci_devices(request: VmRequest) -> None:
+    """Disks per bus as the machine allows: virtio disks, SATA and SCSI controllers and
+    NICs each take a PCI device, and a VM has at most MAX_PCI_DEVICES of them."""
+    buses = [d.bus for d in request.disks] + ["sata"] * len(_iso_refs(request))  # CD-ROMs are SATA drives
+    devs = target_devs(buses)
+    virtio = buses.count("virtio")
+    sata = controllers_needed("sata", [dev for bus, dev in zip(buses, devs, strict=True) if bus == "sata"])
+    scsi = controllers_needed("scsi", [dev for bus, dev in zip(buses, devs, strict=True) if bus == "scsi"])
+    disks = virtio + sata + scsi
+    if disks + len(request.networks) <= MAX_PCI_DEVICES:
+        return
+    raise InvalidInput(
+        f"at most {MAX_PCI_DEVICES} PCI devices for disks and NICs; this VM needs {disks + len(request.networks)}: "
+        f"{virtio} virtio disks, {sata} SATA controllers (6 drives each, CD-ROMs included), "
+        f"{scsi} SCSI controllers (7 drives each) and {len(request.networks)} NICs",
+        field="disks" if disks > MAX_PCI_DEVICES or not request.networks else "networks",
+    )
 
 
 def _machine(request: VmRequest) -> str:
@@ -298,7 +323,32 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
                 target_dev=targets[index],
             )
         )
+    _check_pool_room(request, pool, planned)
     return tuple(planned)
+
+
+def _check_pool_room(request: VmRequest, pool: PoolInfo, planned: list[PlannedDisk]) -> None:
+    """The disks a request puts in its pool (new volumes and clones, at their virtual
+    size) must fit in what the pool has free plus (VAPOR_POOL_OVERCOMMIT - 1) times its
+    capacity: thin images may promise more than the disk holds, up to that ratio (below
+    1, the ratio keeps part of the pool free instead). A pool that reports no capacity
+    is not checked."""
+    if pool.capacity <= 0:
+        return
+    ratio = settings.VAPOR.pool_overcommit
+    room = pool.available + round(pool.capacity * (ratio - 1))
+    asked = 0
+    for disk in planned:
+        if disk.source == DiskSource.EXISTING:
+            continue
+        asked += disk.capacity_bytes
+        if asked > room:
+            key = "size" if request.disks[disk.order].size is not None else "clone_from"
+            raise InvalidInput(
+                f"the new disks need {_gb(asked)}, more than pool {pool.name} may take: {_gb(max(room, 0))} "
+                f"(free {_gb(pool.available)} + capacity {_gb(pool.capacity)} x ({ratio:g} - 1), VAPOR_POOL_OVERCOMMIT)",
+                field=f"disks.{disk.order}.{key}",
+            )
 
 
 def _check_not_shared(path: str, readonly: bool, field: str) -> None:

@@ -34,6 +34,7 @@ from vms.hypervisor.specs import (
     LiveDisk,
     LiveDomain,
     NicSpec,
+    controllers_needed,
 )
 
 MASK = "********"
@@ -132,8 +133,11 @@ def _devices(root: etree._Element, spec: DomainSpec, mask_secrets: bool) -> None
         _disk(devices, disk)
     for cdrom in spec.cdroms:
         _cdrom(devices, cdrom)
-    if any(d.bus == "scsi" for d in spec.disks) or any(c.bus == "scsi" for c in spec.cdroms):
-        sub(devices, "controller", type="scsi", model="virtio-scsi")
+    # Every controller the SCSI drives' names address, written as virtio-scsi: left
+    # to libvirt, the ones past the first would be lsilogic, a model Vapor never asks for.
+    scsi = [d.target_dev for d in spec.disks if d.bus == "scsi"] + [c.target_dev for c in spec.cdroms if c.bus == "scsi"]
+    for index in range(controllers_needed("scsi", scsi)):
+        sub(devices, "controller", type="scsi", index=str(index), model="virtio-scsi")
     for nic in spec.nics:
         _interface(devices, nic)
     _serial_console(devices, spec.serial_log)
