@@ -338,6 +338,39 @@ MUTANTS: list[Mutant] = [
         '        (False, "a private address"),\n',
         SSRF_TESTS,
     ),
+    # --- bounds (issue 11, point 4): the pool's room, PCI devices per bus, tags per ISO
+    Mutant(
+        "bounds: new disks fit the pool's room (VAPOR_POOL_OVERCOMMIT)",
+        "the room is not checked",
+        VALIDATION,
+        "        if asked > room:\n",
+        "        if False:\n",
+        ("tests/vms/test_pool_room.py",),
+    ),
+    Mutant(
+        "bounds: disks per bus and NICs fit the PCI devices a VM may have",
+        "the PCI devices are not counted",
+        VALIDATION,
+        "    if disks + len(request.networks) <= MAX_PCI_DEVICES:\n",
+        "    if True:\n",
+        ("tests/vms/test_bus_bounds.py",),
+    ),
+    Mutant(
+        "bounds: disks per bus and NICs fit the PCI devices a VM may have",
+        "only the first SCSI controller is written (libvirt adds lsilogic ones)",
+        DOMAIN_DOC,
+        '    for index in range(controllers_needed("scsi", scsi)):\n',
+        '    for index in range(min(controllers_needed("scsi", scsi), 1)):\n',
+        ("tests/vms/test_domain_xml.py", "-k", "scsi"),
+    ),
+    Mutant(
+        "bounds: at most 50 tags per ISO",
+        "the service does not count tags",
+        "isos/services.py",
+        "    if len(tags) > MAX_TAGS:\n",
+        "    if False:\n",
+        ("tests/isos/test_tag_bounds.py",),
+    ),
 ]
 
 
