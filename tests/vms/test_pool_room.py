@@ -66,10 +66,10 @@ def test_a_ratio_below_one_keeps_part_of_the_pool_free(vm_api, hv, run_tasks, sm
     nothing_created(hv)
 
 
-def test_the_default_ratio_is_two(settings):
+def test_the_default_ratio_is_four(settings):
     from vaporsite.env import load
 
-    assert load({}).pool_overcommit == 2.0
+    assert load({}).pool_overcommit == 4.0
     assert load({"VAPOR_POOL_OVERCOMMIT": "1"}).pool_overcommit == 1.0
 
 
