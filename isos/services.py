@@ -33,6 +33,7 @@ log = logging.getLogger("vapor.isos")
 
 CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|md5:[0-9a-fA-F]{32})$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_TAGS = 50  # per ISO (README, "Limits"); each tag at most 64 characters (TAG_RE)
 SAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -60,6 +61,8 @@ def iso_allocate_id() -> str:
 
 
 def _clean_tags(tags: tuple[str, ...] | list[str]) -> list[str]:
+    if len(tags) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags per ISO; {len(tags)} given", field="tags")
     cleaned: list[str] = []
     for raw in tags:
         tag = str(raw).strip().lower()

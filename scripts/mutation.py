@@ -61,6 +61,7 @@ class Mutant:
 SHARING_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py")
 VOLUME_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py", "tests/vms/test_provisioning.py")
 OWNERSHIP_TESTS = ("tests/vms/test_disk_ownership.py",)
+HOST_OWNER_TESTS = ("tests/vms/test_host_disk_owners.py",)
 ISO_PAIR_TESTS = ("tests/vms/test_request_guards.py", "tests/vms/test_create_api.py")
 PATH_TESTS = ("tests/isos/test_api.py", "-k", "symlink or bad_paths or device_node")
 PATH_TESTS_VMS = ("tests/reliability/test_hostile_paths.py",)
@@ -69,6 +70,9 @@ PROJECT_TESTS = ("tests/vms/test_projects.py",)
 SSRF_TESTS = ("tests/isos/test_download.py", "-k", "refuse or internal or allowed or accepts_public")
 
 VALIDATION = "vms/services/validation.py"
+LIFECYCLE = "vms/services/lifecycle.py"
+DOMAIN_DOC = "vms/hypervisor/documents/domain.py"
+DISK_MIGRATION = "vms/migrations/0010_disk_writable_path_unique.py"
 PATHS = "vaporsite/paths.py"
 IMAGES = "vms/hypervisor/images.py"
 HYPERVISOR = "vms/hypervisor/__init__.py"
@@ -81,9 +85,8 @@ MUTANTS: list[Mutant] = [
         "sharing: two VMs must not write one image",
         "a read-write attachment is not checked at all",
         VALIDATION,
-        "    users = Disk.objects.filter(path=path).exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])\n",
-        "    if not readonly:\n        return\n"
-        "    users = Disk.objects.filter(path=path).exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])\n",
+        "    users = Disk.objects.filter(path=path)\n",
+        "    if not readonly:\n        return\n    users = Disk.objects.filter(path=path)\n",
         SHARING_TESTS,
     ),
     Mutant(
@@ -126,6 +129,65 @@ MUTANTS: list[Mutant] = [
         '    if names:\n        raise Conflict(f"{path} is the backing',
         '    if False:\n        raise Conflict(f"{path} is the backing',
         OWNERSHIP_TESTS,
+    ),
+    # --- a file a domain on the host uses, Vapor's or not (issue 11, point 1)
+    Mutant(
+        "host owners: a file a domain on the host uses is not attached writable",
+        "the host is not asked",
+        VALIDATION,
+        '            _check_not_used_on_host(source_path, disk.readonly, f"{field}.path", host_uses)\n',
+        "",
+        HOST_OWNER_TESTS,
+    ),
+    Mutant(
+        "host owners: a file a domain on the host uses is not attached writable",
+        "a domain's read-only disk may be attached writable",
+        VALIDATION,
+        "    if readers:\n",
+        "    if False:\n",
+        HOST_OWNER_TESTS,
+    ),
+    Mutant(
+        "host owners: a file a domain on the host uses is not attached writable",
+        "backing chains in a domain's XML are not read",
+        DOMAIN_DOC,
+        '        for store in disk.iter("backingStore"):\n',
+        "        for store in ():\n",
+        HOST_OWNER_TESTS,
+    ),
+    # --- one writer per file in the database, and its 409
+    Mutant(
+        "one writer per file: the database refuses a second writable row of one path",
+        "the constraint's condition never holds",
+        DISK_MIGRATION,
+        "condition=models.Q(('readonly', False),",
+        "condition=models.Q(('readonly', None),",
+        HOST_OWNER_TESTS,
+    ),
+    Mutant(
+        "one writer per file: the database refuses a second writable row of one path",
+        "the constraint's error is not turned into the 409",
+        LIFECYCLE,
+        "            if d.path and not d.readonly:\n",
+        "            if False:\n",
+        HOST_OWNER_TESTS,
+    ),
+    # --- ISO directories are never writable disk locations
+    Mutant(
+        "ISO directories: never a writable disk's location",
+        "an existing disk in an ISO directory is not checked",
+        VALIDATION,
+        '            _check_not_in_iso_dir(source_path, disk.readonly, f"{field}.path")\n',
+        "",
+        HOST_OWNER_TESTS,
+    ),
+    Mutant(
+        "ISO directories: never a writable disk's location",
+        "a pool in an ISO directory takes new volumes",
+        VALIDATION,
+        "        _check_pool_not_iso_dir(pool)\n",
+        "",
+        HOST_OWNER_TESTS,
     ),
     # --- a volume that already exists in the pool is a 409, never replaced
     Mutant(
@@ -326,6 +388,39 @@ MUTANTS: list[Mutant] = [
         "    if allowed and name not in allowed:\n",
         "    if False:\n",
         PROJECT_TESTS,
+    ),
+    # --- bounds (issue 11, point 4): the pool's room, PCI devices per bus, tags per ISO
+    Mutant(
+        "bounds: new disks fit the pool's room (VAPOR_POOL_OVERCOMMIT)",
+        "the room is not checked",
+        VALIDATION,
+        "        if asked > room:\n",
+        "        if False:\n",
+        ("tests/vms/test_pool_room.py",),
+    ),
+    Mutant(
+        "bounds: disks per bus and NICs fit the PCI devices a VM may have",
+        "the PCI devices are not counted",
+        VALIDATION,
+        "    if disks + len(request.networks) <= MAX_PCI_DEVICES:\n",
+        "    if True:\n",
+        ("tests/vms/test_bus_bounds.py",),
+    ),
+    Mutant(
+        "bounds: disks per bus and NICs fit the PCI devices a VM may have",
+        "only the first SCSI controller is written (libvirt adds lsilogic ones)",
+        DOMAIN_DOC,
+        '    for index in range(controllers_needed("scsi", scsi)):\n',
+        '    for index in range(min(controllers_needed("scsi", scsi), 1)):\n',
+        ("tests/vms/test_domain_xml.py", "-k", "scsi"),
+    ),
+    Mutant(
+        "bounds: at most 50 tags per ISO",
+        "the service does not count tags",
+        "isos/services.py",
+        "    if len(tags) > MAX_TAGS:\n",
+        "    if False:\n",
+        ("tests/isos/test_tag_bounds.py",),
     ),
 ]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaporsite.errors import Conflict, NotFound
-from vms.hypervisor import ConsoleInfo, DomainInfo, HostCapabilities, HostResources, NetworkInfo, PoolInfo, VolumeInfo
-from vms.hypervisor.documents.domain import parse_console, parse_domain
+from vms.hypervisor import ConsoleInfo, DiskUse, DomainInfo, HostCapabilities, HostResources, NetworkInfo, PoolInfo, VolumeInfo
+from vms.hypervisor.documents.domain import parse_console, parse_disk_files, parse_domain
 
 
 @dataclass
@@ -39,6 +39,8 @@ class FakeHypervisor:
     calls: Counter[str] = field(default_factory=Counter)
     max_vcpu: int = 255
     clone_capacities: dict[str, int | None] = field(default_factory=dict)  # volume -> capacity_bytes asked for
+    pool_capacity: int = 10**12  # what every pool reports, in bytes
+    pool_available: int = 10**12
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -50,7 +52,7 @@ class FakeHypervisor:
 
     # --- storage -----------------------------------------------------------
     def list_pools(self) -> list[PoolInfo]:
-        return [PoolInfo(n, True, True, str(p), 10**12, 0, 10**12) for n, p in self.pools.items()]
+        return [self.pool(n) for n in self.pools]
 
     def pool_paths(self) -> dict[str, str]:
         return {n: str(p) for n, p in self.pools.items()}
@@ -66,7 +68,8 @@ class FakeHypervisor:
     def pool(self, name: str) -> PoolInfo:
         if name not in self.pools:
             raise NotFound(f"no storage pool with matching name '{name}'")
-        return PoolInfo(name, True, True, str(self.pools[name]), 10**12, 0, 10**12)
+        capacity, available = self.pool_capacity, self.pool_available
+        return PoolInfo(name, True, True, str(self.pools[name]), capacity, capacity - available, available)
 
     def _vol_path(self, pool: str, name: str) -> Path:
         return self.pools[self.pool(pool).name] / name
@@ -157,6 +160,17 @@ class FakeHypervisor:
 
     def domain_exists(self, name: str) -> bool:
         return name in self.domains
+
+    def disk_uses(self) -> list[DiskUse]:
+        """Like the driver: every file of every domain's XML, volume sources by their path."""
+        self._call("disk_uses")
+        uses: set[DiskUse] = set()
+        for name, domain in list(self.domains.items()):  # racing requests define domains meanwhile
+            for file in parse_disk_files(domain.xml):
+                path = file.path or (str(self.pools[file.pool] / file.volume) if file.pool in self.pools else "")
+                if path:
+                    uses.add(DiskUse(domain=name, path=path, readonly=file.readonly, backing=file.backing))
+        return sorted(uses, key=lambda u: (u.domain, u.path, u.readonly, u.backing))
 
     def _domain(self, name: str) -> FakeDomain:
         if name not in self.domains:

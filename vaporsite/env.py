@@ -84,6 +84,7 @@ class Config:
     max_body_bytes: int
     memory_overcommit: float
     cpu_overcommit: float
+    pool_overcommit: float
     problems: tuple[Problem, ...] = field(default=())
 
     @property
@@ -324,6 +325,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         max_body_bytes=env.number("VAPOR_MAX_BODY_BYTES", 1024**2, 1024),
         memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 4.0),
         cpu_overcommit=env.ratio("VAPOR_CPU_OVERCOMMIT", 4.0),
+        pool_overcommit=env.ratio("VAPOR_POOL_OVERCOMMIT", 4.0),
         problems=(),
     )
     # django-q2 hands a task to another worker once it has been out this long

@@ -112,7 +112,14 @@ class Disk(models.Model):
 
     class Meta:
         ordering = ["vm", "order"]
-        constraints = [models.UniqueConstraint(fields=["vm", "order"], name="disk_order_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["vm", "order"], name="disk_order_unique"),
+            # One writer per file, whatever the VMs' statuses: two requests racing past
+            # validation cannot both attach it writable (vms.services.validation).
+            models.UniqueConstraint(
+                fields=["path"], condition=models.Q(readonly=False) & ~models.Q(path=""), name="disk_writable_path_unique"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.vm} {self.target_dev}"

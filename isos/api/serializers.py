@@ -10,7 +10,7 @@ from rest_framework import serializers
 from guestos.choices import OsType
 from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
-from isos.services import IsoMetadata
+from isos.services import MAX_TAGS, IsoMetadata
 from vaporsite.api import StrictSerializer
 
 
@@ -42,7 +42,7 @@ class _MetadataFields(StrictSerializer):
     os_variant = serializers.CharField(max_length=64, required=False, allow_blank=True)
     architecture = serializers.ChoiceField(choices=Architecture.choices, required=False, allow_blank=True)
     description = serializers.CharField(required=False, allow_blank=True, max_length=4000)
-    tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=50)
+    tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=MAX_TAGS)
 
     def metadata(self) -> IsoMetadata:
         data = self.validated_data

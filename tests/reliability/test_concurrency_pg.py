@@ -8,6 +8,7 @@ matters. Run by the PostgreSQL pass (`-m "reliability and postgres"`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +24,11 @@ from projects.models import AuditEntry, Project
 from tests.fakes import FakeHypervisor
 from tests.support.api import CREATE_URL
 from tests.support.factories import UserFactory
+from tests.support.images import make_image
 from tests.support.isos import make_iso, register_ready
 from tests.support.projects import join
 from tests.support.threads import in_threads
-from vms.models import CdromAttachment, VirtualMachine
+from vms.models import CdromAttachment, Disk, VirtualMachine
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -169,3 +171,39 @@ def test_twenty_parallel_creates_against_a_quota_of_five_vms_make_exactly_five(f
     assert made.count() == 5 and len(fake.domains) == 5 and leftovers == 0
     assert all(b["code"] == "quota_exceeded" and b["use"] == 5 and b["limit"] == 5 and b["quota"] == "max_vms" for b in refused), refused
     assert AuditEntry.objects.filter(action="vm.create", project=project).count() == 5
+
+
+@pytest.mark.parametrize("checks", ["with validation", "constraint alone"])
+def test_twenty_parallel_writable_attachments_of_one_file_let_exactly_one_win(
+    fake: FakeHypervisor, operator: User, tmp_path: Path, settings, monkeypatch: pytest.MonkeyPatch, tally, checks: str
+):
+    """Issue 11: one writer per file. "constraint alone" turns validation's checks
+    off, as if all twenty had validated before any stored its rows: the partial
+    unique constraint `disk_writable_path_unique` is then all that decides."""
+    assert connection.vendor == "postgresql"
+    root = tmp_path / "shared"
+    root.mkdir()
+    shared = make_image(root / "shared.qcow2")
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, disk_roots=(root,))
+    if checks == "constraint alone":
+        monkeypatch.setattr("vms.services.validation._check_not_shared", lambda *args: None)
+        monkeypatch.setattr("vms.services.validation._check_not_used_on_host", lambda *args: None)
+
+    def attach(index: int) -> Callable[[APIClient], int]:
+        payload = _payload(f"writer-{index}", disks=[{"path": str(shared)}])
+        return lambda c: c.post(CREATE_URL, payload, format="json").status_code
+
+    codes = race(operator, [attach(i) for i in range(20)])
+    writers = list(Disk.objects.filter(path=str(shared)).values_list("vm__name", "readonly"))
+    domains = sorted(fake.domains)
+    ok = sorted(codes) == [202] + [409] * 19
+    tally.record(
+        SUITE,
+        f"20 parallel writable attachments of one file ({checks})",
+        refused=ok,
+        leftovers=max(len(writers) - 1, 0) + max(len(domains) - 1, 0),
+        detail=f"codes {dict(Counter(codes))}; writers {writers}; domains {domains}",
+    )
+    assert ok, codes
+    assert len(writers) == 1 and writers[0][1] is False
+    assert domains == [writers[0][0]] and VirtualMachine.objects.count() == 1

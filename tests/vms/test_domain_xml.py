@@ -21,7 +21,20 @@ from lxml import etree
 
 from vaporsite.errors import HypervisorError, InvalidInput
 from vms.hypervisor.documents.domain import LIBOSINFO_NS, MASK, VAPOR_NS, domain_xml, parse_domain
-from vms.hypervisor.specs import BackingSpec, CdromSpec, DiskSpec, DomainSpec, GraphicsSpec, LiveDisk, LiveDomain, NicSpec, target_devs
+from vms.hypervisor.specs import (
+    BackingSpec,
+    CdromSpec,
+    DiskBus,
+    DiskSpec,
+    DomainSpec,
+    GraphicsSpec,
+    LiveDisk,
+    LiveDomain,
+    NicSpec,
+    controllers_needed,
+    drive_index,
+    target_devs,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "domain"
 IMAGES = "/var/lib/libvirt/images"
@@ -437,3 +450,24 @@ def test_parse_reads_empty_cdrom_block_disk_unassigned_port_and_skips_floppies()
     )
     assert (live.firmware, live.loader, live.smm, live.uuid) == ("bios", "/usr/share/seabios/bios.bin", False, "")
     assert (live.macs, live.graphics_port, live.graphics_listen) == (("52:54:00:00:00:01",), None, "127.0.0.2")
+
+
+def test_drive_names_map_back_to_their_index():
+    names = target_devs(["sata"] * 800)
+    assert [drive_index(name) for name in names] == list(range(800))
+    assert (names[25], names[26], names[701], names[702]) == ("sdz", "sdaa", "sdzz", "sdaaa")
+
+
+def test_every_scsi_controller_the_drive_names_address_is_virtio_scsi():
+    """libvirt puts sdX on SCSI controller index(X) // 7 and adds the controllers missing,
+    as lsilogic; the builder writes them all, as virtio-scsi. SATA drives share the sdX names."""
+    sata: DiskBus = "sata"
+    scsi: DiskBus = "scsi"
+    buses = [sata] * 3 + [scsi] * 12  # the SCSI disks are sdd..sdo: indexes 3..14, controllers 0..2
+    devs = target_devs([str(bus) for bus in buses])
+    spec = dataclasses.replace(
+        legacy(), disks=tuple(DiskSpec(f"/d{i}.qcow2", "qcow2", bus, dev) for i, (bus, dev) in enumerate(zip(buses, devs, strict=True)))
+    )
+    found = tree(spec).findall("devices/controller[@type='scsi']")
+    assert [(c.get("index"), c.get("model")) for c in found] == [("0", "virtio-scsi"), ("1", "virtio-scsi"), ("2", "virtio-scsi")]
+    assert controllers_needed("sata", devs[:3]) == 1 and controllers_needed("sata", ["sdg"]) == 2

@@ -106,6 +106,22 @@ class ConsoleInfo:
     password_set: bool
 
 
+@dataclass(frozen=True)
+class DiskUse:
+    """A file a domain on the host uses as a disk or CD-ROM, as its definition names it.
+
+    `readonly`: the domain only reads it (a `<readonly/>` disk, a CD-ROM, or
+    `backing`: a file in the backing chain of one of its disks). A disk given
+    as a pool volume is named by the volume's path. `path` is as libvirt
+    wrote it (not resolved).
+    """
+
+    domain: str
+    path: str
+    readonly: bool
+    backing: bool = False
+
+
 DOMAIN_STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 """A domain's state in words, indexed by libvirt's `virDomainState` number."""
 
@@ -153,6 +169,7 @@ class Hypervisor(Protocol):
     def console(self, name: str) -> ConsoleInfo: ...
     def list_domain_names(self) -> list[str]: ...
     def list_domains(self) -> list[DomainInfo]: ...
+    def disk_uses(self) -> list[DiskUse]: ...
     def close(self) -> None: ...
 
 
@@ -179,6 +196,7 @@ def get_hypervisor(uri: str | None = None) -> Hypervisor:
 __all__ = [
     "DOMAIN_STATES",
     "ConsoleInfo",
+    "DiskUse",
     "DomainInfo",
     "HostCapabilities",
     "HostResources",

@@ -13,10 +13,16 @@ from typing import Any
 import libvirt
 
 from vaporsite.errors import Conflict, HypervisorError, InvalidInput
-from vms.hypervisor import DOMAIN_STATES, ConsoleInfo, DomainInfo
+from vms.hypervisor import DOMAIN_STATES, ConsoleInfo, DiskUse, DomainInfo
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, vapor_error
-from vms.hypervisor.documents.domain import domain_name, parse_console
-from vms.hypervisor.errors import VIR_ERR_INVALID_ARG, VIR_ERR_NO_DOMAIN, VIR_ERR_OPERATION_INVALID
+from vms.hypervisor.documents.domain import domain_name, parse_console, parse_disk_files
+from vms.hypervisor.errors import (
+    VIR_ERR_INVALID_ARG,
+    VIR_ERR_NO_DOMAIN,
+    VIR_ERR_NO_STORAGE_POOL,
+    VIR_ERR_NO_STORAGE_VOL,
+    VIR_ERR_OPERATION_INVALID,
+)
 
 # Undefine removes everything libvirt keeps beside the definition: NVRAM
 # (UEFI variables), swtpm state, a managed-save image, snapshot and
@@ -175,6 +181,43 @@ class DomainsMixin(Connection):
                 if exc.get_error_code() != VIR_ERR_NO_DOMAIN:
                     raise vapor_error(exc) from exc
         return sorted(domains, key=lambda d: d.name)
+
+    def disk_uses(self) -> list[DiskUse]:
+        """The files every domain on the host uses, Vapor's or not, running or not.
+
+        A running domain is read twice: its live XML (what QEMU has open,
+        with the backing chains libvirt found) and its next-boot definition
+        (a disk added for the next start). A volume source is named by its
+        path; a volume or pool that is gone names no file. A domain undefined
+        meanwhile is left out.
+        """
+        with calls():
+            listed = self._connection().listAllDomains(0)
+        uses: set[DiskUse] = set()
+        for domain in listed:
+            try:
+                name = domain.name()
+                documents = [domain.XMLDesc(0)]
+                if domain.isActive() and domain.isPersistent():
+                    documents.append(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != VIR_ERR_NO_DOMAIN:
+                    raise vapor_error(exc) from exc
+                continue
+            for document in documents:
+                for file in parse_disk_files(document):
+                    path = file.path or self._volume_path(file.pool, file.volume)
+                    if path:
+                        uses.add(DiskUse(domain=name, path=path, readonly=file.readonly, backing=file.backing))
+        return sorted(uses, key=lambda u: (u.domain, u.path, u.readonly, u.backing))
+
+    def _volume_path(self, pool_name: str, volume_name: str) -> str:
+        try:
+            return str(self._connection().storagePoolLookupByName(pool_name).storageVolLookupByName(volume_name).path())
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (VIR_ERR_NO_STORAGE_POOL, VIR_ERR_NO_STORAGE_VOL):
+                return ""
+            raise vapor_error(exc) from exc
 
     def _lookup_domain(self, name: str) -> Any:
         with calls(field="name"):

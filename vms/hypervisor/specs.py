@@ -158,6 +158,22 @@ class DefinedDisk:
 
 
 @dataclass(frozen=True)
+class DiskFile:
+    """A file a domain's XML names as a disk, CD-ROM or backing file of one.
+
+    `path` for a file or block source; `pool` and `volume` for a volume
+    source (the driver finds its path). `readonly`: the domain only reads it
+    (a `<readonly/>` disk, a CD-ROM or floppy, or a `backing` file).
+    """
+
+    path: str
+    pool: str
+    volume: str
+    readonly: bool
+    backing: bool
+
+
+@dataclass(frozen=True)
 class DefinedNic:
     """An interface on a libvirt network (`kind` "network") or a host bridge ("bridge")."""
 
@@ -261,6 +277,24 @@ def target_devs(buses: list[str]) -> list[str]:
         counters[prefix] = index + 1
         result.append(prefix + _letters(index))
     return result
+
+
+# libvirt gives a SATA or SCSI drive named sdX the controller (index of X) // units and
+# the unit (index of X) % units, and adds the controllers that makes necessary.
+DRIVE_UNITS = {"sata": 6, "scsi": 7}
+
+
+def drive_index(target_dev: str) -> int:
+    """The inverse of the naming above: "sda" -> 0, "sdz" -> 25, "sdaa" -> 26."""
+    index = 0
+    for char in target_dev[2:]:
+        index = index * 26 + ord(char) - ord("a") + 1
+    return index - 1
+
+
+def controllers_needed(bus: str, target_devs: list[str]) -> int:
+    """How many `bus` controllers libvirt addresses for these drives (0 for none)."""
+    return max((drive_index(dev) // DRIVE_UNITS[bus] + 1 for dev in target_devs), default=0)
 
 
 def _letters(index: int) -> str:

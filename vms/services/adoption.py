@@ -278,6 +278,11 @@ def _store(plan: _Adoption) -> str:
         return f"MAC {taken.mac} is used by VM {taken.vm.name!r}"
     if len(set(macs)) != len(macs):
         return "two of its interfaces have the same MAC"
+    for disk in plan.disks:
+        if disk.path and not disk.readonly:
+            writer = Disk.objects.filter(path=disk.path, readonly=False).values_list("vm__name", flat=True).first()
+            if writer is not None:
+                return f"its disk {disk.path} is a writable disk of VM {writer!r} too (two guests writing one image)"
     try:
         with transaction.atomic():
             vm.save()

@@ -26,7 +26,7 @@ from vms.services.plans import VmPlan
 from vms.services.provisioning import claim_is_live, provision_steps
 from vms.services.quotas import disk_gb, quota_check
 from vms.services.requests import VmRequest
-from vms.services.validation import vm_validate
+from vms.services.validation import disk_in_use_message, vm_validate
 
 log = logging.getLogger("vapor.vms")
 
@@ -140,27 +140,7 @@ def _store(plan: VmPlan, actor: Actor) -> VirtualMachine:
             )
     except IntegrityError:
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken") from None
-    Disk.objects.bulk_create(
-        Disk(
-            vm=vm,
-            order=d.order,
-            source=d.source,
-            size_gb=d.size_gb,
-            format=d.format,
-            bus=d.bus,
-            boot_order=d.boot_order,
-            readonly=d.readonly,
-            linked=d.linked,
-            source_path=d.source_path,
-            source_format=d.source_format,
-            path=d.path,
-            volume_name=d.volume_name,
-            target_dev=d.target_dev,
-            source_chain=d.source_chain,
-            created_by_vapor=d.source != DiskSource.EXISTING,
-        )
-        for d in plan.disks
-    )
+    _store_disks(vm, plan)
     NetworkInterface.objects.bulk_create(
         NetworkInterface(vm=vm, order=n.order, type=n.type, source=n.source, model=n.model, mac=n.mac) for n in plan.nics
     )
@@ -180,6 +160,42 @@ def _store(plan: VmPlan, actor: Actor) -> VirtualMachine:
         source_address=actor.source_address,
     )
     return vm
+
+
+def _store_disks(vm: VirtualMachine, plan: VmPlan) -> None:
+    """The disks' rows. A file another request attached writable after this one was
+    validated trips the constraint `disk_writable_path_unique`: the same 409 as validation's."""
+    try:
+        with transaction.atomic():
+            Disk.objects.bulk_create(
+                Disk(
+                    vm=vm,
+                    order=d.order,
+                    source=d.source,
+                    size_gb=d.size_gb,
+                    format=d.format,
+                    bus=d.bus,
+                    boot_order=d.boot_order,
+                    readonly=d.readonly,
+                    linked=d.linked,
+                    source_path=d.source_path,
+                    source_format=d.source_format,
+                    path=d.path,
+                    volume_name=d.volume_name,
+                    target_dev=d.target_dev,
+                    source_chain=d.source_chain,
+                    created_by_vapor=d.source != DiskSource.EXISTING,
+                )
+                for d in plan.disks
+            )
+    except IntegrityError:
+        for d in plan.disks:
+            if d.path and not d.readonly:
+                holders = sorted(set(Disk.objects.filter(path=d.path, readonly=False).values_list("vm__name", "vm__status")))
+                if holders:
+                    field = f"disks.{d.order}" + (".path" if d.source == DiskSource.EXISTING else "")
+                    raise Conflict(disk_in_use_message(d.path, holders), field=field, code="disk_in_use") from None
+        raise
 
 
 # --- lifecycle ----------------------------------------------------------------

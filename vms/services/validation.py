@@ -23,12 +23,12 @@ from isos.resolve import iso_resolve, require_ready
 from projects.access import SYSTEM, Actor, check_allowed, project_for_create
 from projects.models import Project
 from vaporsite.errors import Conflict, InvalidInput, NotFound
-from vaporsite.paths import absolute_path, guard_file
+from vaporsite.paths import absolute_path, guard_file, is_inside, real_roots
 from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, VmStatus
-from vms.hypervisor import Hypervisor, PoolInfo, volume_exists
+from vms.hypervisor import DiskUse, Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import ImageInfo, chain_record, check_image, check_image_chain, image_info
-from vms.hypervisor.specs import target_devs
+from vms.hypervisor.specs import controllers_needed, target_devs
 from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
 from vms.services.requests import DiskRequest, VmRequest
@@ -44,6 +44,11 @@ MAX_VCPUS = 32767
 MAX_BOOT_ORDER = 258
 # The pc machine (the only one with IDE) has two IDE controllers of two devices each.
 MAX_IDE_DISKS = 4
+# PCI(e) devices a VM's disks and NICs may take: each virtio disk, each NIC, each SATA
+# controller (6 drives) and each SCSI controller (7 drives). libvirt 9 places about 235
+# on q35 beside Vapor's other devices (video, USB, virtio-serial, RNG, balloon), then
+# refuses the definition ("a PCI slot is needed ... none is available").
+MAX_PCI_DEVICES = 200
 READONLY_BUSES = {"virtio", "scsi"}  # libvirt refuses read-only SATA and IDE disks
 
 
@@ -168,6 +173,26 @@ def check_counts(request: VmRequest) -> None:
         raise InvalidInput(
             f"at most {max_nics} network interfaces per VM (VAPOR_MAX_NICS); {len(request.networks)} given", field="networks"
         )
+    _check_pci_devices(request)
+
+
+def _check_pci_devices(request: VmRequest) -> None:
+    """Disks per bus as the machine allows: virtio disks, SATA and SCSI controllers and
+    NICs each take a PCI device, and a VM has at most MAX_PCI_DEVICES of them."""
+    buses = [d.bus for d in request.disks] + ["sata"] * len(_iso_refs(request))  # CD-ROMs are SATA drives
+    devs = target_devs(buses)
+    virtio = buses.count("virtio")
+    sata = controllers_needed("sata", [dev for bus, dev in zip(buses, devs, strict=True) if bus == "sata"])
+    scsi = controllers_needed("scsi", [dev for bus, dev in zip(buses, devs, strict=True) if bus == "scsi"])
+    disks = virtio + sata + scsi
+    if disks + len(request.networks) <= MAX_PCI_DEVICES:
+        return
+    raise InvalidInput(
+        f"at most {MAX_PCI_DEVICES} PCI devices for disks and NICs; this VM needs {disks + len(request.networks)}: "
+        f"{virtio} virtio disks, {sata} SATA controllers (6 drives each, CD-ROMs included), "
+        f"{scsi} SCSI controllers (7 drives each) and {len(request.networks)} NICs",
+        field="disks" if disks > MAX_PCI_DEVICES or not request.networks else "networks",
+    )
 
 
 def _machine(request: VmRequest) -> str:
@@ -327,7 +352,10 @@ def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[
 
 def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list[int | None]) -> tuple[PlannedDisk, ...]:
     roots = disk_roots(hv)
+    if any(d.kind != "existing" for d in request.disks):
+        _check_pool_not_iso_dir(pool)
     targets = target_devs([d.bus for d in request.disks])  # CD-ROMs take the next sdX after these
+    host_uses: list[DiskUse] | None = None  # read from the host once, when an existing disk needs it
     planned: list[PlannedDisk] = []
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
@@ -336,6 +364,10 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
         if disk.kind == "existing":
             _check_not_shared(source_path, disk.readonly, f"{field}.path")
             _check_not_owned(source_path, disk.readonly, f"{field}.path")
+            _check_not_in_iso_dir(source_path, disk.readonly, f"{field}.path")
+            if host_uses is None:
+                host_uses = hv.disk_uses()
+            _check_not_used_on_host(source_path, disk.readonly, f"{field}.path", host_uses)
             volume_name, path = "", source_path
         else:
             volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
@@ -362,17 +394,114 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
                 source_chain=checked.chain,
             )
         )
+    _check_pool_room(request, pool, planned)
     return tuple(planned)
 
 
+def _check_pool_room(request: VmRequest, pool: PoolInfo, planned: list[PlannedDisk]) -> None:
+    """The disks a request puts in its pool (new volumes and clones, at their virtual
+    size) must fit in what the pool has free plus (VAPOR_POOL_OVERCOMMIT - 1) times its
+    capacity: thin images may promise more than the disk holds, up to that ratio (below
+    1, the ratio keeps part of the pool free instead). A pool that reports no capacity
+    is not checked."""
+    if pool.capacity <= 0:
+        return
+    ratio = settings.VAPOR.pool_overcommit
+    room = pool.available + round(pool.capacity * (ratio - 1))
+    asked = 0
+    for disk in planned:
+        if disk.source == DiskSource.EXISTING:
+            continue
+        asked += disk.capacity_bytes
+        if asked > room:
+            key = "size" if request.disks[disk.order].size is not None else "clone_from"
+            raise InvalidInput(
+                f"the new disks need {_gb(asked)}, more than pool {pool.name} may take: {_gb(max(room, 0))} "
+                f"(free {_gb(pool.available)} + capacity {_gb(pool.capacity)} x ({ratio:g} - 1), VAPOR_POOL_OVERCOMMIT)",
+                field=f"disks.{disk.order}.{key}",
+            )
+
+
 def _check_not_shared(path: str, readonly: bool, field: str) -> None:
-    """Two VMs writing one image corrupt it: refuse unless both only read it."""
-    users = Disk.objects.filter(path=path).exclude(vm__status__in=[VmStatus.FAILED, VmStatus.DELETING])
+    """Two VMs writing one image corrupt it: refuse unless both only read it.
+
+    Every stored VM holds its disks until it is deleted, a failed or departing
+    one too (its domain may still be defined): the database's constraint
+    `disk_writable_path_unique` holds the same rule for two writers racing.
+    """
+    users = Disk.objects.filter(path=path)
     if readonly:
         users = users.filter(readonly=False)
-    names = sorted(set(users.values_list("vm__name", flat=True)))
-    if names:
-        raise Conflict(f"{path} is already attached to {', '.join(names)}", field=field, code="disk_in_use")
+    holders = sorted(set(users.values_list("vm__name", "vm__status")))
+    if holders:
+        raise Conflict(disk_in_use_message(path, holders), field=field, code="disk_in_use")
+
+
+def disk_in_use_message(path: str, holders: list[tuple[str, str]]) -> str:
+    names = [
+        name if status not in (VmStatus.FAILED, VmStatus.DELETING) else f"{name} ({status}; delete it to free the disk)"
+        for name, status in holders
+    ]
+    return f"{path} is already attached to {', '.join(names)}"
+
+
+def _check_not_in_iso_dir(path: str, readonly: bool, field: str) -> None:
+    """ISO directories are never a writable disk's location, even inside a disk root:
+    a guest writing there could rewrite an installer the library hands to others."""
+    if readonly:
+        return
+    for root in real_roots(settings.VAPOR.allowed_iso_roots):
+        if is_inside(Path(path), [root]):
+            raise InvalidInput(
+                f"{path} is in the ISO directory {root}, which is never a writable disk's location; attach it read-only",
+                field=field,
+                code="path_in_iso_dir",
+            )
+
+
+def _check_pool_not_iso_dir(pool: PoolInfo) -> None:
+    """New volumes and clones are written into the pool's directory: never an ISO directory."""
+    if pool.path and is_inside(Path(os.path.realpath(pool.path)), settings.VAPOR.allowed_iso_roots):
+        raise InvalidInput(
+            f"pool {pool.name} is in an ISO directory ({pool.path}), which is never a writable disk's location; choose another pool",
+            field="storage_pool",
+            code="path_in_iso_dir",
+        )
+
+
+def _check_not_used_on_host(path: str, readonly: bool, field: str, uses: list[DiskUse]) -> None:
+    """A file a domain on the host uses, Vapor's or not (one defined with virsh, say).
+
+    Refused when either side would write it: a writable attachment of any
+    file a domain uses (its disk, CD-ROM or a backing file of its disks), or
+    a read-only attachment of a file a domain writes. Two readers may share.
+    """
+    writers, readers, backing = set(), set(), set()
+    for use in uses:
+        if os.path.realpath(use.path) != path:
+            continue
+        if use.backing:
+            backing.add(use.domain)
+        elif use.readonly:
+            readers.add(use.domain)
+        else:
+            writers.add(use.domain)
+    if writers:
+        raise Conflict(f"{path} is a writable disk of domain {', '.join(sorted(writers))} on the host", field=field, code="disk_in_use")
+    if readonly:
+        return
+    if readers:
+        raise Conflict(
+            f"{path} is a read-only disk of domain {', '.join(sorted(readers))} on the host; attach it read-only",
+            field=field,
+            code="disk_in_use",
+        )
+    if backing:
+        raise Conflict(
+            f"{path} is the backing file of a disk of domain {', '.join(sorted(backing))} on the host; attach it read-only",
+            field=field,
+            code="disk_owned",
+        )
 
 
 def _check_not_owned(path: str, readonly: bool, field: str) -> None:

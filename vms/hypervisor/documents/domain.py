@@ -27,6 +27,7 @@ from vms.hypervisor.specs import (
     CdromSpec,
     DefinedDisk,
     DefinedNic,
+    DiskFile,
     DiskSpec,
     DomainDefinition,
     DomainSpec,
@@ -34,6 +35,7 @@ from vms.hypervisor.specs import (
     LiveDisk,
     LiveDomain,
     NicSpec,
+    controllers_needed,
 )
 
 MASK = "********"
@@ -132,8 +134,11 @@ def _devices(root: etree._Element, spec: DomainSpec, mask_secrets: bool) -> None
         _disk(devices, disk)
     for cdrom in spec.cdroms:
         _cdrom(devices, cdrom)
-    if any(d.bus == "scsi" for d in spec.disks) or any(c.bus == "scsi" for c in spec.cdroms):
-        sub(devices, "controller", type="scsi", model="virtio-scsi")
+    # Every controller the SCSI drives' names address, written as virtio-scsi: left
+    # to libvirt, the ones past the first would be lsilogic, a model Vapor never asks for.
+    scsi = [d.target_dev for d in spec.disks if d.bus == "scsi"] + [c.target_dev for c in spec.cdroms if c.bus == "scsi"]
+    for index in range(controllers_needed("scsi", scsi)):
+        sub(devices, "controller", type="scsi", index=str(index), model="virtio-scsi")
     for nic in spec.nics:
         _interface(devices, nic)
     _serial_console(devices, spec.serial_log)
@@ -317,6 +322,35 @@ def parse_definition(xml: str) -> DomainDefinition:
         nics=tuple(nics),
         skipped=tuple(skipped),
     )
+
+
+def parse_disk_files(xml: str) -> tuple[DiskFile, ...]:
+    """Every file a domain's XML (live or inactive) names as a disk or CD-ROM, and the
+    files of their `<backingStore>` chains (libvirt writes the chain into the
+    live XML of a running domain). Network sources (nbd, iscsi ...) name no file."""
+    files: list[DiskFile] = []
+    for disk in parse(xml, root="domain").iterfind("devices/disk"):
+        readonly = disk.get("device", "disk") in ("cdrom", "floppy") or disk.find("readonly") is not None
+        own = _disk_file(disk, readonly=readonly, backing=False)
+        if own is not None:
+            files.append(own)
+        for store in disk.iter("backingStore"):
+            backing = _disk_file(store, readonly=True, backing=True)
+            if backing is not None:
+                files.append(backing)
+    return tuple(files)
+
+
+def _disk_file(element: etree._Element, *, readonly: bool, backing: bool) -> DiskFile | None:
+    source = element.find("source")
+    if source is None:
+        return None  # an empty CD-ROM drive, or the end of a chain (<backingStore/>)
+    kind = element.get("type", "file")
+    if kind == "volume":
+        pool, volume = source.get("pool", ""), source.get("volume", "")
+        return DiskFile("", pool, volume, readonly, backing) if pool and volume else None
+    path = source.get("file") if kind == "file" else source.get("dev") if kind == "block" else None
+    return DiskFile(path, "", "", readonly, backing) if path else None
 
 
 def _efi(root: etree._Element) -> bool:
