@@ -111,7 +111,11 @@ def test_the_backing_file_of_a_linked_clone_may_be_attached_read_only(vm_api, hv
 
 @pytest.mark.parametrize("status", ["failed", "deleting"])
 def test_a_failed_or_departing_clone_does_not_own_its_base(vm_api, hv, run_tasks, clone_base, status):
+    """Its row no longer holds the base; its domain does while it is on the host (the host's owners are read too)."""
     VirtualMachine.objects.filter(name="clone").update(status=status)
+    held = post(vm_api, run_tasks, "vw", {"path": str(clone_base)})
+    assert held.status_code == 409 and "domain clone" in held.json()["detail"], held.json()
+    hv.undefine_domain("clone")
     response = post(vm_api, run_tasks, "vw", {"path": str(clone_base)})
     assert response.status_code == 202, response.json()
 
