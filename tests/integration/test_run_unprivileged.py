@@ -63,7 +63,7 @@ def session_processes(sid: int) -> dict[int, tuple[str, list[int]]]:
         except OSError:
             continue  # ended meanwhile
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) != sid:  # after ")": state, ppid, pgrp, session
+        if int(fields[3]) != sid or fields[0] == "Z":  # after ")": state, ppid, pgrp, session; a zombie holds nothing
             continue
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         found[int(entry.name)] = (cmdline, [int(u) for u in uids])

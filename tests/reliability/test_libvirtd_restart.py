@@ -209,7 +209,9 @@ def test_a_running_portal_answers_503_then_works_again_without_a_restart(relay: 
     data_dir, logs = tmp_path / "data", tmp_path / "logs"
     data_dir.mkdir()
     logs.mkdir()
-    backend = Backend(data_dir, pool_dir, logs, VAPOR_LIBVIRT_URI=f"qemu+unix:///system?socket={relay.path}")
+    iso_dir = tmp_path / "isos"  # apart from the pool: an ISO directory never holds a writable disk
+    iso_dir.mkdir()
+    backend = Backend(data_dir, iso_dir, logs, VAPOR_LIBVIRT_URI=f"qemu+unix:///system?socket={relay.path}")
     try:
         virsh("pool-start", pool)
         backend.migrate()
