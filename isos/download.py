@@ -22,16 +22,23 @@ lives elsewhere and hands us callbacks.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ipaddress
 import logging
+import os
+import queue
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool, Timeout
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -53,6 +60,19 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TRANSIENT_STATUSES = frozenset({408, 429})
 SUCCESS_STATUSES = frozenset({200, 203})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# The caller's thread wakes at least this often (seconds), whatever the server does: to check the deadline,
+# the minimum rate and, through `on_tick`, whether the download was cancelled.
+TICK = 0.25
+# Chunks read ahead of the caller's writes; the reading thread waits when this many are queued.
+READ_AHEAD = 16
+# How long (seconds) `fetch` waits for its reading thread to end after stopping it. The thread can only be
+# blocked in a connect or a name lookup by then (a shut-down socket ends any read at once); it is a daemon
+# and ends by itself within the connect timeout, touching nothing of the caller's.
+STOP_GRACE = 1.0
+# The defaults of the limits below, as VAPOR_DOWNLOAD_* gives them when unset (vaporsite/env.py).
+DEFAULT_DEADLINE = 4 * 3600.0
+DEFAULT_MIN_RATE = 16 * 1024
+DEFAULT_RATE_WINDOW = 120.0
 
 
 class Writable(Protocol):
@@ -71,6 +91,9 @@ class FetchPolicy:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_redirects: int = 5
+    deadline: float = DEFAULT_DEADLINE  # seconds for the whole transfer, from `fetch`'s `started`
+    min_rate: int = DEFAULT_MIN_RATE  # bytes/s averaged over `rate_window`; 0: no minimum
+    rate_window: float = DEFAULT_RATE_WINDOW
 
     @classmethod
     def from_settings(cls) -> FetchPolicy:
@@ -84,6 +107,9 @@ class FetchPolicy:
             max_bytes=config.download_max_bytes,
             connect_timeout=config.download_connect_timeout,
             read_timeout=config.download_read_timeout,
+            deadline=config.download_deadline,
+            min_rate=config.download_min_rate,
+            rate_window=config.download_rate_window,
         )
 
 
@@ -267,59 +293,294 @@ def fetch(
     policy: FetchPolicy,
     on_chunk: Callable[[bytes], None],
     on_progress: Callable[[int, int | None], None],
+    on_tick: Callable[[int, int | None], None] | None = None,
+    started: float | None = None,
 ) -> FetchResult:
     """Stream `url` into `dest`, following redirects, within `policy`.
 
     Each chunk is written to `dest`, then given to `on_chunk` (for hashing), then
     `on_progress(bytes_so_far, content_length)` is called; `on_progress(0, length)`
     also comes once the headers are in, so the caller learns the size early.
+    `on_tick(bytes_so_far, content_length)` is called every TICK seconds from the
+    start, whether bytes flow or not (before the headers, with (0, None)).
+    Whatever a callback raises (FetchCancelled) stops the download at once: the
+    network is read by a thread of its own, and the caller's thread, which runs
+    every callback, never waits on the server longer than TICK.
+
+    The whole transfer must end within `policy.deadline` seconds of `started`
+    (a time.monotonic() value; now by default), and once `policy.rate_window`
+    seconds have passed, the bytes of the last window must average at least
+    `policy.min_rate` per second: a server that sends one byte just before each
+    read timeout is stopped too. Both are FetchErrors that are not transient.
+
     `dest` is never closed or removed here: on failure the caller deletes its
     temp file. Raises UrlRefused, FetchError, or whatever the callbacks raise.
     """
-    current = url
-    for hop in range(policy.max_redirects + 1):
-        try:
-            target = _check(current, policy)
-        except HostNotFound as exc:
-            raise FetchError(exc.message, transient=exc.transient) from exc
-        pool, response = _open(target, policy)
-        try:
-            if response.status in REDIRECT_STATUSES:
-                location = response.headers.get("Location")
-                if not location:
-                    raise FetchError(f"{target.host} answered HTTP {response.status} without a Location to go to", transient=False)
-                current = urljoin(current, location)
-                log.debug("redirect %d from %s to %s", hop + 1, target.url, current)
+    now = time.monotonic()
+    clock = _Limits(policy, started=now if started is None else started, now=now)
+    clock.check(now, 0, None)  # a deadline that passed during the earlier attempts: no connection at all
+    transfer = _Transfer(url, policy)
+    transfer.start()
+    done, length = 0, None
+    next_tick = now
+    try:
+        while True:
+            now = time.monotonic()
+            clock.check(now, done, length)
+            if on_tick is not None and now >= next_tick:
+                on_tick(done, length)
+                next_tick = now + TICK
+            try:
+                kind, value = transfer.events.get(timeout=clock.wait(now))
+            except queue.Empty:
                 continue
-            _check_status(response, target)
-            length = _content_length(response)
-            if length is not None and length > policy.max_bytes:
-                raise FetchError(f"{target.url} is {length} bytes, more than the limit of {policy.max_bytes} bytes", transient=False)
-            written = _stream(response, target, dest, policy, length, on_chunk, on_progress)
-            return FetchResult(final_url=current, bytes_written=written, content_length=length)
+            if kind == "headers":
+                length = value
+                on_progress(0, length)
+            elif kind == "chunk":
+                dest.write(value)
+                on_chunk(value)
+                done += len(value)
+                on_progress(done, length)
+            elif kind == "end":
+                return value
+            else:
+                raise value
+    finally:
+        transfer.stop()
+
+
+class _Limits:
+    """The deadline and the minimum rate of one fetch, checked by the caller's thread."""
+
+    def __init__(self, policy: FetchPolicy, *, started: float, now: float) -> None:
+        self.policy = policy
+        self.started = started
+        self.deadline_at = started + policy.deadline
+        self.began = now  # the rate window counts from this fetch's start, not from the first attempt's
+        self.samples: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
+
+    def wait(self, now: float) -> float:
+        return max(min(TICK, self.deadline_at - now), 0.001)
+
+    def check(self, now: float, done: int, length: int | None) -> None:
+        of_total = f" of {length}" if length is not None else ""
+        if now >= self.deadline_at:
+            raise FetchError(
+                f"the download did not finish within its deadline of {self.policy.deadline:g} s (VAPOR_DOWNLOAD_DEADLINE): "
+                f"{done}{of_total} bytes received, {now - self.started:.1f} s after it started",
+                transient=False,
+            )
+        if not self.policy.min_rate:
+            return
+        if now - self.samples[-1][0] >= TICK:
+            self.samples.append((now, done))
+        window = self.policy.rate_window
+        if now - self.began < window or (length is not None and done >= length):
+            return
+        while len(self.samples) > 1 and self.samples[1][0] <= now - window:
+            self.samples.popleft()
+        since, then = self.samples[0]
+        span = now - since
+        rate = (done - then) / span
+        if rate < self.policy.min_rate:
+            raise FetchError(
+                f"the download was slower than the minimum of {self.policy.min_rate} bytes/s (VAPOR_DOWNLOAD_MIN_RATE): "
+                f"{done - then} bytes in the last {span:.1f} s ({rate:.1f} bytes/s), {done}{of_total} bytes in all",
+                transient=False,
+            )
+
+
+class _Stopped(Exception):
+    """The caller stopped the transfer: its thread ends without a word."""
+
+
+class _SocketWatch:
+    """The socket of the connection a transfer is using, so that another thread can end a read that waits on it.
+
+    It keeps a duplicate of the socket's descriptor: shutting that down ends a blocked recv() on the
+    original at once (plain or TLS, in the headers or the body), and since the duplicate is ours alone,
+    no other code closing the original can make us shut down a descriptor number that was reused.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dup: socket.socket | None = None
+        self._stopped = False
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._close_dup()
+            self._dup = socket.socket(fileno=os.dup(sock.fileno()))
+            if self._stopped:
+                self._shutdown_dup()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._shutdown_dup()
+
+    def release(self) -> None:
+        with self._lock:
+            self._close_dup()
+
+    def _shutdown_dup(self) -> None:
+        if self._dup is not None:
+            with contextlib.suppress(OSError):  # not connected any more
+                self._dup.shutdown(socket.SHUT_RDWR)
+
+    def _close_dup(self) -> None:
+        if self._dup is not None:
+            self._dup.close()
+            self._dup = None
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def __init__(self, *args: Any, watch: _SocketWatch, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watch = watch
+
+    def connect(self) -> None:
+        super().connect()
+        self._watch.attach(self.sock)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def __init__(self, *args: Any, watch: _SocketWatch, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watch = watch
+
+    def connect(self) -> None:
+        super().connect()
+        self._watch.attach(self.sock)
+
+
+class _Transfer(threading.Thread):
+    """Talks HTTP for one fetch and hands what it reads to the caller's thread as events:
+    ("headers", length), ("chunk", bytes)..., then ("end", FetchResult) or ("error", exception)."""
+
+    def __init__(self, url: str, policy: FetchPolicy) -> None:
+        super().__init__(name="vapor-download", daemon=True)
+        self.url, self.policy = url, policy
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=READ_AHEAD)
+        self.watch = _SocketWatch()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.watch.stop()
+        self.join(STOP_GRACE)
+
+    def run(self) -> None:
+        try:
+            self._put("end", self._fetch())
+        except _Stopped:
+            pass
+        except Exception as exc:  # handed to the caller's thread, which raises it
+            with contextlib.suppress(_Stopped):
+                self._put("error", exc)
         finally:
-            response.close()
-            pool.close()
-    raise FetchError(f"too many redirects starting from {url} (more than {policy.max_redirects})", transient=False)
+            self.watch.release()
+
+    def _put(self, kind: str, value: object) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.events.put((kind, value), timeout=TICK)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def _fetch(self) -> FetchResult:
+        policy, current = self.policy, self.url
+        for hop in range(policy.max_redirects + 1):
+            try:
+                target = _check(current, policy)
+            except HostNotFound as exc:
+                raise FetchError(exc.message, transient=exc.transient) from exc
+            if self._stopping.is_set():
+                raise _Stopped
+            pool, response = _open(target, policy, self.watch)
+            try:
+                if response.status in REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise FetchError(f"{target.host} answered HTTP {response.status} without a Location to go to", transient=False)
+                    current = urljoin(current, location)
+                    log.debug("redirect %d from %s to %s", hop + 1, target.url, current)
+                    continue
+                _check_status(response, target)
+                length = _content_length(response)
+                if length is not None and length > policy.max_bytes:
+                    raise FetchError(f"{target.url} is {length} bytes, more than the limit of {policy.max_bytes} bytes", transient=False)
+                written = self._stream(response, target, length)
+                return FetchResult(final_url=current, bytes_written=written, content_length=length)
+            finally:
+                response.close()
+                pool.close()
+        raise FetchError(f"too many redirects starting from {self.url} (more than {policy.max_redirects})", transient=False)
+
+    def _stream(self, response: BaseHTTPResponse, target: _Target, length: int | None) -> int:
+        policy = self.policy
+        done = 0
+        of_total = f" of {length}" if length is not None else ""
+        self._put("headers", length)
+        try:
+            # read1: whatever has arrived, up to a chunk, so the caller sees every byte as it comes.
+            while chunk := response.read1(CHUNK_SIZE, decode_content=False):
+                if self._stopping.is_set():
+                    raise _Stopped
+                if done + len(chunk) > policy.max_bytes:
+                    limit = policy.max_bytes
+                    raise FetchError(f"{target.url} is larger than the limit of {limit} bytes, stopped at {done}", transient=False)
+                self._put("chunk", chunk)
+                done += len(chunk)
+        except ReadTimeoutError as exc:
+            raise FetchError(
+                f"{target.host} sent nothing for {policy.read_timeout:g} seconds after {done}{of_total} bytes", transient=True
+            ) from exc
+        except (ProtocolError, SSLError) as exc:
+            raise FetchError(f"connection to {target.host} was cut after {done}{of_total} bytes ({_reason(exc)})", transient=True) from exc
+        if self._stopping.is_set():
+            raise _Stopped
+        if length is not None and done < length:
+            # http.client reports a short body as a clean end when the server closes at a chunk boundary.
+            raise FetchError(f"connection to {target.host} was cut after {done} of {length} bytes", transient=True)
+        if length is not None and done > length:
+            raise FetchError(f"{target.host} sent {done} bytes but announced {length}", transient=False)
+        return done
 
 
-def _pool(target: _Target, address: str) -> HTTPConnectionPool:
-    """A pool whose only way out is `address`; TLS verifies the certificate against the URL's host name."""
+def _pool(target: _Target, address: str, watch: _SocketWatch) -> HTTPConnectionPool:
+    """A pool whose only way out is `address`; TLS verifies the certificate against the URL's host name.
+    Each connection it opens reports its socket to `watch`."""
+    pool: HTTPConnectionPool
     if target.scheme == "https":
         tls_name = target.host.removesuffix(".")
-        return HTTPSConnectionPool(
-            address, target.port, maxsize=1, retries=False, cert_reqs="CERT_REQUIRED", server_hostname=tls_name, assert_hostname=tls_name
+        pool = HTTPSConnectionPool(
+            address,
+            target.port,
+            maxsize=1,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            server_hostname=tls_name,
+            assert_hostname=tls_name,
+            watch=watch,
         )
-    return HTTPConnectionPool(address, target.port, maxsize=1, retries=False)
+        pool.ConnectionCls = _WatchedHTTPSConnection
+        return pool
+    pool = HTTPConnectionPool(address, target.port, maxsize=1, retries=False, watch=watch)
+    pool.ConnectionCls = _WatchedHTTPConnection
+    return pool
 
 
-def _open(target: _Target, policy: FetchPolicy) -> tuple[HTTPConnectionPool, BaseHTTPResponse]:
+def _open(target: _Target, policy: FetchPolicy, watch: _SocketWatch) -> tuple[HTTPConnectionPool, BaseHTTPResponse]:
     """Send the GET to the first checked address that accepts a connection."""
     headers = {"Host": target.host_header, "User-Agent": "Vapor ISO downloader", "Accept": "*/*", "Accept-Encoding": "identity"}
     timeout = Timeout(connect=policy.connect_timeout, read=policy.read_timeout)
     failure: FetchError | None = None
     for address in target.addresses:
-        pool = _pool(target, address)
+        pool = _pool(target, address, watch)
         try:
             response = pool.urlopen(
                 "GET",
@@ -377,42 +638,6 @@ def _content_length(response: BaseHTTPResponse) -> int | None:
     if len(values) != 1 or not next(iter(values)).isdigit():
         raise FetchError(f"the server sent an invalid Content-Length: {raw!r}", transient=False)
     return int(values.pop())
-
-
-def _stream(
-    response: BaseHTTPResponse,
-    target: _Target,
-    dest: Writable,
-    policy: FetchPolicy,
-    length: int | None,
-    on_chunk: Callable[[bytes], None],
-    on_progress: Callable[[int, int | None], None],
-) -> int:
-    done = 0
-    of_total = f" of {length}" if length is not None else ""
-    on_progress(0, length)
-    try:
-        for chunk in response.stream(CHUNK_SIZE, decode_content=False):
-            if not chunk:
-                continue
-            if done + len(chunk) > policy.max_bytes:
-                raise FetchError(f"{target.url} is larger than the limit of {policy.max_bytes} bytes, stopped at {done}", transient=False)
-            dest.write(chunk)
-            on_chunk(chunk)
-            done += len(chunk)
-            on_progress(done, length)
-    except ReadTimeoutError as exc:
-        raise FetchError(
-            f"{target.host} sent nothing for {policy.read_timeout:g} seconds after {done}{of_total} bytes", transient=True
-        ) from exc
-    except (ProtocolError, SSLError) as exc:
-        raise FetchError(f"connection to {target.host} was cut after {done}{of_total} bytes ({_reason(exc)})", transient=True) from exc
-    if length is not None and done < length:
-        # http.client reports a short body as a clean end when the server closes at a chunk boundary.
-        raise FetchError(f"connection to {target.host} was cut after {done} of {length} bytes", transient=True)
-    if length is not None and done > length:
-        raise FetchError(f"{target.host} sent {done} bytes but announced {length}", transient=False)
-    return done
 
 
 def _reason(exc: BaseException) -> str:

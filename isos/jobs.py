@@ -3,12 +3,19 @@
 Both are idempotent: they act only on a row in the status they expect and
 finish with a conditional UPDATE, so a task delivered twice, or a download
 cancelled or deleted while it runs, leaves one consistent outcome. Each
-progress write doubles as the cancellation check.
+progress write doubles as the cancellation check; a download writes its
+progress every PROGRESS_INTERVAL whether bytes arrive or not (`fetch` calls
+back every TICK), so a cancel stops it within a second at any speed, and a row
+whose `updated_at` stands still has no live worker (the janitor's test).
+
+A download holds the lock of its `.part` file (`isos.partfile`) from its first
+byte until the file is in place or removed, so nothing else removes it meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import time
@@ -24,6 +31,7 @@ from isos.download import FetchCancelled, FetchError, FetchPolicy, fetch
 from isos.hashing import Digests, DualHasher, hash_file
 from isos.inspect import guess_os, inspect_iso
 from isos.models import IsoImage
+from isos.partfile import PartBusy, PartFile, remove_if_unowned
 from isos.services import iso_fail, temp_path
 from vaporsite.deliveries import give_up_reason, start_delivery
 from vaporsite.errors import VaporError
@@ -31,6 +39,8 @@ from vaporsite.errors import VaporError
 log = logging.getLogger("vapor.isos")
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress writes (and cancel checks)
+PAUSE_STEP = 0.5  # seconds: a pause between attempts checks for a cancel this often
+PART_LOCK_WAIT = 5.0  # seconds a delivery waits for the part file's lock (a cancelled writer lets go within 2 s)
 WRITE_BEHIND_STEP = 32 * 1024 * 1024  # bytes written between two hand-overs of the download to the disk
 
 
@@ -89,7 +99,7 @@ def _start_delivery(iso_id: str, status: str) -> IsoImage | None:
     reason = give_up_reason(iso.attempts, "the download" if status == IsoStatus.DOWNLOADING else "the hashing")
     if reason:
         iso_fail(iso_id=iso_id, error=reason, expect=status)
-        temp_path(iso).unlink(missing_ok=True)
+        remove_if_unowned(temp_path(iso))
         return None
     return iso
 
@@ -98,56 +108,99 @@ def iso_run_download(*, iso_id: str, sleep: Callable[[float], None] = time.sleep
     iso = _start_delivery(iso_id, IsoStatus.DOWNLOADING)
     if iso is None:
         return
+    started = time.monotonic()  # the deadline covers every attempt and the pauses between them
     temp = temp_path(iso)
+    try:
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        part = PartFile.claim(temp, wait=PART_LOCK_WAIT)
+    except PartBusy:
+        # Another delivery of this task is live and owns the row's download; a cancelled one that does not let go
+        # leaves the row without progress, which the janitor fails.
+        log.warning("download of %s not started: %s is still being written by another worker", iso_id, temp)
+        return
+    except OSError as exc:
+        iso_fail(iso_id=iso_id, error=f"cannot write {temp}: {exc.strerror or exc}", expect=IsoStatus.DOWNLOADING)
+        return
+    with part:
+        digests = _download(iso, part, started, sleep)
+        if digests is not None:
+            _finish_download(iso, part, digests)
+
+
+def _download(iso: IsoImage, part: PartFile, started: float, sleep: Callable[[float], None]) -> Digests | None:
+    """The attempts; the digests of the bytes in `part`, or None when the ISO failed or was cancelled (part removed)."""
+    iso_id, temp = iso.pk, part.path
     attempts = settings.VAPOR.download_attempts
     policy = FetchPolicy.from_settings()
+    progress = _Progress(iso_id, IsoStatus.DOWNLOADING)
     for attempt in range(1, attempts + 1):
         try:
-            digests = _download_once(iso, temp, policy)
-            break
+            return _download_once(iso, part, policy, progress, started)
         except FetchCancelled:
-            temp.unlink(missing_ok=True)
+            part.discard()
             log.info("download of %s stopped: cancelled or deleted", iso_id)
-            return
+            return None
         except FetchError as exc:
-            temp.unlink(missing_ok=True)
             if exc.transient and attempt < attempts:
                 note = f"attempt {attempt} of {attempts} failed: {exc.message}; retrying"
                 IsoImage.objects.filter(pk=iso_id, status=IsoStatus.DOWNLOADING).update(error=note, bytes_done=0)
-                sleep(min(2**attempt, 30))
+                try:
+                    _pause(min(2**attempt, 30, max(policy.deadline - (time.monotonic() - started), 0)), progress, sleep)
+                except FetchCancelled:
+                    part.discard()
+                    return None
                 continue
+            part.discard()
             iso_fail(iso_id=iso_id, error=_attempts_note(exc.message, attempt), expect=IsoStatus.DOWNLOADING)
-            return
+            return None
         except VaporError as exc:  # e.g. a redirect to a refused address
-            temp.unlink(missing_ok=True)
+            part.discard()
             iso_fail(iso_id=iso_id, error=exc.message, expect=IsoStatus.DOWNLOADING)
-            return
+            return None
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            part.discard()
             iso_fail(iso_id=iso_id, error=f"cannot write {temp}: {exc.strerror or exc}", expect=IsoStatus.DOWNLOADING)
-            return
-    _finish_download(iso, temp, digests)
+            return None
+    raise AssertionError("unreachable: the last attempt returns or fails")  # pragma: no cover
+
+
+def _pause(seconds: float, progress: _Progress, sleep: Callable[[float], None]) -> None:
+    """Wait between two attempts in steps of PROGRESS_INTERVAL at most, checking for a cancel between steps."""
+    steps = max(1, math.ceil(seconds / PAUSE_STEP))
+    for _ in range(steps):
+        progress(0, None, force=True)
+        sleep(seconds / steps)
 
 
 def _attempts_note(message: str, attempt: int) -> str:
     return message if attempt == 1 else f"{message} (after {attempt} attempts)"
 
 
-def _download_once(iso: IsoImage, temp: Path, policy: FetchPolicy) -> Digests:
-    progress = _Progress(iso.pk, IsoStatus.DOWNLOADING)
-    temp.parent.mkdir(parents=True, exist_ok=True)
-    # "wb" truncates: a leftover from a killed worker is replaced, never appended to.
-    with DualHasher() as hasher, open(temp, "wb") as out:
-        result = fetch(iso.source_url, _WriteBehind(out), policy=policy, on_chunk=hasher.update, on_progress=progress)
+def _download_once(iso: IsoImage, part: PartFile, policy: FetchPolicy, progress: _Progress, started: float) -> Digests:
+    part.reset()
+    out = part.stream
+    with DualHasher() as hasher:
+        result = fetch(
+            iso.source_url,
+            _WriteBehind(out),
+            policy=policy,
+            on_chunk=hasher.update,
+            on_progress=progress,
+            on_tick=progress,
+            started=started,
+        )
         out.flush()
         os.fsync(out.fileno())
         progress(result.bytes_written, result.content_length or result.bytes_written, force=True)
         return hasher.digests()
 
 
-def _finish_download(iso: IsoImage, temp: Path, digests: Digests) -> None:
+def _finish_download(iso: IsoImage, part: PartFile, digests: Digests) -> None:
+    """Verify the part and link it into place, still holding its lock (the janitor keeps off it)."""
+    temp = part.path
+
     def fail(reason: str) -> None:
-        temp.unlink(missing_ok=True)
+        part.discard()
         iso_fail(iso_id=iso.pk, error=reason, expect=IsoStatus.DOWNLOADING)
 
     if iso.expected_checksum and not digests.matches(iso.expected_checksum):
@@ -169,7 +222,7 @@ def _finish_download(iso: IsoImage, temp: Path, digests: Digests) -> None:
         return fail(f"{final} appeared on the host during the download; not overwritten")
     except OSError as exc:
         return fail(f"cannot move the download into place at {final}: {exc.strerror or exc}")
-    temp.unlink(missing_ok=True)
+    part.discard()
     guess = guess_os(info.volume_label, final.name)
     fields: dict[str, object] = {
         "status": IsoStatus.READY,

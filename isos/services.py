@@ -26,6 +26,7 @@ from isos.download import FetchPolicy, validate_url
 from isos.hashing import Digests
 from isos.inspect import guess_os, inspect_iso
 from isos.models import IsoImage, IsoTag, RetiredIsoId, new_iso_id
+from isos.partfile import remove_if_unowned
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import guard_file, require_reachable_by_qemu
 
@@ -117,10 +118,19 @@ def _create(**fields: object) -> IsoImage:
     return iso
 
 
+DOWNLOAD_TASK = "isos.tasks.download_iso"
+HASH_TASK = "isos.tasks.hash_iso"
+
+
 def _enqueue(func: str, iso_id: str) -> None:
+    """Queue `func(iso_id)` once the transaction commits. Downloads go to their own queue
+    (settings.DOWNLOAD_QUEUE, served by the second cluster `scripts/run.sh` starts), so a slow
+    server never holds a worker that hashing or provisioning waits for; everything else goes
+    to the default queue."""
     from django_q.tasks import async_task
 
-    transaction.on_commit(lambda: async_task(func, iso_id, task_name=f"{func.rsplit('.', 1)[-1]} {iso_id}"))
+    options: dict[str, str] = {"cluster": settings.DOWNLOAD_QUEUE} if func == DOWNLOAD_TASK else {}
+    transaction.on_commit(lambda: async_task(func, iso_id, task_name=f"{func.rsplit('.', 1)[-1]} {iso_id}", **options))
 
 
 # --- registration ----------------------------------------------------------
@@ -158,7 +168,7 @@ def iso_register_path(*, path: str, meta: IsoMetadata, digests: Digests | None =
         bytes_done=info.size if digests else 0,
     )
     if digests is None:
-        _enqueue("isos.tasks.hash_iso", iso.pk)
+        _enqueue(HASH_TASK, iso.pk)
     log.info("registered %s %s (%s)", iso.pk, iso.path, iso.status)
     return iso
 
@@ -200,7 +210,7 @@ def iso_create_download(*, url: str, meta: IsoMetadata, checksum: str = "") -> I
         expected_checksum=checksum.lower(),
         downloaded=True,
     )
-    _enqueue("isos.tasks.download_iso", iso.pk)
+    _enqueue(DOWNLOAD_TASK, iso.pk)
     log.info("download queued %s from %s", iso.pk, url)
     return iso
 
@@ -268,20 +278,22 @@ def iso_delete(*, iso: IsoImage) -> None:
         RetiredIsoId.objects.create(id=iso_id, name=iso.name, path=iso.path, file_deleted=iso.downloaded)
         iso.delete()
     if iso.downloaded:
-        for leftover in leftovers:
-            leftover.unlink(missing_ok=True)
+        final, part = leftovers
+        final.unlink(missing_ok=True)
+        remove_if_unowned(part)  # a download still writing it removes it itself within seconds
     log.info("deleted %s %s (file deleted: %s)", iso_id, iso.path, iso.downloaded)
 
 
 def iso_cancel(*, iso: IsoImage) -> IsoImage:
-    """Stop a download; the worker notices at its next progress update."""
+    """Stop a download. The worker notices at its next progress write (within a second, whether
+    bytes flow or not) and removes its partial file; a partial file no live worker holds goes now."""
     updated = IsoImage.objects.filter(pk=iso.pk, status=IsoStatus.DOWNLOADING).update(
         status=IsoStatus.CANCELLED, error="cancelled by user", updated_at=timezone.now()
     )
     iso.refresh_from_db()
     if not updated:
         raise Conflict(f"ISO {iso.pk} is {iso.status}, not downloading: nothing to cancel", code="not_downloading")
-    temp_path(iso).unlink(missing_ok=True)
+    remove_if_unowned(temp_path(iso))
     return iso
 
 
@@ -290,9 +302,9 @@ def iso_retry(*, iso: IsoImage) -> IsoImage:
     if iso.status not in (IsoStatus.FAILED, IsoStatus.CANCELLED):
         raise Conflict(f"ISO {iso.pk} is {iso.status}; only failed or cancelled ISOs can be retried", code="not_retryable")
     if iso.source_url and iso.downloaded and not Path(iso.path).exists():
-        status, task = IsoStatus.DOWNLOADING, "isos.tasks.download_iso"
+        status, task = IsoStatus.DOWNLOADING, DOWNLOAD_TASK
     else:
-        status, task = IsoStatus.HASHING, "isos.tasks.hash_iso"
+        status, task = IsoStatus.HASHING, HASH_TASK
     with transaction.atomic():
         IsoImage.objects.filter(pk=iso.pk).update(status=status, error="", bytes_done=0, attempts=0, updated_at=timezone.now())
         _enqueue(task, iso.pk)
@@ -306,7 +318,7 @@ def iso_rehash(*, iso: IsoImage) -> IsoImage:
         raise Conflict(f"ISO {iso.pk} is {iso.status}; wait for it to finish", code="busy")
     with transaction.atomic():
         IsoImage.objects.filter(pk=iso.pk).update(status=IsoStatus.HASHING, error="", bytes_done=0, attempts=0, updated_at=timezone.now())
-        _enqueue("isos.tasks.hash_iso", iso.pk)
+        _enqueue(HASH_TASK, iso.pk)
     iso.refresh_from_db()
     return iso
 
@@ -326,7 +338,10 @@ def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[
     """The janitor: a worker killed on timeout runs no `finally`.
 
     Marks downloads and hashing that made no progress for `stale_after` as
-    failed, then removes partial files that no running download owns.
+    failed (a live download writes its progress every second, bytes or not),
+    then removes partial files that no running download owns: neither a
+    downloading row names it nor a live writer holds its lock (`isos.partfile`;
+    the lock settles it, since a row can be failed while its worker still runs).
     Returns (ids marked failed, files removed).
     """
     cutoff = timezone.now() - stale_after
@@ -344,8 +359,6 @@ def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[
     if directory.is_dir():
         running = IsoImage.objects.filter(status=IsoStatus.DOWNLOADING).exclude(pk__in=stale_ids).only("id", "path")
         live = {temp_path(iso) for iso in running}
-        orphans = [p for p in directory.glob(".*.part") if p not in live and p.is_file() and not os.path.islink(p)]
-    if not dry_run:
-        for orphan in orphans:
-            orphan.unlink(missing_ok=True)
+        candidates = [p for p in directory.glob(".*.part") if p not in live and p.is_file() and not os.path.islink(p)]
+        orphans = [p for p in candidates if remove_if_unowned(p, dry_run=dry_run)]
     return stale_ids, orphans

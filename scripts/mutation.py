@@ -68,6 +68,7 @@ PATH_TESTS_VMS = ("tests/reliability/test_hostile_paths.py",)
 CHAIN_TESTS = ("tests/vms/test_images.py",)
 PROJECT_TESTS = ("tests/vms/test_projects.py",)
 SSRF_TESTS = ("tests/isos/test_download.py", "-k", "refuse or internal or allowed or accepts_public")
+LIMIT_TESTS = ("tests/isos/test_download_limits.py",)
 
 VALIDATION = "vms/services/validation.py"
 LIFECYCLE = "vms/services/lifecycle.py"
@@ -78,6 +79,8 @@ IMAGES = "vms/hypervisor/images.py"
 HYPERVISOR = "vms/hypervisor/__init__.py"
 NETGUARD = "isos/netguard.py"
 ACCESS = "projects/access.py"
+DOWNLOAD = "isos/download.py"
+PARTFILE = "isos/partfile.py"
 
 MUTANTS: list[Mutant] = [
     # --- two VMs must not write one image (both directions of the rule)
@@ -421,6 +424,55 @@ MUTANTS: list[Mutant] = [
         "    if len(tags) > MAX_TAGS:\n",
         "    if False:\n",
         ("tests/isos/test_tag_bounds.py",),
+    ),
+    # --- downloads cannot hold a worker for ever, and nothing removes a live download's file (issue 11)
+    Mutant(
+        "Downloads: a minimum rate over a window",
+        "the minimum rate is not checked",
+        DOWNLOAD,
+        "        if not self.policy.min_rate:\n            return\n",
+        "        if True:\n            return\n",
+        LIMIT_TESTS,
+    ),
+    Mutant(
+        "Downloads: a whole-transfer deadline",
+        "the deadline is not checked",
+        DOWNLOAD,
+        "        if now >= self.deadline_at:\n",
+        "        if False:\n",
+        LIMIT_TESTS,
+    ),
+    Mutant(
+        "Downloads: a cancel is heard within 2 s at any speed",
+        "the caller is called back only when bytes arrive",
+        DOWNLOAD,
+        "            if on_tick is not None and now >= next_tick:\n",
+        "            if False:\n",
+        (*LIMIT_TESTS, "-k", "cancel"),
+    ),
+    Mutant(
+        "Downloads: a queue of their own",
+        "downloads are queued on the main queue",
+        "isos/services.py",
+        '{"cluster": settings.DOWNLOAD_QUEUE} if func == DOWNLOAD_TASK else {}',
+        "{}",
+        (*LIMIT_TESTS, "-k", "queue"),
+    ),
+    Mutant(
+        "Downloads: nothing removes a part file a live writer holds",
+        "the remover ignores the lock",
+        PARTFILE,
+        "        if not _try_lock(fd) or not _same_file(fd, path):\n",
+        "        if not _same_file(fd, path):\n",
+        LIMIT_TESTS,
+    ),
+    Mutant(
+        "Downloads: nothing removes a part file a live writer holds",
+        "the writer takes no lock",
+        PARTFILE,
+        "                locked = _try_lock(fd)\n",
+        "                locked = True\n",
+        LIMIT_TESTS,
     ),
 ]
 

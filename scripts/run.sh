@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The run command: set up what is missing, then serve Vapor on 127.0.0.1:8000
-# with a django-q2 worker beside it. Ctrl-C stops the server, the worker, and
-# libvirtd if this script started it.
+# with two django-q2 clusters beside it: the main one (provisioning, hashing,
+# schedules) and one for ISO downloads alone (Q_CLUSTER_NAME=vapor-downloads,
+# settings.DOWNLOAD_QUEUE), so a slow download never holds a worker the rest
+# waits for. Ctrl-C stops the server, the workers, and libvirtd if this script
+# started it.
 #
 #   bash scripts/run.sh            (or: make run)
 #
@@ -23,24 +26,25 @@ cd "$VAPOR_ROOT"
 ADDRESS="${VAPOR_LISTEN:-127.0.0.1:8000}"
 WEB_PID=""
 WORKER_PID=""
+DOWNLOADER_PID=""
 
 # shellcheck disable=SC2317  # called from the traps below
 stop_all() {
     trap - INT TERM EXIT
     local pid i
-    for pid in $WEB_PID $WORKER_PID; do
+    for pid in $WEB_PID $WORKER_PID $DOWNLOADER_PID; do
         kill -TERM "$pid" 2>/dev/null || true
     done
     # django-q2 finishes its current task on TERM; give it a moment, no more.
     for ((i = 0; i < 150; i++)); do
         local running=0
-        for pid in $WEB_PID $WORKER_PID; do
+        for pid in $WEB_PID $WORKER_PID $DOWNLOADER_PID; do
             kill -0 "$pid" 2>/dev/null && running=1
         done
         ((running)) || break
         sleep 0.1
     done
-    for pid in $WEB_PID $WORKER_PID; do
+    for pid in $WEB_PID $WORKER_PID $DOWNLOADER_PID; do
         kill -KILL "$pid" 2>/dev/null || true
     done
     vapor_unbridge_libvirt
@@ -92,7 +96,7 @@ cat <<EOF
                 curl -H "Authorization: Token KEY" http://${ADDRESS}/api/v1/virtualmachines/isos
     Logs:       var/log/ (libvirtd, virtlogd)
     Runs as:    $( ((EUID == 0)) && printf 'user %s (only the set-up keeps root)' "$VAPOR_USER" || id -un)
-  Ctrl-C stops the server and the worker$( ((VAPOR_STARTED_LIBVIRTD)) && printf ' and libvirtd')
+  Ctrl-C stops the server and the workers$( ((VAPOR_STARTED_LIBVIRTD)) && printf ' and libvirtd')
 
 EOF
 
@@ -100,12 +104,15 @@ EOF
 # runserver then serves the admin's CSS and JS only when told to.
 "${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py qcluster &
 WORKER_PID=$!
+# The downloads' cluster: its own queue, so provisioning and hashing never wait behind a slow download.
+Q_CLUSTER_NAME=vapor-downloads "${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py qcluster &
+DOWNLOADER_PID=$!
 "${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py runserver "$ADDRESS" --noreload --insecure &
 WEB_PID=$!
 
-# Either one ending on its own (port taken, crash) ends the run: a server
-# without its worker would accept downloads that never start.
+# Any one ending on its own (port taken, crash) ends the run: a server
+# without its workers would accept work that never starts.
 rc=0
-wait -n "$WEB_PID" "$WORKER_PID" || rc=$?
+wait -n "$WEB_PID" "$WORKER_PID" "$DOWNLOADER_PID" || rc=$?
 echo "run.sh: a process ended (exit ${rc}); stopping the rest" >&2
 exit "$rc"

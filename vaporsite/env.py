@@ -63,6 +63,10 @@ class Config:
     download_connect_timeout: float
     download_read_timeout: float
     download_attempts: int
+    download_deadline: float
+    download_min_rate: int
+    download_rate_window: float
+    download_workers: int
     osinfo_dir: Path
     disk_roots: tuple[Path, ...]
     virt_type: str
@@ -133,8 +137,8 @@ class _Reader:
     def seconds(self, name: str, default: float) -> float:
         def convert(text: str) -> float:
             number = float(text)
-            if number <= 0:
-                raise ValueError("must be greater than 0")
+            if not 0 < number < float("inf"):  # also refuses nan
+                raise ValueError("must be greater than 0 (and finite)")
             return number
 
         return self.parse(name, default, convert, "a number of seconds")
@@ -305,6 +309,10 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         download_connect_timeout=env.seconds("VAPOR_DOWNLOAD_CONNECT_TIMEOUT", 10.0),
         download_read_timeout=env.seconds("VAPOR_DOWNLOAD_READ_TIMEOUT", 60.0),
         download_attempts=env.number("VAPOR_DOWNLOAD_ATTEMPTS", 3, 1),
+        download_deadline=0.0,  # set below: it depends on q_timeout
+        download_min_rate=env.number("VAPOR_DOWNLOAD_MIN_RATE", 16 * 1024, 0),
+        download_rate_window=env.seconds("VAPOR_DOWNLOAD_RATE_WINDOW", 120.0),
+        download_workers=env.number("VAPOR_DOWNLOAD_WORKERS", 2, 1),
         osinfo_dir=env.directory("VAPOR_OSINFO_DIR", "/usr/share/osinfo"),
         disk_roots=env.dirs("VAPOR_DISK_ROOTS", ""),
         virt_type=env.parse("VAPOR_VIRT_TYPE", "auto", _virt_type, "one of auto, kvm, qemu"),
@@ -336,6 +344,14 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         env.problems.append(Problem("VAPOR_TASK_RETRY", f"must be greater than VAPOR_TASK_TIMEOUT ({config.q_timeout})"))
         q_retry = config.q_timeout + 120
     config = replace(config, q_retry=q_retry)
+    # A download must give up before django-q2 kills its worker (which would leave the row for the
+    # janitor): by default it has two thirds of the task timeout, 4 hours of the default 6.
+    default_deadline = config.q_timeout * 2 / 3
+    deadline = env.seconds("VAPOR_DOWNLOAD_DEADLINE", default_deadline)
+    if not deadline < config.q_timeout:
+        env.problems.append(Problem("VAPOR_DOWNLOAD_DEADLINE", f"must be less than VAPOR_TASK_TIMEOUT ({config.q_timeout})"))
+        deadline = default_deadline
+    config = replace(config, download_deadline=deadline)
     if config.log_level not in LOG_LEVELS:
         env.problems.append(Problem("VAPOR_LOG_LEVEL", f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"))
         config = replace(config, log_level="INFO")

@@ -154,6 +154,10 @@ SPECTACULAR_SETTINGS = {
 # django-q2 counts only deliveries that finish; Vapor's jobs count those that
 # start too (VirtualMachine/IsoImage.attempts) and give up past this many.
 TASK_MAX_ATTEMPTS = 3
+# Downloads have a queue and a cluster of their own (started with Q_CLUSTER_NAME=vapor-downloads,
+# as scripts/run.sh does): a slow server holds one of its workers, never one that hashing or
+# provisioning waits for. Both clusters share the broker, the timeouts and the signing name.
+DOWNLOAD_QUEUE = "vapor-downloads"
 Q_CLUSTER = {
     "name": "vapor",
     "orm": "default",
@@ -166,6 +170,7 @@ Q_CLUSTER = {
     "catch_up": False,
     "sync": VAPOR.q_sync,
     "label": "Tasks",
+    "ALT_CLUSTERS": {DOWNLOAD_QUEUE: {"workers": VAPOR.download_workers}},
 }
 
 LOGGING = {

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from django.conf import settings
 
 from tests.integration.conftest import remove_pool, unique, virsh
 from tests.integration.vm_support import shared_dir
@@ -164,10 +165,17 @@ def portal(tmp_path: Path) -> Iterator[Portal]:
         )
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        for name, args in (("qcluster", ["qcluster"]), ("runserver", ["runserver", f"127.0.0.1:{port}", "--noreload"])):
+        # As scripts/run.sh: the main cluster, the downloads' cluster, the server.
+        for name, args, extra in (
+            ("qcluster", ["qcluster"], {}),
+            ("qcluster-downloads", ["qcluster"], {"Q_CLUSTER_NAME": settings.DOWNLOAD_QUEUE}),
+            ("runserver", ["runserver", f"127.0.0.1:{port}", "--noreload"], {}),
+        ):
             with open(logs / f"{name}.log", "wb") as log:
                 processes.append(
-                    subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    subprocess.Popen(
+                        [sys.executable, "manage.py", *args], cwd=ROOT, env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT
+                    )
                 )
         _wait_until_serving(url, processes, logs)
         yield Portal(

@@ -48,13 +48,14 @@ class Backend:
             pytest.fail(f"manage.py shell failed ({result.returncode}):\n{result.stdout}\n{result.stderr}", pytrace=False)
         return result.stdout
 
-    def start_cluster(self) -> subprocess.Popen[bytes]:
+    def start_cluster(self, queue: str | None = None) -> subprocess.Popen[bytes]:
+        """A `qcluster` of the main queue, or of `queue` (Q_CLUSTER_NAME, as scripts/run.sh starts the downloads' one)."""
         log = self.logs / f"qcluster-{len(self.clusters) + 1}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "manage.py", "qcluster"],
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, "Q_CLUSTER_NAME": queue} if queue else self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

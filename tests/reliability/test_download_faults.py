@@ -10,6 +10,11 @@ finds nothing), the file at the final path is byte-identical (or, when the
 path was free, nothing appears there), transient faults are retried up to
 VAPOR_DOWNLOAD_ATTEMPTS (requests counted at the server) and a checksum
 mismatch or a full disk is not retried.
+
+Issue 11 adds the slow servers: one that trickles a byte at a time under the
+read timeout (stopped by VAPOR_DOWNLOAD_MIN_RATE), one that keeps a rate but
+never ends (VAPOR_DOWNLOAD_DEADLINE), and a cancel while the server is silent
+for 50 s, which frees the worker within 2 s. None of them is retried.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +33,7 @@ import pytest
 
 from isos import jobs
 from isos.models import IsoImage
-from isos.services import IsoMetadata, iso_cleanup, iso_create_download, temp_path
+from isos.services import IsoMetadata, iso_cancel, iso_cleanup, iso_create_download, temp_path
 from tests.support.isos import make_iso
 from tests.support.servers import LoopbackServer, Respond, loopback_servers
 
@@ -326,3 +332,87 @@ def test_a_good_download_does_not_replace_a_file_that_appeared_at_the_final_path
         reason="appeared on the host during the download; not overwritten",
         requests=1,
     )
+
+
+# --- slow servers: the minimum rate, the deadline, a cancel (issue 11) -------------------------------------------------
+
+
+def test_server_trickles_under_the_read_timeout(retrying, settings, serve, tally, previous):
+    """One byte every 0.1 s resets a 5 s read timeout for ever; the minimum rate (tiny here) stops it, once."""
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, download_read_timeout=5, download_min_rate=100, download_rate_window=0.5)
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(40))
+        for _ in range(40):  # 4 s: without the minimum rate, the body would end (and not be an ISO)
+            conn.sendall(b"x")
+            if stop.wait(0.1):
+                return
+
+    outcome = run_case(serve(respond), "trickle.iso", previous=previous)
+    check(
+        tally,
+        "server trickles 1 byte every 0.1 s (a 5 s read timeout never trips), minimum rate 100 bytes/s over 0.5 s",
+        outcome,
+        reason="slower than the minimum of 100 bytes/s (VAPOR_DOWNLOAD_MIN_RATE)",
+        requests=1,
+    )
+
+
+def test_server_keeps_a_rate_past_the_deadline(retrying, settings, serve, tally, previous):
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, download_deadline=0.5, download_min_rate=1, download_rate_window=0.2)
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(15000))
+        for _ in range(150):  # 3 s: without the deadline, the body would end (and not be an ISO)
+            if stop.wait(0.02):
+                return
+            conn.sendall(b"x" * 100)
+
+    outcome = run_case(serve(respond), "endless.iso", previous=previous)
+    check(
+        tally,
+        "server sends 5 KB/s of a 15 KB body (3 s), deadline 0.5 s",
+        outcome,
+        reason="did not finish within its deadline of 0.5 s (VAPOR_DOWNLOAD_DEADLINE)",
+        requests=1,
+    )
+
+
+def test_cancel_while_the_server_sends_one_byte_every_50_s(retrying, settings, serve, tally, monkeypatch):
+    """The operator cancels while the server is silent between two bytes 50 s apart: the worker is free within 2 s."""
+    settings.VAPOR = dataclasses.replace(settings.VAPOR, download_min_rate=0, download_read_timeout=60)
+
+    def respond(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.sendall(head(1000) + b"x")
+        while not stop.wait(50):
+            conn.sendall(b"x")
+
+    server = serve(respond)
+    iso = iso_create_download(url=server.url("faults/cancel.iso"), meta=IsoMetadata())
+    original = jobs._Progress.__call__
+    pressed: list[float] = []
+
+    def press_cancel_once_silent(self, done, total, *, force=False):
+        if not pressed and done >= 1 and time.monotonic() - self.last >= jobs.PROGRESS_INTERVAL:
+            iso_cancel(iso=IsoImage.objects.get(pk=self.iso_id))
+            pressed.append(time.monotonic())
+            return
+        original(self, done, total, force=force)
+
+    monkeypatch.setattr(jobs._Progress, "__call__", press_cancel_once_silent)
+    jobs.iso_run_download(iso_id=iso.pk, sleep=lambda seconds: None)
+    took = time.monotonic() - pressed[0]
+    iso.refresh_from_db()
+    left = [p.name for p in Path(iso.path).parent.iterdir()]
+    _stale, orphans = iso_cleanup(stale_after=timedelta(minutes=30))
+    ok = iso.status == "cancelled" and took < 2.0 and server.requests == 1
+    tally.record(
+        SUITE,
+        "cancel while the server sends 1 byte every 50 s (read timeout 60 s)",
+        refused=ok,
+        leftovers=len(left) + len(orphans),
+        detail=f"{iso.status}; the worker stopped {took:.2f} s after the cancel; {server.requests} request(s)",
+    )
+    assert iso.status == "cancelled" and server.requests == 1
+    assert took < 2.0, took
+    assert left == [] and orphans == []

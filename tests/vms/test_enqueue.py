@@ -9,6 +9,7 @@ after the VM's rows are committed. Transactional tests: the usual per-test trans
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
@@ -44,6 +45,8 @@ def test_the_task_is_queued_once_without_closing_the_connection(vm_api, hv, asyn
     [queued] = OrmQ.objects.all()
     task = SignedPackage.loads(queued.payload)
     assert task["func"] == "vms.tasks.provision_vm" and task["args"] == (vm.pk,)
+    # The main queue, never the downloads' one (issue 11): a slow download cannot hold provisioning up.
+    assert queued.key == settings.Q_CLUSTER["name"] != settings.DOWNLOAD_QUEUE
 
 
 @pytest.mark.django_db(transaction=True)
