@@ -472,7 +472,7 @@ def test_the_downloads_cluster_serves_the_download_queue_with_its_own_workers(tm
 def test_the_run_command_starts_the_downloads_cluster():
     script = (Path(settings.BASE_DIR) / "scripts" / "run.sh").read_text()
 
-    assert f'Q_CLUSTER_NAME={settings.DOWNLOAD_QUEUE} "$VAPOR_PY" manage.py qcluster &' in script
+    assert f'Q_CLUSTER_NAME={settings.DOWNLOAD_QUEUE} "${{VAPOR_AS_USER[@]}}" "$VAPOR_PY" manage.py qcluster &' in script
     assert '"$VAPOR_PY" manage.py qcluster &\nWORKER_PID=$!' in script
     assert 'wait -n "$WEB_PID" "$WORKER_PID" "$DOWNLOADER_PID"' in script
 
