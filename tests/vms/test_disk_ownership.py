@@ -103,6 +103,15 @@ def test_the_backing_file_of_a_linked_clone_is_not_a_writable_disk(vm_api, hv, r
     assert_refused(response, hv, "vw", "clone")
 
 
+def test_the_database_knows_a_clones_base_when_the_host_does_not_say(vm_api, hv, run_tasks, clone_base, monkeypatch):
+    """The rows hold the rule on their own: a host read that shows no domain (the clone's stopped on another
+    connection, or the read is wrong) does not free the base."""
+    monkeypatch.setattr(hv, "disk_uses", lambda: [])
+    response = post(vm_api, run_tasks, "vw", {"path": str(clone_base)})
+    assert response.status_code == 409 and "clone" in response.json()["detail"], response.json()
+    assert not VirtualMachine.objects.filter(name="vw").exists()
+
+
 def test_the_backing_file_of_a_linked_clone_may_be_attached_read_only(vm_api, hv, run_tasks, clone_base):
     response = post(vm_api, run_tasks, "vr", {"path": str(clone_base), "readonly": True})
     assert response.status_code == 202, response.json()
