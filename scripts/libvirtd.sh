@@ -24,6 +24,7 @@ VIRTLOGD=/usr/sbin/virtlogd
 LIBVIRTD_PID="${STATE_DIR}/libvirtd.pid"
 VIRTLOGD_PID="${STATE_DIR}/virtlogd.pid"
 NETNS_FILE="${STATE_DIR}/libvirtd.netns"
+CONFIG="${STATE_DIR}/libvirtd.conf"
 URI=qemu:///system
 NETNS="${VAPOR_LIBVIRTD_NETNS-vapor}"
 START_TIMEOUT="${VAPOR_LIBVIRTD_START_TIMEOUT:-60}"
@@ -102,12 +103,31 @@ show_logs() {
     done
 }
 
+# The daemon's own configuration (the packaged libvirtd.conf sets nothing):
+# its read-write socket belongs to the group `libvirt`, mode 0770, without
+# polkit (which needs D-Bus, absent here). run.sh puts its unprivileged user
+# in that group, so the web server and the worker reach libvirt directly and
+# nothing but the daemons keeps root. Being in the group is worth root on the
+# host, as libvirt documents; nobody else may open the socket.
+write_config() {
+    getent group libvirt >/dev/null || groupadd --system libvirt
+    cat >"$CONFIG" <<'CONF'
+# Written by scripts/libvirtd.sh start; see there.
+unix_sock_group = "libvirt"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0770"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+CONF
+}
+
 start() {
     if answers; then
         say "a libvirtd already answers on ${URI}; nothing to do"
         return 0
     fi
     mkdir -p "$LOG_DIR" "$STATE_DIR" /run/libvirt
+    write_config
     fix_kvm
     make_netns
     printf '%s\n' "$NETNS" >"$NETNS_FILE"
@@ -117,7 +137,7 @@ start() {
         LIBVIRT_LOG_OUTPUTS="3:file:${LOG_DIR}/virtlogd.log" in_netns "$VIRTLOGD" --daemon --pid-file "$VIRTLOGD_PID"
     fi
     if ! alive "$LIBVIRTD_PID" "$LIBVIRTD"; then
-        LIBVIRT_LOG_OUTPUTS="3:file:${LOG_DIR}/libvirtd.log" in_netns "$LIBVIRTD" --daemon --pid-file "$LIBVIRTD_PID"
+        LIBVIRT_LOG_OUTPUTS="3:file:${LOG_DIR}/libvirtd.log" in_netns "$LIBVIRTD" --daemon --config "$CONFIG" --pid-file "$LIBVIRTD_PID"
     fi
     local waited=0
     until answers; do

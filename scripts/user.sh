@@ -11,9 +11,11 @@
 #      directory it cannot search (a checkout under /root, which is 0700) gets
 #      an ACL entry for search only (`setfacl -m u:vapor:x`), as virt-install
 #      does for QEMU, and run.sh says so;
-#   4. bridges libvirt: a libvirtd without systemd and D-Bus lets only root
-#      use its read-write socket (polkit cannot be asked), so a socat run by
-#      root forwards a socket only VAPOR_USER may open (0660 in a 0750
+#   4. reaches libvirt: the libvirtd scripts/libvirtd.sh starts gives its
+#      read-write socket to the group libvirt (0770, no polkit), and the user
+#      is put in that group, so it connects directly. A libvirtd started
+#      otherwise (polkit without D-Bus lets only root in) is bridged: a socat
+#      run by root forwards a socket only VAPOR_USER may open (0660 in a 0750
 #      directory of its group, under /run) to /run/libvirt/libvirt-sock, and
 #      the web server and the worker connect there
 #      (VAPOR_LIBVIRT_URI=qemu+unix:///system?socket=...). Only for the
@@ -39,6 +41,11 @@ vapor_ensure_user() {
         vapor_say "created the system user ${VAPOR_USER}"
     fi
     [[ "$(id -u "$VAPOR_USER")" != 0 ]] || vapor_die "VAPOR_USER=${VAPOR_USER} is root; name an unprivileged user"
+    # The group of libvirtd's read-write socket when scripts/libvirtd.sh started the daemon.
+    if getent group libvirt >/dev/null && ! id -nG "$VAPOR_USER" | tr ' ' '\n' | grep -qx libvirt; then
+        usermod -a -G libvirt "$VAPOR_USER"
+        vapor_say "added ${VAPOR_USER} to the group libvirt (libvirtd's socket)"
+    fi
     # No capability survives the switch, and nothing the user runs may gain one (setuid programs).
     VAPOR_AS_USER=(
         setpriv --reuid="$VAPOR_USER" --regid="$VAPOR_USER" --init-groups --inh-caps=-all --no-new-privs
@@ -84,6 +91,12 @@ vapor_give_files() {
 vapor_bridge_libvirt() {
     ((EUID == 0)) || return 0
     [[ "${VAPOR_LIBVIRT_URI:-qemu:///system}" == "qemu:///system" ]] || return 0
+    # A libvirtd that scripts/libvirtd.sh started lets the group libvirt in: no bridge, no root process.
+    if timeout 10 "${VAPOR_AS_USER[@]}" virsh -q -c qemu:///system version >/dev/null 2>&1; then
+        vapor_say "${VAPOR_USER} reaches libvirtd's socket directly (group libvirt)"
+        return 0
+    fi
+    vapor_say "libvirtd (not started by this set-up) refuses ${VAPOR_USER}; bridging its socket with socat, run by root"
     [[ -S "$VAPOR_LIBVIRT_SOCKET" ]] || vapor_die "no libvirt socket at ${VAPOR_LIBVIRT_SOCKET}"
     command -v socat >/dev/null || vapor_die "socat is missing (apt-get install socat)"
     VAPOR_BRIDGE_DIR="$(mktemp -d /run/vapor-libvirt.XXXXXX)"
