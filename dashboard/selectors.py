@@ -19,13 +19,13 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.admin.utils import quote
 from django.core.cache import cache
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, Sum
 from django.urls import reverse
 
 from isos.choices import BUSY_STATUSES as ISO_BUSY
 from isos.choices import IsoStatus
 from isos.models import IsoImage
-from projects.access import visible_projects
+from projects.access import in_visible_projects
 from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.choices import BUSY_STATUSES as VM_BUSY
@@ -154,25 +154,17 @@ def host_summary() -> HostSummary:
     return summary
 
 
-def _own_vms(user: PermissionHolder | None) -> QuerySet[VirtualMachine]:
-    """The VMs of the user's projects (all for superusers): what the counts and failures show."""
-    vms = VirtualMachine.objects.all()
-    if user is None or getattr(user, "is_superuser", False):
-        return vms
-    return vms.filter(project__in=visible_projects(user))
-
-
 def vm_section(user: PermissionHolder | None = None) -> VmSection:
     """Counts of the user's VMs by status; the host's memory and vCPUs against what every running VM uses
     (the host is shared by all projects)."""
     counts = {f"n_{value}": Count("id", filter=Q(status=value)) for value in VmStatus.values}
     running = Q(status=VmStatus.RUNNING)
     host_use = {"memory": Sum("memory_mb", filter=running), "vcpus": Sum("vcpus", filter=running)}
-    own = _own_vms(user)
-    if own.query.where:  # a member: their counts, the host's use apart
+    if user is None or getattr(user, "is_superuser", False):  # every VM: one query
+        totals = VirtualMachine.objects.aggregate(**counts, total=Count("id"), **host_use)
+    else:  # a member: their VMs' counts, the host's use apart
+        own = in_visible_projects(VirtualMachine.objects.all(), user)
         totals = {**own.aggregate(**counts, total=Count("id")), **VirtualMachine.objects.aggregate(**host_use)}
-    else:
-        totals = own.aggregate(**counts, total=Count("id"), **host_use)
     memory, vcpus = totals["memory"] or 0, totals["vcpus"] or 0
     host = host_summary()
     resources = host.resources
@@ -217,7 +209,12 @@ def recent_failures(*, vms: bool, isos: bool, user: PermissionHolder | None = No
     failures: list[Failure] = []
     fields = ("pk", "name", "error", "updated_at")
     if vms:
-        rows = _own_vms(user).filter(status=VmStatus.FAILED).order_by("-updated_at").values(*fields)[:FAILURES_SHOWN]
+        rows = (
+            in_visible_projects(VirtualMachine.objects.all(), user)
+            .filter(status=VmStatus.FAILED)
+            .order_by("-updated_at")
+            .values(*fields)[:FAILURES_SHOWN]
+        )
         failures += [
             Failure("VM", r["name"], r["error"], r["updated_at"], reverse("admin:vms_virtualmachine_change", args=[r["pk"]])) for r in rows
         ]

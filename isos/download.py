@@ -435,24 +435,26 @@ class _SocketWatch:
             self._dup = None
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """Hands the connection's socket to its watch once connected (plain or TLS: mixed in before the class)."""
+
+    sock: Any
+
     def __init__(self, *args: Any, watch: _SocketWatch, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._watch = watch
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         self._watch.attach(self.sock)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def __init__(self, *args: Any, watch: _SocketWatch, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._watch = watch
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self._watch.attach(self.sock)
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _Transfer(threading.Thread):

@@ -65,6 +65,15 @@ def visible_projects(actor: Actor | Any, role: str = Role.VIEWER) -> QuerySet[Pr
     return Project.objects.filter(memberships__user=user, memberships__role__in=at_least(role)).distinct()
 
 
+def in_visible_projects(queryset: QuerySet[Any], actor: Actor | Any, role: str = Role.VIEWER) -> QuerySet[Any]:
+    """`queryset` (of objects with a `project`) narrowed to the projects where `actor` (an Actor or a user)
+    holds at least `role`; unchanged for superusers and SYSTEM. The one place reads are scoped."""
+    user = actor.user if isinstance(actor, Actor) else actor
+    if user is None or user.is_superuser:
+        return queryset
+    return queryset.filter(project__in=visible_projects(user, role))
+
+
 def role_of(actor: Actor, project: Project) -> str | None:
     """The actor's role in `project`: admin for superusers and SYSTEM, None for a non-member."""
     if actor.sees_all:

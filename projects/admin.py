@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from projects.access import visible_projects
+from projects.access import in_visible_projects, visible_projects
 from projects.choices import Role
 from projects.models import AuditEntry, Membership, Project
 from projects.usage import with_usage
@@ -82,10 +82,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_select_related = ["project"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEntry]:
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(project__in=visible_projects(request.user, Role.ADMIN))
+        return in_visible_projects(super().get_queryset(request), request.user, Role.ADMIN)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

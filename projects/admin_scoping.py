@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from projects.access import Actor, actor_from_request, role_of, visible_projects
+from projects.access import Actor, actor_from_request, in_visible_projects, role_of, visible_projects
 from projects.choices import RANK, Role, Via
 
 
@@ -24,10 +24,7 @@ def admin_actor(request: HttpRequest) -> Actor:
 
 class ProjectScopedAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        queryset = super().get_queryset(request).select_related("project")
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(project__in=visible_projects(request.user))
+        return in_visible_projects(super().get_queryset(request).select_related("project"), request.user)
 
     def _operates(self, request: HttpRequest, obj: Any) -> bool:
         if obj is None or request.user.is_superuser:

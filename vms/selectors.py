@@ -6,13 +6,12 @@ from typing import Any
 
 from django.db.models import Count, QuerySet
 
-from projects.access import visible_projects
+from projects.access import in_visible_projects
 from vms.models import VirtualMachine, VmTemplate
 
 
 def _scoped(queryset: QuerySet[Any], user: Any, project: str | None) -> QuerySet[Any]:
-    if user is not None and not user.is_superuser:
-        queryset = queryset.filter(project__in=visible_projects(user))
+    queryset = in_visible_projects(queryset, user)
     if project:
         queryset = queryset.filter(project__name=project)
     return queryset

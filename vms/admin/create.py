@@ -26,13 +26,13 @@ from django.utils.translation import ngettext
 from guestos.choices import OsType
 from isos.choices import Architecture, IsoStatus
 from isos.models import IsoImage
-from projects.access import visible_projects
 from projects.admin_scoping import admin_actor, project_choices
 from projects.models import Project
 from vaporsite.admin_support import ErrorRows, show_service_error
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, VirtualMachine, VmTemplate
+from vms.selectors import template_list
 from vms.services import lifecycle as services
 from vms.services.lifecycle import DryRun
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
@@ -118,7 +118,7 @@ class VmCreateForm(forms.Form):
     def __init__(self, *args: Any, admin_site: admin.AdminSite, request: HttpRequest, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = project_choices(request)  # type: ignore[attr-defined]
-        self.fields["template"].queryset = VmTemplate.objects.filter(project__in=visible_projects(request.user))  # type: ignore[attr-defined]
+        self.fields["template"].queryset = template_list(request.user)  # type: ignore[attr-defined]
         iso_field = CdromAttachment._meta.get_field("iso")
         for name in ("iso_path", "secondary_iso"):
             self.fields[name].widget = IsoPicker(iso_field, admin_site, choices=self.fields[name].widget.choices)
@@ -252,7 +252,7 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         disk_formset = DiskFormSet(request.POST, prefix="disks")
         nic_formset = NicFormSet(request.POST, prefix="networks")
         template = request.POST.get("template", "")
-        mine = VmTemplate.objects.filter(project__in=visible_projects(request.user))
+        mine = template_list(request.user)
         if template and template != request.POST.get("prefilled_from", "") and mine.filter(name=template).exists():
             # A template was picked but the form was not filled in from it (no JavaScript): fill it in first.
             messages.info(request, f"The form was filled in from template {template}: check it and submit again.")
@@ -277,7 +277,7 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         initial: dict[str, Any] = {}
         disk_rows: list[dict[str, Any]] = [{"size": 20}]
         nic_rows: list[dict[str, Any]] = [DEFAULT_NIC]
-        mine = VmTemplate.objects.filter(project__in=visible_projects(request.user))
+        mine = template_list(request.user)
         chosen = mine.filter(name=request.GET.get("template", "")).prefetch_related("disks", "nics").first()
         if chosen is not None:
             initial, disk_rows, nic_rows = template_initial(chosen)

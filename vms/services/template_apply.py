@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from projects.access import SYSTEM, Actor, visible_projects
+from projects.access import SYSTEM, Actor, in_visible_projects
 from vaporsite.errors import NotFound
 from vms.models import VmTemplate
 from vms.services.requests import DiskRequest, NicRequest, VmRequest
@@ -25,7 +25,7 @@ DISK_FIELDS = tuple(f.name for f in fields(DiskRequest) if f.name != "given")
 
 def template_get(name: str, *, field: str = "template", actor: Actor = SYSTEM) -> VmTemplate:
     """The template `name` among those `actor` may see (404 otherwise, naming a few it may)."""
-    mine = VmTemplate.objects.filter(project__in=visible_projects(actor))
+    mine = in_visible_projects(VmTemplate.objects.all(), actor)
     template = mine.select_related("iso", "project").prefetch_related("disks", "nics").filter(name=name).first()
     if template is None:
         known = list(mine.order_by("name").values_list("name", flat=True)[:10])

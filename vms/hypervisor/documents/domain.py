@@ -17,6 +17,9 @@ and no `<graphics>` element at all for a headless domain.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
 from lxml import etree
 
 from vaporsite.errors import InvalidInput
@@ -289,20 +292,8 @@ def parse_definition(xml: str) -> DomainDefinition:
     os_type = root.find("os/type")
     graphics = root.find("devices/graphics")
     serial_log = root.find("devices/serial/log")
-    disks = []
-    for element in root.iterfind("devices/disk"):
-        disk = _defined_disk(element)
-        if isinstance(disk, str):
-            skipped.append(disk)
-        else:
-            disks.append(disk)
-    nics = []
-    for element in root.iterfind("devices/interface"):
-        nic = _defined_nic(element)
-        if isinstance(nic, str):
-            skipped.append(nic)
-        else:
-            nics.append(nic)
+    disks = _read_devices(root.iterfind("devices/disk"), _defined_disk, skipped)
+    nics = _read_devices(root.iterfind("devices/interface"), _defined_nic, skipped)
     return DomainDefinition(
         name=root.findtext("name") or "",
         uuid=(root.findtext("uuid") or "").strip(),
@@ -445,6 +436,21 @@ def _backing_chain(disk: etree._Element) -> tuple[BackingSpec, ...] | None:
         chain.append(BackingSpec(path=source.get("file", ""), format=fmt.get("type", "") if fmt is not None else ""))  # type: ignore[arg-type]
         store = store.find("backingStore")
     return tuple(chain)
+
+
+T = TypeVar("T")
+
+
+def _read_devices(elements: Iterable[etree._Element], read: Callable[[etree._Element], T | str], skipped: list[str]) -> list[T]:
+    """What `read` makes of each element; the ones it cannot read (it answers why, in words) go to `skipped`."""
+    devices: list[T] = []
+    for element in elements:
+        device = read(element)
+        if isinstance(device, str):
+            skipped.append(device)
+        else:
+            devices.append(device)
+    return devices
 
 
 def _defined_disk(element: etree._Element) -> DefinedDisk | str:
