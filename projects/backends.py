@@ -13,7 +13,9 @@ from typing import Any
 from projects.choices import Role
 
 _VIEW = {"vms.view_virtualmachine", "vms.view_vmtemplate", "vms.view_vmevent", "isos.view_isoimage", "projects.view_project"}
-_OPERATE = {f"vms.{verb}_{model}" for verb in ("add", "change", "delete") for model in ("virtualmachine", "vmtemplate")}
+_OPERATE = {f"vms.{verb}_{model}" for verb in ("add", "change", "delete") for model in ("virtualmachine", "vmtemplate")} | {
+    "vms.use_console"
+}
 GRANTS: dict[str, frozenset[str]] = {
     Role.VIEWER: frozenset(_VIEW),
     Role.OPERATOR: frozenset(_VIEW | _OPERATE),

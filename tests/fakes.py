@@ -8,7 +8,11 @@ daemon is exercised by tests/integration.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
+import socket
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,44 @@ class FakeDomain:
     persistent: bool = True
 
 
+RFB_BANNER = b"RFB 003.008\n"
+
+
+class FakeSerial:
+    """A serial port that echoes what is written, until `hangup()` (the domain stopped)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.closed = False
+        self.written = bytearray()
+
+    async def read(self) -> bytes:
+        return await self._queue.get()
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+        self._queue.put_nowait(data)
+
+    def hangup(self) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, b"")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _fake_vnc_server(sock: socket.socket, received: bytearray) -> None:
+    """Say the RFB banner, then echo every byte (and keep it in `received`) until the socket closes."""
+    with sock:
+        try:
+            sock.sendall(RFB_BANNER)
+            while data := sock.recv(65536):
+                received += data
+                sock.sendall(data)
+        except OSError:
+            pass
+
+
 @dataclass
 class FakeHypervisor:
     pool_dir: Path
@@ -41,6 +83,9 @@ class FakeHypervisor:
     clone_capacities: dict[str, int | None] = field(default_factory=dict)  # volume -> capacity_bytes asked for
     pool_capacity: int = 10**12  # what every pool reports, in bytes
     pool_available: int = 10**12
+    vnc_received: dict[str, bytearray] = field(default_factory=dict)  # domain -> bytes its fake VNC server got
+    serials: dict[str, list[FakeSerial]] = field(default_factory=dict)
+    _console_sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -188,6 +233,7 @@ class FakeHypervisor:
     def undefine_domain(self, name: str) -> None:
         self._call("undefine_domain")
         self.domains.pop(name, None)
+        self._hang_up_consoles(name)
 
     def start_domain(self, name: str) -> None:
         self._call("start_domain")
@@ -198,10 +244,41 @@ class FakeHypervisor:
         self._call("destroy_domain")
         if name in self.domains:
             self.domains[name].state = "shutoff"
+            self._hang_up_consoles(name)
+
+    def _hang_up_consoles(self, name: str) -> None:
+        """Like QEMU exiting: the consoles' connections end."""
+        for sock in self._console_sockets.pop(name, []):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for serial in self.serials.pop(name, []):
+            serial.hangup()
+
+    def open_graphics(self, name: str) -> socket.socket:
+        self._call("open_graphics")
+        info = self.console(name)
+        if info.type != "vnc":
+            raise Conflict(f"domain {name} has no VNC console ({info.type or 'no graphics'})", code="no_vnc")
+        if self._domain(name).state != "running":
+            raise Conflict(f"domain {name} is not running", code="not_running")
+        ours, theirs = socket.socketpair()
+        received = self.vnc_received.setdefault(name, bytearray())
+        threading.Thread(target=_fake_vnc_server, args=(theirs, received), daemon=True).start()
+        self._console_sockets.setdefault(name, []).append(theirs)
+        return ours
+
+    def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> FakeSerial:
+        self._call("open_serial")
+        if self._domain(name).state != "running":
+            raise Conflict(f"domain {name} is not running", code="not_running")
+        serial = FakeSerial(loop)
+        self.serials.setdefault(name, []).append(serial)
+        return serial
 
     def shutdown_domain(self, name: str) -> None:
         self._call("shutdown_domain")
         self._domain(name).state = "shutoff"
+        self._hang_up_consoles(name)
 
     def reboot_domain(self, name: str) -> None:
         self._call("reboot_domain")

@@ -89,6 +89,9 @@ class Config:
     memory_overcommit: float
     cpu_overcommit: float
     pool_overcommit: float
+    # Browser consoles (vms/consoles): how long an unused ticket lives, how often open consoles are re-checked.
+    console_ticket_ttl: int = 30
+    console_check_interval: float = 2.0
     problems: tuple[Problem, ...] = field(default=())
 
     @property
@@ -334,6 +337,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 4.0),
         cpu_overcommit=env.ratio("VAPOR_CPU_OVERCOMMIT", 4.0),
         pool_overcommit=env.ratio("VAPOR_POOL_OVERCOMMIT", 4.0),
+        console_ticket_ttl=env.number("VAPOR_CONSOLE_TICKET_TTL", 30, 1, 60),
+        console_check_interval=env.seconds("VAPOR_CONSOLE_CHECK_INTERVAL", 2.0),
         problems=(),
     )
     # django-q2 hands a task to another worker once it has been out this long

@@ -145,6 +145,7 @@ SPECTACULAR_SETTINGS = {
         "DiskBusEnum": "vms.choices.DiskBus",
         "NicModelEnum": "vms.choices.NicModel",
         "EventStatusEnum": "vms.choices.EventStatus",
+        "ConsoleTypeEnum": "vms.choices.ConsoleType",
         "CdromSlotEnum": "vms.choices.CdromSlot",
     },
 }

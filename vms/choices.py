@@ -61,6 +61,11 @@ class GraphicsType(models.TextChoices):
     NONE = "none", "None"
 
 
+class ConsoleType(models.TextChoices):
+    VNC = "vnc", "Graphical (VNC)"
+    SERIAL = "serial", "Serial"
+
+
 class EventStatus(models.TextChoices):
     DONE = "done", "Done"
     SKIPPED = "skipped", "Skipped (already done)"

@@ -8,7 +8,19 @@ from django.db import models
 from guestos.choices import OsType
 from isos.choices import Architecture
 from projects.models import Project, default_project_pk
-from vms.choices import BUSY_STATUSES, CdromSlot, DiskBus, DiskFormat, DiskSource, EventStatus, GraphicsType, NicModel, NicType, VmStatus
+from vms.choices import (
+    BUSY_STATUSES,
+    CdromSlot,
+    ConsoleType,
+    DiskBus,
+    DiskFormat,
+    DiskSource,
+    EventStatus,
+    GraphicsType,
+    NicModel,
+    NicType,
+    VmStatus,
+)
 
 
 class GuestSettings(models.Model):
@@ -75,6 +87,10 @@ class VirtualMachine(GuestSettings):
     class Meta:
         ordering = ["name"]
         verbose_name = "virtual machine"
+        permissions = [
+            ("use_console", "Can open and type in the consoles of virtual machines"),
+            ("watch_console", "Can watch the serial consoles of virtual machines, without typing"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -247,3 +263,31 @@ class TemplateNic(models.Model):
 
     def __str__(self) -> str:
         return f"{self.template} {self.type}:{self.source}"
+
+
+class ConsoleTicket(models.Model):
+    """A one-time pass to a VM's console, for one user and one console type.
+
+    Only the SHA-256 of the ticket is kept: the ticket itself is shown once, to
+    whoever asked for it. `used_at` is set by the one request that redeems it
+    (`vms.services.consoles.console_ticket_redeem`); an unused ticket is worth
+    nothing after `expires_at`.
+    """
+
+    token_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the ticket, hex.")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="console_tickets")
+    type = models.CharField(max_length=8, choices=ConsoleType.choices)
+    read_only = models.BooleanField(default=False)
+    source_address = models.GenericIPAddressField(null=True, blank=True, help_text="Where the ticket was asked for.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_from = models.GenericIPAddressField(null=True, blank=True, help_text="Where the console was opened from.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "console ticket"
+
+    def __str__(self) -> str:
+        return f"{self.type} console of {self.vm} for {self.user}"

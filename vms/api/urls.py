@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from vms.api import template_views, views
+from vms.api import console_views, template_views, views
 
 urlpatterns = [
     path("", views.VmCollectionView.as_view(), name="vm-list"),
@@ -10,5 +10,6 @@ urlpatterns = [
     path("templates/<str:name>", template_views.TemplateItemView.as_view(), name="vm-template-detail"),
     path("create-enhanced", views.VmCreateEnhancedView.as_view(), name="vm-create-enhanced"),
     path("<int:vm_id>", views.VmItemView.as_view(), name="vm-detail"),
+    path("<int:vm_id>/console", console_views.VmConsoleView.as_view(), name="vm-console"),
     *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],
 ]

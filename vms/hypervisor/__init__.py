@@ -9,6 +9,9 @@ tests stays inside this package.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -122,6 +125,14 @@ class DiskUse:
     backing: bool = False
 
 
+class SerialChannel(Protocol):
+    """A guest's serial port as an async byte pipe: `read()` gives b"" once it is closed."""
+
+    async def read(self) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
 DOMAIN_STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 """A domain's state in words, indexed by libvirt's `virDomainState` number."""
 
@@ -170,6 +181,8 @@ class Hypervisor(Protocol):
     def list_domain_names(self) -> list[str]: ...
     def list_domains(self) -> list[DomainInfo]: ...
     def disk_uses(self) -> list[DiskUse]: ...
+    def open_graphics(self, name: str) -> socket.socket: ...
+    def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> SerialChannel: ...
     def close(self) -> None: ...
 
 
@@ -180,6 +193,30 @@ def volume_exists(hv: Hypervisor, pool: str, name: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+_console_drivers: dict[str, Hypervisor] = {}
+_console_lock = threading.Lock()
+
+
+def console_hypervisor(uri: str | None = None) -> Hypervisor:
+    """The process's driver for consoles on `uri`, kept open (one per URI and process).
+
+    Its connection is opened after libvirt's event loop is started, which the
+    serial console's stream needs.
+    """
+    from django.conf import settings
+
+    from vms.hypervisor.consoles import start_event_loop
+    from vms.hypervisor.libvirt_driver import LibvirtDriver
+
+    start_event_loop()
+    key = uri or settings.VAPOR.libvirt_uri
+    with _console_lock:
+        driver = _console_drivers.get(key)
+        if driver is None:
+            driver = _console_drivers[key] = LibvirtDriver(key)
+        return driver
 
 
 def get_hypervisor(uri: str | None = None) -> Hypervisor:
@@ -203,7 +240,9 @@ __all__ = [
     "Hypervisor",
     "NetworkInfo",
     "PoolInfo",
+    "SerialChannel",
     "VolumeInfo",
+    "console_hypervisor",
     "get_hypervisor",
     "volume_exists",
 ]

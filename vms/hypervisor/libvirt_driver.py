@@ -11,12 +11,13 @@ exception or error code. Callers import the driver from here.
 
 from __future__ import annotations
 
+from vms.hypervisor.consoles import ConsolesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.host import HostMixin
 from vms.hypervisor.storage import StorageMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, DomainsMixin):
+class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, DomainsMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are
