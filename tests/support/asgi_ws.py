@@ -9,12 +9,12 @@ async with ws_session(application, "/ws/consoles/3/vnc?ticket=T") as ws:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-Application = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+Application = Callable[[dict[str, Any], Any, Any], Coroutine[Any, Any, None]]
 
 
 @dataclass
