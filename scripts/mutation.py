@@ -81,6 +81,9 @@ NETGUARD = "isos/netguard.py"
 ACCESS = "projects/access.py"
 DOWNLOAD = "isos/download.py"
 PARTFILE = "isos/partfile.py"
+CONSOLES = "vms/services/consoles.py"
+CONSOLE_WS = "vms/consoles/websocket.py"
+CONSOLE_TESTS = ("tests/vms/test_consoles.py",)
 
 MUTANTS: list[Mutant] = [
     # --- two VMs must not write one image (both directions of the rule)
@@ -474,6 +477,80 @@ MUTANTS: list[Mutant] = [
         "                locked = True\n",
         LIMIT_TESTS,
     ),
+    # --- consoles: a ticket opens one console, once, for its user, VM and type, from this site
+    Mutant(
+        "consoles: a ticket is used once",
+        "a used ticket is accepted again",
+        CONSOLES,
+        "token_hash=digest, used_at__isnull=True, expires_at__gt=now",
+        "token_hash=digest, expires_at__gt=now",
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: a ticket expires",
+        "an expired ticket is accepted",
+        CONSOLES,
+        "token_hash=digest, used_at__isnull=True, expires_at__gt=now",
+        "token_hash=digest, used_at__isnull=True",
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: a ticket is bound to its VM",
+        "a ticket opens another VM's console",
+        CONSOLES,
+        "    if row.vm_id != vm_id:\n",
+        "    if False:\n",
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: a ticket is bound to its console type",
+        "a VNC ticket opens the serial console",
+        CONSOLES,
+        "    if row.type != type:\n",
+        "    if False:\n",
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: a ticket is bound to its user",
+        "another user's session may use it",
+        CONSOLES,
+        "    if session_user_id is not None and session_user_id != row.user_id:\n",
+        "    if False:\n",
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: same-origin websockets only",
+        "the Origin is not checked",
+        CONSOLE_WS,
+        "    problem = origin_problem(scope)\n",
+        "    problem = None\n",
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: viewers get no console",
+        "the operator role is not needed to type",
+        CONSOLES,
+        'can_type = user.has_perm("vms.use_console") and RANK[Role(role)] >= RANK[Role.OPERATOR]',
+        'can_type = user.has_perm("vms.use_console")',
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: read-only sessions do not type",
+        "a watcher's input reaches the guest",
+        CONSOLE_WS,
+        "        if not data or console.grant.read_only:\n",
+        "        if not data:\n",
+        CONSOLE_TESTS,
+    ),
+    Mutant(
+        "consoles: an open console ends with its user's access",
+        "a deactivated user's console stays open",
+        CONSOLES,
+        "        elif user is None:\n",
+        "        elif False:\n",
+        CONSOLE_TESTS,
+    ),
+
 ]
 
 

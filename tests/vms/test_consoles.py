@@ -437,3 +437,14 @@ def test_the_server_shutting_down_closes_open_consoles(consoles: FakeHypervisor)
 
     assert run(scenario())["code"] == 1001
     assert websocket.open_consoles() == []
+
+
+def test_an_operator_elsewhere_is_only_a_viewer_here(consoles: FakeHypervisor):
+    """Roles grant vms.use_console everywhere a user is an operator; the VM's own project decides."""
+    user = UserFactory.create()
+    join(user, Role.OPERATOR, "elsewhere")
+    join(user, Role.VIEWER)
+    vm = running_vm(consoles)
+    assert user.has_perm("vms.use_console")
+    response = api_as(user).post(f"/api/v1/virtualmachines/{vm.pk}/console", {"type": "vnc"}, format="json")
+    assert response.status_code == 403

@@ -195,6 +195,7 @@ class _SerialHub:
     """One serial stream per VM and process, shared by the consoles open on it (watchers and a typist)."""
 
     hubs: dict[str, _SerialHub] = {}
+    opening: dict[tuple[int, str], asyncio.Lock] = {}  # by event loop (tests run several) and VM
 
     def __init__(self, name: str, channel: SerialChannel) -> None:
         self.name = name
@@ -214,17 +215,15 @@ class _SerialHub:
 
     @classmethod
     async def join(cls, name: str) -> tuple[_SerialHub, asyncio.Queue[bytes]]:
-        hub = cls.hubs.get(name)
-        if hub is None or hub.task.done():
-            loop = asyncio.get_running_loop()
-            channel = await asyncio.to_thread(hypervisor.console_hypervisor().open_serial, name, loop)
-            hub = cls.hubs.get(name)  # another console may have opened it meanwhile
+        # One opening at a time per VM: a second openConsole would take the port from the first.
+        async with cls.opening.setdefault((id(asyncio.get_running_loop()), name), asyncio.Lock()):
+            hub = cls.hubs.get(name)
             if hub is None or hub.task.done():
+                loop = asyncio.get_running_loop()
+                channel = await asyncio.to_thread(hypervisor.console_hypervisor().open_serial, name, loop)
                 hub = cls.hubs[name] = cls(name, channel)
-            else:
-                channel.close()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        hub.listeners.add(queue)
+            queue: asyncio.Queue[bytes] = asyncio.Queue()
+            hub.listeners.add(queue)
         return hub, queue
 
     def leave(self, queue: asyncio.Queue[bytes]) -> None:
