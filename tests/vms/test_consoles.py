@@ -448,3 +448,18 @@ def test_an_operator_elsewhere_is_only_a_viewer_here(consoles: FakeHypervisor):
     assert user.has_perm("vms.use_console")
     response = api_as(user).post(f"/api/v1/virtualmachines/{vm.pk}/console", {"type": "vnc"}, format="json")
     assert response.status_code == 403
+
+
+def test_the_ticket_admin_lists_tickets_without_their_secret(consoles: FakeHypervisor):
+    admin = AdminFactory.create()
+    vm = running_vm(consoles)
+    ticket = ticket_for(admin, vm)["ticket"]
+    browser = Client()
+    browser.force_login(admin)
+    listing = browser.get("/admin/vms/consoleticket/")
+    page = browser.get(f"/admin/vms/consoleticket/{ConsoleTicket.objects.get().pk}/change/")
+    assert listing.status_code == page.status_code == 200
+    assert vm.name in listing.content.decode()
+    for body in (listing.content, page.content):
+        assert ticket.encode() not in body and hashlib.sha256(ticket.encode()).hexdigest().encode() not in body
+    assert browser.post("/admin/vms/consoleticket/add/").status_code == 403
