@@ -550,7 +550,6 @@ MUTANTS: list[Mutant] = [
         "        elif False:\n",
         CONSOLE_TESTS,
     ),
-
 ]
 
 

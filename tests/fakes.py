@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaporsite.errors import Conflict, NotFound
-from vms.hypervisor import ConsoleInfo, DiskUse, DomainInfo, HostCapabilities, HostResources, NetworkInfo, PoolInfo, VolumeInfo
+from vms.hypervisor import (
+    ConsoleInfo,
+    DiskUse,
+    DomainInfo,
+    HostCapabilities,
+    HostResources,
+    NetworkInfo,
+    PoolInfo,
+    SerialChannel,
+    VolumeInfo,
+)
 from vms.hypervisor.documents.domain import parse_console, parse_disk_files, parse_domain
 
 
@@ -267,7 +277,7 @@ class FakeHypervisor:
         self._console_sockets.setdefault(name, []).append(theirs)
         return ours
 
-    def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> FakeSerial:
+    def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> SerialChannel:
         self._call("open_serial")
         if self._domain(name).state != "running":
             raise Conflict(f"domain {name} is not running", code="not_running")

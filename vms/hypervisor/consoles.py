@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from vaporsite.errors import Conflict, HypervisorError
+from vms.hypervisor import SerialChannel
 from vms.hypervisor._connection import Connection, calls
 
 logger = logging.getLogger("vapor.hypervisor")
@@ -164,7 +165,7 @@ class ConsolesMixin(Connection):
         except OSError as exc:
             raise HypervisorError(f"cannot reach the VNC console of {name} at {host}:{info.port}: {exc.strerror or exc}") from exc
 
-    def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> SerialStream:
+    def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> SerialChannel:
         """The running domain's first serial port as a stream; takes it over from another session holding it."""
         start_event_loop()
         domain = self._lookup_domain(name)  # type: ignore[attr-defined]
