@@ -121,12 +121,12 @@ def test_a_websocket_under_ws_reaches_the_configured_application(settings, echo)
 
 
 @pytest.mark.parametrize("path", ["/", "/admin/", "/wsx/1", "/api/v1/ws/", "/ws"])
-def test_a_websocket_elsewhere_is_closed_before_accept_and_imports_nothing(settings, path: str):
-    settings.VAPOR_WEBSOCKET_APPLICATION = "tests.support.no_such_module.application"
+def test_a_websocket_elsewhere_is_closed_before_accept_and_imports_nothing(settings, echo, path: str):
+    settings.VAPOR_WEBSOCKET_APPLICATION = ECHO
     router = Router(Recorder())
     sent = run(router, websocket_scope(path), [{"type": "websocket.connect"}])
     assert sent == [{"type": "websocket.close", "code": 1008}]  # before accept: the server answers 403
-    assert router.websocket is None
+    assert router.websocket is None and echo.connections == 0
 
 
 def test_a_websocket_application_that_cannot_be_imported_refuses_websockets_and_spares_http(settings, caplog):
