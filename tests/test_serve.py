@@ -347,6 +347,7 @@ def test_serve_runs_websockets_and_its_shutdown_closes_the_websocket_application
         origin = f"http://127.0.0.1:{served.port}"
         with connect(f"ws://127.0.0.1:{served.port}/ws/echo", origin=Origin(origin), open_timeout=20) as websocket:
             assert '"scheme": "ws"' in str(websocket.recv(timeout=20))
+            assert websocket.protocol.extensions == []  # the client offered permessage-deflate; the server declines it
             websocket.send(b"\x00\x01\x02")
             assert websocket.recv(timeout=20) == b"\x00\x01\x02"
         with pytest.raises(InvalidStatus) as refused:

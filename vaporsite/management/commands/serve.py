@@ -65,6 +65,12 @@ class Command(BaseCommand):
             workers=vapor.web_workers,
             http="httptools",
             ws="websockets-sansio",
+            # Pings keep an idle console's connection (and nginx's, docs/nginx.md) alive and find dead peers.
+            ws_ping_interval=20.0,
+            ws_ping_timeout=20.0,
+            # No permessage-deflate: console bytes (RFB is compressed already) would cost CPU both ways
+            # and a zlib context per open console, for little gain.
+            ws_per_message_deflate=False,
             lifespan="on",
             proxy_headers=True,
             forwarded_allow_ips=list(vapor.forwarded_allow_ips),
