@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The run command: set up what is missing, then serve Vapor on 127.0.0.1:8000
-# with two django-q2 clusters beside it: the main one (provisioning, hashing,
+# (`manage.py serve`: uvicorn, HTTP, websockets and the static files the
+# set-up collected) with two django-q2 clusters beside it: the main one (provisioning, hashing,
 # schedules) and one for ISO downloads alone (Q_CLUSTER_NAME=vapor-downloads,
 # settings.DOWNLOAD_QUEUE), so a slow download never holds a worker the rest
 # waits for. Ctrl-C stops the server, the workers, and libvirtd if this script
@@ -10,7 +11,8 @@
 #
 # VAPOR_ADMIN_PASSWORD sets the password of the admin user created on the
 # first run; without it a random one is printed once. VAPOR_LISTEN sets the
-# address (default 127.0.0.1:8000).
+# address (default 127.0.0.1:8000), VAPOR_WEB_WORKERS the server's processes;
+# behind nginx with TLS see docs/nginx.md.
 #
 # Run as root, only the set-up keeps root: the server and the worker run as
 # the unprivileged user VAPOR_USER (default `vapor`, created if missing;
@@ -100,14 +102,13 @@ cat <<EOF
 
 EOF
 
-# As VAPOR_USER (empty prefix when not root). --insecure: DEBUG is off, and
-# runserver then serves the admin's CSS and JS only when told to.
+# As VAPOR_USER (empty prefix when not root).
 "${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py qcluster &
 WORKER_PID=$!
 # The downloads' cluster: its own queue, so provisioning and hashing never wait behind a slow download.
 Q_CLUSTER_NAME=vapor-downloads "${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py qcluster &
 DOWNLOADER_PID=$!
-"${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py runserver "$ADDRESS" --noreload --insecure &
+"${VAPOR_AS_USER[@]}" "$VAPOR_PY" manage.py serve --bind "$ADDRESS" &
 WEB_PID=$!
 
 # Any one ending on its own (port taken, crash) ends the run: a server

@@ -9,7 +9,9 @@
 #    update only then too), so a warm machine pays nothing.
 # 2. .venv from requirements-dev.txt; pip runs again only when a requirements
 #    file or the interpreter changed (a hash stamp inside .venv).
-# 3. var/ (SQLite, logs), the ISO directories, `manage.py migrate`.
+# 3. var/ (SQLite, logs), the ISO directories, `manage.py migrate`, and
+#    `manage.py collectstatic` (VAPOR_DATA_DIR/static, which `manage.py serve`
+#    serves).
 # 4. libvirtd (scripts/libvirtd.sh) if none answers, then `vapor_bootstrap`
 #    for the `default` storage pool and NAT network.
 #
@@ -29,6 +31,7 @@ VAPOR_PACKAGES=(
     acl socat # run.sh: search ACLs for the unprivileged user, the libvirt socket bridge (scripts/user.sh)
     curl # the download benchmark's baseline (bench/isos_download.py)
     chromium fonts-dejavu-core # the browser tests (tests/browser): Playwright drives this Chromium
+    nginx openssl # TLS in front of `manage.py serve` (docs/nginx.md) and its test; never started as a daemon here
 )
 
 vapor_say() { printf '==> %s\n' "$*" >&2; }
@@ -129,6 +132,8 @@ vapor_setup() {
     vapor_ensure_dirs
     vapor_say "migrating the database"
     vapor_manage migrate --noinput
+    vapor_say "collecting static files"
+    vapor_manage collectstatic --noinput -v 0
     vapor_ensure_libvirtd
     vapor_say "making sure the default storage pool and network exist"
     vapor_manage vapor_bootstrap

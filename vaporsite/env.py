@@ -36,6 +36,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # A disk's size in GB is stored in a 32-bit column (PositiveIntegerField).
 MAX_DISK_GB_CEILING = 2**31 - 1
+# Where `manage.py serve` (and so scripts/run.sh) listens unless told otherwise.
+DEFAULT_LISTEN = "127.0.0.1:8000"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ class Config:
     memory_overcommit: float
     cpu_overcommit: float
     pool_overcommit: float
+    # The production server (`manage.py serve`, README "Production server").
+    web_listen: tuple[str, int]  # host (no brackets) and port
+    web_workers: int
+    web_keepalive: int
+    web_graceful_timeout: int
+    forwarded_allow_ips: tuple[str, ...]  # proxies whose X-Forwarded-Proto/-For are believed
     # Browser consoles (vms/consoles): how long an unused ticket lives, how often open consoles are re-checked.
     console_ticket_ttl: int = 30
     console_check_interval: float = 2.0
@@ -210,6 +218,35 @@ def _networks(text: str) -> tuple[str, ...]:
     for net in nets:
         ipaddress.ip_network(net, strict=False)
     return nets
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 address in brackets, [::1]:8000) as (host, port); raises ValueError."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        import ipaddress
+
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError("only an IPv6 address goes in brackets")
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:8000")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _trusted_proxies(text: str) -> tuple[str, ...]:
+    import ipaddress
+
+    proxies = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not proxies:
+        raise ValueError("name at least one address")
+    for proxy in proxies:
+        ipaddress.ip_network(proxy, strict=False)
+    return proxies
 
 
 def kept_secret(path: Path, make: Callable[[], str]) -> str:
@@ -337,6 +374,13 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         memory_overcommit=env.ratio("VAPOR_MEMORY_OVERCOMMIT", 4.0),
         cpu_overcommit=env.ratio("VAPOR_CPU_OVERCOMMIT", 4.0),
         pool_overcommit=env.ratio("VAPOR_POOL_OVERCOMMIT", 4.0),
+        web_listen=env.parse("VAPOR_LISTEN", listen_address(DEFAULT_LISTEN), listen_address, "an address HOST:PORT"),
+        web_workers=env.number("VAPOR_WEB_WORKERS", 2, 1, 64),
+        web_keepalive=env.number("VAPOR_WEB_KEEPALIVE", 5, 1, 3600),
+        web_graceful_timeout=env.number("VAPOR_WEB_GRACEFUL_TIMEOUT", 10, 1, 3600),
+        forwarded_allow_ips=env.parse(
+            "VAPOR_FORWARDED_ALLOW_IPS", ("127.0.0.1",), _trusted_proxies, "a comma-separated list of addresses or networks (CIDR)"
+        ),
         console_ticket_ttl=env.number("VAPOR_CONSOLE_TICKET_TTL", 30, 1, 60),
         console_check_interval=env.seconds("VAPOR_CONSOLE_CHECK_INTERVAL", 2.0),
         problems=(),

@@ -90,7 +90,17 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# `manage.py collectstatic` (scripts/setup.sh runs it) copies every app's static files here, with
+# gzip variants beside them; the ASGI application serves them (vaporsite/staticfiles.py, whitenoise).
 STATIC_ROOT = VAPOR.data_dir / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# The ASGI application (vaporsite/asgi.py) hands websockets under /ws/ to this one, imported on the
+# first websocket, so that HTTP never depends on it.
+VAPOR_WEBSOCKET_APPLICATION = "vms.consoles.websocket.application"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Production hardening switches on with DEBUG off; `check --deploy` is clean
@@ -103,7 +113,9 @@ if not DEBUG:
     SECURE_HSTS_SECONDS = VAPOR.hsts_seconds
     SECURE_HSTS_INCLUDE_SUBDOMAINS = VAPOR.hsts_seconds > 0
     SECURE_HSTS_PRELOAD = VAPOR.hsts_seconds > 0
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# No SECURE_PROXY_SSL_HEADER: Django would believe X-Forwarded-Proto from whoever sends it. The
+# server (`manage.py serve`) believes it only from VAPOR_FORWARDED_ALLOW_IPS and sets the request's
+# scheme, which is what request.is_secure() reads.
 X_FRAME_OPTIONS = "DENY"
 
 # A request body (API JSON, admin form) may be this large; README, "Limits".

@@ -169,7 +169,7 @@ def test_run_sh_serves_and_works_as_an_unprivileged_user(run_sh, iso_server: str
 
     # Every Django process run.sh started (the server, qcluster and its workers) runs as the user, all four uids.
     managed = {pid: seen for pid, seen in session_processes(process.pid).items() if "manage.py" in seen[0]}
-    assert any("runserver" in cmd for cmd, _ in managed.values()), managed
+    assert any("manage.py serve" in cmd for cmd, _ in managed.values()), managed
     assert sum("qcluster" in cmd for cmd, _ in managed.values()) >= 2, managed  # the cluster and its worker(s)
     assert {pid: uids for pid, (_, uids) in managed.items() if uids != [user.pw_uid] * 4} == {}
     if Path("/run/vapor/libvirtd.conf").exists():
@@ -181,6 +181,10 @@ def test_run_sh_serves_and_works_as_an_unprivileged_user(run_sh, iso_server: str
     secret = (data / "secret_key").stat()
     assert (secret.st_uid, secret.st_mode & 0o777) == (user.pw_uid, 0o600)
     assert (data.stat().st_uid, data.stat().st_mode & 0o777) == (user.pw_uid, 0o700)
+
+    # The server serves the static files the set-up collected (DEBUG is off).
+    with urllib.request.urlopen(portal.base + "/static/admin/css/base.css", timeout=30) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/css")
 
     # The worker writes the download directory.
     status, iso = portal.call("POST", "/api/v1/virtualmachines/isos", {"url": iso_server, "name": "unpriv"})
