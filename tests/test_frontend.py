@@ -35,7 +35,8 @@ def test_the_files_the_pages_load_are_found():
                  "vendor/xterm/css/xterm.css", "vendor/xterm-addon-fit/lib/addon-fit.mjs", "vms/consoles/vnc.js",
                  "vms/consoles/serial.js", "vms/consoles/ticket.js"):  # fmt: skip
         assert finders.find(name), f"{name} not found: run scripts/setup.sh (npm ci in frontend/)"
-    assert "export default class RFB" in Path(finders.find("vendor/novnc/core/rfb.js")).read_text()
+    rfb = finders.find("vendor/novnc/core/rfb.js")
+    assert isinstance(rfb, str) and "export default class RFB" in Path(rfb).read_text()
 
 
 def test_setup_installs_them_with_npm_ci_without_their_scripts():
