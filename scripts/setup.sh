@@ -9,10 +9,14 @@
 #    update only then too), so a warm machine pays nothing.
 # 2. .venv from requirements-dev.txt; pip runs again only when a requirements
 #    file or the interpreter changed (a hash stamp inside .venv).
-# 3. var/ (SQLite, logs), the ISO directories, `manage.py migrate`, and
+# 3. frontend/node_modules from frontend/package-lock.json (noVNC, xterm.js: the
+#    console pages serve them as static files, nothing comes from a CDN);
+#    `npm ci` runs again only when the lock changed (a hash stamp, as for .venv).
+#    Debian's nodejs and npm are installed when no npm is on PATH.
+# 4. var/ (SQLite, logs), the ISO directories, `manage.py migrate`, and
 #    `manage.py collectstatic` (VAPOR_DATA_DIR/static, which `manage.py serve`
 #    serves).
-# 4. libvirtd (scripts/libvirtd.sh) if none answers, then `vapor_bootstrap`
+# 5. libvirtd (scripts/libvirtd.sh) if none answers, then `vapor_bootstrap`
 #    for the `default` storage pool and NAT network.
 #
 # After vapor_setup, VAPOR_STARTED_LIBVIRTD=1 tells the caller it started the
@@ -99,6 +103,18 @@ vapor_ensure_venv() {
     fi
 }
 
+vapor_ensure_frontend() {
+    local dir="${VAPOR_ROOT}/frontend"
+    local stamp="${dir}/node_modules/.vapor-lock.sha256" want
+    want="$(sha256sum "${dir}/package-lock.json" | cut -d' ' -f1)"
+    [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && return 0
+    command -v npm >/dev/null || vapor_ensure_packages nodejs npm
+    vapor_say "installing the console pages' browser libraries (npm ci)"
+    # --ignore-scripts: the packages are plain files for the browser; nothing of theirs runs here.
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || vapor_die "npm ci failed"
+    printf '%s\n' "$want" >"$stamp"
+}
+
 vapor_manage() {
     (cd "$VAPOR_ROOT" && "$VAPOR_PY" manage.py "$@")
 }
@@ -129,6 +145,7 @@ vapor_setup() {
     vapor_ensure_packages "${VAPOR_PACKAGES[@]}"
     vapor_ensure_venv
     [[ "$mode" == "--venv" ]] && return 0
+    vapor_ensure_frontend
     vapor_ensure_dirs
     vapor_say "migrating the database"
     vapor_manage migrate --noinput

@@ -101,6 +101,20 @@ STORAGES = {
 # The ASGI application (vaporsite/asgi.py) hands websockets under /ws/ to this one, imported on the
 # first websocket, so that HTTP never depends on it.
 VAPOR_WEBSOCKET_APPLICATION = "vms.consoles.websocket.application"
+
+# The console pages' browser libraries, installed by scripts/setup.sh from
+# frontend/package-lock.json (npm ci): only the subtrees a page loads, under
+# vendor/. noVNC's ES modules import each other and ../vendor/pako relatively,
+# so its core/ and vendor/ stay side by side; the .map files come along
+# because collectstatic's manifest follows sourceMappingURL comments.
+NODE_MODULES = BASE_DIR / "frontend" / "node_modules"
+STATICFILES_DIRS = [
+    ("vendor/novnc/core", NODE_MODULES / "@novnc" / "novnc" / "core"),
+    ("vendor/novnc/vendor", NODE_MODULES / "@novnc" / "novnc" / "vendor"),
+    ("vendor/xterm/lib", NODE_MODULES / "@xterm" / "xterm" / "lib"),
+    ("vendor/xterm/css", NODE_MODULES / "@xterm" / "xterm" / "css"),
+    ("vendor/xterm-addon-fit/lib", NODE_MODULES / "@xterm" / "addon-fit" / "lib"),
+]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Production hardening switches on with DEBUG off; `check --deploy` is clean

@@ -12,4 +12,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/v1/virtualmachines/", include("isos.api.urls")),
     path("api/v1/virtualmachines/", include("vms.api.urls")),
+    path("consoles/", include("vms.consoles.urls")),
 ]

@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import path
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from projects.admin_scoping import ProjectScopedAdmin, admin_actor
 from vaporsite.admin_support import VaporModelAdmin
@@ -22,6 +22,7 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.admin import create as admin_create
 from vms.choices import VmStatus
+from vms.consoles.views import can_watch_console, console_links
 from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services import lifecycle as services
@@ -139,6 +140,31 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         # Nothing on the VM page is edited in place (changes are the list's actions): no save buttons.
         extra = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False, **(extra_context or {})}
         return super().change_view(request, object_id, form_url, extra)
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], add: bool = False, change: bool = False, form_url: str = "", obj: Any = None
+    ) -> Any:
+        # The Console buttons above the page (change_form.html's object tools).
+        context["console_links"] = console_links(request.user, obj) if obj is not None else []
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        """A Console column, after the state, only for users who may open a console (it links running VMs only).
+        The column is made per request: the ModelAdmin is shared by every request, the user is not."""
+        columns = list(super().get_list_display(request))
+        if not can_watch_console(request.user):
+            return columns
+        user = request.user
+
+        @admin.display(description="Console")
+        def console_link(obj: VirtualMachine) -> str:
+            links = console_links(user, obj)
+            if not links:
+                return ""
+            short = {"Console": "screen", "Serial console": "serial"}
+            return format_html_join(" · ", '<a href="{}" class="vapor-console-link">{}</a>', ((url, short[label]) for label, url in links))
+
+        return [*columns[:4], console_link, *columns[4:]]
 
     def get_actions(self, request: HttpRequest) -> Any:
         actions = super().get_actions(request)

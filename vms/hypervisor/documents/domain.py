@@ -281,6 +281,16 @@ def parse_console(xml: str) -> ConsoleInfo:
     )
 
 
+def parse_serial_log(xml: str) -> str:
+    """The file a domain's first serial port is logged to (`<serial><log file=...>`); "" when it has none."""
+    return _serial_log(parse(xml, root="domain"))
+
+
+def _serial_log(root: etree._Element) -> str:
+    log = root.find("devices/serial/log")
+    return log.get("file", "") if log is not None else ""
+
+
 def parse_definition(xml: str) -> DomainDefinition:
     """What a whole domain definition (inactive XML preferred) says, in Vapor's terms.
 
@@ -291,7 +301,6 @@ def parse_definition(xml: str) -> DomainDefinition:
     skipped: list[str] = []
     os_type = root.find("os/type")
     graphics = root.find("devices/graphics")
-    serial_log = root.find("devices/serial/log")
     disks = _read_devices(root.iterfind("devices/disk"), _defined_disk, skipped)
     nics = _read_devices(root.iterfind("devices/interface"), _defined_nic, skipped)
     return DomainDefinition(
@@ -308,7 +317,7 @@ def parse_definition(xml: str) -> DomainDefinition:
         graphics_type=graphics.get("type", "") if graphics is not None else "",
         graphics_port=_graphics_port(graphics),
         graphics_listen=_listen(graphics) if graphics is not None else "",
-        serial_log=serial_log.get("file", "") if serial_log is not None else "",
+        serial_log=_serial_log(root),
         disks=tuple(disks),
         nics=tuple(nics),
         skipped=tuple(skipped),
