@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from tests.integration.conftest import unique, virsh
 from tests.integration.test_consoles_real import _domain_xml
@@ -144,7 +145,7 @@ def _refused(portal: Portal, tally: Tally, case: str, path: str, **headers: str)
     origin = headers.pop("origin", portal.origin)
     status, detail = 0, ""
     try:
-        with connect(portal.ws_url(path), origin=origin or None, additional_headers=headers, open_timeout=20) as ws:  # type: ignore[arg-type]
+        with connect(portal.ws_url(path), origin=Origin(origin) if origin else None, additional_headers=headers, open_timeout=20) as ws:
             ws.close()
     except InvalidStatus as exc:
         status, detail = exc.response.status_code, (exc.response.body or b"").decode(errors="replace")
@@ -156,7 +157,7 @@ def _refused(portal: Portal, tally: Tally, case: str, path: str, **headers: str)
 
 def _opens(portal: Portal, path: str, *, expect: bytes, send: bytes = b"", **headers: str) -> bytes:
     seen = b""
-    with connect(portal.ws_url(path), origin=portal.origin, additional_headers=headers, open_timeout=20) as ws:  # type: ignore[arg-type]
+    with connect(portal.ws_url(path), origin=Origin(portal.origin), additional_headers=headers, open_timeout=20) as ws:
         if send:
             ws.send(send)
         deadline = time.monotonic() + 30
@@ -180,7 +181,7 @@ def test_the_owners_ticket_opens_the_serial_port(portal: Portal, tally: Tally):
     status, body = portal.ticket("owner", vm, "serial")
     assert status == 201, body
     seen = b""
-    with connect(portal.ws_url(body["websocket"]), origin=portal.origin, open_timeout=20) as ws:
+    with connect(portal.ws_url(body["websocket"]), origin=Origin(portal.origin), open_timeout=20) as ws:
         virsh("reset", vm)  # SeaBIOS prints its banner on the port again, now that someone listens
         deadline = time.monotonic() + 30
         while b"SeaBIOS" not in seen and time.monotonic() < deadline:
@@ -287,7 +288,7 @@ def test_a_watchers_keys_never_reach_the_serial_port(portal: Portal, tally: Tall
     would react to a key; here the bytes typed are counted on the session's record instead."""
     status, body = portal.ticket("watcher", _first_vm(portal), "serial")
     assert status == 201 and body["read_only"] is True
-    with connect(portal.ws_url(body["websocket"]), origin=portal.origin, open_timeout=20) as ws:
+    with connect(portal.ws_url(body["websocket"]), origin=Origin(portal.origin), open_timeout=20) as ws:
         ws.send(b"reboot\r")
         time.sleep(0.3)
     time.sleep(0.5)
