@@ -34,7 +34,8 @@ def console_permission(codename: str) -> Permission:
 def user_with(*codenames: str, staff: bool = True, project: str | None = None) -> User:
     user = UserFactory.create(is_staff=staff)
     user.user_permissions.add(*(console_permission(c) for c in codenames))
-    join(user, Role.OPERATOR, project)
+    # The operator role grants vms.use_console itself (projects.backends): without it, a viewer.
+    join(user, Role.OPERATOR if "use_console" in codenames else Role.VIEWER, project)
     return user
 
 
