@@ -1,9 +1,11 @@
 """A running Vapor portal and a headless Chromium for the browser tests.
 
 The portal is the real thing, started the way scripts/run.sh starts it
-(`runserver --noreload` beside a `qcluster` worker, DEBUG on so runserver
-serves the admin's static files), as subprocesses with a database, ISO
-directory and storage pool of their own. Chromium is Debian's
+(`manage.py serve`, the production ASGI server, beside the two `qcluster`
+workers, DEBUG off, the static files collected and served by the server), as
+subprocesses with a database, ISO directory and storage pool of their own.
+`tls_portal` puts nginx with TLS in front of it (docs/nginx.conf.example, a
+certificate the test makes). Chromium is Debian's
 (/usr/bin/chromium) driven by Playwright; Playwright never downloads a browser
 here. Nothing is skipped: a missing browser or library fails with a hint.
 """
@@ -51,6 +53,8 @@ class Portal:
     username: str
     password: str
     logs: Path
+    data_dir: Path
+    env: dict[str, str]  # the portal's environment, for `manage.py` commands on its database
 
 
 def _free_port() -> int:
@@ -72,7 +76,7 @@ def _portal_env(data_dir: Path, iso_dir: Path) -> dict[str, str]:
         VAPOR_LIBVIRT_URI="qemu:///system",
         VAPOR_VIRT_TYPE="qemu",  # TCG: no dependence on /dev/kvm
         VAPOR_SECRET_KEY="browser-test-" + os.urandom(16).hex(),
-        VAPOR_DEBUG="1",  # runserver then serves the admin's CSS and JS (scripts/run.sh passes --insecure instead)
+        VAPOR_WEB_WORKERS="1",
         VAPOR_ALLOWED_HOSTS="127.0.0.1",
         VAPOR_Q_SYNC="0",
         VAPOR_Q_WORKERS="1",
@@ -115,7 +119,7 @@ def _wait_until_serving(url: str, processes: list[subprocess.Popen[bytes]], logs
             if process.poll() is not None:
                 pytest.fail(
                     f"{process.args!r} exited with {process.returncode} before the portal answered\n"
-                    + _tail(logs / "runserver.log")
+                    + _tail(logs / "serve.log")
                     + "\n"
                     + _tail(logs / "qcluster.log"),
                     pytrace=False,
@@ -127,12 +131,12 @@ def _wait_until_serving(url: str, processes: list[subprocess.Popen[bytes]], logs
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.3)
-    pytest.fail(f"the portal did not answer on {url} within {START_TIMEOUT:.0f} s\n" + _tail(logs / "runserver.log"), pytrace=False)
+    pytest.fail(f"the portal did not answer on {url} within {START_TIMEOUT:.0f} s\n" + _tail(logs / "serve.log"), pytrace=False)
 
 
 @pytest.fixture
 def portal(tmp_path: Path) -> Iterator[Portal]:
-    """Vapor served on a free loopback port by runserver + qcluster, with a superuser, a scratch pool and the `default` network."""
+    """Vapor served on a free loopback port by `serve` + qcluster, with a superuser, a scratch pool and the `default` network."""
     probe = virsh("net-info", "default", check=False)
     if probe.returncode != 0:
         pytest.fail(
@@ -157,6 +161,7 @@ def portal(tmp_path: Path) -> Iterator[Portal]:
         virsh("pool-start", pool)
         env = _portal_env(data_dir, iso_dir)
         _manage(env, logs, "migrate", "--noinput")
+        _manage(env, logs, "collectstatic", "--noinput")
         _manage(
             {**env, "DJANGO_SUPERUSER_USERNAME": ADMIN_USER, "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD, "DJANGO_SUPERUSER_EMAIL": ""},
             logs,
@@ -169,7 +174,7 @@ def portal(tmp_path: Path) -> Iterator[Portal]:
         for name, args, extra in (
             ("qcluster", ["qcluster"], {}),
             ("qcluster-downloads", ["qcluster"], {"Q_CLUSTER_NAME": settings.DOWNLOAD_QUEUE}),
-            ("runserver", ["runserver", f"127.0.0.1:{port}", "--noreload"], {}),
+            ("serve", ["serve", "--bind", f"127.0.0.1:{port}"], {}),
         ):
             with open(logs / f"{name}.log", "wb") as log:
                 processes.append(
@@ -187,12 +192,14 @@ def portal(tmp_path: Path) -> Iterator[Portal]:
             username=ADMIN_USER,
             password=ADMIN_PASSWORD,
             logs=logs,
+            data_dir=data_dir,
+            env=env,
         )
     finally:
         for process in reversed(processes):
             _stop(process)
         # Shown with the test's report when it fails.
-        print(_tail(logs / "runserver.log", 60))
+        print(_tail(logs / "serve.log", 60))
         print(_tail(logs / "qcluster.log", 60))
         remove_pool(pool)
         shutil.rmtree(top, ignore_errors=True)
@@ -236,3 +243,27 @@ def artifacts() -> Path:
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     return ARTIFACTS
+
+
+@dataclass(frozen=True)
+class TlsPortal:
+    portal: Portal  # the portal behind, as served on its own port
+    url: str  # https://127.0.0.1:PORT, nginx's side
+    ca: Path  # the test CA's certificate
+    logs: Path
+
+
+@pytest.fixture
+def tls_portal(portal: Portal, tmp_path: Path) -> Iterator[TlsPortal]:
+    """nginx with TLS in front of `portal`, configured from docs/nginx.conf.example with a certificate the test makes."""
+    from tests.support.serving import make_certificates, nginx_binary, start_nginx
+
+    binary = nginx_binary()
+    if binary is None:
+        pytest.fail("nginx is missing: apt-get install nginx (bash scripts/setup.sh installs it)", pytrace=False)
+    certificates_dir = tmp_path / "tls"
+    certificates_dir.mkdir()
+    certificates = make_certificates(certificates_dir)
+    port = int(portal.url.rsplit(":", 1)[1])
+    with start_nginx(binary, tmp_path / "nginx", upstream_port=port, certificates=certificates) as nginx:
+        yield TlsPortal(portal=portal, url=nginx.url, ca=certificates.ca, logs=tmp_path / "nginx" / "logs")

@@ -75,7 +75,7 @@ def test_admin_registers_an_iso_creates_runs_stops_and_deletes_a_vm(page: Page, 
         # 1. Log in.
         page.goto(f"{portal.url}/admin/login/")
         expect(page.locator("#id_username")).to_be_visible()
-        # The admin's stylesheet came with the page (runserver serves it): the login box is styled.
+        # The admin's stylesheet came with the page (the server serves it): the login box is styled.
         assert page.evaluate("() => getComputedStyle(document.querySelector('#header')).display") == "flex"
         page.fill("#id_username", portal.username)
         page.fill("#id_password", portal.password)
