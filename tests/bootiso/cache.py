@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.bootiso.iso import ISO_NAME, build
+from tests.bootiso.iso import PROBE, SHELL, Variant, build
 from tests.bootiso.packages import ensure_debs
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -24,17 +24,21 @@ DEFAULT_CACHE_DIR = PACKAGE_DIR.parents[1] / "var" / "cache" / "bootiso"
 STAMP_NAME = "vapor-probe.stamp.json"
 
 
-def build_probe_iso(cache_dir: Path | None = None) -> Path:
+def build_probe_iso(cache_dir: Path | None = None, *, shell: bool = False) -> Path:
     """Return the path of the probe ISO, building it first if it is missing or stale.
+
+    With `shell`, the shell variant: the same report, then a shell on the
+    serial port instead of powering off (see `build_shell_iso`).
 
     A file lock serialises test processes that ask at the same time (the
     second one waits and then finds the ISO fresh); the ISO is written under a
     temporary name and renamed, so nobody ever boots half an ISO.
     """
+    variant = SHELL if shell else PROBE
     cache = (cache_dir or DEFAULT_CACHE_DIR).resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    iso = cache / ISO_NAME
-    stamp_file = cache / STAMP_NAME
+    iso = cache / variant.iso_name
+    stamp_file = cache / stamp_name(variant)
     with _locked(cache / ".lock"):
         debs = ensure_debs(cache / "debs")
         stamp = stamp_of(debs)
@@ -44,15 +48,27 @@ def build_probe_iso(cache_dir: Path | None = None) -> Path:
             shutil.rmtree(leftover, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
         try:
-            built = build(debs, work)
+            built = build(debs, work, variant)
             os.chmod(built, 0o644)
             os.replace(built, iso)
-            tmp_stamp = work / STAMP_NAME
+            tmp_stamp = work / stamp_file.name
             tmp_stamp.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
             os.replace(tmp_stamp, stamp_file)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return iso
+
+
+def build_shell_iso(cache_dir: Path | None = None) -> Path:
+    """The shell ISO's path, built like the probe's: it prints the probe's report and
+    MARKER, then SHELL_READY, and keeps a shell (with job control) on ttyS0 and
+    one on the screen, restarted when they exit; it never powers off by itself
+    (an ACPI shutdown does). Console tests boot it, or register it as an ISO."""
+    return build_probe_iso(cache_dir, shell=True)
+
+
+def stamp_name(variant: Variant) -> str:
+    return STAMP_NAME if variant == PROBE else f"{variant.name}.stamp.json"
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 #!/bin/busybox sh
 # PID 1 of the probe guest: prints the block devices and firmware the guest
-# kernel sees on the serial console, then powers off. initramfs.py fills in
+# kernel sees on the serial console, then powers off; booted with the kernel
+# parameter vapor.shell (the shell ISO) it stays up with a shell on the serial
+# port instead (see the end of this file). initramfs.py fills in
 # the placeholders (a name between two at signs) before packing it. Every wait
 # is bounded: a probe that hangs would cost a test its whole timeout instead of
 # failing with the serial log in hand.
@@ -79,4 +81,41 @@ else
 fi
 echo "@MARKER@"
 sync
-poweroff -f
+case " $(cat /proc/cmdline) " in
+    *" vapor.shell "*) ;;
+    *)
+        poweroff -f
+        exit 1
+        ;;
+esac
+
+# --- The shell variant: a shell on the serial port and one on the screen. ---
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root PS1='vapor-shell# '
+mkdir -p /root /etc/acpi/PWRF /var/log /var/run
+hostname vapor-shell
+# ACPI power button (libvirt's graceful shutdown): power off, as an OS would.
+modprobe button || echo "PROBE-NOTE modprobe button failed"
+modprobe evdev || echo "PROBE-NOTE modprobe evdev failed"
+printf '#!/bin/sh\nsync\npoweroff -f\n' >/etc/acpi/PWRF/00000080
+chmod 755 /etc/acpi/PWRF/00000080
+i=0
+while [ ! -e /dev/input/event0 ] && [ "$i" -lt 20 ]; do
+    usleep 100000
+    i=$((i + 1))
+done
+acpid -c /etc/acpi || echo "PROBE-NOTE acpid failed"
+# The screen (tty1): a banner, then a shell, restarted when it exits.
+(
+    while :; do
+        printf '\n  Vapor shell probe (%s): @SHELL_READY@\n\n' "$(uname -r)"
+        TERM=linux setsid -c sh
+        sleep 1
+    done
+) </dev/tty1 >/dev/tty1 2>&1 &
+# The serial port: the ready line, then a shell with job control (setsid -c
+# makes ttyS0 its controlling terminal), restarted when it exits.
+while :; do
+    echo "@SHELL_READY@"
+    TERM=vt102 setsid -c sh </dev/ttyS0 >/dev/ttyS0 2>&1
+    sleep 1
+done

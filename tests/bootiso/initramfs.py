@@ -10,7 +10,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from tests.bootiso.report import MARKER
+from tests.bootiso.report import MARKER, SHELL_READY
 from tests.bootiso.tools import TOOL_TIMEOUT, BootIsoError, run
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
@@ -21,12 +21,18 @@ INIT_SCRIPT = Path(__file__).with_name("init.sh")
 # loaded only under UEFI: elsewhere it refuses to load.
 PROBE_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "ahci", "ata_piix", "sym53c8xx", "sd_mod", "sr_mod")
 EFI_MODULE = "efivarfs"
+# Loaded by the shell variant only: the ACPI power button and the event device
+# busybox's acpid reads it from, so a graceful shutdown powers the guest off.
+SHELL_MODULES = ("button", "evdev")
 
 
 def init_script() -> str:
     """init.sh with its placeholders filled in."""
     script = INIT_SCRIPT.read_text()
-    return script.replace("@MODULES@", " ".join(PROBE_MODULES)).replace("@EFI_MODULE@", EFI_MODULE).replace("@MARKER@", MARKER)
+    fills = {"@MODULES@": " ".join(PROBE_MODULES), "@EFI_MODULE@": EFI_MODULE, "@MARKER@": MARKER, "@SHELL_READY@": SHELL_READY}
+    for placeholder, value in fills.items():
+        script = script.replace(placeholder, value)
+    return script
 
 
 def build_initramfs(pkgs: Path, kver: str, root: Path) -> bytes:
@@ -47,7 +53,7 @@ def build_initramfs(pkgs: Path, kver: str, root: Path) -> bytes:
 
     source = pkgs / "lib" / "modules" / kver
     target = root / "lib" / "modules" / kver
-    for relative in module_closure(source, (*PROBE_MODULES, EFI_MODULE)):
+    for relative in module_closure(source, (*PROBE_MODULES, EFI_MODULE, *SHELL_MODULES)):
         dest = target / relative.parent / (relative.name.split(".ko")[0] + ".ko")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(module_bytes(source / relative))

@@ -1,6 +1,6 @@
 """Reading what the guest printed on its serial console.
 
-The probe prints, then powers off:
+The probe prints, then powers off (the shell variant prints SHELL_READY and stays up):
 
     DISK name=sda sectors=409600 bytes=209715200 ro=0 removable=0
     FIRMWARE=efi secureboot=1
@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 
 MARKER = "VAPOR-PROBE-DONE"
+# What the shell variant prints on its serial port (and screen) when its shell is up, after the report and MARKER.
+SHELL_READY = "VAPOR-SHELL-READY"
 
 
 @dataclass(frozen=True)

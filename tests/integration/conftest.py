@@ -85,4 +85,4 @@ def scratch_pool(hypervisor: LibvirtDriver, tmp_path_factory: pytest.TempPathFac
 
 
 # The VM fixtures live beside their helpers; imported last because they use the functions above.
-from tests.integration.vm_support import bridges, vm_env  # noqa: E402, F401
+from tests.integration.vm_support import bridges, shell_guest, shell_iso, vm_env  # noqa: E402, F401

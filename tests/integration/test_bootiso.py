@@ -28,7 +28,7 @@ from lxml.builder import E
 
 from tests.bootiso import MARKER, BootIsoError, ProbeDisk, ProbeReport, build_probe_iso, initramfs, parse_probe_output
 from tests.bootiso import cache as probe_cache
-from tests.bootiso.iso import ISO_NAME
+from tests.bootiso.iso import ISO_NAME, PROBE, Variant
 from tests.bootiso.packages import ensure_debs
 from tests.integration.conftest import virsh
 from vms.hypervisor.libvirt_driver import LibvirtDriver
@@ -137,9 +137,9 @@ def test_stale_iso_is_rebuilt_once_when_two_callers_race(tmp_path: Path, monkeyp
     builds: list[Path] = []
     real_build = probe_cache.build
 
-    def counting_build(debs: dict[str, Path], work: Path) -> Path:
+    def counting_build(debs: dict[str, Path], work: Path, variant: Variant = PROBE) -> Path:
         builds.append(work)
-        return real_build(debs, work)
+        return real_build(debs, work, variant)
 
     monkeypatch.setattr(probe_cache, "build", counting_build)
     results: list[Path] = []

@@ -1,4 +1,4 @@
-"""Shared set-up for the API tests against the real libvirtd.
+"""Shared set-up for the API tests against the real libvirtd, and a guest with a shell for the console tests.
 
 Everything QEMU touches lives in 0755 directories under /var/tmp (QEMU runs
 as libvirt-qemu and cannot enter pytest's 0700 tmp dirs). Domains, volumes
@@ -16,11 +16,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
 
+from tests.bootiso import build_shell_iso
 from tests.integration.conftest import remove_pool, unique, virsh
+from tests.support.guests import ShellGuest, boot_shell_guest, remove_shell_guest
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 
 NETNS_STATE = Path("/run/vapor/libvirtd.netns")
@@ -99,3 +102,31 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def shell_iso() -> Path:
+    """The shell ISO in the shared cache (built on first use); copy it before a guest boots it, as libvirt chowns what it boots."""
+    return build_shell_iso()
+
+
+@pytest.fixture
+def shell_guest(hypervisor: LibvirtDriver, shell_iso: Path, request: pytest.FixtureRequest) -> Iterator[ShellGuest]:
+    """A running TCG guest booted from the shell ISO, its shell ready on ttyS0 (SHELL_READY seen); removed afterwards.
+
+    Options go to `boot_shell_guest` through indirect parametrisation, e.g.
+    `@pytest.mark.parametrize("shell_guest", [{"firmware": "uefi-secure", "network": "default"}], indirect=True)`.
+    """
+    options: dict[str, Any] = dict(getattr(request, "param", None) or {})
+    top = shared_dir("vapor-shell-")
+    iso = top / "shell.iso"
+    shutil.copyfile(shell_iso, iso)
+    try:
+        guest = boot_shell_guest(unique("shellg"), iso, log_dir=top, **options)
+        try:
+            yield guest
+        finally:
+            remove_shell_guest(guest)
+            assert virsh("dominfo", guest.name, check=False).returncode != 0, f"domain {guest.name} is still defined"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
