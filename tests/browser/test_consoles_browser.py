@@ -155,6 +155,7 @@ def _open_vnc(page: Page, url: str, guest: Guest, shot: str) -> list[dict[str, A
     page.locator("#vnc-password-input").press("Enter")
     expect(page.locator("#console-status")).to_have_attribute("data-state", "connected", timeout=30_000)
     expect(page.locator("#vnc-cad")).to_be_enabled()
+    expect(page.locator("#vnc-password-hint")).to_be_hidden()  # once in, the screen gets the room
     screens = _watch_screen(page, seconds=8)
     _shot(page, f"{shot}-screen")
     return screens

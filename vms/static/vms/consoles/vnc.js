@@ -44,6 +44,8 @@ async function connect() {
   rfb.addEventListener("connect", () => {
     setStatus("connected", "connected");
     cadButton.disabled = false;
+    const hint = document.getElementById("vnc-password-hint");
+    if (hint) hint.hidden = true; // it has done its job: the screen gets the room
     rfb.focus();
   });
   rfb.addEventListener("disconnect", () => {
