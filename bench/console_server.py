@@ -113,3 +113,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1008})
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)
+
+
+async def websocket_application(scope: Scope, receive: Receive, send: Send) -> None:
+    """What `manage.py serve` runs for /ws/ under bench.serve_settings: the product's console application."""
+    await websocket.application(scope, receive, send)
+
+
+websocket_application.aclose = websocket.aclose  # type: ignore[attr-defined]

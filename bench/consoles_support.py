@@ -110,29 +110,10 @@ def running_domains() -> list[str]:
 
 
 def server_command(port: int, workers: int) -> list[str]:
-    """The server's command line: the one place to change when `manage.py serve` lands, e.g.
-    `[sys.executable, "manage.py", "serve", "--bind", f"{HOST}:{port}"]` with VAPOR_WORKERS in the environment."""
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.console_server:app",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--loop",
-        "asyncio",
-        "--http",
-        "httptools",
-        "--ws",
-        "websockets",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    """The server's command line: the product's own `manage.py serve` (uvicorn as production runs it), with the
+    worker count in VAPOR_WEB_WORKERS (`server_environment`) and bench.serve_settings naming the bench's
+    websocket application (the product's, behind the bench-only console hook)."""
+    return [sys.executable, "manage.py", "serve", "--bind", f"{HOST}:{port}"]
 
 
 def free_port() -> int:
@@ -195,7 +176,7 @@ def server_environment(workdir: Path, extra: dict[str, str] | None = None) -> di
     env = dict(os.environ)
     env.update(
         {
-            "DJANGO_SETTINGS_MODULE": "vaporsite.settings",
+            "DJANGO_SETTINGS_MODULE": "bench.serve_settings",
             "DATABASE_URL": os.environ["DATABASE_URL"],
             "VAPOR_DATA_DIR": str(workdir),
             "VAPOR_DEBUG": "0",
@@ -258,7 +239,7 @@ class Server:
         log = (self.workdir / f"server-{self.port}.log").open("wb")
         self.process = subprocess.Popen(
             server_command(self.port, self.workers_wanted),
-            env=server_environment(self.workdir, self.extra_env),
+            env=server_environment(self.workdir, {"VAPOR_WEB_WORKERS": str(self.workers_wanted), **self.extra_env}),
             cwd=Path(__file__).resolve().parent.parent,
             stdout=log,
             stderr=subprocess.STDOUT,
