@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
+from django.db import connections
 from lxml import etree
 from rest_framework.test import APIClient
 
@@ -52,6 +54,14 @@ def _domain_xml(name: str, *, password: str | None = None) -> str:
     video = etree.SubElement(devices, "video")
     etree.SubElement(video, "model", type="vga")
     return etree.tostring(domain, encoding="unicode")
+
+
+@pytest.fixture(autouse=True)
+def _close_async_connections() -> Iterator[None]:
+    """The websocket's database work runs in asgiref's worker thread, which keeps its connection open;
+    close it after each test, or PostgreSQL's test database could not be dropped at the end."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture

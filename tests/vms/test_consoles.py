@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission, User
+from django.db import connections
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -27,10 +30,19 @@ from vms.consoles.websocket import application
 from vms.hypervisor.documents.domain import domain_xml
 from vms.hypervisor.specs import GraphicsSpec
 from vms.models import ConsoleTicket, VirtualMachine, VmEvent
+from vms.services.lifecycle import _delete_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 VNC_PASSWORD = "vnc-Pa55-never-shown"
+
+
+@pytest.fixture(autouse=True)
+def _close_async_connections() -> Iterator[None]:
+    """The websocket's database work runs in asgiref's worker thread, which keeps its connection open;
+    close it after each test, or PostgreSQL's test database could not be dropped at the end."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture
@@ -398,7 +410,7 @@ def test_a_console_closes_when_its_vm_is_deleted(consoles: FakeHypervisor):
     admin = AdminFactory.create()
     vm = running_vm(consoles)
     path = ticket_for(admin, vm, "serial")["websocket"]
-    closed = _session_until_closed(path, lambda: VirtualMachine.objects.filter(pk=vm.pk).delete())
+    closed = _session_until_closed(path, lambda: _delete_row(vm))
     assert (closed["code"], closed["reason"]) == (4004, "the VM was deleted")
 
 

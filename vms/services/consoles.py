@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from projects.access import Actor, audit, role_of
@@ -204,8 +204,18 @@ def _mode(grant: ConsoleGrant) -> str:
     return "read-only" if grant.read_only else "read-write"
 
 
+def _event(**fields: Any) -> None:
+    """One event on a VM's log, unless the VM is gone (deleted meanwhile: its events went with it)."""
+    try:
+        with transaction.atomic():
+            VmEvent.objects.create(**fields)
+    except IntegrityError:
+        if VirtualMachine.objects.filter(pk=fields["vm_id"]).exists():
+            raise
+
+
 def console_session_opened(*, grant: ConsoleGrant) -> None:
-    VmEvent.objects.create(
+    _event(
         vm_id=grant.vm_id,
         step=f"console {grant.type}",
         status=EventStatus.INFO,
@@ -219,10 +229,8 @@ def console_session_closed(
     *, grant: ConsoleGrant, started: datetime, ended: datetime, reason: str, to_client: int, from_client: int
 ) -> None:
     """The session's record on the VM's event log: who, which console, from when to when, why it ended."""
-    if not VirtualMachine.objects.filter(pk=grant.vm_id).exists():
-        return  # deleted with its events
     local = timezone.localtime
-    VmEvent.objects.create(
+    _event(
         vm_id=grant.vm_id,
         step=f"console {grant.type}",
         status=EventStatus.INFO,

@@ -246,6 +246,14 @@ def vm_sync_state(*, vm: VirtualMachine, hv: Hypervisor) -> str:
     return state or "missing"
 
 
+def _delete_row(vm: VirtualMachine) -> None:
+    """Delete the VM's row and its dependants, holding the row first: an event written meanwhile (a console
+    session ending as the domain goes) then waits, and finds the VM gone, instead of failing the delete."""
+    with transaction.atomic():
+        VirtualMachine.objects.select_for_update().filter(pk=vm.pk).exists()
+        vm.delete()
+
+
 def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> None:
     """Destroy and undefine the domain (NVRAM and TPM state too), delete the
     volumes Vapor created unless `keep_disks`; existing disks are never touched."""
@@ -266,7 +274,7 @@ def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | 
         VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=f"delete failed: {exc.message}")
         raise
     audit(actor, "vm.delete", target=f"VM {vm.name}", project=vm.project, vm_id=vm.pk, detail="disks kept" if keep_disks else "")
-    vm.delete()
+    _delete_row(vm)
     log.info("deleted VM %s (disks kept: %s)", vm.name, keep_disks)
 
 
