@@ -35,6 +35,9 @@ class Backend:
         # The ISOs of these back ends live under pytest's 0700 directories and are never given to QEMU:
         # no check of what QEMU's user can reach (a test that needs it passes VAPOR_QEMU_USER).
         self.env["VAPOR_QEMU_USER"] = ""
+        # Its `manage.py shell` calls the API with Django's test client, over plain HTTP as `testserver`
+        # (a host name that is not loopback, which would switch the HTTPS redirect on with DEBUG off).
+        self.env["VAPOR_SSL_REDIRECT"] = "0"
         self.env.update(extra_env)
         self.clusters: list[subprocess.Popen[bytes]] = []
         self.db_path = data_dir / "db.sqlite3"
