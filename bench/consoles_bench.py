@@ -659,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     method = (
         f"{'--quick: ' if args.quick else ''}{opts.pairs} pairs per ratio (parts 1-2), {opts.consoles} consoles and "
         f"{opts.idle:.0f} s idle (part 3), {opts.clients} clients for {opts.load_seconds:.0f} s after {opts.warmup:.0f} s of warm-up "
-        "(part 4). The server is uvicorn (asyncio loop, httptools, websockets) on `bench.console_server:app`, a child process on "
+        "(part 4). The server is the product's `manage.py serve` (uvicorn, websockets-sansio, no compression), a child process on "
         f"127.0.0.1 with a fresh {'PostgreSQL' if args.pg else 'SQLite'} database; the client is aiohttp in the bench process. "
         "Guests are TCG domains "
         "`bench-con-...` removed at the end."

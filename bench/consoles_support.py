@@ -2,8 +2,9 @@
 
 The guests are TCG domains named `bench-con-<random>-...`, 64 MiB, no network, VNC on the daemon's loopback,
 the first serial port on a pty, booting a 512-byte boot sector that echoes the serial port (ECHO_BOOT_SECTOR).
-The server is uvicorn on `bench.console_server:app` in a child process (`server_command`), on its own SQLite
-database and data directory, with the run's superuser and API token.
+The server is the product's `manage.py serve` in a child process (`server_command`), with bench.serve_settings
+(its websockets go to `bench.console_server.websocket_application`, the product's console application behind the
+bench-only hook), on its own SQLite database and data directory, with the run's superuser and API token.
 """
 
 from __future__ import annotations
