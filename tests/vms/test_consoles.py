@@ -387,7 +387,9 @@ def _session_until_closed(path: str, during: Any) -> dict[str, Any]:
     async def scenario() -> dict[str, Any]:
         async with ws_session(application, path) as ws:
             assert (await ws.next())["type"] == "websocket.accept"
-            await asyncio.to_thread(during)
+            # In the thread the websocket's own database work runs in: the test database (SQLite in memory,
+            # shared cache) has table locks that fail at once instead of waiting.
+            await sync_to_async(during)()
             while True:
                 message = await ws.next(timeout=5)
                 if message["type"] == "websocket.close":

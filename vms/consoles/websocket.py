@@ -233,6 +233,10 @@ class _SerialHub:
             self.channel.close()
             if _SerialHub.hubs.get(self.name) is self:
                 del _SerialHub.hubs[self.name]
+            key = (id(asyncio.get_running_loop()), self.name)
+            lock = _SerialHub.opening.get(key)
+            if lock is not None and not lock.locked():
+                del _SerialHub.opening[key]  # one lock per VM with a console open, not per VM ever opened
 
 
 class _SerialGuest(_Guest):
