@@ -77,6 +77,14 @@ def console_type(value: Any) -> str:
     return str(value)
 
 
+def _rights(user: Any, role: str | None) -> tuple[bool, bool]:
+    """(may type, may watch) in a console of a VM in a project where `user` holds `role` (None: not a member)."""
+    if role is None:
+        return False, False
+    can_type = user.has_perm("vms.use_console") and RANK[Role(role)] >= RANK[Role.OPERATOR]
+    return can_type, can_type or user.has_perm("vms.watch_console") or user.has_perm("vms.use_console")
+
+
 def console_read_only(*, actor: Actor, vm: VirtualMachine, type: str, read_only: bool = False) -> bool:
     """Whether `actor` gets the console of `vm` read-only (True) or read-write (False); refuses if neither.
 
@@ -86,8 +94,7 @@ def console_read_only(*, actor: Actor, vm: VirtualMachine, type: str, read_only:
     role = role_of(actor, vm.project)
     if role is None or user is None:
         raise NotFound(f"VM {vm.pk} does not exist", code="not_found")
-    can_type = user.has_perm("vms.use_console") and RANK[Role(role)] >= RANK[Role.OPERATOR]
-    can_watch = can_type or user.has_perm("vms.watch_console") or user.has_perm("vms.use_console")
+    can_type, can_watch = _rights(user, role)
     if not can_watch:
         raise Forbidden(
             f"{actor.name} may not open the consoles of VM {vm.name}: that needs the permission vms.use_console "
@@ -252,8 +259,9 @@ VM_DELETED = 4004
 def console_sessions_check(grants: list[ConsoleGrant]) -> dict[int, tuple[int, str]]:
     """The open sessions that must end now, by ticket id: (close code, reason).
 
-    A few queries whatever the number of sessions: the VMs that still exist,
-    the users still active, and their roles in the VMs' projects.
+    A few queries whatever the number of sessions (the VMs that still exist,
+    the users still active, their roles in the VMs' projects), plus the
+    permission lookups of each distinct user.
     """
     if not grants:
         return {}
@@ -273,9 +281,7 @@ def console_sessions_check(grants: list[ConsoleGrant]) -> dict[int, tuple[int, s
         elif user is None:
             verdicts[grant.ticket_id] = (ACCESS_WITHDRAWN, "the user was deactivated")
         elif not user.is_superuser:
-            role = roles.get((user.pk, grant.project_id))
-            can_type = role is not None and RANK[Role(role)] >= RANK[Role.OPERATOR] and user.has_perm("vms.use_console")
-            can_watch = role is not None and (can_type or user.has_perm("vms.watch_console") or user.has_perm("vms.use_console"))
+            can_type, can_watch = _rights(user, roles.get((user.pk, grant.project_id)))
             if not (can_watch if grant.read_only else can_type):
                 verdicts[grant.ticket_id] = (ACCESS_WITHDRAWN, "the user may no longer open this console")
     return verdicts
