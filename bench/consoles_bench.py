@@ -326,9 +326,7 @@ async def rtt_raw(name: str, samples: int) -> list[float]:
 
     stream = await asyncio.to_thread(hypervisor.console_hypervisor().open_serial, name, asyncio.get_running_loop())
     try:
-        with contextlib.suppress(TimeoutError):
-            while await asyncio.wait_for(stream.read(), 0.2):
-                pass
+        await _drain(stream.read)
         return await _round_trips(stream.write, stream.read, samples)
     finally:
         stream.close()
@@ -338,12 +336,17 @@ async def rtt_ws(ctx: Ctx, name: str, samples: int) -> list[float]:
     path = await ticket(ctx.session, ctx.server, ctx.portal, name, "serial")
     pipe = WsPipe(await open_console(ctx.session, ctx.server, path))
     try:
-        with contextlib.suppress(TimeoutError):
-            while await asyncio.wait_for(pipe.read(), 0.2):
-                pass
+        await _drain(pipe.read)
         return await _round_trips(pipe.write, pipe.read, samples)
     finally:
         await pipe.close()
+
+
+async def _drain(read: Any) -> None:
+    """Read until nothing comes for 0.2 s (what the guest printed before the round trips)."""
+    with contextlib.suppress(TimeoutError):
+        while await asyncio.wait_for(read(), 0.2):
+            pass
 
 
 async def _round_trips(write: Any, read: Any, samples: int, warm: int = 10) -> list[float]:

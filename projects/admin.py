@@ -12,6 +12,7 @@ from projects.access import in_visible_projects, visible_projects
 from projects.choices import Role
 from projects.models import AuditEntry, Membership, Project
 from projects.usage import with_usage
+from vaporsite.admin_support import ReadOnlyAdmin
 
 
 class MembershipInline(admin.TabularInline):
@@ -72,7 +73,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     """Who did what, from where, in which project: read-only. Project admins see their projects' entries."""
 
     list_display = ["at", "username", "source_address", "via", "project", "action", "target", "detail"]
@@ -83,12 +84,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEntry]:
         return in_visible_projects(super().get_queryset(request), request.user, Role.ADMIN)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -75,6 +75,19 @@ class ServiceForm(forms.ModelForm):
         show_service_error(exc, self, aliases=self.field_aliases)
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A record kept by the code (audit entries, console tickets): listed and shown, never added, changed or deleted here."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class VaporModelAdmin(admin.ModelAdmin):
     """Refuses (403) a list action the user may not run, where Django would ignore the POST
     and show the list again: a refusal should look like one."""

@@ -16,20 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
-from django.db import connections
 from lxml import etree
 from rest_framework.test import APIClient
 
 from tests.integration.conftest import unique, virsh
-from tests.support.asgi_ws import ws_session
+from tests.support.asgi_ws import close_async_connections, ws_session
 from tests.support.factories import AdminFactory, VirtualMachineFactory
 from vms import hypervisor as hypervisor_module
 from vms.consoles.websocket import application
 from vms.models import VirtualMachine, VmEvent
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures(close_async_connections.__name__)]
 
 PASSWORD = "c12Sec7t"  # VNC passwords are at most 8 characters
 
@@ -54,14 +52,6 @@ def _domain_xml(name: str, *, password: str | None = None) -> str:
     video = etree.SubElement(devices, "video")
     etree.SubElement(video, "model", type="vga")
     return etree.tostring(domain, encoding="unicode")
-
-
-@pytest.fixture(autouse=True)
-def _close_async_connections() -> Iterator[None]:
-    """The websocket's database work runs in asgiref's worker thread, which keeps its connection open;
-    close it after each test, or PostgreSQL's test database could not be dropped at the end."""
-    yield
-    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture

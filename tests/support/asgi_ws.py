@@ -9,10 +9,14 @@ async with ws_session(application, "/ws/consoles/3/vnc?ticket=T") as ws:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 Application = Callable[[dict[str, Any], Any, Any], Coroutine[Any, Any, None]]
 
@@ -75,6 +79,14 @@ def scope_for(
         "subprotocols": list(subprotocols),
         "extensions": {"websocket.http.response": {}} if http_response_extension else {},
     }
+
+
+@pytest.fixture
+def close_async_connections() -> Iterator[None]:
+    """The websocket's database work runs in asgiref's worker thread, which keeps its connection open;
+    close it after each test (`usefixtures`), or PostgreSQL's test database could not be dropped at the end."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @asynccontextmanager

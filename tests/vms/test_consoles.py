@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,14 +13,13 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission, User
-from django.db import connections
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from projects.choices import Role
 from tests.fakes import RFB_BANNER, FakeDomain, FakeHypervisor
-from tests.support.asgi_ws import ws_session
+from tests.support.asgi_ws import close_async_connections, ws_session
 from tests.support.factories import AdminFactory, UserFactory, VirtualMachineFactory
 from tests.support.projects import join
 from tests.vms.test_domain_xml import example_1
@@ -32,17 +30,9 @@ from vms.hypervisor.specs import GraphicsSpec
 from vms.models import ConsoleTicket, VirtualMachine, VmEvent
 from vms.services.lifecycle import _delete_row
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures(close_async_connections.__name__)]
 
 VNC_PASSWORD = "vnc-Pa55-never-shown"
-
-
-@pytest.fixture(autouse=True)
-def _close_async_connections() -> Iterator[None]:
-    """The websocket's database work runs in asgiref's worker thread, which keeps its connection open;
-    close it after each test, or PostgreSQL's test database could not be dropped at the end."""
-    yield
-    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture

@@ -6,28 +6,17 @@ on each VM's event log.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
+from vaporsite.admin_support import ReadOnlyAdmin
 from vms.models import ConsoleTicket
 
 
 @admin.register(ConsoleTicket)
-class ConsoleTicketAdmin(admin.ModelAdmin):
+class ConsoleTicketAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "user", "vm", "type", "read_only", "source_address", "expires_at", "used_at", "used_from"]
     list_filter = ["type", "read_only", ("used_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user", "vm"]
     search_fields = ["user__username", "vm__name", "source_address", "used_from"]
     date_hierarchy = "created_at"
     exclude = ["token_hash"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
