@@ -89,6 +89,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Issue 13, point 2 (vmpage): times to the second with the time zone everywhere in the admin
+# ("2026-12-02 16:14:08 UTC"): Django's English formats replaced by vaporsite/formats/en/formats.py.
+FORMAT_MODULE_PATH = ["vaporsite.formats"]
+
 STATIC_URL = "static/"
 # `manage.py collectstatic` (scripts/setup.sh runs it) copies every app's static files here, with
 # gzip variants beside them; the ASGI application serves them (vaporsite/staticfiles.py, whitenoise).

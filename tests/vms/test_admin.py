@@ -191,7 +191,9 @@ def test_actions_and_delete(admin_client, hv, run_tasks):
     assert hv.domains["web"].state == "shutoff"
     admin_client.post(CHANGELIST, {"action": "action_start", "_selected_action": [vm.pk]})
     assert hv.domains["web"].state == "running"
-    admin_client.post(CHANGELIST, {"action": "action_delete", "_selected_action": [vm.pk]})
+    confirm = admin_client.post(CHANGELIST, {"action": "action_delete", "_selected_action": [vm.pk]})
+    assert confirm.status_code == 200 and "web-disk0.qcow2" in confirm.content.decode() and VirtualMachine.objects.exists()
+    admin_client.post(CHANGELIST, {"action": "action_delete", "_selected_action": [vm.pk], "post": "yes"})
     assert not VirtualMachine.objects.exists() and hv.domains == {} and list(hv.pool_dir.iterdir()) == []
 
 

@@ -246,6 +246,90 @@ def vm_sync_state(*, vm: VirtualMachine, hv: Hypervisor) -> str:
     return state or "missing"
 
 
+def vm_allowed_actions(*, vm: VirtualMachine) -> list[str]:
+    """The lifecycle actions (keys of `ACTIONS`) the VM's stored status allows, in the order a page shows them:
+    a stopped VM can be started; a running one shut down, forced off or rebooted; one being provisioned or
+    deleted, failed or missing none (`vm_action` refuses those). Whether the user may is the caller's check."""
+    if vm.status == VmStatus.STOPPED:
+        return ["start"]
+    if vm.status == VmStatus.RUNNING:
+        return ["stop", "force-stop", "reboot"]
+    return []
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """A file a delete erases or keeps: its path ("" when libvirt alone knows it) and what it is, in words."""
+
+    path: str
+    what: str
+
+
+@dataclass(frozen=True)
+class DeletePlan:
+    """What `vm_delete` will do to a VM, before it does it: shown on the confirmation pages."""
+
+    domain: str  # destroyed if running, then undefined
+    keep_disks: bool
+    erased: list[PlannedFile]
+    kept: list[PlannedFile]
+    volumes: list[str]  # the volumes to delete from the VM's pool
+    refusal: Conflict | None  # why the delete may not go ahead; None when it may
+
+    @property
+    def refused(self) -> str:
+        return self.refusal.message if self.refusal else ""
+
+
+def vm_delete_plan(*, vm: VirtualMachine, keep_disks: bool = False) -> DeletePlan:
+    """The domain to undefine, the files erased (the volumes Vapor created, unless `keep_disks`; the UEFI
+    variables and TPM state libvirt keeps beside the definition) and those kept (existing disks, clone
+    sources, ISOs; every disk with `keep_disks`), and the refusal `vm_delete` would raise."""
+    erased: list[PlannedFile] = []
+    kept: list[PlannedFile] = []
+    volumes: list[str] = []
+    for disk in vm.disks.all():
+        where = disk.path or disk.volume_name
+        if disk.created_by_vapor:
+            made = "a clone Vapor made" if disk.source == DiskSource.CLONE else "a volume Vapor created"
+            if keep_disks:
+                kept.append(PlannedFile(where, f"disk {disk.target_dev}, {made} (Keep disks)"))
+            else:
+                erased.append(PlannedFile(where, f"disk {disk.target_dev}, {made}"))
+                if disk.volume_name:
+                    volumes.append(disk.volume_name)
+        else:
+            kept.append(PlannedFile(where, f"disk {disk.target_dev}, an existing file: never erased"))
+        if disk.source == DiskSource.CLONE and disk.source_path:
+            role = "backing file" if disk.linked else "source"
+            kept.append(PlannedFile(disk.source_path, f"the {role} of disk {disk.target_dev}'s clone"))
+    for cdrom in vm.cdroms.select_related("iso"):
+        kept.append(PlannedFile(cdrom.iso.path, f"ISO in CD-ROM {cdrom.target_dev or cdrom.slot}: stays in the ISO library"))
+    if vm.uefi:
+        erased.append(PlannedFile("", "the UEFI variables (NVRAM) libvirt keeps for the domain"))
+    if vm.tpm:
+        erased.append(PlannedFile("", "the TPM state (swtpm) libvirt keeps for the domain"))
+    return DeletePlan(
+        domain=vm.name,
+        keep_disks=keep_disks,
+        erased=erased,
+        kept=kept,
+        volumes=volumes,
+        refusal=_delete_refusal(vm, keep_disks),
+    )
+
+
+def _delete_refusal(vm: VirtualMachine, keep_disks: bool) -> Conflict | None:
+    if vm.status == VmStatus.PROVISIONING and claim_is_live(vm):
+        return Conflict(f"VM {vm.name} is being provisioned; delete it when that has finished", code="vm_busy")
+    if not keep_disks:
+        try:
+            _refuse_if_a_linked_clone_base(vm)
+        except Conflict as exc:
+            return exc
+    return None
+
+
 def _delete_row(vm: VirtualMachine) -> None:
     """Delete the VM's row and its dependants, holding the row first: an event written meanwhile (a console
     session ending as the domain goes) then waits, and finds the VM gone, instead of failing the delete."""
@@ -254,28 +338,27 @@ def _delete_row(vm: VirtualMachine) -> None:
         vm.delete()
 
 
-def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> None:
-    """Destroy and undefine the domain (NVRAM and TPM state too), delete the
-    volumes Vapor created unless `keep_disks`; existing disks are never touched."""
+def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> DeletePlan:
+    """Do what `vm_delete_plan` says: destroy and undefine the domain (NVRAM and TPM state too), delete the
+    volumes Vapor created unless `keep_disks`; existing disks, clone sources and ISOs are never touched."""
     require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")
-    if vm.status == VmStatus.PROVISIONING and claim_is_live(vm):
-        raise Conflict(f"VM {vm.name} is being provisioned; delete it when that has finished", code="vm_busy")
-    if not keep_disks:
-        _refuse_if_a_linked_clone_base(vm)
+    plan = vm_delete_plan(vm=vm, keep_disks=keep_disks)
+    if plan.refusal is not None:
+        raise plan.refusal
     hv = hv or hypervisor.get_hypervisor()
     VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.DELETING)
     try:
-        hv.undefine_domain(vm.name)
-        if not keep_disks:
-            for disk in vm.disks.filter(created_by_vapor=True):
-                with suppress(NotFound):  # never created, or rolled back
-                    hv.delete_volume(vm.storage_pool, disk.volume_name)
+        hv.undefine_domain(plan.domain)
+        for volume in plan.volumes:
+            with suppress(NotFound):  # never created, or rolled back
+                hv.delete_volume(vm.storage_pool, volume)
     except VaporError as exc:
         VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=f"delete failed: {exc.message}")
         raise
     audit(actor, "vm.delete", target=f"VM {vm.name}", project=vm.project, vm_id=vm.pk, detail="disks kept" if keep_disks else "")
     _delete_row(vm)
     log.info("deleted VM %s (disks kept: %s)", vm.name, keep_disks)
+    return plan
 
 
 def _refuse_if_a_linked_clone_base(vm: VirtualMachine) -> None:
