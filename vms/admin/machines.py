@@ -127,7 +127,7 @@ def action_delete(modeladmin: VirtualMachineAdmin, request: HttpRequest, queryse
         try:
             plan = services.vm_delete(vm=vm, keep_disks=keep, actor=admin_actor(request))
         except VaporError as exc:
-            modeladmin.message_user(request, f"{name} not deleted: {exc.message}", messages.ERROR)
+            modeladmin.message_user(request, f"VM {name} not deleted: {exc.message}", messages.ERROR)
             continue
         _log_deleted(request, pk, name)
         modeladmin.message_user(request, f"Delete: {name}; {_deleted_summary(plan)}", messages.SUCCESS)
@@ -198,6 +198,9 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None) -> HttpResponse:
         return admin_create.create_view(self, request)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Virtual machines", **(extra_context or {})})
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None) -> Any:
         # Nothing on the VM page is edited in place (changes are its buttons): no save buttons.
