@@ -220,7 +220,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """As Django's own views answer an id the user cannot see: a message, and to the admin's index."""
-        self.message_user(request, f"The virtual machine with ID “{object_id}” doesn’t exist. Perhaps it was deleted?", messages.WARNING)
+        self.message_user(request, f"There is no virtual machine with ID {object_id!r} here. Perhaps it was deleted?", messages.WARNING)
         return redirect("admin:index")
 
     def power_buttons(self, request: HttpRequest, obj: VirtualMachine) -> list[dict[str, str]]:
