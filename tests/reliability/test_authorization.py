@@ -284,7 +284,14 @@ ACTIONS = [
     _vm_action("action_start", powers(302, "start_domain", "start", "running")),
     _vm_action("action_stop", powers(302, "shutdown_domain", "stop")),
     _vm_action("action_force_stop", powers(302, "destroy_domain", "force-stop", "stopped")),
-    _vm_action("action_delete", vm_gone(302), "delete"),
+    Action("admin VM action action_delete (confirmation page)", "POST", ADMIN + "vms/virtualmachine/", "delete",
+           {"action": "action_delete", "_selected_action": "{vm}", "index": "0"}, api=False,
+           effect=shows("seed-vm", 'name="post"')),
+    Action("admin VM action action_delete (confirmed)", "POST", ADMIN + "vms/virtualmachine/", "delete",
+           {"action": "action_delete", "_selected_action": "{vm}", "index": "0", "post": "yes"}, api=False, effect=vm_gone(302)),
+    _vm_action("action_reboot", powers(302, "reboot_domain", "reboot")),
+    *[Action(f"admin VM page button {a}", "POST", ADMIN + "vms/virtualmachine/{vm}/action/" + a + "/", "change", api=False,
+             effect=powers(302, POWER[a][0], a, POWER[a][1])) for a in ("stop", "force-stop", "reboot")],
     _vm_action("refresh_states", refreshes),
     # --- admin: templates
     Action("admin template list", "GET", ADMIN + "vms/vmtemplate/", "view", api=False, effect=shows("seed-tpl")),
@@ -515,6 +522,7 @@ CSRF_WRITES = [
     ("API DELETE iso", API + "isos/{iso}", {}, True),
     ("admin template add (save)", ADMIN + "vms/vmtemplate/add/", {**TEMPLATE_FORM, "name": "tpl-csrf"}, False),
     ("admin VM action stop", ADMIN + "vms/virtualmachine/", {"action": "action_stop", "_selected_action": "{vm}", "index": "0"}, False),
+    ("admin VM page button stop", ADMIN + "vms/virtualmachine/{vm}/action/stop/", {}, False),
 ]
 
 

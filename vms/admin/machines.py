@@ -110,6 +110,9 @@ def _keep_disks(request: HttpRequest) -> bool:
 def action_delete(modeladmin: VirtualMachineAdmin, request: HttpRequest, queryset: QuerySet[VirtualMachine]) -> HttpResponse | None:
     """First a page naming, for each selected VM, its domain and every file erased or kept (as the VM's own
     delete page does); deleted only when that page is confirmed (`post`), with its "Keep disks" choice."""
+    if not queryset.exists():  # none of the selection is the user's to see
+        modeladmin.message_user(request, "None of the selected VMs can be deleted here.", messages.WARNING)
+        return None
     if request.POST.get("post") != "yes":
         context = {
             **modeladmin.admin_site.each_context(request),
