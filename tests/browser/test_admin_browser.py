@@ -1,6 +1,6 @@
 """The admin in a real browser: log in, register an ISO, create a VM with two
 disks and a NIC through the "Create virtual machine" page, watch it run,
-force it off and delete it, against the running portal and the real libvirtd.
+force it off and delete it (after the list's confirmation naming its volumes), against the running portal and the real libvirtd.
 
 A screenshot after each step goes to var/artifacts/browser/NN-step.png.
 """
@@ -188,7 +188,14 @@ def test_admin_registers_an_iso_creates_runs_stops_and_deletes_a_vm(page: Page, 
         shots.take("vm-forced-off")
 
         # 6. Delete it from the list: the domain and its volumes are gone.
+        # The action asks first, naming the domain and each volume it erases.
         run_list_action(page, portal, vm_pk, "Delete the selected VMs")
+        expect(page.locator("h1")).to_have_text("Delete the selected virtual machines?")
+        erased = page.locator(f"#vapor-delete-plan-{vm_pk} .vapor-when-deleting .vapor-erased")
+        for volume in portal.pool_dir.iterdir():
+            expect(erased).to_contain_text(str(volume))
+        shots.take("vm-delete-confirmation")
+        page.locator('input[type="submit"][value="Delete 1 virtual machine"]').click()
         expect(page.locator(".messagelist .success")).to_contain_text(f"Delete: {vm_name}")
         expect(page.locator("#result_list tbody tr", has_text=vm_name)).to_have_count(0)
         gone = virsh("dominfo", vm_name, check=False)

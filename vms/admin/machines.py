@@ -22,7 +22,9 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from projects.admin_scoping import ProjectScopedAdmin, admin_actor
 from vaporsite.admin_support import VaporModelAdmin
@@ -274,7 +276,9 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             if not links:
                 return ""
             short = {"Console": "screen", "Serial console": "serial"}
-            return format_html_join(" · ", '<a href="{}" class="vapor-console-link">{}</a>', ((url, short[label]) for label, url in links))
+            # One under the other: the column stays narrow enough for the list to fit 1280 px.
+            pairs = ((url, short[label]) for label, url in links)
+            return format_html_join(mark_safe("<br>"), '<a href="{}" class="vapor-console-link">{}</a>', pairs)
 
         return [*columns[:3], console_link, *columns[3:]]
 
@@ -344,8 +348,12 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         return f"{obj.memory_mb} MB · {obj.vcpus} vCPU{'' if obj.vcpus == 1 else 's'}"
 
     @admin.display(description="State checked", ordering="state_checked_at", empty_value="never")
-    def checked(self, obj: VirtualMachine) -> Any:
-        return obj.state_checked_at  # formatted by the admin (settings' DATETIME_FORMAT: to the second, with the zone)
+    def checked(self, obj: VirtualMachine) -> str | None:
+        """The settings' formats (to the second, with the zone) on two lines: the date, then the time."""
+        if obj.state_checked_at is None:
+            return None
+        local = timezone.localtime(obj.state_checked_at)
+        return format_html("{}<br>{}", formats.date_format(local, "DATE_FORMAT"), formats.date_format(local, "TIME_FORMAT"))
 
     @admin.display(description="OS", ordering="os_variant")
     def os(self, obj: VirtualMachine) -> str:
