@@ -214,6 +214,7 @@ def test_the_list_action_asks_first_naming_the_files_of_each_vm(admin_client, vm
     for name in ("web", "db"):
         assert f'<strong class="vapor-domain">{name}</strong>' in html and f"<code>{hv.pool_dir / f'{name}-disk0.qcow2'}</code>" in html
     assert html.count('name="_selected_action"') == 2 and 'name="keep_disks"' in html and 'value="Delete 2 virtual machines"' in html
+    assert "refused" not in html.lower()
     assert set(hv.domains) == {"web", "db"} and VirtualMachine.objects.count() == 2  # nothing deleted yet
 
     confirm = {"action": "action_delete", "_selected_action": [simple.pk, other.pk], "post": "yes", "keep_disks": "on"}
@@ -228,6 +229,7 @@ def test_the_list_action_deletes_the_others_and_names_the_refused_one(admin_clie
     selection = {"action": "action_delete", "_selected_action": [base.pk, clone.pk]}
     html = admin_client.post(CHANGELIST, {**selection, "index": "0"}).content.decode()
     assert "Refused: VM base-a has a disk that backs the linked clones of VM clone-b" in html
+    assert "A VM whose delete is refused above stays" in html
     response = admin_client.post(CHANGELIST, {**selection, "post": "yes"}, follow=True)
     page = response.content.decode()
     assert "VM base-a not deleted: VM base-a has a disk that backs" in page and "Delete: clone-b;" in page

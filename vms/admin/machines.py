@@ -120,7 +120,8 @@ def action_delete(modeladmin: VirtualMachineAdmin, request: HttpRequest, queryse
             **modeladmin.admin_site.each_context(request),
             "title": "Delete the selected virtual machines?",
             "opts": modeladmin.opts,
-            "vms": [_delete_context(vm) for vm in queryset],
+            "vms": (plans := [_delete_context(vm) for vm in queryset]),
+            "refused": any(item["plan"].refusal for item in plans),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "media": modeladmin.media,
         }
