@@ -120,6 +120,7 @@ def test_the_favicon_is_linked_from_every_admin_page_and_answers_at_favicon_ico(
         assert '<link rel="icon" href="/static/vaporsite/favicon.svg" type="image/svg+xml">' in page, url
     response = client.get("/favicon.ico")
     assert (response.status_code, response["Location"]) == (302, "/static/vaporsite/favicon.ico")
-    ico = Path(finders.find("vaporsite/favicon.ico"))
-    assert ico.read_bytes()[:4] == b"\0\0\1\0"  # an ICO file
-    assert Path(finders.find("vaporsite/favicon.svg")).read_text().startswith("<svg")
+    ico, svg = finders.find("vaporsite/favicon.ico"), finders.find("vaporsite/favicon.svg")
+    assert isinstance(ico, str) and isinstance(svg, str)
+    assert Path(ico).read_bytes()[:4] == b"\0\0\1\0"  # an ICO file
+    assert Path(svg).read_text().startswith("<svg")

@@ -14,6 +14,7 @@ from django.test import Client
 from django_q.models import Schedule
 
 from isos import tasks
+from isos.hashing import hash_file
 from isos.models import IsoImage
 from isos.services import iso_scan_dirs
 from tests.support.isos import make_iso, make_non_iso
@@ -105,7 +106,7 @@ def test_a_touched_file_of_the_same_size_is_hashed_again(iso_dirs, run_tasks):
     path = iso_file(iso_dirs.search[0], "debian.iso")
     scan_and_hash(run_tasks)
     settled(path, age=60)
-    with mock.patch("isos.jobs.hash_file", wraps=__import__("isos.hashing", fromlist=["hash_file"]).hash_file) as hashed, run_tasks():
+    with mock.patch("isos.jobs.hash_file", wraps=hash_file) as hashed, run_tasks():
         report = iso_scan_dirs()
     assert [why for _, why in report.changed] == [
         f"{IsoImage.objects.get().pk} changed on disk (modified since it was hashed): hashing it again"
