@@ -28,6 +28,7 @@ def test_the_docs_pages_load_only_local_files(admin_client, url):
     assert response.status_code == 200
     page = response.content.decode()
     assert foreign_hosts(page) == set()
+    assert "default-src 'self'" in response["Content-Security-Policy"] and "img-src 'self' data:" in response["Content-Security-Policy"]
     loaded = assets(page)
     assert loaded and all(src.startswith("/static/") for src in loaded), loaded
     for src in loaded:

@@ -3,7 +3,8 @@
 Swagger UI (`/api/docs/`) and ReDoc (`/api/redoc/`) load their scripts from
 drf-spectacular-sidecar's static files (settings.SPECTACULAR_SETTINGS, "SIDECAR"),
 never from a CDN; the ReDoc page is Vapor's own template, without the web fonts
-drf-spectacular's links to.
+drf-spectacular's links to. A Content-Security-Policy on both pages lets the
+browser load nothing from another host (ReDoc's bundle would fetch a logo).
 
 `/api/schema/` answers scripts as drf-spectacular does (YAML by default, JSON for
 `Accept: application/json` or `?format=json`). A browser asks for `text/html`
@@ -19,7 +20,7 @@ from typing import Any
 
 from drf_spectacular.renderers import OpenApiYamlRenderer
 from drf_spectacular.utils import extend_schema
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -44,5 +45,35 @@ class SchemaView(SpectacularAPIView):
         return response
 
 
-class RedocView(SpectacularRedocView):
+# The docs pages may load only what this server serves. Both pages carry an inline script (the Swagger UI
+# set-up, Redoc.init) and inject styles; ReDoc builds its search worker from a blob. ReDoc's side bar also
+# shows a logo from its maker's CDN: without this policy the browser would try to fetch it on every view.
+DOCS_CSP = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    )
+)
+
+
+class _OwnFilesOnly:
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        response["Content-Security-Policy"] = DOCS_CSP
+        return response
+
+
+class SwaggerView(_OwnFilesOnly, SpectacularSwaggerView):
+    pass
+
+
+class RedocView(_OwnFilesOnly, SpectacularRedocView):
     template_name = "api_docs/redoc.html"

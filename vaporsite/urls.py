@@ -2,9 +2,8 @@ from django.contrib import admin
 from django.templatetags.static import static
 from django.urls import include, path, reverse_lazy
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularSwaggerView
 
-from vaporsite.api_docs import RedocView, SchemaView
+from vaporsite.api_docs import RedocView, SchemaView, SwaggerView
 
 admin.site.site_header = "Vapor"
 admin.site.site_title = "Vapor"
@@ -26,7 +25,7 @@ urlpatterns = [
     path("favicon.ico", FaviconView.as_view(), name="favicon"),
     path("admin/", admin.site.urls),
     path("api/schema/", SchemaView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/virtualmachines/", include("isos.api.urls")),
     path("api/v1/virtualmachines/", include("vms.api.urls")),
