@@ -84,7 +84,8 @@ def test_each_pools_free_space_is_shown(host, monkeypatch):
     rows = re.findall(r'<tr class="vapor-pool" data-pool="(\w+)">(.*?)</tr>', page, re.S)
     assert [name for name, _ in rows] == ["fast", "images", "old"]  # by name
     cells = dict(rows)
-    assert f"{filesizeformat(180 * 2**30)} free</span> of {filesizeformat(200 * 2**30)}" in cells["fast"] and "10% used" in cells["fast"]
+    assert f"{filesizeformat(180 * 2**30)} free</span> of {filesizeformat(200 * 2**30)}" in cells["fast"]
+    assert 'title="10% used"></meter> 10%</td>' in cells["fast"]
     assert (
         f"{filesizeformat(100 * 2**30)} free</span> of {filesizeformat(500 * 2**30)}" in cells["images"] and 'value="80"' in cells["images"]
     )
