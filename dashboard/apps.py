@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin.apps import AdminConfig
 
 
 class DashboardConfig(AppConfig):
@@ -9,3 +10,9 @@ class DashboardConfig(AppConfig):
 
     name = "dashboard"
     verbose_name = "Dashboard"
+
+
+class VaporAdminConfig(AdminConfig):
+    """django.contrib.admin with Vapor's site (dashboard.sites.VaporAdminSite) as `admin.site`."""
+
+    default_site = "dashboard.sites.VaporAdminSite"

@@ -2,8 +2,9 @@
 
 Only reads. The page costs a fixed number of queries however many rows
 exist (one aggregate per model, one list of downloads, one list of failures
-per model) and at most one hypervisor call, whose answer is cached so that a
-page refreshing itself every few seconds does not talk to libvirt each time.
+per model) and at most one hypervisor connection (the host's size and its
+pools), whose answer is cached so that a page refreshing itself every few
+seconds does not talk to libvirt each time.
 Each section is built only for a user who may view its model. VNC passwords
 are never read: every query names the columns it needs.
 """
@@ -30,7 +31,7 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.choices import BUSY_STATUSES as VM_BUSY
 from vms.choices import VmStatus
-from vms.hypervisor import HostResources
+from vms.hypervisor import HostResources, PoolInfo
 from vms.models import VirtualMachine
 
 HOST_CACHE_SECONDS = 30
@@ -68,11 +69,30 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class PoolSpace:
+    """A storage pool's space in bytes; an inactive pool reports none."""
+
+    name: str
+    active: bool
+    capacity: int
+    available: int
+
+    @property
+    def used(self) -> Usage:
+        return Usage(self.capacity - self.available, self.capacity)
+
+    @classmethod
+    def of(cls, pool: PoolInfo) -> PoolSpace:
+        return cls(pool.name, pool.active, pool.capacity, pool.available)
+
+
+@dataclass(frozen=True)
 class HostSummary:
-    """The host's resources, or why they could not be read."""
+    """The host's resources and storage pools, or why they could not be read."""
 
     resources: HostResources | None
     error: str = ""
+    pools: tuple[PoolSpace, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,7 @@ class Dashboard:
     isos: IsoSection | None
     failures: list[Failure] | None  # None: the user may view neither model
     refresh_seconds: int  # 0: nothing in progress, no refresh
+    create_vm_url: str = ""  # "": the user may not create VMs
 
 
 def _may_view(user: PermissionHolder, app_label: str, model_name: str) -> bool:
@@ -137,7 +158,7 @@ def _status_counts(totals: dict[str, int], choices: type[VmStatus] | type[IsoSta
 
 
 def host_summary() -> HostSummary:
-    """The host's memory and CPUs, from the cache or from one hypervisor call."""
+    """The host's memory, CPUs and pools, from the cache or from one hypervisor connection (two calls)."""
     uri = settings.VAPOR.libvirt_uri
     key = "vapor:dashboard:host:" + hashlib.sha256(uri.encode()).hexdigest()[:16]
     cached = cache.get(key)
@@ -145,7 +166,9 @@ def host_summary() -> HostSummary:
         return cached
     hv = hypervisor.get_hypervisor()
     try:
-        summary = HostSummary(hv.host_resources())
+        resources = hv.host_resources()
+        pools = tuple(sorted((PoolSpace.of(pool) for pool in hv.list_pools()), key=lambda p: p.name))
+        summary = HostSummary(resources, pools=pools)
     except VaporError as exc:
         summary = HostSummary(None, exc.message)
     finally:
@@ -240,4 +263,5 @@ def dashboard_for(*, user: PermissionHolder) -> Dashboard:
         isos=isos,
         failures=recent_failures(vms=see_vms, isos=see_isos, user=user) if see_vms or see_isos else None,
         refresh_seconds=REFRESH_SECONDS if busy else 0,
+        create_vm_url=reverse("admin:vms_virtualmachine_add") if user.has_perm("vms.add_virtualmachine") else "",
     )

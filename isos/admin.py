@@ -13,10 +13,15 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
 
 from guestos.choices import OsType
 from isos import services
@@ -25,6 +30,9 @@ from isos.models import IsoImage, IsoTag, RetiredIsoId
 from isos.services import IsoMetadata
 from vaporsite.admin_support import ServiceForm, ServiceSavedAdmin
 from vaporsite.errors import VaporError
+
+SCAN_MINUTES = 5  # the schedule isos.0006 creates
+SCAN_DETAILS_SHOWN = 20  # file-by-file messages after "Scan now"
 
 
 class IsoAddForm(ServiceForm):
@@ -122,7 +130,7 @@ class IsoImageAdmin(ServiceSavedAdmin):
     search_fields = ["id", "name", "path", "description", "os_variant", "volume_label", "md5_hash", "sha256_hash"]
     readonly_fields = [
         "id", "path", "status_column", "human_size", "boot_type", "volume_label", "md5_hash", "sha256_hash",
-        "source_url", "expected_checksum", "downloaded", "error", "uploaded_at", "last_used", "use_count",
+        "source_url", "expected_checksum", "origin", "error", "added_at", "last_used", "use_count",
         "used_by",
     ]  # fmt: skip
     filter_horizontal = ["tags"]
@@ -154,8 +162,8 @@ class IsoImageAdmin(ServiceSavedAdmin):
             (None, {"fields": ["id", "name", "path", "status_column", "error"]}),
             ("Metadata", {"fields": ["os_type", "os_variant", "architecture", "description", "tags"]}),
             ("File", {"fields": ["human_size", "boot_type", "volume_label", "md5_hash", "sha256_hash"]}),
-            ("Source", {"fields": ["source_url", "expected_checksum", "downloaded"]}),
-            ("Usage", {"fields": ["uploaded_at", "last_used", "use_count", "used_by"]}),
+            ("Source", {"fields": ["origin", "source_url", "expected_checksum"] if obj.source_url else ["origin"]}),
+            ("Usage", {"fields": ["added_at", "last_used", "use_count", "used_by"]}),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: IsoImage | None = None) -> Any:
@@ -173,7 +181,36 @@ class IsoImageAdmin(ServiceSavedAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         busy = IsoImage.objects.filter(status__in=BUSY_STATUSES).exists()
-        return super().changelist_view(request, {**(extra_context or {}), "refresh_seconds": 3 if busy else 0})
+        context = {
+            "refresh_seconds": 3 if busy else 0,
+            "iso_dirs": [str(directory) for directory in settings.VAPOR.iso_dirs],
+            "scan_minutes": SCAN_MINUTES,
+            "scan_settle_seconds": services.SCAN_SETTLE_SECONDS,
+        }
+        return super().changelist_view(request, {**(extra_context or {}), **context})
+
+    def get_urls(self) -> list[URLPattern]:
+        scan = path("scan/", self.admin_site.admin_view(require_POST(self.scan_view)), name="isos_isoimage_scan")
+        return [scan, *super().get_urls()]
+
+    def scan_view(self, request: HttpRequest) -> HttpResponse:
+        """ "Scan now": register what appeared in the ISO directories, then back to the list with what was found."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        report = services.iso_scan_dirs()
+        level = messages.WARNING if report.errors else messages.SUCCESS
+        self.message_user(request, f"Scanned {report.summary()}.", level)
+        details = [
+            *((messages.SUCCESS, f"Registered {p} (hashing in the background)") for p in report.registered),
+            *((messages.WARNING, f"Changed: {p}: {why}") for p, why in report.changed),
+            *((messages.ERROR, f"Refused {p}: {why}") for p, why in report.errors),
+            *((messages.INFO, f"Skipped {p}: {why}") for p, why in report.skipped),
+        ]
+        for level, text in details[:SCAN_DETAILS_SHOWN]:
+            self.message_user(request, text, level)
+        if len(details) > SCAN_DETAILS_SHOWN:
+            self.message_user(request, f"... and {len(details) - SCAN_DETAILS_SHOWN} more (the log has them all).", messages.INFO)
+        return HttpResponseRedirect(reverse("admin:isos_isoimage_changelist"))
 
     @admin.display(description="Status", ordering="status")
     def status_column(self, obj: IsoImage) -> str:
@@ -202,6 +239,16 @@ class IsoImageAdmin(ServiceSavedAdmin):
     @admin.display(description="Tags")
     def tag_list(self, obj: IsoImage) -> str:
         return ", ".join(tag.name for tag in obj.tags.all())
+
+    @admin.display(description="Source")
+    def origin(self, obj: IsoImage) -> str:
+        if obj.downloaded:
+            return "Downloaded by Vapor from the URL below; the file is deleted with this entry."
+        return "A file on the host, registered by its path; the file stays when this entry is deleted."
+
+    @admin.display(description="Added at", ordering="uploaded_at")
+    def added_at(self, obj: IsoImage) -> str:
+        return date_format(timezone.localtime(obj.uploaded_at), "Y-m-d H:i:s T")
 
     @admin.display(description="Used by")
     def used_by(self, obj: IsoImage) -> str:

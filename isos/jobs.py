@@ -227,6 +227,7 @@ def _finish_download(iso: IsoImage, part: PartFile, digests: Digests) -> None:
     fields: dict[str, object] = {
         "status": IsoStatus.READY,
         "size": info.size,
+        "file_mtime_ns": final.stat().st_mtime_ns,
         "bytes_done": info.size,
         "bytes_total": info.size,
         "md5_hash": digests.md5,
@@ -276,7 +277,9 @@ def iso_run_hash(*, iso_id: str) -> None:
         progress(done, iso.size)
 
     try:
-        size = path.stat().st_size
+        # What the file is when the read starts: a later scan finds it unchanged (or changed since) by these.
+        before = path.stat()
+        size = before.st_size
         digests = hash_file(path, on_progress=advance)
     except FetchCancelled:
         return
@@ -288,6 +291,7 @@ def iso_run_hash(*, iso_id: str) -> None:
         md5_hash=digests.md5,
         sha256_hash=digests.sha256,
         size=size,
+        file_mtime_ns=before.st_mtime_ns,
         bytes_done=size,
         bytes_total=size,
         error="",

@@ -43,6 +43,11 @@ class IsoImage(models.Model):
     name = models.CharField(max_length=255, unique=True)
     path = models.CharField(max_length=4096, unique=True, help_text="Absolute path on the host, symlinks resolved.")
     size = models.BigIntegerField(null=True, blank=True, help_text="Bytes.")
+    # With `size`, what the file looked like when it was last hashed (or registered): a scan of the ISO
+    # directories (isos.services.iso_scan_dirs) skips a file whose size and mtime still match, unread.
+    file_mtime_ns = models.BigIntegerField(
+        "file modified (ns)", null=True, blank=True, help_text="The file's mtime when it was last hashed, in ns since the epoch."
+    )
     os_type = models.CharField("OS type", max_length=16, choices=OsType.choices, blank=True)
     os_variant = models.CharField("OS variant", max_length=64, blank=True, help_text="osinfo-db short id, e.g. ubuntu22.04.")
     architecture = models.CharField(max_length=16, choices=Architecture.choices, blank=True)

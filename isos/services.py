@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -24,10 +26,10 @@ from guestos import osinfo
 from isos.choices import BUSY_STATUSES, IsoStatus
 from isos.download import FetchPolicy, validate_url
 from isos.hashing import Digests
-from isos.inspect import guess_os, inspect_iso
+from isos.inspect import guess_os, inspect_iso, is_iso_image
 from isos.models import IsoImage, IsoTag, RetiredIsoId, new_iso_id
 from isos.partfile import remove_if_unowned
-from vaporsite.errors import Conflict, InvalidInput, NotFound
+from vaporsite.errors import Conflict, InvalidInput, NotFound, VaporError
 from vaporsite.paths import guard_file, require_reachable_by_qemu
 
 log = logging.getLogger("vapor.isos")
@@ -154,6 +156,7 @@ def iso_register_path(*, path: str, meta: IsoMetadata, digests: Digests | None =
         name=name,
         path=str(resolved),
         size=info.size,
+        file_mtime_ns=resolved.stat().st_mtime_ns,
         bytes_total=info.size,
         os_type=os_type,
         os_variant=variant,
@@ -362,3 +365,140 @@ def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[
         candidates = [p for p in directory.glob(".*.part") if p not in live and p.is_file() and not os.path.islink(p)]
         orphans = [p for p in candidates if remove_if_unowned(p, dry_run=dry_run)]
     return stale_ids, orphans
+
+
+# --- the ISO directories, watched ---------------------------------------------
+
+# A file modified more recently than this may still be being written (a copy, an scp): it waits for a
+# later scan. A file moved in with `mv` on the same file system, `cp -p` or `rsync -a` keeps its mtime
+# and is registered at once.
+SCAN_SETTLE_SECONDS = 30
+# Names that writers use while a file is incomplete (Vapor's own downloads are `.NAME.ID.part`).
+PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".temp")
+
+
+@dataclass
+class IsoScanReport:
+    """What a scan of the ISO directories found, file by file (paths as found in the directory)."""
+
+    registered: list[str] = field(default_factory=list)  # new: registered, hashed in the background
+    unchanged: list[str] = field(default_factory=list)  # already registered, same size and mtime: not read
+    changed: list[tuple[str, str]] = field(default_factory=list)  # registered, but size or mtime moved: hashed again
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # not registered on purpose, and why
+    errors: list[tuple[str, str]] = field(default_factory=list)  # refused, and why
+    directories: int = 0
+
+    @property
+    def found(self) -> int:
+        return len(self.registered) + len(self.unchanged) + len(self.changed) + len(self.skipped) + len(self.errors)
+
+    def summary(self) -> str:
+        return (
+            f"{self.found} file(s) in {self.directories} ISO director{'y' if self.directories == 1 else 'ies'}: "
+            f"registered {len(self.registered)}, unchanged {len(self.unchanged)}, changed {len(self.changed)}, "
+            f"skipped {len(self.skipped)}, errors {len(self.errors)}"
+        )
+
+
+def _scan_known(iso: IsoImage, path: str, info: os.stat_result, report: IsoScanReport, *, settled: bool) -> None:
+    """A file already in the library: compared by size and mtime only, never read."""
+    if iso.status in BUSY_STATUSES:
+        report.skipped.append((path, f"already registered as {iso.pk}, {iso.get_status_display().lower()} now"))
+        return
+    if iso.size is None or (iso.file_mtime_ns is None and iso.size == info.st_size):
+        # Registered before mtimes were kept (or never measured): this size and mtime become the reference.
+        IsoImage.objects.filter(pk=iso.pk, file_mtime_ns__isnull=True).update(file_mtime_ns=info.st_mtime_ns)
+        report.unchanged.append(path)
+        return
+    if iso.size == info.st_size and iso.file_mtime_ns == info.st_mtime_ns:
+        report.unchanged.append(path)
+        return
+    if not settled:
+        report.skipped.append((path, f"changed since {iso.pk} was hashed and still being written; a later scan hashes it again"))
+        return
+    what = f"size {iso.size} -> {info.st_size} bytes" if iso.size != info.st_size else "modified since it was hashed"
+    try:
+        iso_rehash(iso=iso)
+    except VaporError as exc:  # it turned busy meanwhile
+        report.skipped.append((path, exc.message))
+        return
+    log.warning("ISO %s %s changed on disk (%s): hashing it again", iso.pk, iso.path, what)
+    report.changed.append((path, f"{iso.pk} changed on disk ({what}): hashing it again"))
+
+
+def _scan_file(
+    entry: os.DirEntry[str], known: dict[str, IsoImage], seen: set[Path], report: IsoScanReport, now: float, settle: float
+) -> None:
+    path = entry.path
+    if entry.name.startswith(".") or entry.name.lower().endswith(PARTIAL_SUFFIXES):
+        report.skipped.append((path, "a partial download or hidden file"))
+        return
+    try:
+        resolved = guard_file(path, roots=settings.VAPOR.allowed_iso_roots, field="path", what="ISO file")
+        info = resolved.stat()
+    except VaporError as exc:  # a symlink leading out of the allowed directories, a dangling one, a device
+        report.errors.append((path, exc.message))
+        return
+    except OSError as exc:
+        report.errors.append((path, f"cannot read: {exc.strerror or exc}"))
+        return
+    if resolved in seen:  # a second name (symlink) for a file this scan already saw
+        return
+    seen.add(resolved)
+    settled = now - info.st_mtime >= settle
+    iso = known.get(str(resolved))
+    if iso is not None:
+        _scan_known(iso, path, info, report, settled=settled)
+        return
+    if not settled:
+        age = max(0, int(now - info.st_mtime))
+        report.skipped.append((path, f"modified {age} s ago, may still be being written; a later scan registers it"))
+        return
+    if not is_iso_image(resolved):
+        report.skipped.append((path, "not an ISO 9660 or UDF image"))
+        return
+    try:
+        registered = iso_register_path(path=path, meta=IsoMetadata())
+    except Conflict as exc:
+        if exc.code == "path_taken":  # another scan registered it a moment ago
+            report.unchanged.append(path)
+        else:
+            report.errors.append((path, exc.message))
+        return
+    except VaporError as exc:
+        report.errors.append((path, exc.message))
+        return
+    report.registered.append(path)
+    log.info("scan registered %s %s", registered.pk, registered.path)
+
+
+def iso_scan_dirs(*, dirs: Sequence[Path] | None = None, settle_seconds: float = SCAN_SETTLE_SECONDS) -> IsoScanReport:
+    """Register the ISO images that appeared in the ISO directories (settings VAPOR_ISO_DIRS, top level only).
+
+    A file already registered is compared by size and mtime and never read when both match; one that
+    changed is hashed again (its hashes no longer describe it) and reported. Not registered: hidden and
+    partial files (`.part` ...), files modified in the last `settle_seconds` (probably still being
+    written; a later scan takes them), files that are no ISO 9660/UDF image, symlinks leading out of
+    the allowed directories. New files are registered as `iso_register_path` does and hashed in the
+    background. A directory that does not exist is passed over (the defaults name three).
+    """
+    report = IsoScanReport()
+    known = {iso.path: iso for iso in IsoImage.objects.only("id", "path", "size", "file_mtime_ns", "status")}
+    seen: set[Path] = set()
+    now = time.time()
+    for directory in settings.VAPOR.iso_dirs if dirs is None else dirs:
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            report.errors.append((str(directory), f"cannot list the directory: {exc.strerror or exc}"))
+            continue
+        report.directories += 1
+        for entry in entries:
+            if entry.is_dir():  # top level only, and never a symlink to a directory
+                continue
+            _scan_file(entry, known, seen, report, now, settle_seconds)
+    log.info("ISO scan: %s", report.summary())
+    return report

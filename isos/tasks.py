@@ -24,3 +24,10 @@ def cleanup_downloads() -> str:
 
     stale, orphans = iso_cleanup(stale_after=timedelta(minutes=30))
     return f"failed {len(stale)} stalled, removed {len(orphans)} partial file(s)"
+
+
+def scan_iso_dirs() -> str:
+    """Register what appeared in the ISO directories (schedule created by migration isos.0006)."""
+    from isos.services import iso_scan_dirs
+
+    return iso_scan_dirs().summary()

@@ -23,7 +23,8 @@ ALLOWED_HOSTS = VAPOR.allowed_hosts
 INSTALLED_APPS = [
     # Before django.contrib.admin: its templates/admin/index.html replaces the admin's index.
     "dashboard.apps.DashboardConfig",
-    "django.contrib.admin",
+    # Issue 13, point 1: django.contrib.admin with Vapor's site (VMs first in the app list, "View site" = the dashboard).
+    "dashboard.apps.VaporAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -34,6 +35,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Issue 13, point 6: Swagger UI and ReDoc from the app's own static files (no CDN).
+    "drf_spectacular_sidecar",
     "django_q",
     "isos.apps.IsosConfig",
     "projects.apps.ProjectsConfig",
@@ -178,6 +181,13 @@ SPECTACULAR_SETTINGS = {
         "ConsoleTypeEnum": "vms.choices.ConsoleType",
         "CdromSlotEnum": "vms.choices.CdromSlot",
     },
+    # Issue 13, point 6: the API docs work on a host without internet. Swagger UI and ReDoc come from
+    # drf-spectacular-sidecar's static files; no validator badge (it would call out); the ReDoc page is
+    # Vapor's own template (drf-spectacular's loads web fonts from elsewhere).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # django-q2. `retry` must exceed `timeout` (and the longest task), or the ORM
