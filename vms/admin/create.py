@@ -53,7 +53,7 @@ BOOT_WORDS: dict[str, str] = {
 
 def iso_label(iso: IsoImage) -> str:
     """How the picker shows an ISO: name, status, OS, boot type and size."""
-    os_text = iso.os_variant or iso.get_os_type_display() or "OS unknown"
+    os_text = iso.os_variant or (iso.get_os_type_display() if iso.os_type else "OS unknown")
     size = filesizeformat(iso.size) if iso.size else "size unknown"  # as the ISO list shows it
     boot = BOOT_WORDS.get(iso.boot_type, iso.boot_type)
     return f"{iso.name} — {iso.get_status_display()} · {os_text} · {boot} · {size}"

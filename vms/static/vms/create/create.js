@@ -113,7 +113,7 @@
     poolRoom();
     var target = document.getElementById("dry-run") || document.getElementById("create-errors");
     if (target) {
-      target.scrollIntoView({block: "start"});
+      target.scrollIntoView({block: "nearest"});  // already in view under the title: no move
       target.focus({preventScroll: true});
     }
   });
