@@ -461,7 +461,7 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
 def _chosen_boot(form: VmCreateForm) -> dict[str, str]:
     """The install ISO the form holds now: its boot type and, if it will not boot this VM, why (shown without JavaScript too)."""
     value = form["iso_path"].value()
-    iso = IsoImage.objects.filter(pk=value).only("boot_type", "name").first() if str(value or "").isdigit() else None
+    iso = IsoImage.objects.filter(pk=value).only("boot_type", "name").first() if value else None
     if iso is None:
         return {"boot_type": "", "warning": ""}
     uefi = bool(form["uefi"].value())
