@@ -137,4 +137,3 @@ def test_create_page_fits_picks_from_the_host_and_shows_the_plan_in_view(page: P
     in_view(page, "#create-errors")
     expect(page.locator("#dry-run")).to_have_count(0)
     page.screenshot(path=str(shots / "06-errors-at-the-top.png"))
-

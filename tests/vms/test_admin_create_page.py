@@ -19,8 +19,8 @@ from tests.support.projects import join
 from tests.vms.test_admin import ADD, CHANGELIST, add, form_data
 from vaporsite.errors import HypervisorError
 from vms.models import VirtualMachine
-from vms.services.templates import TemplateData, template_create
 from vms.services.requests import NicRequest
+from vms.services.templates import TemplateData, template_create
 
 pytestmark = pytest.mark.django_db
 PICKER = CHANGELIST + "iso-picker/"
@@ -149,7 +149,7 @@ def test_an_unknown_variant_gets_the_service_s_error_on_the_field(admin_client, 
 
 
 @pytest.fixture
-def isos(iso_dirs) -> dict[str, int]:
+def isos(iso_dirs) -> dict[str, str]:
     """A ready ISO of each boot type, by boot type."""
     found = {}
     for boot in ("bios", "uefi", "hybrid", "none"):
