@@ -283,3 +283,23 @@ def test_a_template_s_nics_are_offered_from_the_host_too(admin_client, hv):
     page = admin_client.get(ADD + "?template=bridged").content.decode()
     assert options(page, "id_networks-0-source") == ["br-internal", "br0"]
     assert '<option value="br-internal" selected>' in page
+
+
+def test_the_lists_hold_what_the_user_s_projects_open(client, hv, run_tasks):
+    from projects.models import Project
+
+    hv.pools["fast"] = hv.pool_dir
+    Project.objects.create(name="lab", allowed_pools="fast", allowed_bridges="br0")
+    user = UserFactory.create(is_staff=True)
+    join(user, "operator", "lab")
+    client.force_login(user)
+    page = client.get(ADD).content.decode()
+    assert options(page, "id_storage_pool") == ["fast"]
+    assert options(page, "id_networks-0-source") == ["default"]  # no list of networks: every network
+    data = json.loads(page.split('id="vapor-create-data" type="application/json">')[1].split("</script>")[0])
+    assert [name for name, _ in data["sources"]["bridge"]] == ["br0"] and list(data["pools"]) == ["fast"]
+    # A value held back is kept, saying why; the service refuses it on the field.
+    page = client.post(ADD, form_data(storage_pool="default", project="lab")).content.decode()
+    assert '<option value="default" selected>default (not open to your projects)</option>' in page
+    assert "pool &#x27;default&#x27; is not open to project lab" in page
+    assert not VirtualMachine.objects.exists()

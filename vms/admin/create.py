@@ -157,13 +157,18 @@ class OsVariantPicker(forms.Select):
 
 
 class HostSelect(forms.Select):
-    """A choice of what the host has; a value it does not have (a template's, a typed one) stays shown, marked."""
+    """A choice of what the host has; a value it does not offer (a template's, a typed one) stays shown, marked."""
+
+    def __init__(self, *args: Any, withheld: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.withheld = withheld  # on the host but not open to the user's projects
 
     def optgroups(self, name: str, value: list[Any], attrs: dict[str, Any] | None = None) -> list[Any]:
         known = {str(choice) for choice, _label in self.choices}
         missing = [str(v) for v in value if v and str(v) not in known]
         if missing:
-            self.choices = [*self.choices, *((v, f"{v} (not on this host)") for v in missing)]
+            why = {v: "not open to your projects" if v in self.withheld else "not on this host" for v in missing}
+            self.choices = [*self.choices, *((v, f"{v} ({why[v]})") for v in missing)]
         return super().optgroups(name, value, attrs)
 
 
@@ -174,6 +179,7 @@ class HostChoices:
     pools: list[tuple[str, str]] = field(default_factory=list)
     pool_room: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> available, capacity (bytes)
     sources: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # NIC type -> (name, label)
+    withheld: dict[str, frozenset[str]] = field(default_factory=dict)  # "pool"/NIC type -> names not open to the user's projects
     error: str = ""
 
     @property
@@ -181,9 +187,32 @@ class HostChoices:
         return not self.error
 
 
-def host_choices(offer: HostOffer) -> HostChoices:
+def open_to(projects: Any) -> dict[str, set[str] | None]:
+    """What the user's projects (those they may create in) open to them, per kind: None is "anything".
+
+    A project without a list for a kind allows every name of it; the service
+    checks the project the VM lands in (`check_allowed`), this only trims the lists.
+    """
+    found: dict[str, set[str] | None] = {"pool": set(), "network": set(), "bridge": set()}
+    for project in projects:
+        for kind, names in (("pool", project.pools), ("network", project.networks), ("bridge", project.bridges)):
+            if not names:
+                found[kind] = None
+            elif found[kind] is not None:
+                found[kind] |= set(names)  # type: ignore[operator]
+    return found
+
+
+def host_choices(offer: HostOffer, allowed: dict[str, set[str] | None] | None = None) -> HostChoices:
+    """The host's lists as choices, trimmed to what `allowed` (see `open_to`) opens; the rest is `withheld`."""
     if offer.error:
         return HostChoices(error=offer.error)
+    allowed = allowed or {}
+
+    def keep(kind: str, name: str) -> bool:
+        names = allowed.get(kind)
+        return names is None or name in names
+
     pools = []
     for pool in offer.pools:
         label = f"{pool.name} — {filesizeformat(pool.available)} free of {filesizeformat(pool.capacity)}"
@@ -200,10 +229,15 @@ def host_choices(offer: HostOffer) -> HostChoices:
         if network.bridge:
             of_network[network.bridge] = network.name
     bridges = [(name, f"{name} — bridge of network {of_network[name]}" if name in of_network else name) for name in offer.bridges]
+    lists = {"pool": pools, NicType.NAT.value: networks, NicType.BRIDGE.value: bridges}
+    kinds = {"pool": "pool", NicType.NAT.value: "network", NicType.BRIDGE.value: "bridge"}
+    shown = {key: [(n, label) for n, label in choices if keep(kinds[key], n)] for key, choices in lists.items()}
+    withheld = {key: frozenset(n for n, _ in choices if not keep(kinds[key], n)) for key, choices in lists.items()}
     return HostChoices(
-        pools=pools,
-        pool_room={p.name: {"available": p.available, "capacity": p.capacity} for p in offer.pools},
-        sources={NicType.NAT.value: networks, NicType.BRIDGE.value: bridges},
+        pools=shown["pool"],
+        pool_room={p.name: {"available": p.available, "capacity": p.capacity} for p in offer.pools if keep("pool", p.name)},
+        sources={NicType.NAT.value: shown[NicType.NAT.value], NicType.BRIDGE.value: shown[NicType.BRIDGE.value]},
+        withheld=withheld,
     )
 
 
@@ -250,7 +284,10 @@ class VmCreateForm(forms.Form):
         super().__init__(*args, **kwargs)
         pool = self.fields["storage_pool"]
         if host.readable:
-            pool.widget = HostSelect(choices=host.pools, attrs={"data-vapor-pool": "1"})
+            pool.widget = HostSelect(choices=host.pools, withheld=host.withheld.get("pool", frozenset()), attrs={"data-vapor-pool": "1"})
+            offered = [name for name, _label in host.pools]
+            if offered and pool.initial not in offered:
+                pool.initial = offered[0]  # "default" may be held back from the user's projects, or absent
         else:
             pool.help_text = f"The host's pools could not be read ({host.error}): type the pool's name."
         self.fields["project"].queryset = project_choices(request)  # type: ignore[attr-defined]
@@ -286,7 +323,12 @@ class NicForm(forms.Form):
         kind = self.data.get(self.add_prefix("type")) if self.is_bound else None
         kind = kind or self.initial.get("type") or self.fields["type"].initial
         # The row's type decides the list: networks for NAT, bridges for a bridge (the page's script swaps them).
-        self.fields["source"].widget = HostSelect(choices=host.sources.get(str(kind), []), attrs={"data-vapor-source": "1"})
+        offered = [name for name, _label in host.sources.get(str(kind), [])]
+        if not self.is_bound and offered and self.initial.get("source") == DEFAULT_NIC["source"] and DEFAULT_NIC["source"] not in offered:
+            self.initial = {**self.initial, "source": offered[0]}
+        self.fields["source"].widget = HostSelect(
+            choices=host.sources.get(str(kind), []), withheld=host.withheld.get(str(kind), frozenset()), attrs={"data-vapor-source": "1"}
+        )
 
 
 DEFAULT_NIC = {"type": NicType.NAT.value, "source": "default", "model": NicModel.VIRTIO.value}
@@ -393,7 +435,8 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         raise PermissionDenied
     site = model_admin.admin_site
     preview: DryRun | None = None
-    host = host_choices(host_offer())  # one read of the host for the whole page, every row shares it
+    # One read of the host for the whole page, every row shares it; trimmed to what the user's projects open.
+    host = host_choices(host_offer(), open_to(project_choices(request)))
     if request.method == "POST":
         form = VmCreateForm(request.POST, admin_site=site, request=request, host=host)
         disk_formset = DiskFormSet(request.POST, prefix="disks")
