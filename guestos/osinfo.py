@@ -41,6 +41,8 @@ class OsEntry:
     os_id: str
     family: str
     distro: str
+    name: str = ""  # the English <name>, e.g. "Ubuntu 22.04 LTS"
+    short_id: str = ""  # the OS's first <short-id>; the others are aliases (ubuntujammy)
 
 
 def configured_dir() -> Path:
@@ -90,12 +92,22 @@ def _load(directory: Path, stamp: int) -> MappingProxyType[str, OsEntry]:
                 os_id=os_element.get("id") or "",
                 family=(os_element.findtext("family") or "").strip().lower(),
                 distro=(os_element.findtext("distro") or "").strip().lower(),
+                name=_english_name(os_element),
+                short_id=(os_element.findtext("short-id") or "").strip(),
             )
             for short_id_element in os_element.iterfind("short-id"):
                 short_id = (short_id_element.text or "").strip()
                 if short_id:
                     catalogue.setdefault(short_id, entry)
     return MappingProxyType(catalogue)
+
+
+def _english_name(os_element: object) -> str:
+    """The <name> without xml:lang (the files also carry translations)."""
+    for name in os_element.iterfind("name"):  # type: ignore[attr-defined]
+        if not name.get("{http://www.w3.org/XML/1998/namespace}lang"):
+            return (name.text or "").strip()
+    return ""
 
 
 def _catalogue(directory: Path | None) -> MappingProxyType[str, OsEntry]:
@@ -192,3 +204,30 @@ def validate_os_variant(value: str, *, field: str = "os_variant", directory: Pat
         code="unknown_os_variant",
         suggestions=close,
     )
+
+
+@dataclass(frozen=True)
+class OsVariant:
+    """A short id offered to a person choosing an OS variant, with the OS's name."""
+
+    short_id: str
+    name: str
+
+
+def search(term: str, directory: Path | None = None, limit: int = 20) -> list[OsVariant]:
+    """Short ids whose id or English name holds every word of `term` (case-insensitive), for a search box.
+
+    "ubu" finds ubuntu22.04, "ubuntu 22" finds ubuntu22.04 and ubuntu22.10,
+    "windows 11" finds win11 by its name. Ids that start with the first word
+    come first, aliases (ubuntujammy) after the OS's own ids, each group
+    newest first (ubuntu24.04 before ubuntu9.04, as a person sorts them).
+    """
+    words = term.lower().split()
+    found: list[tuple[str, OsEntry]] = []
+    for short_id, entry in _catalogue(directory).items():
+        haystack = f"{short_id} {entry.name}".lower()
+        if all(word in haystack for word in words):
+            found.append((short_id, entry))
+    found.sort(key=lambda item: _natural_key(item[0]), reverse=True)
+    found.sort(key=lambda item: (not (words and item[0].lower().startswith(words[0])), item[0] != item[1].short_id))
+    return [OsVariant(short_id, entry.name) for short_id, entry in found[:limit]]

@@ -107,6 +107,7 @@ class FakeHypervisor:
 
     # --- storage -----------------------------------------------------------
     def list_pools(self) -> list[PoolInfo]:
+        self._call("list_pools")
         return [self.pool(n) for n in self.pools]
 
     def pool_paths(self) -> dict[str, str]:
@@ -124,7 +125,7 @@ class FakeHypervisor:
         if name not in self.pools:
             raise NotFound(f"no storage pool with matching name '{name}'")
         capacity, available = self.pool_capacity, self.pool_available
-        return PoolInfo(name, True, True, str(self.pools[name]), capacity, capacity - available, available)
+        return PoolInfo(name, True, True, str(self.pools[name]), capacity, capacity - available, available, "dir")
 
     def _vol_path(self, pool: str, name: str) -> Path:
         return self.pools[self.pool(pool).name] / name
@@ -180,6 +181,7 @@ class FakeHypervisor:
 
     # --- networks and host ---------------------------------------------------
     def list_networks(self) -> list[NetworkInfo]:
+        self._call("list_networks")
         return [NetworkInfo(name, True, True, "nat", "", "") for name in sorted(self.networks)]
 
     def network_exists(self, name: str) -> bool:
@@ -194,6 +196,10 @@ class FakeHypervisor:
 
     def bridge_exists(self, name: str) -> bool:
         return name in self.bridges
+
+    def list_bridges(self) -> list[str]:
+        self._call("list_bridges")
+        return sorted(self.bridges)
 
     def capabilities(self) -> HostCapabilities:
         return HostCapabilities(arches={"x86_64": ("qemu", "kvm"), "i686": ("qemu", "kvm")}, kvm=True, host_arch="x86_64")

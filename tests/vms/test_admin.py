@@ -132,8 +132,8 @@ def test_template_picker_prefills_the_form(admin_client, hv, run_tasks, disk_roo
                         networks=(NicRequest(type="bridge", source="br0"),))  # fmt: skip
     template_create(data=data)
     page = admin_client.get(ADD + "?template=ubuntu-22.04").content.decode()
-    assert 'name="memory" value="3072"' in page and 'name="os_variant" value="ubuntu22.04"' in page
-    assert f'value="{base}"' in page and 'name="disks-1-size" value="100"' in page and 'name="networks-0-source" value="br0"' in page
+    assert 'name="memory" value="3072"' in page and '<option value="ubuntu22.04" selected>ubuntu22.04 — Ubuntu 22.04 LTS' in page
+    assert f'value="{base}"' in page and 'name="disks-1-size" value="100"' in page and '<option value="br0" selected>br0</option>' in page
     assert f'<option value="{iso.pk}" selected>ubuntu.iso' in page
     # Submitting the pre-filled form as it is makes the VM the template describes, and records the template.
     post = form_data(name="from-template", memory="3072", vcpus="3", os_variant="ubuntu22.04", uefi="on", iso_path=iso.pk,
@@ -168,8 +168,9 @@ def test_iso_picker_searches_and_shows_status_and_os(admin_client, hv, iso_dirs)
         ("ubuntu-22.04.iso", False),
         ("ubuntu-24.04.iso", True),
     ]
-    assert "Ready · ubuntu22.04 · 4.4\xa0GB" in body["results"][0]["text"]  # as the ISO list shows it (1024-based)
+    assert "Ready · ubuntu22.04 · not bootable · 4.4\xa0GB" in body["results"][0]["text"]  # size as the ISO list shows it
     assert "Hashing" in body["results"][1]["text"]
+    assert body["results"][0]["boot_type"] == "none"  # the page warns next to the picker
 
 
 # --- the VM page and the list -------------------------------------------------------------

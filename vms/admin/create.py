@@ -9,6 +9,7 @@ put on the field (or row) they name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from django import forms
@@ -23,8 +24,9 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.translation import ngettext
 
+from guestos import osinfo
 from guestos.choices import OsType
-from isos.choices import Architecture, IsoStatus
+from isos.choices import Architecture, BootType, IsoStatus
 from isos.models import IsoImage
 from projects.admin_scoping import admin_actor, project_choices
 from projects.models import Project
@@ -32,20 +34,29 @@ from vaporsite.admin_support import ErrorRows, show_service_error
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, VirtualMachine, VmTemplate
-from vms.selectors import template_list
+from vms.selectors import HostOffer, host_offer, template_list
 from vms.services import lifecycle as services
 from vms.services.lifecycle import DryRun
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
 from vms.services.templates import template_data
+from vms.services.validation import boot_mismatch
 
 PICKER_LIMIT = 20
+BOOT_WORDS: dict[str, str] = {
+    BootType.BIOS: "BIOS boot",
+    BootType.UEFI: "UEFI boot",
+    BootType.HYBRID: "BIOS + UEFI boot",
+    BootType.NONE: "not bootable",
+    BootType.UNKNOWN: "boot not inspected",
+}
 
 
 def iso_label(iso: IsoImage) -> str:
-    """How the picker shows an ISO: name, status, OS and size."""
-    os_text = iso.os_variant or iso.get_os_type_display() or "OS unknown"
+    """How the picker shows an ISO: name, status, OS, boot type and size."""
+    os_text = iso.os_variant or (iso.get_os_type_display() if iso.os_type else "OS unknown")
     size = filesizeformat(iso.size) if iso.size else "size unknown"  # as the ISO list shows it
-    return f"{iso.name} — {iso.get_status_display()} · {os_text} · {size}"
+    boot = BOOT_WORDS.get(iso.boot_type, iso.boot_type)
+    return f"{iso.name} — {iso.get_status_display()} · {os_text} · {boot} · {size}"
 
 
 class IsoChoiceField(forms.ModelChoiceField):
@@ -60,15 +71,25 @@ class IsoPicker(AutocompleteSelect):
         return reverse("admin:vms_virtualmachine_iso_picker")
 
 
+def _page_number(request: HttpRequest) -> int:
+    try:
+        return max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        return 1
+
+
 def iso_picker_view(request: HttpRequest) -> JsonResponse:
-    """Search the library for the picker: select2's JSON, not-ready ISOs shown but not selectable."""
+    """The create page's select2 searches: the ISO library, or osinfo-db for `field_name=os_variant`.
+
+    ISOs: not-ready ones shown but not selectable, each with its boot type
+    (the page warns when it does not fit the firmware).
+    """
+    if request.GET.get("field_name") == OS_VARIANT_FIELD:
+        return os_variant_results(request)
     if not request.user.has_perm("isos.view_isoimage"):
         raise PermissionDenied
     term = request.GET.get("term", "").strip()
-    try:
-        page = max(1, int(request.GET.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = _page_number(request)
     isos = IsoImage.objects.order_by("name")
     for word in term.split():
         isos = isos.filter(
@@ -76,8 +97,148 @@ def iso_picker_view(request: HttpRequest) -> JsonResponse:
         )
     start = (page - 1) * PICKER_LIMIT
     found = list(isos[start : start + PICKER_LIMIT + 1])
-    results = [{"id": iso.pk, "text": iso_label(iso), "disabled": iso.status != IsoStatus.READY} for iso in found[:PICKER_LIMIT]]
+    results = [
+        {"id": iso.pk, "text": iso_label(iso), "disabled": iso.status != IsoStatus.READY, "boot_type": iso.boot_type}
+        for iso in found[:PICKER_LIMIT]
+    ]
     return JsonResponse({"results": results, "pagination": {"more": len(found) > PICKER_LIMIT}})
+
+
+OS_VARIANT_FIELD = "os_variant"
+
+
+def os_variant_label(short_id: str, name: str) -> str:
+    return f"{short_id} — {name}" if name and name != short_id else short_id
+
+
+def os_variant_results(request: HttpRequest) -> JsonResponse:
+    """osinfo-db's short ids whose id or name holds every word typed ("ubu" -> ubuntu24.04, ubuntu22.04, ...)."""
+    if not request.user.has_perm("vms.add_virtualmachine"):
+        raise PermissionDenied
+    page = _page_number(request)
+    found = osinfo.search(request.GET.get("term", ""), limit=page * PICKER_LIMIT + 1)
+    shown = found[(page - 1) * PICKER_LIMIT : page * PICKER_LIMIT]
+    results = [{"id": v.short_id, "text": os_variant_label(v.short_id, v.name)} for v in shown]
+    return JsonResponse({"results": results, "pagination": {"more": len(found) > page * PICKER_LIMIT}})
+
+
+class OsVariantPicker(forms.Select):
+    """A select2 search box over osinfo-db (served by `iso_picker_view` with field_name=os_variant).
+
+    Only the current value is rendered as an option; a value osinfo-db does
+    not know (a template's, a typed one) is kept so the service's error names it.
+    """
+
+    def build_attrs(self, base_attrs: dict[str, Any], extra_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+        attrs = super().build_attrs(base_attrs, extra_attrs)
+        attrs.update(
+            {
+                "class": "admin-autocomplete",
+                "data-ajax--cache": "true",
+                "data-ajax--delay": 150,
+                "data-ajax--type": "GET",
+                "data-ajax--url": reverse("admin:vms_virtualmachine_iso_picker"),
+                "data-app-label": "vms",
+                "data-model-name": "virtualmachine",
+                "data-field-name": OS_VARIANT_FIELD,
+                "data-theme": "admin-autocomplete",
+                "data-allow-clear": "true",
+                "data-placeholder": "Search osinfo-db: ubuntu, debian 12, windows 11 …",
+            }
+        )
+        return attrs
+
+    def optgroups(self, name: str, value: list[Any], attrs: dict[str, Any] | None = None) -> list[Any]:
+        current = [str(v) for v in value if v]
+        names = {v.short_id: v.name for v in osinfo.search(current[0], limit=50)} if current else {}
+        labels = [(v, os_variant_label(v, names[v]) if v in names else f"{v} (not in osinfo-db)") for v in current]
+        self.choices = [("", ""), *labels]
+        return super().optgroups(name, value, attrs)
+
+
+class HostSelect(forms.Select):
+    """A choice of what the host has; a value it does not offer (a template's, a typed one) stays shown, marked."""
+
+    def __init__(self, *args: Any, withheld: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.withheld = withheld  # on the host but not open to the user's projects
+
+    def optgroups(self, name: str, value: list[Any], attrs: dict[str, Any] | None = None) -> list[Any]:
+        known = {str(choice) for choice, _label in self.choices}
+        missing = [str(v) for v in value if v and str(v) not in known]
+        if missing:
+            why = {v: "not open to your projects" if v in self.withheld else "not on this host" for v in missing}
+            self.choices = [*self.choices, *((v, f"{v} ({why[v]})") for v in missing)]
+        return super().optgroups(name, value, attrs)
+
+
+@dataclass(frozen=True)
+class HostChoices:
+    """The host's pools, networks and bridges as choices, built once per page and shared by every row."""
+
+    pools: list[tuple[str, str]] = field(default_factory=list)
+    pool_room: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> available, capacity (bytes)
+    sources: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # NIC type -> (name, label)
+    withheld: dict[str, frozenset[str]] = field(default_factory=dict)  # "pool"/NIC type -> names not open to the user's projects
+    error: str = ""
+
+    @property
+    def readable(self) -> bool:
+        return not self.error
+
+
+def open_to(projects: Any) -> dict[str, set[str] | None]:
+    """What the user's projects (those they may create in) open to them, per kind: None is "anything".
+
+    A project without a list for a kind allows every name of it; the service
+    checks the project the VM lands in (`check_allowed`), this only trims the lists.
+    """
+    found: dict[str, set[str] | None] = {"pool": set(), "network": set(), "bridge": set()}
+    for project in projects:
+        for kind, names in (("pool", project.pools), ("network", project.networks), ("bridge", project.bridges)):
+            if not names:
+                found[kind] = None
+            elif found[kind] is not None:
+                found[kind] |= set(names)  # type: ignore[operator]
+    return found
+
+
+def host_choices(offer: HostOffer, allowed: dict[str, set[str] | None] | None = None) -> HostChoices:
+    """The host's lists as choices, trimmed to what `allowed` (see `open_to`) opens; the rest is `withheld`."""
+    if offer.error:
+        return HostChoices(error=offer.error)
+    allowed = allowed or {}
+
+    def keep(kind: str, name: str) -> bool:
+        names = allowed.get(kind)
+        return names is None or name in names
+
+    pools = []
+    for pool in offer.pools:
+        label = f"{pool.name} — {filesizeformat(pool.available)} free of {filesizeformat(pool.capacity)}"
+        label += f" · {pool.type}" if pool.type else ""
+        label += "" if pool.active else " · inactive"
+        pools.append((pool.name, label))
+    networks = []
+    of_network = {}
+    for network in offer.networks:
+        label = f"{network.name} — {network.forward_mode or 'isolated'}"
+        label += f" {network.cidr}" if network.cidr else ""
+        label += "" if network.active else " · inactive"
+        networks.append((network.name, label))
+        if network.bridge:
+            of_network[network.bridge] = network.name
+    bridges = [(name, f"{name} — bridge of network {of_network[name]}" if name in of_network else name) for name in offer.bridges]
+    lists = {"pool": pools, NicType.NAT.value: networks, NicType.BRIDGE.value: bridges}
+    kinds = {"pool": "pool", NicType.NAT.value: "network", NicType.BRIDGE.value: "bridge"}
+    shown = {key: [(n, label) for n, label in choices if keep(kinds[key], n)] for key, choices in lists.items()}
+    withheld = {key: frozenset(n for n, _ in choices if not keep(kinds[key], n)) for key, choices in lists.items()}
+    return HostChoices(
+        pools=shown["pool"],
+        pool_room={p.name: {"available": p.available, "capacity": p.capacity} for p in offer.pools if keep("pool", p.name)},
+        sources={NicType.NAT.value: shown[NicType.NAT.value], NicType.BRIDGE.value: shown[NicType.BRIDGE.value]},
+        withheld=withheld,
+    )
 
 
 class VmCreateForm(forms.Form):
@@ -99,7 +260,11 @@ class VmCreateForm(forms.Form):
     vcpus = forms.IntegerField(label="vCPUs", initial=2, min_value=1)
     os_type = forms.ChoiceField(label="OS type", choices=[("", "(from the OS variant)"), *OsType.choices], required=False)
     os_variant = forms.CharField(
-        label="OS variant", required=False, max_length=64, help_text="osinfo-db short id, e.g. ubuntu22.04, win11."
+        label="OS variant",
+        required=False,
+        max_length=64,
+        help_text="Type part of a name (ubu, debian 12, windows 11): the osinfo-db id is stored, e.g. ubuntu22.04.",
+        widget=OsVariantPicker,
     )
     architecture = forms.ChoiceField(choices=Architecture.choices, initial=Architecture.X86_64)
     iso_path = IsoChoiceField(queryset=IsoImage.objects.all(), required=False, label="Install ISO")
@@ -112,11 +277,19 @@ class VmCreateForm(forms.Form):
     graphics_password = forms.CharField(
         label="VNC password", required=False, max_length=64, widget=forms.PasswordInput(render_value=False), help_text="1-8 characters."
     )
-    storage_pool = forms.CharField(initial="default", max_length=64)
+    storage_pool = forms.CharField(initial="default", max_length=64, help_text="Where the new disks and clones are made.")
     autostart = forms.BooleanField(label="Start with the host", required=False)
 
-    def __init__(self, *args: Any, admin_site: admin.AdminSite, request: HttpRequest, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, admin_site: admin.AdminSite, request: HttpRequest, host: HostChoices, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        pool = self.fields["storage_pool"]
+        if host.readable:
+            pool.widget = HostSelect(choices=host.pools, withheld=host.withheld.get("pool", frozenset()), attrs={"data-vapor-pool": "1"})
+            offered = [name for name, _label in host.pools]
+            if offered and pool.initial not in offered:
+                pool.initial = offered[0]  # "default" may be held back from the user's projects, or absent
+        else:
+            pool.help_text = f"The host's pools could not be read ({host.error}): type the pool's name."
         self.fields["project"].queryset = project_choices(request)  # type: ignore[attr-defined]
         self.fields["template"].queryset = template_list(request.user)  # type: ignore[attr-defined]
         iso_field = CdromAttachment._meta.get_field("iso")
@@ -141,6 +314,21 @@ class NicForm(forms.Form):
     type = forms.ChoiceField(choices=NicType.choices, initial=NicType.NAT)
     source = forms.CharField(max_length=64, initial="default", help_text="libvirt network (NAT) or host bridge.")
     model = forms.ChoiceField(choices=NicModel.choices, initial=NicModel.VIRTIO)
+
+    def __init__(self, *args: Any, host: HostChoices | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if host is None or not host.readable:
+            self.fields["source"].widget.attrs["placeholder"] = "network or bridge name"
+            return
+        kind = self.data.get(self.add_prefix("type")) if self.is_bound else None
+        kind = kind or self.initial.get("type") or self.fields["type"].initial
+        # The row's type decides the list: networks for NAT, bridges for a bridge (the page's script swaps them).
+        offered = [name for name, _label in host.sources.get(str(kind), [])]
+        if not self.is_bound and offered and self.initial.get("source") == DEFAULT_NIC["source"] and DEFAULT_NIC["source"] not in offered:
+            self.initial = {**self.initial, "source": offered[0]}
+        self.fields["source"].widget = HostSelect(
+            choices=host.sources.get(str(kind), []), withheld=host.withheld.get(str(kind), frozenset()), attrs={"data-vapor-source": "1"}
+        )
 
 
 DEFAULT_NIC = {"type": NicType.NAT.value, "source": "default", "model": NicModel.VIRTIO.value}
@@ -247,10 +435,12 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         raise PermissionDenied
     site = model_admin.admin_site
     preview: DryRun | None = None
+    # One read of the host for the whole page, every row shares it; trimmed to what the user's projects open.
+    host = host_choices(host_offer(), open_to(project_choices(request)))
     if request.method == "POST":
-        form = VmCreateForm(request.POST, admin_site=site, request=request)
+        form = VmCreateForm(request.POST, admin_site=site, request=request, host=host)
         disk_formset = DiskFormSet(request.POST, prefix="disks")
-        nic_formset = NicFormSet(request.POST, prefix="networks")
+        nic_formset = NicFormSet(request.POST, prefix="networks", form_kwargs={"host": host})
         template = request.POST.get("template", "")
         mine = template_list(request.user)
         if template and template != request.POST.get("prefilled_from", "") and mine.filter(name=template).exists():
@@ -281,10 +471,11 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         chosen = mine.filter(name=request.GET.get("template", "")).prefetch_related("disks", "nics").first()
         if chosen is not None:
             initial, disk_rows, nic_rows = template_initial(chosen)
-        form = VmCreateForm(initial=initial, admin_site=site, request=request)
+        form = VmCreateForm(initial=initial, admin_site=site, request=request, host=host)
         disk_formset = DiskFormSet(initial=disk_rows, prefix="disks")
-        nic_formset = NicFormSet(initial=nic_rows, prefix="networks")
-    errors = sum(len(f.errors) for f in [form, *disk_formset.forms, *nic_formset.forms]) + len(disk_formset.non_form_errors())
+        nic_formset = NicFormSet(initial=nic_rows, prefix="networks", form_kwargs={"host": host})
+    summary = error_summary(form, disk_formset, nic_formset)
+    errors = len(summary)
     context = {
         **site.each_context(request),
         "title": "Create virtual machine",
@@ -294,9 +485,43 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         "nic_formset": nic_formset,
         "preview": preview,
         "error_count": errors,
-        "error_note": ngettext("Please correct the error below.", "Please correct the errors below.", errors),
+        "error_note": ngettext("Please correct the error below:", "Please correct the errors below:", errors),
+        "error_summary": summary,
+        "host": host,
+        "page_data": {
+            "sources": host.sources,
+            "pools": host.pool_room,
+            "boot": {kind: boot_mismatch(kind, uefi) for kind, uefi in (("none", False), ("bios", True), ("uefi", False))},
+        },
+        "iso_boot": _chosen_boot(form),
         "media": model_admin.media + form.media,
         "has_view_permission": model_admin.has_view_permission(request),
         "main_fields": MAIN_FIELDS,
     }
     return render(request, "admin/vms/virtualmachine/create.html", context)
+
+
+def _chosen_boot(form: VmCreateForm) -> dict[str, str]:
+    """The install ISO the form holds now: its boot type and, if it will not boot this VM, why (shown without JavaScript too)."""
+    value = form["iso_path"].value()
+    iso = IsoImage.objects.filter(pk=value).only("boot_type", "name").first() if value else None
+    if iso is None:
+        return {"boot_type": "", "warning": ""}
+    uefi = bool(form["uefi"].value())
+    mismatch = boot_mismatch(iso.boot_type, uefi)
+    return {"boot_type": iso.boot_type, "warning": f"This ISO {mismatch}." if mismatch else ""}
+
+
+def error_summary(form: VmCreateForm, disk_formset: Any, nic_formset: Any) -> list[str]:
+    """Every error of the page in one list, for the note at its top ("Disk 1 · Size (GB): ...")."""
+    lines = [str(message) for message in form.non_field_errors()]
+    for name, messages_ in form.errors.items():
+        if name != "__all__":
+            lines += [f"{form[name].label}: {message}" for message in messages_]
+    for what, formset in (("Disk", disk_formset), ("Network interface", nic_formset)):
+        lines += [f"{what}s: {message}" for message in formset.non_form_errors()]
+        for index, row in enumerate(formset.forms):
+            for name, messages_ in row.errors.items():
+                label = "" if name == "__all__" else f" · {row[name].label}"
+                lines += [f"{what} {index}{label}: {message}" for message in messages_]
+    return lines

@@ -251,3 +251,8 @@ class DryRunSerializer(serializers.Serializer):
     plan = serializers.ListField(child=serializers.CharField())
     domain_xml = serializers.CharField()
     vm = VmSerializer()
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Allowed, but worth a second look: an install ISO that will not boot with this firmware, "
+        "new disks past the pool's free space.",
+    )

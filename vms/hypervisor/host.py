@@ -154,3 +154,20 @@ class HostMixin(Connection):
                 raise vapor_error(exc, field="bridge") from exc
             return os.path.isdir(f"/sys/class/net/{name}/bridge")
         return interface_type(document) == "bridge"
+
+    def list_bridges(self) -> list[str]:
+        """The names of the Linux bridges where libvirtd runs, sorted (NAT networks' bridges, e.g. virbr0, included).
+
+        Read like `bridge_exists`: libvirt's interface driver (its udev backend
+        lists every interface, active or not, from sysfs), else /sys/class/net
+        on Vapor's host when the daemon has no interface driver.
+        """
+        conn = self._connection()
+        try:
+            interfaces = conn.listAllInterfaces(0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != VIR_ERR_NO_SUPPORT:
+                raise vapor_error(exc, field="bridge") from exc
+            return sorted(entry.name for entry in os.scandir("/sys/class/net") if os.path.isdir(f"{entry.path}/bridge"))
+        with calls(field="bridge"):
+            return sorted(i.name() for i in interfaces if interface_type(i.XMLDesc(0)) == "bridge")

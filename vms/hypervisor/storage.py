@@ -93,14 +93,16 @@ class StorageMixin(Connection):
     def _pool_info(pool: Any) -> PoolInfo:
         with calls():
             _state, capacity, allocation, available = pool.info()
+            document = pool.XMLDesc(0)
             return PoolInfo(
                 name=pool.name(),
                 active=bool(pool.isActive()),
                 autostart=bool(pool.autostart()),
-                path=pool_target_path(pool.XMLDesc(0)),
+                path=pool_target_path(document),
                 capacity=capacity,
                 allocation=allocation,
                 available=available,
+                type=pool_type(document),
             )
 
     # Volumes

@@ -36,6 +36,7 @@ class DryRun:
     vm: VirtualMachine  # unsaved-in-effect: its rows were rolled back
     steps: list[str]
     xml: str  # password masked
+    warnings: tuple[str, ...] = ()  # what would work but may not do what was meant (plan.warnings)
 
 
 def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool = False, actor: Actor = SYSTEM) -> VirtualMachine | DryRun:
@@ -54,7 +55,8 @@ def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool
         if dry_run:
             vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
             steps = [s.name for s in provision_steps(vm, hv or hypervisor.get_hypervisor(), None)] + ["record ISO use"]
-            return DryRun(vm=vm, steps=steps, xml=domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True))
+            xml = domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True)
+            return DryRun(vm=vm, steps=steps, xml=xml, warnings=plan.warnings)
         audit(actor, "vm.create", target=f"VM {vm.name}", project=plan.project, vm_id=vm.pk, detail=_summary(plan))
         transaction.on_commit(lambda: _enqueue(vm.pk))
     log.info("VM %s accepted (%s)", vm.name, vm.pk)

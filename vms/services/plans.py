@@ -64,3 +64,4 @@ class VmPlan:
     nics: tuple[PlannedNic, ...]
     template: VmTemplate | None = None
     project: Project | None = None  # None only for plans made outside a create (tests of the designer)
+    warnings: tuple[str, ...] = ()  # allowed but worth a second look (an ISO that will not boot, a pool overcommitted)

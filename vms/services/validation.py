@@ -18,6 +18,7 @@ from pathlib import Path
 from django.conf import settings
 
 from guestos import osinfo
+from isos.choices import BootType
 from isos.models import IsoImage
 from isos.resolve import iso_resolve, require_ready
 from projects.access import SYSTEM, Actor, check_allowed, project_for_create
@@ -75,6 +76,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
     disk_orders, cdrom_order = _boot_orders(request)
     disks = _plan_disks(request, hv, pool, disk_orders)
     cdroms = _plan_cdroms(request, register_isos, cdrom_order)
+    warnings = [*_boot_warnings(request, cdroms), *_pool_warnings(pool, disks)]
     return VmPlan(
         request=request,
         virt_type=virt_type,
@@ -87,7 +89,49 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
         nics=_plan_nics(request),
         template=template,
         project=project,
+        warnings=tuple(warnings),
     )
+
+
+def boot_mismatch(boot_type: str, uefi: bool) -> str:
+    """Why an install ISO of `boot_type` (IsoImage.boot_type) would not start this VM, in words; "" when it would.
+
+    A warning, not a refusal: the boot type is read from the ISO's El Torito
+    catalogue, and an operator may know better (a guest booted by other means).
+    An ISO not inspected yet ("") is not judged.
+    """
+    if boot_type == BootType.NONE:
+        return "is not bootable: the guest would stop at “No bootable device”"
+    if boot_type == BootType.BIOS and uefi:
+        return "boots with BIOS only, but UEFI is on: untick UEFI or pick a UEFI ISO"
+    if boot_type == BootType.UEFI and not uefi:
+        return "boots with UEFI only, but UEFI is off: tick UEFI or pick a BIOS ISO"
+    return ""
+
+
+def _boot_warnings(request: VmRequest, cdroms: tuple[PlannedCdrom, ...]) -> list[str]:
+    """The install ISO (the primary CD-ROM, which boots) against the firmware; the driver ISO never boots."""
+    warnings = []
+    for cdrom in cdroms:
+        mismatch = boot_mismatch(cdrom.iso.boot_type, request.uefi) if cdrom.slot == CdromSlot.PRIMARY else ""
+        if mismatch:
+            warnings.append(f"install ISO {cdrom.iso.name} {mismatch}")
+    return warnings
+
+
+def _pool_warnings(pool: PoolInfo, disks: tuple[PlannedDisk, ...]) -> list[str]:
+    """New disks past the pool's free space (within VAPOR_POOL_OVERCOMMIT, or `_check_pool_room` refused them).
+
+    Every volume Vapor makes is thin (allocation 0, raw files sparse too), so
+    this works until the guests write more than the pool has left.
+    """
+    asked = sum(d.capacity_bytes for d in disks if d.source != DiskSource.EXISTING)
+    if pool.capacity <= 0 or asked <= pool.available:
+        return []
+    return [
+        f"the new disks ({_gb(asked)}) are larger than pool {pool.name}'s free space ({_gb(pool.available)}): "
+        "they are thin and fit now, but the guests fail to write once the pool is full"
+    ]
 
 
 def _check_project_resources(request: VmRequest, project: Project) -> None:
@@ -419,6 +463,7 @@ def _check_pool_room(request: VmRequest, pool: PoolInfo, planned: list[PlannedDi
                 f"the new disks need {_gb(asked)}, more than pool {pool.name} may take: {_gb(max(room, 0))} "
                 f"(free {_gb(pool.available)} + capacity {_gb(pool.capacity)} x ({ratio:g} - 1), VAPOR_POOL_OVERCOMMIT)",
                 field=f"disks.{disk.order}.{key}",
+                code="pool_too_small",
             )
 
 
