@@ -337,7 +337,8 @@ class FakeHypervisor:
         """Add to a running domain's counters (e.g. `cpu_time_ns=30 * 10**9`); `memory_used_kib` and `vcpus` are set, not added."""
         domain = self._domain(name)
         current = domain.counters or zero_counters(name)
-        changes: dict[str, Any] = {k: v if k in ("memory_used_kib", "vcpus", "memory_kib") else getattr(current, k) + v for k, v in added.items()}
+        set_only = ("memory_used_kib", "vcpus", "memory_kib")
+        changes: dict[str, Any] = {k: v if k in set_only else getattr(current, k) + v for k, v in added.items()}
         domain.counters = dataclasses.replace(current, **changes)
         return domain.counters
 
