@@ -20,6 +20,7 @@ reports no host-wide figures).
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -112,12 +113,13 @@ def _seconds_since(saved: MetricCounters | None, now: datetime) -> float:
 
 
 def _bucket_end(at: datetime) -> datetime:
-    stamp = int(at.timestamp())
-    return datetime.fromtimestamp(stamp - stamp % BUCKET + BUCKET, tz=UTC)
+    """The end of the ten minutes a row ending at `at` falls in: (end - BUCKET, end]."""
+    stamp = math.ceil(at.timestamp())
+    return datetime.fromtimestamp(stamp + (-stamp) % BUCKET, tz=UTC)
 
 
 def _cutoff(now: datetime) -> datetime:
-    """Minute rows before this (a bucket boundary) are rolled up: every bucket before it is complete."""
+    """Minute rows up to this (a bucket boundary) are rolled up: every bucket ending by then is complete."""
     stamp = int((now - MINUTE_KEEP).timestamp())
     return datetime.fromtimestamp(stamp - stamp % BUCKET, tz=UTC)
 
@@ -128,7 +130,7 @@ def _averaged(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> dict
 
 def _roll_up_vms(now: datetime) -> int:
     cutoff = _cutoff(now)
-    old = VmMetricSample.objects.filter(resolution=MINUTE, at__lt=cutoff)
+    old = VmMetricSample.objects.filter(resolution=MINUTE, at__lte=cutoff)
     groups: dict[tuple[int, datetime], list[dict[str, Any]]] = defaultdict(list)
     for row in old.values("vm_id", "at", *RATE_FIELDS):
         groups[(row["vm_id"], _bucket_end(row["at"]))].append(row)
@@ -143,7 +145,7 @@ def _roll_up_vms(now: datetime) -> int:
 
 def _roll_up_host(now: datetime) -> int:
     cutoff = _cutoff(now)
-    old = HostMetricSample.objects.filter(resolution=MINUTE, at__lt=cutoff)
+    old = HostMetricSample.objects.filter(resolution=MINUTE, at__lte=cutoff)
     groups: dict[datetime, list[dict[str, Any]]] = defaultdict(list)
     for row in old.values("at", "memory_total_mib", *RATE_FIELDS):
         groups[_bucket_end(row["at"])].append(row)
