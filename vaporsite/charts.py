@@ -30,8 +30,8 @@ PALETTE = {
     "rose": "#d2437a",
 }
 UNITS = ("%", "MiB", "B/s")
-WIDTH, HEIGHT = 560, 200
-LEFT, RIGHT, TOP, BOTTOM = 62, 14, 12, 26  # the plot's margins inside the SVG
+WIDTH, HEIGHT = 480, 190
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 10, 24  # the plot's margins inside the SVG
 MAX_HOVER_POINTS = 200  # points with a tooltip per line; beyond that the line alone
 
 
@@ -72,21 +72,20 @@ def format_value(value: float, unit: str) -> str:
     return f"{_number(scaled)} {shown}"
 
 
-def _nice_top(peak: float, unit: str, ceiling: float | None) -> float:
-    """The y axis' top: 100 for percentages, the ceiling (e.g. the VM's memory) when given, else a round number above the peak."""
+def _axis(peak: float, unit: str, ceiling: float | None) -> tuple[float, float]:
+    """The y axis' top and its step between gridlines: 0-100 by 25 for percentages; else round steps
+    (1, 2, 2.5 or 5 times a power of ten, in the unit the axis is labelled in) up to the peak or the ceiling."""
     if unit == "%":
-        return 100.0
-    if ceiling and ceiling >= peak:
-        return ceiling
+        return 100.0, 25.0
     floor = 1.0 if unit == "MiB" else 1024.0  # an idle disk draws at the bottom of a 0-1 KiB/s axis, not full height
-    peak = max(peak, floor)
+    peak = max(peak, ceiling or 0.0, floor)
     base = 1024.0 ** math.floor(math.log(peak, 1024))  # the unit the axis is labelled in
     scaled = peak / base
-    magnitude = 10 ** math.floor(math.log10(scaled))
-    for step in (1, 1.25, 2, 2.5, 4, 5, 8, 10):
-        if step * magnitude >= scaled * 1.0001:
-            return step * magnitude * base
-    return 10 * magnitude * base
+    raw = scaled / 4
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(f * magnitude for f in (1, 2, 2.5, 5, 10) if f * magnitude >= raw * 0.9999)
+    top = math.ceil(scaled / step - 1e-9) * step
+    return top * base, step * base
 
 
 def _time_step(span: timedelta) -> timedelta:
@@ -140,9 +139,10 @@ def line_chart(
     for line in drawn:
         color = PALETTE.get(line.color, PALETTE["blue"])
         label = f"{line.label} " if len(lines) > 1 else ""
+        of = f" of {format_value(ceiling, unit)}" if ceiling and unit != "%" else ""
         header.append(
             f'<span class="vapor-chart-last"><i style="background:{color}"></i>{escape(label)}'
-            f"<b>{escape(format_value(line.points[-1][1], unit))}</b></span>"
+            f"<b>{escape(format_value(line.points[-1][1], unit))}</b>{escape(of)}</span>"
         )
     head = f'<figcaption class="vapor-chart-head">{"".join(header)}</figcaption>'
     if not drawn:
@@ -157,7 +157,7 @@ def _svg(title: str, unit: str, lines: Sequence[Line], start: datetime, end: dat
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     span = max((end - start).total_seconds(), 1.0)
     peak = max((value for line in lines for _at, value in line.points), default=0.0)
-    top = _nice_top(peak, unit, ceiling)
+    top, step_value = _axis(peak, unit, ceiling)
 
     def x(at: datetime) -> float:
         return LEFT + plot_w * min(max((at - start).total_seconds() / span, 0.0), 1.0)
@@ -169,8 +169,8 @@ def _svg(title: str, unit: str, lines: Sequence[Line], start: datetime, end: dat
         f'<svg class="vapor-chart-svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" preserveAspectRatio="xMidYMid meet">',
         _tag("title", f"{title}, {format_value(0, unit).split(' ', 1)[1]}"),
     ]
-    for i in range(5):  # gridlines and y labels at 0, 1/4 ... the top
-        value = top * i / 4
+    for i in range(round(top / step_value) + 1):  # gridlines and y labels at every step up to the top
+        value = step_value * i
         parts.append(f'<line class="vapor-chart-grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>')
         label = format_value(value, unit)
         parts.append(_tag("text", label, class_="vapor-chart-label", x=LEFT - 6, y=f"{y(value) + 4:.1f}", text_anchor="end"))
@@ -190,6 +190,8 @@ def _svg(title: str, unit: str, lines: Sequence[Line], start: datetime, end: dat
             when = tick.strftime("%H:%M")
             parts.append(_tag("text", when, class_="vapor-chart-label", x=f"{px:.1f}", y=HEIGHT - 8, text_anchor="middle"))
         tick += step
+    if ceiling and unit != "%" and ceiling < top:
+        parts.append(f'<line class="vapor-chart-ceiling" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(ceiling):.1f}" y2="{y(ceiling):.1f}"/>')
     parts.append(f'<line class="vapor-chart-axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>')
     for index, line in enumerate(lines):
         color = PALETTE.get(line.color, PALETTE["blue"])
