@@ -249,20 +249,25 @@ def _points(rows: Iterable[dict[str, Any]], span: str) -> list[Point]:
     return [Point(at, Rates(**_averaged(members))) for at, members in sorted(buckets.items())]
 
 
-def _series(queryset: Any, span: str, now: datetime | None, ceiling: float | None) -> MetricSeries:
-    length = _span(span)
+def _rows(queryset: Any, span: str, now: datetime | None, *extra: str) -> tuple[datetime, datetime, list[dict[str, Any]]]:
     end = now or timezone.now()
-    start = end - length
-    rows = queryset.filter(at__gt=start, at__lte=end).order_by("at").values("at", "resolution", *RATE_FIELDS)
-    return MetricSeries(span, start, end, MINUTE if span == "hour" else BUCKET, _points(rows, span), ceiling)
+    start = end - _span(span)
+    rows = queryset.filter(at__gt=start, at__lte=end).order_by("at").values("at", "resolution", *RATE_FIELDS, *extra)
+    return start, end, list(rows)
+
+
+def _resolution(span: str) -> int:
+    return MINUTE if span == "hour" else BUCKET
 
 
 def metrics_series(*, vm: VirtualMachine, span: str, now: datetime | None = None) -> MetricSeries:
     """One VM's samples over the last hour (minute points) or day (ten-minute points). One query."""
-    return _series(VmMetricSample.objects.filter(vm_id=vm.pk), span, now, float(vm.memory_mb))  # memory_mb goes to libvirt in MiB
+    start, end, rows = _rows(VmMetricSample.objects.filter(vm_id=vm.pk), span, now)
+    return MetricSeries(span, start, end, _resolution(span), _points(rows, span), float(vm.memory_mb))  # memory_mb is MiB to libvirt
 
 
 def host_metrics_series(*, span: str, now: datetime | None = None) -> MetricSeries:
-    """The host's samples over the last hour or day; the memory ceiling is its latest total. Two queries."""
-    latest = HostMetricSample.objects.order_by("-at").values_list("memory_total_mib", flat=True).first()
-    return _series(HostMetricSample.objects.all(), span, now, latest)
+    """The host's samples over the last hour or day; the memory ceiling is the latest total in the span. One query."""
+    start, end, rows = _rows(HostMetricSample.objects.all(), span, now, "memory_total_mib")
+    total = float(rows[-1]["memory_total_mib"]) if rows else None
+    return MetricSeries(span, start, end, _resolution(span), _points(rows, span), total)
