@@ -33,6 +33,7 @@ UNITS = ("%", "MiB", "B/s")
 WIDTH, HEIGHT = 480, 190
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 10, 24  # the plot's margins inside the SVG
 MAX_HOVER_POINTS = 200  # points with a tooltip per line; beyond that the line alone
+SPARSE_POINTS = 20  # up to this many points a line shows a dot at each
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ def _number(value: float) -> str:
     if abs(value) >= 10:
         return f"{value:.1f}".removesuffix(".0")
     return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _axis_label(value: float, unit: str, top: float) -> str:
+    """A gridline's label in the unit of the axis' top (so the bottom reads "0 GiB", not "0 MiB")."""
+    scaled_top, shown = _scaled(top, unit)
+    return f"{_number(value * scaled_top / top if top else 0.0)} {shown}"
 
 
 def format_value(value: float, unit: str) -> str:
@@ -172,7 +179,7 @@ def _svg(title: str, unit: str, lines: Sequence[Line], start: datetime, end: dat
     for i in range(round(top / step_value) + 1):  # gridlines and y labels at every step up to the top
         value = step_value * i
         parts.append(f'<line class="vapor-chart-grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>')
-        label = format_value(value, unit)
+        label = _axis_label(value, unit, top)
         parts.append(_tag("text", label, class_="vapor-chart-label", x=LEFT - 6, y=f"{y(value) + 4:.1f}", text_anchor="end"))
     step = _time_step(end - start)
     local_start = timezone.localtime(start) if timezone.is_aware(start) else start
@@ -205,10 +212,12 @@ def _svg(title: str, unit: str, lines: Sequence[Line], start: datetime, end: dat
                 area = f"{x(run[0][0]):.1f},{y(0):.1f} {coords} {x(run[-1][0]):.1f},{y(0):.1f}"
                 parts.append(f'<polygon class="vapor-chart-area" points="{area}" fill="{color}"/>')
             parts.append(f'<polyline class="vapor-chart-line" points="{coords}" stroke="{color}"/>')
+        sparse = len(line.points) <= SPARSE_POINTS  # few points: each one shown, not only the line between them
         if len(line.points) <= MAX_HOVER_POINTS:
             for at, value in line.points:
                 local = timezone.localtime(at) if timezone.is_aware(at) else at
                 tip = f"{local:%H:%M}  {line.label + ' ' if len(lines) > 1 else ''}{format_value(value, unit)}"
-                parts.append(f'<circle class="vapor-chart-dot" cx="{x(at):.1f}" cy="{y(value):.1f}" r="4">{_tag("title", tip)}</circle>')
+                dot = f'class="vapor-chart-dot is-shown" fill="{color}"' if sparse else 'class="vapor-chart-dot"'
+                parts.append(f'<circle {dot} cx="{x(at):.1f}" cy="{y(value):.1f}" r="{2.5 if sparse else 4}">{_tag("title", tip)}</circle>')
     parts.append("</svg>")
     return "".join(parts)

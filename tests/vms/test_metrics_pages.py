@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
@@ -20,7 +21,7 @@ from vms.models import HostMetricSample, VirtualMachine, VmMetricSample
 from vms.templatetags.vapor_vm_graphs import VM_EMPTY
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-HOUR = {"start": T0, "end": T0 + timedelta(hours=1), "gap": timedelta(minutes=2, seconds=30)}
+HOUR: dict[str, Any] = {"start": T0, "end": T0 + timedelta(hours=1), "gap": timedelta(minutes=2, seconds=30)}
 
 
 def _points(minutes: list[int], value: float = 10.0) -> list[tuple[datetime, float]]:
