@@ -16,6 +16,8 @@ from tests.fakes import FakeDomain, FakeHypervisor, zero_counters
 from tests.support.factories import VirtualMachineFactory
 from vaporsite.errors import InvalidInput
 from vms import tasks
+from vms.hypervisor import DomainStats
+from vms.hypervisor.stats import domain_stats_record, memory_used_kib
 from vms.models import HostMetricSample, VirtualMachine, VmMetricSample
 from vms.services.metrics import (
     BUCKET,
@@ -212,3 +214,28 @@ def test_deleting_a_vm_deletes_its_samples(hv: FakeHypervisor) -> None:
     metrics_sample(hv=hv, now=_minutes(1))
     vm.delete()
     assert not VmMetricSample.objects.exists()
+
+
+def test_a_domains_entry_of_the_bulk_answer_sums_its_devices() -> None:
+    record = {
+        "cpu.time": 7 * GB,
+        "vcpu.current": 2,
+        "balloon.current": 1024 * 1024,
+        "balloon.rss": 700 * 1024,
+        "block.count": 2,
+        "block.0.rd.bytes": 100,
+        "block.0.wr.bytes": 10,
+        "block.1.rd.bytes": 200,
+        "block.1.wr.bytes": 20,
+        "net.count": 2,
+        "net.0.rx.bytes": 1,
+        "net.0.tx.bytes": 2,
+        "net.1.rx.bytes": 30,
+        "net.1.tx.bytes": 40,
+    }
+    stats = domain_stats_record("web", record)
+    assert stats == DomainStats("web", 7 * GB, 2, 1024 * 1024, 700 * 1024, 300, 30, 31, 42)
+    # The guest's own figure wins when its balloon driver reports one; without anything, the balloon's size.
+    assert memory_used_kib({**record, "balloon.available": 1000 * 1024, "balloon.unused": 600 * 1024}) == 400 * 1024
+    assert memory_used_kib({"balloon.current": 512}) == 512
+    assert domain_stats_record("bare", {}).vcpus == 1  # a domain answered without its vCPU group (NOWAIT) still divides by one

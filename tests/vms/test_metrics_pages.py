@@ -162,6 +162,8 @@ def test_only_users_who_may_view_the_vm_see_its_graphs(client: Client, hv: FakeH
     assert _tag(outsider, vm) == ""
     assert _tag(UserFactory.create(is_staff=True), vm) == ""  # no permission at all
     assert _tag(AnonymousUser(), vm) == ""
+    member.is_active = False  # still a member, but holds no permission any more
+    assert _tag(member, vm) == ""
     assert Template("{% load vapor_vm_graphs %}{% vapor_vm_graphs as g %}[{{ g }}]").render(Context({"original": vm})) == "[None]"
     client.force_login(outsider)
     assert client.get(f"/admin/vms/virtualmachine/{vm.pk}/change/").status_code in (302, 404)
