@@ -194,8 +194,9 @@ def _svg(title: str, unit: str, lines: Sequence[Line], start: datetime, end: dat
         if tick >= start:
             px = x(tick)
             parts.append(f'<line class="vapor-chart-tick" x1="{px:.1f}" x2="{px:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM + 4}"/>')
-            when = tick.strftime("%H:%M")
-            parts.append(_tag("text", when, class_="vapor-chart-label", x=f"{px:.1f}", y=HEIGHT - 8, text_anchor="middle"))
+            if LEFT + 16 <= px <= WIDTH - RIGHT - 16:  # a label too near an edge would be cut off: its gridline alone
+                when = tick.strftime("%H:%M")
+                parts.append(_tag("text", when, class_="vapor-chart-label", x=f"{px:.1f}", y=HEIGHT - 8, text_anchor="middle"))
         tick += step
     if ceiling and unit != "%" and ceiling < top:
         parts.append(f'<line class="vapor-chart-ceiling" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(ceiling):.1f}" y2="{y(ceiling):.1f}"/>')
