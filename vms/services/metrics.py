@@ -173,7 +173,8 @@ def metrics_sample(*, hv: Hypervisor | None = None, now: datetime | None = None)
             hv.close()
     now = now or timezone.now()
     with transaction.atomic():
-        saved = {c.scope: c for c in MetricCounters.objects.filter(scope__in=(VMS_SCOPE, HOST_SCOPE))}
+        # Locked (on PostgreSQL; SQLite's write lock does it there): a forced round and the schedule's take turns.
+        saved = {c.scope: c for c in MetricCounters.objects.select_for_update().filter(scope__in=(VMS_SCOPE, HOST_SCOPE))}
         vms_saved, host_saved = saved.get(VMS_SCOPE), saved.get(HOST_SCOPE)
         seconds = _seconds_since(vms_saved, now)
         previous = vms_saved.counters if vms_saved is not None else {}
