@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vaporsite.errors import Conflict, NotFound
 from vms.hypervisor import (
     ConsoleInfo,
     DiskUse,
     DomainInfo,
+    DomainStats,
     HostCapabilities,
     HostResources,
+    HostStats,
     NetworkInfo,
     PoolInfo,
     SerialChannel,
@@ -38,6 +42,11 @@ class FakeDomain:
     state: str = "shutoff"
     autostart: bool = False
     persistent: bool = True
+    counters: DomainStats | None = None  # what domain_stats() reports while it runs; from 0 at each start
+
+
+def zero_counters(name: str, vcpus: int = 1, memory_kib: int = 256 * 1024) -> DomainStats:
+    return DomainStats(name, 0, vcpus, memory_kib, 0, 0, 0, 0, 0)
 
 
 RFB_BANNER = b"RFB 003.008\n"
@@ -95,6 +104,7 @@ class FakeHypervisor:
     pool_available: int = 10**12
     vnc_received: dict[str, bytearray] = field(default_factory=dict)  # domain -> bytes its fake VNC server got
     serials: dict[str, list[FakeSerial]] = field(default_factory=dict)
+    host_counters: HostStats = field(default_factory=lambda: HostStats(8, 0, 0, 16 * 2**20, 8 * 2**20))
     _console_sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -254,6 +264,8 @@ class FakeHypervisor:
     def start_domain(self, name: str) -> None:
         self._call("start_domain")
         domain = self._domain(name)
+        if domain.state != "running":  # a (re)start: the counters begin again from 0
+            domain.counters = zero_counters(name)
         domain.state = "running"  # like the driver: one already running is left as it is
 
     def destroy_domain(self, name: str) -> None:
@@ -316,6 +328,34 @@ class FakeHypervisor:
     def console(self, name: str) -> ConsoleInfo:
         self._call("console")
         return parse_console(self._domain(name).xml)
+
+    # --- statistics (the graphs) --------------------------------------------
+    def domain_stats(self) -> list[DomainStats]:
+        """Like the driver's one bulk call: the counters of every running domain."""
+        self._call("domain_stats")
+        return [d.counters or zero_counters(name) for name, d in sorted(self.domains.items()) if d.state == "running"]
+
+    def host_stats(self) -> HostStats:
+        self._call("host_stats")
+        return self.host_counters
+
+    def advance(self, name: str, **added: int) -> DomainStats:
+        """Add to a running domain's counters (e.g. `cpu_time_ns=30 * 10**9`); `memory_used_kib` and `vcpus` are set, not added."""
+        domain = self._domain(name)
+        current = domain.counters or zero_counters(name)
+        set_only = ("memory_used_kib", "vcpus", "memory_kib")
+        changes: dict[str, Any] = {k: v if k in set_only else getattr(current, k) + v for k, v in added.items()}
+        domain.counters = dataclasses.replace(current, **changes)
+        return domain.counters
+
+    def advance_host(self, *, busy_ns: int, idle_ns: int, available_kib: int | None = None) -> None:
+        c = self.host_counters
+        self.host_counters = dataclasses.replace(
+            c,
+            cpu_busy_ns=c.cpu_busy_ns + busy_ns,
+            cpu_total_ns=c.cpu_total_ns + busy_ns + idle_ns,
+            memory_available_kib=c.memory_available_kib if available_kib is None else available_kib,
+        )
 
     def close(self) -> None:
         self._call("close")

@@ -291,3 +291,60 @@ class ConsoleTicket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} console of {self.vm} for {self.user}"
+
+
+# Metrics for the graphs (issue 13, point 8): rates, not counters, sampled once a minute
+# (vms.services.metrics); minute rows are averaged into 10-minute rows after an hour and
+# those are dropped after a day.
+
+
+class MetricSample(models.Model):
+    """Rates over the `resolution` seconds that end at `at`: averages of those seconds."""
+
+    at = models.DateTimeField()
+    resolution = models.PositiveSmallIntegerField(help_text="Seconds the row covers: 60 (a minute's sample) or 600 (ten minutes averaged).")
+    cpu_percent = models.FloatField(help_text="Of the VM's vCPUs (of the host's CPUs for the host).")
+    memory_mib = models.FloatField(help_text="Used, in MiB.")
+    disk_read_bps = models.FloatField(help_text="Bytes per second.")
+    disk_write_bps = models.FloatField()
+    net_rx_bps = models.FloatField()
+    net_tx_bps = models.FloatField()
+
+    class Meta:
+        abstract = True
+
+
+class VmMetricSample(MetricSample):
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="metric_samples")
+
+    class Meta:
+        indexes = [models.Index(fields=["vm", "resolution", "at"], name="vms_metric_vm_res_at")]
+
+    def __str__(self) -> str:
+        return f"{self.vm_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class HostMetricSample(MetricSample):
+    """The host's CPU and memory; its disk and network I/O are its running guests' summed."""
+
+    memory_total_mib = models.FloatField()
+
+    class Meta:
+        indexes = [models.Index(fields=["resolution", "at"], name="vms_metric_host_res_at")]
+
+    def __str__(self) -> str:
+        return f"host at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class MetricCounters(models.Model):
+    """The counters the last round read, to compute the next round's rates: one row for all VMs, one for the host.
+
+    `counters` maps a VM's id (the host: "host") to its counters as the adapter gave them.
+    """
+
+    scope = models.CharField(max_length=16, unique=True)
+    at = models.DateTimeField()
+    counters = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return f"{self.scope} counters at {self.at:%Y-%m-%d %H:%M:%S}"

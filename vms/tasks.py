@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vms.jobs import vm_provision
+from vms.services.metrics import metrics_sample
 from vms.services.states import vm_refresh_states
 
 
@@ -13,3 +14,8 @@ def provision_vm(vm_id: int) -> None:
 def refresh_vm_states() -> int:
     """Scheduled every minute (migration 0004): store every VM's domain state."""
     return vm_refresh_states()
+
+
+def sample_metrics() -> int:
+    """Scheduled every minute (migration 0012): one metrics round; the number of VM samples written."""
+    return metrics_sample().vm_samples

@@ -126,6 +126,38 @@ class DiskUse:
     backing: bool = False
 
 
+@dataclass(frozen=True)
+class DomainStats:
+    """One running domain's counters from the host's bulk statistics call (issue 13, point 8).
+
+    Counters only grow while the domain runs and start again from 0 when it
+    starts again; `memory_used_kib` is what the guest uses as far as the host
+    can tell (the balloon's available minus unused when the guest reports
+    them, else QEMU's resident set, else the balloon's current size).
+    """
+
+    name: str
+    cpu_time_ns: int
+    vcpus: int
+    memory_kib: int  # the balloon's current size: what the guest was given
+    memory_used_kib: int
+    block_read_bytes: int  # summed over the domain's disks
+    block_write_bytes: int
+    net_rx_bytes: int  # summed over its interfaces
+    net_tx_bytes: int
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """The host's CPU time counters summed over its CPUs (ns) and its memory (KiB), read in one go."""
+
+    cpus: int
+    cpu_busy_ns: int  # every state but idle and iowait
+    cpu_total_ns: int
+    memory_total_kib: int
+    memory_available_kib: int  # free + buffers + cached
+
+
 class SerialChannel(Protocol):
     """A guest's serial port as an async byte pipe: `read()` gives b"" once it is closed."""
 
@@ -185,6 +217,8 @@ class Hypervisor(Protocol):
     def disk_uses(self) -> list[DiskUse]: ...
     def open_graphics(self, name: str) -> socket.socket: ...
     def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> SerialChannel: ...
+    def domain_stats(self) -> list[DomainStats]: ...
+    def host_stats(self) -> HostStats: ...
     def close(self) -> None: ...
 
 
@@ -237,8 +271,10 @@ __all__ = [
     "ConsoleInfo",
     "DiskUse",
     "DomainInfo",
+    "DomainStats",
     "HostCapabilities",
     "HostResources",
+    "HostStats",
     "Hypervisor",
     "NetworkInfo",
     "PoolInfo",

@@ -2,7 +2,8 @@
 
 `LibvirtDriver` is composed of one mixin per concern, each in its own module
 of this package: `storage` (pools, volumes, clones), `host` (capabilities,
-vCPU limits, networks, bridges) and `domains` (lifecycle), all over the
+vCPU limits, networks, bridges), `stats` (the bulk
+statistics the graphs sample) and `domains` (lifecycle), all over the
 shared connection in `_connection`. Those modules are the only ones in Vapor
 that import `libvirt`; every call into the bindings turns `libvirtError`
 into Vapor's errors there, so nothing above this package ever sees a libvirt
@@ -14,10 +15,11 @@ from __future__ import annotations
 from vms.hypervisor.consoles import ConsolesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.host import HostMixin
+from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, DomainsMixin):
+class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are
