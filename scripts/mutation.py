@@ -550,6 +550,63 @@ MUTANTS: list[Mutant] = [
         "        elif False:\n",
         CONSOLE_TESTS,
     ),
+    # --- issue 13: the admin as a cockpit
+    Mutant(
+        "delete says what it does: Keep disks erases no disk",
+        "Keep disks is ignored: Vapor's volumes are erased anyway",
+        LIFECYCLE,
+        "            if keep_disks:\n                kept.append(",
+        "            if False:\n                kept.append(",
+        ("tests/vms/test_delete_plan.py",),
+    ),
+    Mutant(
+        "the VM page's power buttons act only on a POST",
+        "a GET to a power button's URL starts or stops the VM",
+        "vms/admin/machines.py",
+        '        if request.method != "POST":\n            return HttpResponseNotAllowed(["POST"])\n        if action not in POWER_LABELS:',
+        "        if action not in POWER_LABELS:",
+        ("tests/vms/test_admin_machines.py",),
+    ),
+    Mutant(
+        "ISO directories watched: an unchanged file is never read, a changed one is",
+        "a file of the same size but a new mtime is taken as unchanged",
+        "isos/services.py",
+        "    if iso.size == info.st_size and iso.file_mtime_ns == info.st_mtime_ns:\n",
+        "    if iso.size == info.st_size:\n",
+        ("tests/isos/test_scan.py",),
+    ),
+    Mutant(
+        "ISO directories watched: a file still being written is not registered",
+        "a file changed a moment ago is registered at once",
+        "isos/services.py",
+        "    settled = now - info.st_mtime >= settle\n",
+        "    settled = True\n",
+        ("tests/isos/test_scan.py",),
+    ),
+    Mutant(
+        "create page: an install ISO that will not boot with the firmware is warned about",
+        "a BIOS-only ISO is warned about even without UEFI",
+        VALIDATION,
+        "    if boot_type == BootType.BIOS and uefi:\n",
+        "    if boot_type == BootType.BIOS:\n",
+        ("tests/vms/test_admin_create_page.py",),
+    ),
+    Mutant(
+        "graphs: a restarted guest gives a gap, never a negative rate",
+        "counters that went backwards are turned into rates",
+        "vms/services/metrics.py",
+        "    if any(delta < 0 for delta in deltas):\n",
+        "    if False:\n",
+        ("tests/vms/test_metrics.py",),
+    ),
+    Mutant(
+        "graphs: only users who may view a VM see its graphs",
+        "the project check on the VM's graphs is dropped",
+        "vms/templatetags/vapor_vm_graphs.py",
+        "    if not in_visible_projects(VirtualMachine.objects.filter(pk=vm.pk), user).exists():\n        return None\n",
+        "",
+        ("tests/vms/test_metrics_pages.py",),
+    ),
 ]
 
 

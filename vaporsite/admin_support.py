@@ -90,13 +90,24 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 class VaporModelAdmin(admin.ModelAdmin):
     """Refuses (403) a list action the user may not run, where Django would ignore the POST
-    and show the list again: a refusal should look like one."""
+    and show the list again: a refusal should look like one. Pages are titled by what they
+    show, the same words as the breadcrumb and the index: "ISO images", "ISO image: NAME"
+    (not Django's "Select ISO image to change" / "Change ISO image")."""
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         action = request.POST.get("action", "") if request.method == "POST" else ""
         if action and action not in self.get_actions(request):
             raise PermissionDenied
-        return super().changelist_view(request, extra_context)
+        title = str(self.model._meta.verbose_name_plural)
+        return super().changelist_view(request, {"title": title[:1].upper() + title[1:], **(extra_context or {})})
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], add: bool = False, change: bool = False, form_url: str = "", obj: Any = None
+    ) -> Any:
+        if obj is not None and context.get("title", "").startswith(("Change ", "View ")):
+            name = str(self.model._meta.verbose_name)
+            context.update(title=f"{name[:1].upper() + name[1:]}: {obj}", subtitle=None)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 class ServiceSavedAdmin(VaporModelAdmin):

@@ -7,7 +7,7 @@ from vaporsite.api_docs import RedocView, SchemaView, SwaggerView
 
 admin.site.site_header = "Vapor"
 admin.site.site_title = "Vapor"
-admin.site.index_title = "Virtual machines and ISO library"
+admin.site.index_title = "Dashboard"
 
 
 class FaviconView(RedirectView):
