@@ -1,10 +1,11 @@
-"""host_resources() from libvirt's node info: memory in bytes (libvirt says MiB), CPUs, model, host name."""
+"""host_resources(): memory in bytes from the node's memory statistics (node info's without them), CPUs, model, host name."""
 
 from __future__ import annotations
 
 import re
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -19,12 +20,16 @@ def test_test_driver_host_is_read_from_node_info():
 
 
 @pytest.mark.libvirt
-def test_real_host_matches_virsh_nodeinfo(hypervisor: LibvirtDriver):
+def test_real_host_matches_virsh_nodeinfo_and_the_kernels_memory_total(hypervisor: LibvirtDriver):
     nodeinfo = subprocess.run(["virsh", "-c", "qemu:///system", "nodeinfo"], capture_output=True, text=True, check=True).stdout
     fields = dict(re.findall(r"^([^:]+):\s+(.*)$", nodeinfo, re.M))
+    memstats = subprocess.run(["virsh", "-c", "qemu:///system", "nodememstats"], capture_output=True, text=True, check=True).stdout
+    total_kib = int(dict(re.findall(r"^(\w+)\s*:\s+(\d+) KiB$", memstats, re.M))["total"])
     resources = hypervisor.host_resources()
-    # virsh shows KiB; the Python binding rounds down to MiB.
-    assert resources.memory_bytes == int(fields["Memory size"].split()[0]) // 1024 * 2**20
+    # The kernel's MemTotal (virsh shows KiB), which is what /proc/meminfo says too.
+    assert resources.memory_bytes == total_kib * 1024
+    meminfo = dict(re.findall(r"^(\w+):\s+(\d+) kB$", Path("/proc/meminfo").read_text(), re.M))
+    assert resources.memory_bytes == int(meminfo["MemTotal"]) * 1024
     assert resources.cpus == int(fields["CPU(s)"])
     assert resources.model == fields["CPU model"]
     assert resources.hostname
