@@ -127,6 +127,13 @@ def test_vnc_page_loads_novnc_from_static_files_and_names_the_api_and_websocket(
     assert "csrftoken" in admin_client.cookies
 
 
+@pytest.mark.parametrize("page", ["vnc/", "serial/"])
+def test_console_pages_link_vaporsite_favicon(admin_client, hv, page):
+    vm = make_vm(hv)
+    html = admin_client.get(f"/consoles/{vm.pk}/{page}").content.decode()
+    assert '<link rel="icon" href="/static/vaporsite/favicon.svg" type="image/svg+xml">' in html
+
+
 def test_vnc_password_hint_never_holds_the_password(admin_client, hv):
     vm = make_vm(hv, password=PASSWORD)
     assert PASSWORD in hv.domains[vm.name].xml  # the host has it...
