@@ -39,6 +39,10 @@ class Digests:
         return actual is not None and actual == expected.lower()
 
 
+# md5 and sha256 of the bytes so far. hashlib's objects cannot be saved or pickled, only kept in memory.
+HashState = tuple["hashlib._Hash", "hashlib._Hash"]
+
+
 class Hasher(Protocol):
     def update(self, chunk: bytes) -> None: ...
 
@@ -78,9 +82,9 @@ class DualHasher:
     do not; anything else is copied first.
     """
 
-    def __init__(self, *, depth: int = QUEUE_DEPTH) -> None:
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        self._sha256 = hashlib.sha256()
+    def __init__(self, *, depth: int = QUEUE_DEPTH, start: HashState | None = None) -> None:
+        """`start`: the two hash objects of the bytes before these (an upload resumed), continued in place."""
+        self._md5, self._sha256 = start if start is not None else (hashlib.md5(usedforsecurity=False), hashlib.sha256())
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)  # None: the end
         self._error: BaseException | None = None
         self._closed = False
@@ -117,6 +121,13 @@ class DualHasher:
         if self._error is not None:
             raise self._error
         return Digests(md5=self._md5.hexdigest(), sha256=self._sha256.hexdigest())
+
+    def state(self) -> HashState:
+        """The two hash objects once md5 has caught up, to continue with another DualHasher(start=...)."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self._md5, self._sha256
 
     def __enter__(self) -> DualHasher:
         return self
