@@ -170,10 +170,11 @@ def _take_state(upload_id: str, offset: int, inode: tuple[int, int]) -> HashStat
     return None
 
 
-def _rehash(fd: int, offset: int) -> HashState:
+def _rehash(upload_id: str, fd: int, offset: int) -> HashState:
     """md5 and sha256 of the part file's first `offset` bytes: the chunk found no hash state in this process."""
     global rehashes
     rehashes += 1
+    log.info("upload %s: no hash state in this process, hashing its first %d bytes again", upload_id, offset)
     md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     done = 0
     while done < offset:
@@ -222,7 +223,7 @@ def iso_upload_append(*, upload: IsoUpload, start: int, count: int, size: int, s
         os.ftruncate(fd, upload.offset)  # bytes past the offset were written by a request that then failed
         stat = os.fstat(fd)
         inode = (stat.st_dev, stat.st_ino)
-        state = _take_state(upload.pk, upload.offset, inode) or _rehash(fd, upload.offset)
+        state = _take_state(upload.pk, upload.offset, inode) or _rehash(upload.pk, fd, upload.offset)
         written, state = _write(fd, upload.offset, count, stream, state)
         upload.offset += written
         IsoUpload.objects.filter(pk=upload.pk).update(offset=upload.offset, updated_at=timezone.now())

@@ -130,7 +130,8 @@ class CountingStream:
     """A body read only in pieces of at most READ_SIZE, counting them."""
 
     def __init__(self, size: int) -> None:
-        self.size, self.at, self.reads = size, 0, []
+        self.size, self.at = size, 0
+        self.reads: list[int] = []
 
     def read(self, size: int) -> bytes:
         assert 0 < size <= uploads.READ_SIZE, f"read({size}) asks for more than READ_SIZE at once"
