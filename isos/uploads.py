@@ -223,7 +223,10 @@ def iso_upload_append(*, upload: IsoUpload, start: int, count: int, size: int, s
         os.ftruncate(fd, upload.offset)  # bytes past the offset were written by a request that then failed
         stat = os.fstat(fd)
         inode = (stat.st_dev, stat.st_ino)
-        state = _take_state(upload.pk, upload.offset, inode) or _rehash(upload.pk, fd, upload.offset)
+        state = _take_state(upload.pk, upload.offset, inode)
+        if state is None:
+            fresh = (hashlib.md5(usedforsecurity=False), hashlib.sha256())
+            state = _rehash(upload.pk, fd, upload.offset) if upload.offset else fresh
         written, state = _write(fd, upload.offset, count, stream, state)
         upload.offset += written
         IsoUpload.objects.filter(pk=upload.pk).update(offset=upload.offset, updated_at=timezone.now())
