@@ -212,6 +212,7 @@ class IsoImageAdmin(ServiceSavedAdmin):
             "create_url": reverse("iso-upload-list"),
             "change_url": reverse("admin:isos_isoimage_change", args=["ISO_ID"]),
             "chunk_bytes": UPLOAD_CHUNK_BYTES,
+            "chunk_mib": UPLOAD_CHUNK_BYTES // 1024**2,
             "max_bytes": settings.VAPOR.download_max_bytes,
             "download_dir": settings.VAPOR.download_dir,
             "os_types": OsType.choices,

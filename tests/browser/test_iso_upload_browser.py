@@ -27,7 +27,7 @@ def test_an_iso_uploaded_through_the_admin_lands_ready_on_its_page(page: Page, p
     log_in(page, portal)
     page.goto(f"{portal.url}/admin/isos/isoimage/")
     page.locator("#vapor-upload-link").click()
-    expect(page).to_have_title("Upload an ISO image | Vapor administration")
+    expect(page).to_have_title("Upload an ISO image | Vapor")
     page.screenshot(path=str(shots / "01-upload-form.png"), full_page=True)
 
     # The second chunk fails once on the way (a dropped connection): the page sends it again.
@@ -74,5 +74,6 @@ def test_an_iso_uploaded_through_the_admin_lands_ready_on_its_page(page: Page, p
     page.set_input_files("#id_file", str(junk))
     page.locator("#vapor-upload-start").click()
     expect(page.locator("#vapor-upload-error")).to_contain_text("file: notes.iso is not an ISO 9660 or UDF image")
+    expect(page.locator("#vapor-upload-progress")).to_be_hidden()
     page.screenshot(path=str(shots / "04-refused-not-an-iso.png"), full_page=True)
     assert sorted(p.name for p in portal.iso_dir.iterdir()) == [source.name]

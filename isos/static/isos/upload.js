@@ -202,11 +202,13 @@
     startButton.disabled = true;
     cancelButton.hidden = false;
     panel.hidden = false;
+    panel.scrollIntoView({ block: "nearest" });
     try {
       await upload(file);
     } catch (error) {
       showError(error.message);
-      setStatus("The upload stopped.");
+      panel.hidden = true; // what the bar showed is void: the server keeps nothing of a stopped upload
+      errors.scrollIntoView({ block: "nearest" });
       if (uploadUrl) {
         // A refused file leaves nothing on the server; a stopped one is removed here, or by the janitor.
         fetch(uploadUrl, { method: "DELETE", headers: headers({}), credentials: "same-origin" }).catch(() => {});
