@@ -8,21 +8,26 @@ linked into the download directory and becomes a READY IsoImage with the hashes 
 `iso_upload_cancel` removes the row and the partial file.
 
 The bytes go straight from the request's stream into the part file (`IsoUpload.part_path`, named as a
-download's `.part`) in reads of READ_SIZE, hashed (md5 + sha256, `DualHasher`) as they pass; nothing holds
-the whole body. A writer holds an flock on the part file for the whole chunk (isos.partfile): a second
-request for the same upload at the same moment is a 409, and the janitor (`iso_cleanup`) leaves it alone.
+download's `.part`) in reads of READ_SIZE; each piece, once written, is queued for md5 and sha256, which run on
+two pool threads (`PipelinedHasher`) while the request reads and writes the next piece, answers, and receives the
+next chunk. Nothing holds the whole body: MEMORY_BOUND is what one upload holds at most. A writer holds an flock
+on the part file for the whole chunk (isos.partfile): a second request for the same upload at the same moment is
+a 409, and the janitor (`iso_cleanup`) leaves it alone.
+
+The offset is the part file's size (read under the lock by a writer, by a stat for GET/HEAD): no database write
+per chunk. The row keeps the ownership and the metadata; its `offset` and `updated_at` are refreshed every
+ROW_REFRESH_SECONDS at most, and when a chunk is cut.
 
 The hash state: hashlib's objects cannot be saved, so they stay in the web process that wrote the last
-chunk (`_HASH_STATES`, keyed by upload id and offset). A chunk that lands in another process (several web
-workers, a restart of the server) hashes the part file's bytes again once, up to its offset, then goes on
-from there; the digests are the same either way.
+chunk (`_HASH_STATES`, keyed by upload id, with the offset and the file's inode they stand for), still hashing
+between chunks. A chunk that lands in another process (several web workers, a restart of the server) hashes the
+part file's bytes again once, up to its offset, then goes on from there; the digests are the same either way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -37,7 +42,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from isos.choices import IsoStatus
-from isos.hashing import CHUNK_SIZE, DualHasher, HashState
+from isos.hashing import QUEUE_DEPTH, PipelinedHasher
 from isos.inspect import FIRST_DESCRIPTOR, SECTOR, NotAnIsoImage, inspect_iso
 from isos.models import IsoImage, IsoUpload, new_upload_id
 from isos.services import SAFE_FILENAME_RE, IsoMetadata, _check_free, _clean_tags, _create, _resolve_os
@@ -45,7 +50,13 @@ from vaporsite.errors import Conflict, InvalidInput, NotFound, VaporError
 
 log = logging.getLogger("vapor.isos")
 
-READ_SIZE = CHUNK_SIZE  # bytes read from the request at a time
+READ_SIZE = 4 * 1024**2  # bytes read from the request at a time
+# Memory one writing upload holds besides the request's body: the piece being read plus the pieces queued for the
+# hashes (PipelinedHasher's depth): (1 + QUEUE_DEPTH) x READ_SIZE = 20 MiB.
+MEMORY_BOUND = (1 + QUEUE_DEPTH) * READ_SIZE
+# The row's offset and updated_at are written at most this often while chunks arrive (the part file's size is
+# the offset the API tells; the row's is for the admin and the janitor, which expires uploads after a day).
+ROW_REFRESH_SECONDS = 30
 MAX_CHUNK = 64 * 1024**2  # bytes one request may carry (the server spools a request's body before the view runs)
 MIN_SIZE = (FIRST_DESCRIPTOR + 1) * SECTOR  # the smallest file that can hold an ISO volume descriptor
 CONTENT_RANGE_RE = re.compile(r"^bytes (\d{1,20})-(\d{1,20})/(\d{1,20})$")
@@ -67,7 +78,7 @@ class OffsetMismatch(Conflict):
 class _Held:
     offset: int
     inode: tuple[int, int]
-    state: HashState
+    hasher: PipelinedHasher
 
 
 # Hash state per upload, in this process: see the module's doc. Reads and writes under _STATES_LOCK; an entry
@@ -162,29 +173,35 @@ def _locked_part(upload: IsoUpload, *, create: bool) -> Iterator[int]:
         os.close(fd)
 
 
-def _take_state(upload_id: str, offset: int, inode: tuple[int, int]) -> HashState | None:
+def _take_hasher(upload_id: str, offset: int, inode: tuple[int, int]) -> PipelinedHasher | None:
     with _STATES_LOCK:
         held = _HASH_STATES.pop(upload_id, None)
-    if held is not None and held.offset == offset and held.inode == inode:
-        return held.state
+    if held is not None and held.offset == offset and held.inode == inode and held.hasher.fed == offset:
+        return held.hasher
     return None
 
 
-def _rehash(upload_id: str, fd: int, offset: int) -> HashState:
+def _rehash(upload_id: str, fd: int, offset: int) -> PipelinedHasher:
     """md5 and sha256 of the part file's first `offset` bytes: the chunk found no hash state in this process."""
     global rehashes
     rehashes += 1
     log.info("upload %s: no hash state in this process, hashing its first %d bytes again", upload_id, offset)
-    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    hasher = PipelinedHasher()
     done = 0
     while done < offset:
         block = os.pread(fd, min(READ_SIZE, offset - done), done)
         if not block:
             raise OSError(f"the partial file ends at {done} bytes, before its offset {offset}")
-        md5.update(block)
-        sha256.update(block)
+        hasher.update(block)
         done += len(block)
-    return md5, sha256
+    return hasher
+
+
+def _part_size(upload: IsoUpload) -> int:
+    try:
+        return os.stat(upload.part_path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def iso_upload_get(*, upload_id: str, owner_id: int | None) -> IsoUpload:
@@ -192,6 +209,7 @@ def iso_upload_get(*, upload_id: str, owner_id: int | None) -> IsoUpload:
     upload = IsoUpload.objects.filter(pk=upload_id, owner_id=owner_id).first()
     if upload is None:
         raise NotFound(f"no upload {upload_id} (finished, cancelled, expired, or someone else's)")
+    upload.offset = min(_part_size(upload), upload.size)  # the bytes on disk, whatever the row last recorded
     return upload
 
 
@@ -204,46 +222,42 @@ class AppendResult:
 def iso_upload_append(*, upload: IsoUpload, start: int, count: int, size: int, stream: Readable) -> AppendResult:
     """Write `count` bytes from `stream` at `start`, which must be the upload's offset. The last byte makes the ISO.
 
-    A body that ends early keeps what arrived (the offset moves on) and is a 400; the client resumes from the
-    offset. Any failure of the finished file's checks removes the part and the upload: nothing is left.
+    The offset is the part file's size, read under its lock: every byte in the file was written by a chunk in
+    order, so a chunk cut anywhere (a dropped connection, a killed server, a host crash losing unsynced bytes)
+    leaves a file the next chunk continues. A body that ends early keeps what arrived and is a 400; the client
+    resumes from the offset. Any failure of the finished file's checks removes the part and the upload: nothing
+    is left.
     """
     if size != upload.size:
         raise InvalidInput(f"the upload was started for {upload.size} bytes, not {size}", field="Content-Range")
     if start + count > upload.size:
         raise InvalidInput(f"bytes {start}-{start + count - 1} run past the end of the {upload.size}-byte file", field="Content-Range")
     upload.part_path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked_part(upload, create=upload.offset == 0) as fd:
-        upload.refresh_from_db(fields=["offset"])  # under the lock: what the previous writer recorded
-        on_disk = os.fstat(fd).st_size
-        if on_disk < upload.offset:  # a host crash lost bytes that were never synced: resume from what is there
-            IsoUpload.objects.filter(pk=upload.pk).update(offset=on_disk, updated_at=timezone.now())
-            upload.offset = on_disk
+    with _locked_part(upload, create=start == 0) as fd:
+        stat = os.fstat(fd)
+        upload.offset = stat.st_size  # under the lock: what every previous writer left
         if start != upload.offset:
             raise OffsetMismatch(f"the upload stands at byte {upload.offset}; send the chunk that starts there", offset=upload.offset)
-        os.ftruncate(fd, upload.offset)  # bytes past the offset were written by a request that then failed
-        stat = os.fstat(fd)
         inode = (stat.st_dev, stat.st_ino)
-        state = _take_state(upload.pk, upload.offset, inode)
-        if state is None:
-            fresh = (hashlib.md5(usedforsecurity=False), hashlib.sha256())
-            state = _rehash(upload.pk, fd, upload.offset) if upload.offset else fresh
-        written, state = _write(fd, upload.offset, count, stream, state)
+        hasher = _take_hasher(upload.pk, upload.offset, inode)
+        if hasher is None:
+            hasher = _rehash(upload.pk, fd, upload.offset) if upload.offset else PipelinedHasher()
+        written = _write(fd, upload.offset, count, stream, hasher)
         upload.offset += written
-        IsoUpload.objects.filter(pk=upload.pk).update(offset=upload.offset, updated_at=timezone.now())
-        if written < count:
+        if upload.offset < upload.size:
             with _STATES_LOCK:
-                _HASH_STATES[upload.pk] = _Held(upload.offset, inode, state)
+                _HASH_STATES[upload.pk] = _Held(upload.offset, inode, hasher)  # still hashing: the next chunk goes on
+            _note_progress(upload, now=written < count)
+        if written < count:
             raise InvalidInput(
                 f"the body ended after {written} of {count} bytes; resume from byte {upload.offset}",
                 field="Content-Range",
                 offset=upload.offset,
             )
         if upload.offset < upload.size:
-            with _STATES_LOCK:
-                _HASH_STATES[upload.pk] = _Held(upload.offset, inode, state)
             return AppendResult(upload=upload, iso=None)
         try:
-            iso = _finish(upload, fd, state)
+            iso = _finish(upload, fd, hasher)
         except BaseException:
             _discard(upload)
             raise
@@ -251,27 +265,37 @@ def iso_upload_append(*, upload: IsoUpload, start: int, count: int, size: int, s
         return AppendResult(upload=upload, iso=iso)
 
 
-def _write(fd: int, offset: int, count: int, stream: Readable, state: HashState) -> tuple[int, HashState]:
-    """Copy up to `count` bytes from `stream` to `fd` at `offset`, hashing them; (bytes written, hash state)."""
+def _note_progress(upload: IsoUpload, *, now: bool) -> None:
+    """Record the offset in the row, at most every ROW_REFRESH_SECONDS (or `now`): one write per chunk would cost
+    a database commit per chunk for a figure the part file's size already tells."""
+    moment = timezone.now()
+    if now or upload.updated_at is None or (moment - upload.updated_at).total_seconds() >= ROW_REFRESH_SECONDS:
+        IsoUpload.objects.filter(pk=upload.pk).update(offset=upload.offset, updated_at=moment)
+        upload.updated_at = moment
+
+
+def _write(fd: int, offset: int, count: int, stream: Readable, hasher: PipelinedHasher) -> int:
+    """Copy up to `count` bytes from `stream` to `fd` at `offset`, queueing each piece for the hashes once it is
+    written (they run on other threads meanwhile); the bytes written. A failed write leaves the hasher short of
+    the file, so the next chunk hashes the file again (`_take_hasher` checks `fed`)."""
     written = 0
-    with DualHasher(start=state) as hasher:
-        while written < count:
-            block = stream.read(min(READ_SIZE, count - written))
-            if not block:
-                break
-            view = memoryview(block)
-            while view:
-                done = os.pwrite(fd, view, offset + written)
-                view = view[done:]
-                written += done
-            hasher.update(block)
-        return written, hasher.state()
+    while written < count:
+        block = stream.read(min(READ_SIZE, count - written))
+        if not block:
+            break
+        view = memoryview(block)
+        while view:
+            done = os.pwrite(fd, view, offset + written)
+            view = view[done:]
+            written += done
+        hasher.update(block)
+    return written
 
 
-def _finish(upload: IsoUpload, fd: int, state: HashState) -> IsoImage:
+def _finish(upload: IsoUpload, fd: int, hasher: PipelinedHasher) -> IsoImage:
     """The last byte landed: sync, check as a registered ISO, link into place, register READY."""
     os.fsync(fd)
-    md5, sha256 = state
+    md5, sha256 = hasher.state()
     digests_md5, digests_sha256 = md5.hexdigest(), sha256.hexdigest()
     if upload.expected_sha256 and upload.expected_sha256 != digests_sha256:
         raise InvalidInput(f"the file's sha256 is {digests_sha256}, not the {upload.expected_sha256} given", field="sha256")

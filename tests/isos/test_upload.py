@@ -281,3 +281,51 @@ def test_the_janitor_removes_abandoned_uploads_and_keeps_open_ones(api, iso_byte
     assert removed == [old_part]
     assert list(IsoUpload.objects.values_list("pk", flat=True)) == [fresh]
     assert leftovers() == [f".other.iso.{fresh}.part"]
+
+
+class FailingWrite:
+    """os.pwrite that writes half of the first piece it is given after `after` bytes, then fails (a full disk)."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.total = after, 0
+        self.original = os.pwrite
+
+    def __call__(self, fd: int, data: memoryview, offset: int) -> int:
+        if self.total >= self.after:
+            self.original(fd, data[: len(data) // 2], offset)
+            raise OSError(28, "No space left on device")
+        done = self.original(fd, data, offset)
+        self.total += done
+        return done
+
+
+def test_the_offset_is_the_part_files_size_without_a_row_write_per_chunk(api, iso_bytes, monkeypatch):
+    monkeypatch.setattr(uploads, "READ_SIZE", 16 * 1024)
+    upload_id = start(api, len(iso_bytes)).json()["id"]
+    put(api, upload_id, iso_bytes[:100_000], 0, len(iso_bytes))
+    put(api, upload_id, iso_bytes[100_000:200_000], 100_000, len(iso_bytes))
+    assert IsoUpload.objects.get(pk=upload_id).offset == 0  # the row was written when the upload started, not per chunk
+    uploads._HASH_STATES.clear()  # a restart of the server: only the file and the row are left
+    assert api.get(f"{URL}/{upload_id}").json()["offset"] == 200_000
+    assert api.head(f"{URL}/{upload_id}")["Upload-Offset"] == "200000"
+
+    # A write that fails half-way keeps the bytes on disk; the next chunk continues after them, hashing the file
+    # again since the hashes never saw the half-written piece.
+    monkeypatch.setattr(uploads.os, "pwrite", FailingWrite(after=50_000))
+    assert put(api, upload_id, iso_bytes[200_000:400_000], 200_000, len(iso_bytes)).status_code == 500
+    monkeypatch.undo()
+    offset = api.get(f"{URL}/{upload_id}").json()["offset"]
+    assert 250_000 < offset < 400_000
+    rehashes = uploads.rehashes
+    last = send_all(api, upload_id, iso_bytes, 1024 * 1024, first=offset)
+    assert uploads.rehashes == rehashes + 1
+    iso = IsoImage.objects.get(pk=last.json()["iso"])
+    assert (iso.md5_hash, iso.sha256_hash) == (hashlib.md5(iso_bytes).hexdigest(), hashlib.sha256(iso_bytes).hexdigest())
+
+
+def test_the_row_is_refreshed_for_the_janitor_at_most_every_few_seconds(api, iso_bytes, monkeypatch):
+    upload_id = start(api, len(iso_bytes)).json()["id"]
+    IsoUpload.objects.filter(pk=upload_id).update(updated_at=timezone.now() - timedelta(seconds=uploads.ROW_REFRESH_SECONDS + 1))
+    put(api, upload_id, iso_bytes[:70_000], 0, len(iso_bytes))
+    row = IsoUpload.objects.get(pk=upload_id)
+    assert row.offset == 70_000 and timezone.now() - row.updated_at < timedelta(seconds=uploads.ROW_REFRESH_SECONDS)
