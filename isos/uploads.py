@@ -176,7 +176,7 @@ def _locked_part(upload: IsoUpload, *, create: bool) -> Iterator[int]:
 def _take_hasher(upload_id: str, offset: int, inode: tuple[int, int]) -> PipelinedHasher | None:
     with _STATES_LOCK:
         held = _HASH_STATES.pop(upload_id, None)
-    if held is not None and held.offset == offset and held.inode == inode and held.hasher.fed == offset:
+    if held is not None and held.offset == offset and held.inode == inode:
         return held.hasher
     return None
 
@@ -276,8 +276,8 @@ def _note_progress(upload: IsoUpload, *, now: bool) -> None:
 
 def _write(fd: int, offset: int, count: int, stream: Readable, hasher: PipelinedHasher) -> int:
     """Copy up to `count` bytes from `stream` to `fd` at `offset`, queueing each piece for the hashes once it is
-    written (they run on other threads meanwhile); the bytes written. A failed write leaves the hasher short of
-    the file, so the next chunk hashes the file again (`_take_hasher` checks `fed`)."""
+    written (they run on other threads meanwhile); the bytes written. A failed write raises, and the hasher,
+    short of the file, is not kept: the next chunk hashes the file again."""
     written = 0
     while written < count:
         block = stream.read(min(READ_SIZE, count - written))
