@@ -159,8 +159,18 @@ def hash_file(
 
 
 # Threads that run PipelinedHasher's updates, shared by every upload in the process: two, so md5 and sha256
-# of one stream run at once; more CPUs let several uploads hash at once. Idle threads cost nothing.
-_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="hash")
+# of one stream run at once; more CPUs let several uploads hash at once. Idle threads cost nothing. Made on first
+# use in each process: a forked child inherits no threads, so it must not inherit a pool that believes it has some.
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="hash"))
+        return _POOL[1]
 
 
 class _Lane:
@@ -201,7 +211,7 @@ class PipelinedHasher:
                 lane.pending.append(chunk)
                 if not lane.running:
                     lane.running = True
-                    _POOL.submit(self._drain, lane)
+                    _pool().submit(self._drain, lane)
             self.fed += len(chunk)
 
     def _drain(self, lane: _Lane) -> None:

@@ -218,3 +218,32 @@ def test_the_pipelined_hasher_reports_a_failing_hash_and_never_blocks():
         hasher.update(chunk)
     with pytest.raises(RuntimeError, match="md5 broke"):
         hasher.state()
+
+
+def test_the_pipelined_hasher_works_in_a_child_forked_after_the_parent_used_it():
+    hasher = hashing.PipelinedHasher()
+    hasher.update(CHUNKS[2])
+    assert hasher.digests() == expected(CHUNKS[2])  # the parent's pool has threads now
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and exits at once
+        try:
+            in_child = hashing.PipelinedHasher()
+            for chunk in CHUNKS:
+                in_child.update(chunk)
+            ok = in_child.digests() == expected(b"".join(CHUNKS))
+            os.write(write_end, b"ok" if ok else b"wrong")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    for _ in range(3000):  # a child whose pool waits for threads it never had hangs: give it 30 s, then fail
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.01)
+    else:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child's hasher never finished")
+    with os.fdopen(read_end, "rb") as reader:
+        assert (reader.read(), status) == (b"ok", 0)
