@@ -30,6 +30,7 @@ lint: venv
 # One line per benchmark module; --write refreshes its figures in docs/BENCHMARKS.md.
 bench: venv
 	$(PY) -m bench.isos_bench --write $(ARGS)
+	$(PY) -m bench.isos_upload --write $(UPLOAD_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.vms_bench --write $(VMS_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.api_bench --write $(API_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.consoles_bench --write $(CONSOLES_ARGS)

@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -31,6 +32,7 @@ from isos.services import IsoMetadata
 from vaporsite.admin_support import ServiceForm, ServiceSavedAdmin
 from vaporsite.errors import VaporError
 
+UPLOAD_CHUNK_BYTES = 8 * 1024**2  # what upload.js sends per request
 SCAN_MINUTES = 5  # the schedule isos.0006 creates
 SCAN_DETAILS_SHOWN = 20  # file-by-file messages after "Scan now"
 
@@ -154,8 +156,12 @@ class IsoImageAdmin(ServiceSavedAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: IsoImage | None = None) -> Any:
         if obj is None:
+            upload = format_html(
+                'Or <a href="{}" id="vapor-upload-link">upload a file from your computer</a> (resumable, with a progress bar).',
+                reverse("admin:isos_isoimage_upload"),
+            )
             return [
-                ("Source", {"fields": ["path", "url", "checksum"]}),
+                ("Source", {"fields": ["path", "url", "checksum"], "description": upload}),
                 ("Metadata", {"fields": ["name", "os_type", "os_variant", "architecture", "description", "tag_names"]}),
             ]
         return [
@@ -191,7 +197,28 @@ class IsoImageAdmin(ServiceSavedAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         scan = path("scan/", self.admin_site.admin_view(require_POST(self.scan_view)), name="isos_isoimage_scan")
-        return [scan, *super().get_urls()]
+        upload = path("upload/", self.admin_site.admin_view(self.upload_view), name="isos_isoimage_upload")
+        return [scan, upload, *super().get_urls()]
+
+    def upload_view(self, request: HttpRequest) -> HttpResponse:
+        """A file from the operator's machine: upload.js sends it in chunks to the upload API (isos.uploads)."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Upload an ISO image",
+            "opts": IsoImage._meta,
+            "has_view_permission": self.has_view_permission(request),
+            "create_url": reverse("iso-upload-list"),
+            "change_url": reverse("admin:isos_isoimage_change", args=["ISO_ID"]),
+            "chunk_bytes": UPLOAD_CHUNK_BYTES,
+            "chunk_mib": UPLOAD_CHUNK_BYTES // 1024**2,
+            "max_bytes": settings.VAPOR.download_max_bytes,
+            "download_dir": settings.VAPOR.download_dir,
+            "os_types": OsType.choices,
+            "architectures": Architecture.choices,
+        }
+        return TemplateResponse(request, "admin/isos/isoimage/upload.html", context)
 
     def scan_view(self, request: HttpRequest) -> HttpResponse:
         """ "Scan now": register what appeared in the ISO directories, then back to the list with what was found."""
@@ -242,6 +269,8 @@ class IsoImageAdmin(ServiceSavedAdmin):
 
     @admin.display(description="Source")
     def origin(self, obj: IsoImage) -> str:
+        if obj.downloaded and not obj.source_url:
+            return "Uploaded through Vapor; the file is deleted with this entry."
         if obj.downloaded:
             return "Downloaded by Vapor from the URL below; the file is deleted with this entry."
         return "A file on the host, registered by its path; the file stays when this entry is deleted."

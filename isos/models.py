@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
+from django.conf import settings
 from django.db import models
 from django.db.models.functions import Upper
 
@@ -112,3 +114,54 @@ class RetiredIsoId(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.name})"
+
+
+UPLOAD_ID_PREFIX = "upl-"
+
+
+def new_upload_id() -> str:
+    """`upl-` + 12 hex digits."""
+    return UPLOAD_ID_PREFIX + secrets.token_hex(6)
+
+
+class IsoUpload(models.Model):
+    """An ISO being uploaded in chunks (isos.uploads). The row lives from the first request to the last byte, a
+    cancel or the janitor; `offset` is how many bytes of the file are on disk, in its part file
+    (`part_path`), and the client continues from there. When the last byte lands the file becomes an IsoImage
+    and this row is deleted."""
+
+    id = models.CharField(primary_key=True, max_length=16, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="iso_uploads")
+    filename = models.CharField(max_length=255, unique=True, help_text="The file's name in the download directory.")
+    name = models.CharField(max_length=255, unique=True)
+    size = models.BigIntegerField(help_text="Bytes the whole file has.")
+    offset = models.BigIntegerField(default=0, help_text="Bytes received so far.")
+    os_type = models.CharField("OS type", max_length=16, choices=OsType.choices, blank=True)
+    os_variant = models.CharField("OS variant", max_length=64, blank=True)
+    architecture = models.CharField(max_length=16, choices=Architecture.choices, blank=True)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    expected_sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        verbose_name = "ISO upload"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id__regex=r"^upl-[0-9a-f]{12}$"), name="iso_upload_id_format"),
+            models.CheckConstraint(condition=models.Q(offset__gte=0, offset__lte=models.F("size")), name="iso_upload_offset_in_file"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.filename})"
+
+    @property
+    def final_path(self) -> Path:
+        """Where the finished file goes (never over an existing file)."""
+        return settings.VAPOR.download_dir / self.filename
+
+    @property
+    def part_path(self) -> Path:
+        """Where the bytes are written until the last one lands: hidden, `.part`, as a download's."""
+        return settings.VAPOR.download_dir / f".{self.filename}.{self.id}.part"

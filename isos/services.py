@@ -27,7 +27,7 @@ from isos.choices import BUSY_STATUSES, IsoStatus
 from isos.download import FetchPolicy, validate_url
 from isos.hashing import Digests
 from isos.inspect import guess_os, inspect_iso, is_iso_image
-from isos.models import IsoImage, IsoTag, RetiredIsoId, new_iso_id
+from isos.models import IsoImage, IsoTag, IsoUpload, RetiredIsoId, new_iso_id
 from isos.partfile import remove_if_unowned
 from vaporsite.errors import Conflict, InvalidInput, NotFound, VaporError
 from vaporsite.paths import guard_file, require_reachable_by_qemu
@@ -337,13 +337,17 @@ def iso_fail(*, iso_id: str, error: str, expect: str) -> bool:
     return bool(IsoImage.objects.filter(pk=iso_id, status=expect).update(status=IsoStatus.FAILED, error=error, updated_at=timezone.now()))
 
 
+UPLOAD_STALE_AFTER = timedelta(hours=24)  # an upload no chunk reached for this long is removed by the janitor
+
+
 def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[str], list[Path]]:
     """The janitor: a worker killed on timeout runs no `finally`.
 
     Marks downloads and hashing that made no progress for `stale_after` as
     failed (a live download writes its progress every second, bytes or not),
-    then removes partial files that no running download owns: neither a
-    downloading row names it nor a live writer holds its lock (`isos.partfile`;
+    deletes uploads no chunk reached for UPLOAD_STALE_AFTER (isos.uploads),
+    then removes partial files that no running download or open upload owns: neither a
+    downloading row or an upload names it nor a live writer holds its lock (`isos.partfile`;
     the lock settles it, since a row can be failed while its worker still runs).
     Returns (ids marked failed, files removed).
     """
@@ -357,11 +361,18 @@ def iso_cleanup(*, stale_after: timedelta, dry_run: bool = False) -> tuple[list[
         stale.filter(pk__in=stale_ids).update(
             status=IsoStatus.FAILED, error=f"the worker stopped: no progress for {minutes} minutes; retry it", updated_at=timezone.now()
         )
+    # An upload waits for its client between chunks, maybe for hours (a laptop asleep); one untouched for a day goes.
+    expired = IsoUpload.objects.filter(updated_at__lt=timezone.now() - UPLOAD_STALE_AFTER)
+    if not dry_run:
+        for upload_id in expired.values_list("pk", flat=True):
+            log.warning("upload %s untouched for %s: removed", upload_id, UPLOAD_STALE_AFTER)
+        expired.delete()
     directory: Path = settings.VAPOR.download_dir
     orphans: list[Path] = []
     if directory.is_dir():
         running = IsoImage.objects.filter(status=IsoStatus.DOWNLOADING).exclude(pk__in=stale_ids).only("id", "path")
         live = {temp_path(iso) for iso in running}
+        live |= {upload.part_path for upload in IsoUpload.objects.exclude(pk__in=expired.values("pk")).only("id", "filename")}
         candidates = [p for p in directory.glob(".*.part") if p not in live and p.is_file() and not os.path.islink(p)]
         orphans = [p for p in candidates if remove_if_unowned(p, dry_run=dry_run)]
     return stale_ids, orphans

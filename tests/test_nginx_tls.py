@@ -36,8 +36,10 @@ from tests.support.serving import (
     Nginx,
     Served,
     make_certificates,
+    manage,
     nginx_binary,
     prepare_data_dir,
+    serve_env,
     start_nginx,
     start_serve,
 )
@@ -51,6 +53,7 @@ class Stack:
     served: Served
     certificates: Certificates
     tls: ssl.SSLContext  # trusts the test CA only
+    data_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +65,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("nginx-tls")
     data_dir = base / "data"
     prepare_data_dir(data_dir)
+    isos = base / "isos"  # where an upload lands
+    isos.mkdir()
     certificates = make_certificates(base)
     tls = ssl.create_default_context(cafile=str(certificates.ca))
     # A host name of its own would turn these on by default (vaporsite/env.py); here they prove Django
     # sees https: over plain HTTP the redirect would loop and the secure cookies would not come back.
     with (
-        start_serve(data_dir, base / "serve.log", VAPOR_WEB_WORKERS="2", VAPOR_SSL_REDIRECT="1", VAPOR_SECURE_COOKIES="1") as served,
+        start_serve(
+            data_dir,
+            base / "serve.log",
+            VAPOR_WEB_WORKERS="2",
+            VAPOR_SSL_REDIRECT="1",
+            VAPOR_SECURE_COOKIES="1",
+            VAPOR_ISO_DIRS=str(isos),
+            VAPOR_ISO_DOWNLOAD_DIR=str(isos),
+        ) as served,
         start_nginx(binary, base / "nginx", upstream_port=served.port, certificates=certificates) as nginx,
     ):
-        yield Stack(nginx, served, certificates, tls)
+        yield Stack(nginx, served, certificates, tls, data_dir)
 
 
 def _https(stack: Stack) -> http.client.HTTPSConnection:
@@ -202,3 +215,50 @@ def test_a_websocket_outside_ws_is_not_upgraded_through_nginx(stack: Stack):
         connect(f"wss://127.0.0.1:{stack.nginx.https_port}/admin/login/", ssl=stack.tls, origin=Origin(stack.nginx.url), open_timeout=20)
     assert refused.value.response.status_code == 200  # the login page, not an upgrade
     assert b"csrfmiddlewaretoken" in refused.value.response.body
+
+
+def test_an_iso_upload_chunk_of_8_mib_passes_nginx_where_other_bodies_stop_at_2_mib(stack: Stack, tmp_path: Path):
+    from tests.support.isos import make_iso
+
+    made = manage(
+        serve_env(stack.data_dir),
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; from rest_framework.authtoken.models import Token; "
+        f"print(Token.objects.get_or_create(user=User.objects.get(username={ADMIN_USER!r}))[0].key)",
+    )
+    assert made.returncode == 0, made.stderr
+    auth = {"Authorization": f"Token {made.stdout.split()[-1]}"}
+    data = make_iso(tmp_path / "nginx.iso", size_padding=9 * 1024 * 1024).read_bytes()
+    connection = _https(stack)
+    connection.request(
+        "POST",
+        "/api/v1/virtualmachines/isos/uploads",
+        body=json.dumps({"filename": "through-nginx.iso", "size": len(data)}),
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    response = connection.getresponse()
+    raw = response.read()
+    assert response.status == 201, (response.status, response.headers, raw[:500])
+    created = json.loads(raw)
+    chunk = 8 * 1024 * 1024
+    for first in (0, chunk):
+        part = data[first : first + chunk]
+        headers = {
+            **auth,
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"bytes {first}-{first + len(part) - 1}/{len(data)}",
+        }
+        connection.request("PUT", f"/api/v1/virtualmachines/isos/uploads/{created['id']}", body=part, headers=headers)
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert response.status in (200, 201), answer
+    assert answer["iso"] and answer["offset"] == len(data)
+    # Elsewhere nginx still stops a body past its 2 MiB.
+    connection.request(
+        "POST", "/api/v1/virtualmachines/isos", body=b"x" * (3 * 1024 * 1024), headers={**auth, "Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 413
+    connection.close()

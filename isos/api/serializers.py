@@ -93,3 +93,26 @@ class IsoFilterSerializer(StrictSerializer):
     architecture = serializers.ChoiceField(choices=Architecture.choices, required=False, allow_blank=True)
     status = serializers.ChoiceField(choices=IsoStatus.choices, required=False)
     search = serializers.CharField(max_length=200, required=False)
+
+
+class IsoUploadCreateSerializer(_MetadataFields):
+    """Start an upload: the file's name and size, the ISO's metadata, optionally the sha256 the file must have."""
+
+    filename = serializers.CharField(max_length=255, help_text="The file's name; it keeps it in the download directory (`.iso` added).")
+    size = serializers.IntegerField(min_value=0, help_text="The whole file's size in bytes; within VAPOR_DOWNLOAD_MAX_BYTES.")
+    sha256 = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, help_text="64 hex digits the finished file must hash to, else it is refused."
+    )
+
+
+class IsoUploadSerializer(serializers.Serializer):
+    """Where an upload stands: send the chunk that starts at `offset`."""
+
+    id = serializers.CharField(read_only=True)
+    filename = serializers.CharField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    size = serializers.IntegerField(read_only=True)
+    offset = serializers.IntegerField(read_only=True, help_text="Bytes received; the next chunk starts here.")
+    iso = serializers.CharField(read_only=True, allow_null=True, help_text="The new ISO's id once the last byte landed, else null.")
+    created_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True)

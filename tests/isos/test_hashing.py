@@ -153,3 +153,97 @@ def test_register_isos_gives_md5_a_helper_thread_only_when_cpus_are_left_over(
     monkeypatch.setattr(register_isos.os, "sched_getaffinity", lambda pid: set(range(cpus)))
     call_command("register_isos", str(iso_dirs.extra_root), "--jobs", str(jobs_option), stdout=StringIO(), stderr=StringIO())
     assert seen == [parallel] * files
+
+
+class SlowMd5:
+    """md5 that blocks every update until `release` is set, recording how many pieces the hasher held then."""
+
+    def __init__(self, release: threading.Event, hasher: list[hashing.PipelinedHasher]) -> None:
+        self.release, self.hasher, self.inner = release, hasher, hashlib.md5()
+        self.held: list[int] = []
+
+    def update(self, chunk: bytes) -> None:
+        self.held.append(max(len(lane.pending) for lane in self.hasher[0]._lanes))
+        self.release.wait(timeout=10)
+        self.inner.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self.inner.hexdigest()
+
+
+def test_the_pipelined_hasher_gives_hashlibs_digests_and_can_be_continued():
+    hasher = hashing.PipelinedHasher(depth=2)
+    for chunk in CHUNKS[:3]:
+        hasher.update(chunk)
+    md5, sha256 = hasher.state()  # every piece hashed; the same hasher goes on (the next chunk of an upload)
+    assert md5.hexdigest() == hashlib.md5(b"".join(CHUNKS[:3])).hexdigest()
+    for chunk in CHUNKS[3:]:
+        hasher.update(chunk)
+    assert hasher.digests() == expected(b"".join(CHUNKS))
+    assert hasher.fed == len(b"".join(CHUNKS))
+
+
+def test_the_pipelined_hasher_holds_at_most_depth_pieces_and_keeps_their_order():
+    release, box = threading.Event(), list[hashing.PipelinedHasher]()
+    slow = SlowMd5(release, box)
+    hasher = hashing.PipelinedHasher(depth=3, start=(slow, hashlib.sha256()))  # type: ignore[arg-type]
+    box.append(hasher)
+    chunks = [bytes([n]) * 70_000 for n in range(12)]
+
+    def feed() -> None:
+        for chunk in chunks:
+            hasher.update(chunk)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    for _ in range(1000):  # until the feeder has queued what it may (it cannot get further while md5 is held)
+        if hasher.fed >= 3 * 70_000:
+            break
+        threading.Event().wait(0.01)
+    feeder.join(timeout=0.2)
+    assert feeder.is_alive() and hasher.fed == 3 * 70_000  # md5 is held: update() waits instead of queueing more
+    release.set()
+    feeder.join(timeout=10)
+    assert hasher.digests() == expected(b"".join(chunks))
+    assert max(slow.held) <= 3
+
+
+def test_the_pipelined_hasher_reports_a_failing_hash_and_never_blocks():
+    class Broken:
+        def update(self, chunk: bytes) -> None:
+            raise RuntimeError("md5 broke")
+
+    hasher = hashing.PipelinedHasher(depth=1, start=(Broken(), hashlib.sha256()))  # type: ignore[arg-type]
+    for chunk in CHUNKS:
+        hasher.update(chunk)
+    with pytest.raises(RuntimeError, match="md5 broke"):
+        hasher.state()
+
+
+def test_the_pipelined_hasher_works_in_a_child_forked_after_the_parent_used_it():
+    hasher = hashing.PipelinedHasher()
+    hasher.update(CHUNKS[2])
+    assert hasher.digests() == expected(CHUNKS[2])  # the parent's pool has threads now
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and exits at once
+        try:
+            in_child = hashing.PipelinedHasher()
+            for chunk in CHUNKS:
+                in_child.update(chunk)
+            ok = in_child.digests() == expected(b"".join(CHUNKS))
+            os.write(write_end, b"ok" if ok else b"wrong")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    for _ in range(3000):  # a child whose pool waits for threads it never had hangs: give it 30 s, then fail
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.01)
+    else:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child's hasher never finished")
+    with os.fdopen(read_end, "rb") as reader:
+        assert (reader.read(), status) == (b"ok", 0)
