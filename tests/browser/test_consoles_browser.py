@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.bootiso import build_shell_iso
+from tests.browser.cockpit_support import portal_api
 from tests.browser.conftest import ARTIFACTS, Portal, TlsPortal
 from tests.integration.conftest import unique, virsh
 
@@ -40,20 +40,6 @@ class Guest:
     pk: int
     name: str
     token: str
-
-
-def _api(portal: Portal, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        f"{portal.url}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # our own loopback portal
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 @pytest.fixture
@@ -73,7 +59,7 @@ def guest(portal: Portal) -> Iterator[Guest]:
     shutil.copyfile(build_shell_iso(), iso)
     iso.chmod(0o644)
     name = unique("console-vm")
-    status, body = _api(
+    status, body = portal_api(
         portal,
         token,
         "POST",
@@ -92,7 +78,7 @@ def guest(portal: Portal) -> Iterator[Guest]:
     pk = int(body["id"])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        status, vm = _api(portal, token, "GET", f"/api/v1/virtualmachines/{pk}")
+        status, vm = portal_api(portal, token, "GET", f"/api/v1/virtualmachines/{pk}")
         if vm["status"] in ("running", "failed"):
             break
         time.sleep(0.5)
@@ -100,7 +86,7 @@ def guest(portal: Portal) -> Iterator[Guest]:
     try:
         yield Guest(pk=pk, name=name, token=token)
     finally:
-        _api(portal, token, "DELETE", f"/api/v1/virtualmachines/{pk}")
+        portal_api(portal, token, "DELETE", f"/api/v1/virtualmachines/{pk}")
         virsh("destroy", name, check=False)
         virsh("undefine", name, "--nvram", check=False)
 
@@ -215,7 +201,7 @@ def test_the_graphical_and_serial_consoles_of_a_running_guest(page: Page, portal
     time.sleep(1.5)
 
     # The sessions on the VM's event log, with their user.
-    status, vm = _api(portal, guest.token, "GET", f"/api/v1/virtualmachines/{guest.pk}")
+    status, vm = portal_api(portal, guest.token, "GET", f"/api/v1/virtualmachines/{guest.pk}")
     consoles = [e for e in vm["events"] if e["step"].startswith("console ")]
     steps = {e["step"] for e in consoles if "closed" in e["message"]}
     assert {"console vnc", "console serial"} <= steps, consoles

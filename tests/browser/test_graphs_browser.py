@@ -8,14 +8,11 @@ Screenshots go to var/artifacts/browser/graphs/.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.bootiso import build_shell_iso
+from tests.browser.cockpit_support import portal_api
 from tests.browser.conftest import ARTIFACTS, Portal
 from tests.integration.conftest import unique, virsh
 
@@ -38,20 +36,6 @@ SHOTS = ARTIFACTS / "graphs"
 class Guest:
     pk: int
     name: str
-
-
-def _api(portal: Portal, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        f"{portal.url}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # our own loopback portal
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def _manage(portal: Portal, *args: str) -> str:
@@ -70,7 +54,7 @@ def guest(portal: Portal) -> Iterator[Guest]:
     shutil.copyfile(build_shell_iso(), iso)
     iso.chmod(0o644)
     name = unique("graphs-vm")
-    status, body = _api(
+    status, body = portal_api(
         portal,
         token,
         "POST",
@@ -81,7 +65,7 @@ def guest(portal: Portal) -> Iterator[Guest]:
     pk = int(body["id"])
     vm: dict[str, Any] = {}
     for _ in range(240):
-        status, vm = _api(portal, token, "GET", f"/api/v1/virtualmachines/{pk}")
+        status, vm = portal_api(portal, token, "GET", f"/api/v1/virtualmachines/{pk}")
         if vm["status"] in ("running", "failed"):
             break
         time.sleep(0.5)
@@ -89,7 +73,7 @@ def guest(portal: Portal) -> Iterator[Guest]:
     try:
         yield Guest(pk=pk, name=name)
     finally:
-        _api(portal, token, "DELETE", f"/api/v1/virtualmachines/{pk}")
+        portal_api(portal, token, "DELETE", f"/api/v1/virtualmachines/{pk}")
         virsh("destroy", name, check=False)
         virsh("undefine", name, "--nvram", check=False)
 

@@ -8,19 +8,17 @@ Screenshots go to var/artifacts/browser/vm-page/.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.cockpit_support import portal_api
 from tests.browser.conftest import ARTIFACTS, ROOT, Portal
 from tests.integration.conftest import unique, virsh
 
@@ -29,20 +27,6 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.browser]
 SHOTS = ARTIFACTS / "vm-page"
 PROVISION_TIMEOUT = 120.0
 TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")  # to the second, with the zone
-
-
-def _api(portal: Portal, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        f"{portal.url}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # our own loopback portal
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def _token(portal: Portal) -> str:
@@ -60,13 +44,13 @@ def _token(portal: Portal) -> str:
 
 def _create_running_vm(portal: Portal, token: str, name: str) -> int:
     payload = {"name": name, "memory": 256, "vcpus": 1, "storage_pool": portal.pool, "disks": [{"size": 1}]}
-    status, body = _api(portal, token, "POST", "/api/v1/virtualmachines/create-enhanced", payload)
+    status, body = portal_api(portal, token, "POST", "/api/v1/virtualmachines/create-enhanced", payload)
     assert status == 202, body
     pk = int(body["id"])
     deadline = time.monotonic() + PROVISION_TIMEOUT
     vm: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        _, vm = _api(portal, token, "GET", f"/api/v1/virtualmachines/{pk}")
+        _, vm = portal_api(portal, token, "GET", f"/api/v1/virtualmachines/{pk}")
         if vm["status"] in ("running", "failed"):
             break
         time.sleep(0.5)
