@@ -607,6 +607,23 @@ MUTANTS: list[Mutant] = [
         "",
         ("tests/vms/test_metrics_pages.py",),
     ),
+    # --- ISO uploads (issue 14): an upload is its owner's; a chunk continues exactly where the file ends
+    Mutant(
+        "uploads: an upload is its owner's only",
+        "any user with the add permission reaches anyone's upload",
+        "isos/uploads.py",
+        "    upload = IsoUpload.objects.filter(pk=upload_id, owner_id=owner_id).first()\n",
+        "    upload = IsoUpload.objects.filter(pk=upload_id).first()\n",
+        ("tests/reliability/test_upload_authorization.py",),
+    ),
+    Mutant(
+        "uploads: a chunk must start at the upload's offset",
+        "a chunk at any offset is written where it says",
+        "isos/uploads.py",
+        "        if start != upload.offset:\n",
+        "        if False:\n",
+        ("tests/isos/test_upload.py",),
+    ),
 ]
 
 
