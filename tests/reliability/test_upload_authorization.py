@@ -57,7 +57,7 @@ def _put(client: APIClient, upload_id: str, data: bytes, first: int, size: int) 
     )
 
 
-def _digest(path: str) -> str:
+def _digest(path: str | Path) -> str:
     file = Path(path)
     return hashlib.sha256(file.read_bytes()).hexdigest() if file.exists() else "absent"
 
