@@ -624,6 +624,11 @@ MUTANTS: list[Mutant] = [
         "        if False:\n",
         ("tests/isos/test_upload.py",),
     ),
+    # --- day two: addresses (its mutants go right below this line)
+    # --- day two: hardware (its mutants go right below this line)
+    # --- day two: disks (its mutants go right below this line)
+    # --- day two: snapshots (its mutants go right below this line)
+    # --- day two: cloud_init (its mutants go right below this line)
 ]
 
 

@@ -4,6 +4,17 @@ from django.urls import path
 
 from vms.api import console_views, template_views, views
 
+# day two: imports of addresses
+
+# day two: imports of hardware
+
+# day two: imports of disks
+
+# day two: imports of snapshots
+
+# day two: imports of cloud_init
+
+
 urlpatterns = [
     path("", views.VmCollectionView.as_view(), name="vm-list"),
     path("templates", template_views.TemplateCollectionView.as_view(), name="vm-template-list"),
@@ -11,5 +22,10 @@ urlpatterns = [
     path("create-enhanced", views.VmCreateEnhancedView.as_view(), name="vm-create-enhanced"),
     path("<int:vm_id>", views.VmItemView.as_view(), name="vm-detail"),
     path("<int:vm_id>/console", console_views.VmConsoleView.as_view(), name="vm-console"),
+    # day two: addresses
+    # day two: hardware
+    # day two: disks
+    # day two: snapshots
+    # day two: cloud_init
     *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],
 ]
