@@ -15,6 +15,7 @@ import shutil
 import socket
 import threading
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from vaporsite.errors import Conflict, NotFound
 from vms.hypervisor import (
     ConsoleInfo,
     DiskUse,
+    DomainAddresses,
     DomainInfo,
     DomainStats,
+    GuestAddress,
     HostCapabilities,
     HostResources,
     HostStats,
@@ -43,6 +46,8 @@ class FakeDomain:
     autostart: bool = False
     persistent: bool = True
     counters: DomainStats | None = None  # what domain_stats() reports while it runs; from 0 at each start
+    addresses: tuple[GuestAddress, ...] = ()  # what domain_addresses() reports while it runs (agent ones only when connected)
+    agent_connected: bool = False  # an agent answers on the channel (while it runs, and only with the channel)
 
 
 def zero_counters(name: str, vcpus: int = 1, memory_kib: int = 256 * 1024) -> DomainStats:
@@ -338,6 +343,25 @@ class FakeHypervisor:
     def host_stats(self) -> HostStats:
         self._call("host_stats")
         return self.host_counters
+
+    # --- guest addresses ------------------------------------------------------
+    def domain_addresses(self, names: Collection[str] | None = None) -> list[DomainAddresses]:
+        """Like the driver: one bulk read, each address once with its first source (lease, agent, arp)."""
+        self._call("domain_addresses")
+        result = []
+        for name, d in sorted(self.domains.items()):
+            if names is not None and name not in names:
+                continue
+            channel = "org.qemu.guest_agent.0" in d.xml
+            running = d.state == "running"
+            connected = running and channel and d.agent_connected
+            order = {"lease": 0, "agent": 1, "arp": 2}
+            seen: dict[tuple[str, str], GuestAddress] = {}
+            for item in sorted(d.addresses if running else (), key=lambda a: order[a.source]):
+                if item.source != "agent" or connected:
+                    seen.setdefault((item.mac.lower(), item.address), dataclasses.replace(item, mac=item.mac.lower()))
+            result.append(DomainAddresses(name, channel, connected, tuple(seen.values())))
+        return result
 
     def advance(self, name: str, **added: int) -> DomainStats:
         """Add to a running domain's counters (e.g. `cpu_time_ns=30 * 10**9`); `memory_used_kib` and `vcpus` are set, not added."""

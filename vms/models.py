@@ -81,6 +81,9 @@ class VirtualMachine(GuestSettings):
     )
     state = models.CharField(max_length=16, blank=True, help_text="The domain's state as last read from libvirt.")
     state_checked_at = models.DateTimeField(null=True, blank=True, help_text="When the state was last read from libvirt.")
+    addresses_checked_at = models.DateTimeField(null=True, blank=True, help_text="When the NICs' addresses were last read from libvirt.")
+    guest_agent_channel = models.BooleanField(default=False, help_text="The domain has the qemu-guest-agent channel (as last read).")
+    guest_agent_connected = models.BooleanField(default=False, help_text="A guest agent answered on that channel (as last read).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -148,6 +151,9 @@ class NetworkInterface(models.Model):
     source = models.CharField(max_length=64, default="default")
     model = models.CharField(max_length=8, choices=NicModel.choices, default=NicModel.VIRTIO)
     mac = models.CharField(max_length=17, unique=True)
+    addresses = models.JSONField(
+        default=list, blank=True, help_text='IP addresses as last read: [{"address", "prefix", "family", "source"}].'
+    )
 
     class Meta:
         ordering = ["vm", "order"]

@@ -114,8 +114,10 @@ def test_refresh_uses_one_listing_and_the_same_queries_for_5_or_50_vms(hv, monke
     monkeypatch.setattr(hv, "domain_state", per_vm_call)
     small = _refresh_queries(hv, 5, "small")
     large = _refresh_queries(hv, 50, "large")
-    assert small == large == 9  # savepoint, read, one UPDATE per (old status, new status, state) group (5 here), events, release
-    assert hv.calls["list_domains"] == 2
+    # savepoint, read, one UPDATE per (old status, new status, state) group (5 here), events,
+    # the NICs' read and one UPDATE of the addresses' check (no NIC changed: no bulk update), release
+    assert small == large == 11
+    assert hv.calls["list_domains"] == hv.calls["domain_addresses"] == 2
     large_rows = VirtualMachine.objects.filter(name__startswith="large")
     assert large_rows.filter(status="running").count() == 30  # run, wake, back
     assert large_rows.filter(status="missing").count() == 20  # gone, lost

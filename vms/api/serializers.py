@@ -177,10 +177,31 @@ class CdromOutSerializer(serializers.ModelSerializer):
         fields = ["slot", "iso_id", "iso_name", "path", "reference", "resolved_by", "target_dev", "boot_order"]
 
 
+class AddressOutSerializer(serializers.Serializer):
+    address = serializers.CharField()
+    prefix = serializers.IntegerField(help_text="0 when the source knows none (ARP).")
+    family = serializers.ChoiceField(choices=["ipv4", "ipv6"])
+    source = serializers.ChoiceField(  # type: ignore[assignment]
+        choices=["lease", "agent", "arp"], help_text="A NAT network's DHCP lease, the guest agent, or the host's ARP table."
+    )
+
+
+class GuestAgentOutSerializer(serializers.Serializer):
+    channel = serializers.BooleanField(help_text="The domain has the qemu-guest-agent channel.")
+    connected = serializers.BooleanField(help_text="An agent answered on it at the last check.")
+
+
 class NicOutSerializer(serializers.ModelSerializer):
+    addresses = serializers.SerializerMethodField(help_text="As stored by the last state refresh (see addresses_checked_at).")
+
     class Meta:
         model = NetworkInterface
-        fields = ["order", "type", "source", "model", "mac"]
+        fields = ["order", "type", "source", "model", "mac", "addresses"]
+
+    @extend_schema_field(AddressOutSerializer(many=True))
+    def get_addresses(self, nic: NetworkInterface) -> list[dict[str, Any]]:
+        # The stored JSON as it is: no serializer per address (a list page shows thousands).
+        return list(nic.addresses or [])
 
 
 class GraphicsOutSerializer(serializers.Serializer):
@@ -205,14 +226,19 @@ class VmSerializer(serializers.ModelSerializer):
     cdroms = CdromOutSerializer(many=True)
     networks = NicOutSerializer(many=True, source="nics")
     graphics = serializers.SerializerMethodField()
+    guest_agent = serializers.SerializerMethodField()
 
     class Meta:
         model = VirtualMachine
         fields = [
             "id", "name", "project", "uuid", "status", "error", "memory", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
             "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "disks", "cdroms", "networks", "graphics",
-            "disk_gb", "state", "state_checked_at", "created_at", "updated_at",
+            "disk_gb", "state", "state_checked_at", "created_at", "updated_at", "addresses_checked_at", "guest_agent",
         ]  # fmt: skip
+
+    @extend_schema_field(GuestAgentOutSerializer)
+    def get_guest_agent(self, vm: VirtualMachine) -> dict[str, bool]:
+        return {"channel": vm.guest_agent_channel, "connected": vm.guest_agent_connected}
 
     @extend_schema_field(GraphicsOutSerializer(allow_null=True))
     def get_graphics(self, vm: VirtualMachine) -> dict[str, Any] | None:

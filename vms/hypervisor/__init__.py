@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -158,6 +159,38 @@ class HostStats:
     memory_available_kib: int  # free + buffers + cached
 
 
+@dataclass(frozen=True)
+class GuestAddress:
+    """One IP address of a domain's interface (issue 14, point 2), as one of libvirt's sources reports it.
+
+    `mac` in lower case (what ties it to a NIC row); `family` "ipv4" or
+    "ipv6"; `source` "lease" (the DHCP lease of a libvirt NAT network),
+    "agent" (the guest agent) or "arp" (the host's ARP table; `prefix` 0
+    there, ARP knows none).
+    """
+
+    mac: str
+    address: str
+    prefix: int
+    family: str
+    source: str
+
+
+@dataclass(frozen=True)
+class DomainAddresses:
+    """A domain's guest-agent channel and its interfaces' addresses, read in one refresh.
+
+    `channel`: its definition has the `org.qemu.guest_agent.0` channel;
+    `connected`: an agent answers on it (only while it runs). `addresses` is
+    empty for a domain that is not running.
+    """
+
+    name: str
+    channel: bool
+    connected: bool
+    addresses: tuple[GuestAddress, ...] = ()
+
+
 class SerialChannel(Protocol):
     """A guest's serial port as an async byte pipe: `read()` gives b"" once it is closed."""
 
@@ -219,6 +252,7 @@ class Hypervisor(Protocol):
     def open_serial(self, name: str, loop: asyncio.AbstractEventLoop) -> SerialChannel: ...
     def domain_stats(self) -> list[DomainStats]: ...
     def host_stats(self) -> HostStats: ...
+    def domain_addresses(self, names: Collection[str] | None = None) -> list[DomainAddresses]: ...
     def close(self) -> None: ...
 
 

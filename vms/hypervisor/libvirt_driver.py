@@ -12,6 +12,7 @@ exception or error code. Callers import the driver from here.
 
 from __future__ import annotations
 
+from vms.hypervisor.addresses import AddressesMixin
 from vms.hypervisor.consoles import ConsolesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.host import HostMixin
@@ -19,7 +20,7 @@ from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin):
+class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are

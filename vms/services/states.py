@@ -22,10 +22,14 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from projects.access import Actor, audit, require
+from projects.choices import Role
+from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.choices import EventStatus, VmStatus
-from vms.hypervisor import DomainInfo, Hypervisor
+from vms.hypervisor import DomainAddresses, DomainInfo, Hypervisor
 from vms.models import VirtualMachine, VmEvent
+from vms.services.addresses import store_addresses
 
 log = logging.getLogger("vapor.vms")
 
@@ -131,13 +135,37 @@ def vm_refresh_states(*, hv: Hypervisor | None = None, ids: list[int] | None = N
     hv = hv or hypervisor.get_hypervisor()
     try:
         domains = {domain.name: domain for domain in hv.list_domains()}
+        read = read_addresses(hv, [name for _pk, name, _status in rows])
     finally:
         if owned:
             hv.close()
     with transaction.atomic():
-        refreshed = refresh_rows(rows, domains, timezone.now())
+        now = timezone.now()
+        refreshed = refresh_rows(rows, domains, now)
+        if read is not None:
+            store_addresses({pk: name for pk, name, _status in rows}, read, now)
     log_changes(refreshed)
     return refreshed.checked
+
+
+def read_addresses(hv: Hypervisor, names: list[str]) -> dict[str, DomainAddresses] | None:
+    """The guest addresses of the domains `names` in one bulk read; None (and a warning) when the host could
+    not say: the states are stored all the same and the addresses keep their last values."""
+    try:
+        return {d.name: d for d in hv.domain_addresses(names)}
+    except VaporError as exc:
+        log.warning("guest addresses not read: %s", exc.message)
+        return None
+
+
+def vm_refresh(*, vm: VirtualMachine, actor: Actor, hv: Hypervisor | None = None) -> VirtualMachine:
+    """Read one VM's state and addresses from the host now (the VM page's Refresh button): an operator of
+    its project only; audited. A VM that a task owns (provisioning, deleting, failed) keeps its status."""
+    require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")
+    vm_refresh_states(hv=hv, ids=[vm.pk])
+    audit(actor, "vm.refresh", target=f"VM {vm.name}", project=vm.project, vm_id=vm.pk)
+    vm.refresh_from_db()
+    return vm
 
 
 def vm_record_state(*, vm: VirtualMachine, state: str | None) -> None:
