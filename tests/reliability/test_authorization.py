@@ -204,6 +204,15 @@ def refreshes(seen: Seen) -> str:
     return "one host listing, state stored"
 
 
+def refreshes_one(seen: Seen) -> str:
+    """The VM page's Refresh button: one listing and one bulk address read, both stored, audited."""
+    _status(seen, 302)
+    assert seen.spy.calls["list_domains"] == 1 and seen.spy.calls["domain_addresses"] == 1, dict(seen.spy.calls)
+    vm = VirtualMachine.objects.get(pk=seen.seeds["vm"])
+    assert vm.state_checked_at is not None and vm.addresses_checked_at is not None, "state and addresses were not stored"
+    return "one host listing and one address read, both stored"
+
+
 def _rows_form(prefix: str, items: list[dict[str, str]]) -> dict[str, str]:
     data = {f"{prefix}-TOTAL_FORMS": str(len(items)), f"{prefix}-INITIAL_FORMS": "0",
             f"{prefix}-MIN_NUM_FORMS": "0", f"{prefix}-MAX_NUM_FORMS": "1000"}  # fmt: skip
@@ -293,6 +302,7 @@ ACTIONS = [
     *[Action(f"admin VM page button {a}", "POST", ADMIN + "vms/virtualmachine/{vm}/action/" + a + "/", "change", api=False,
              effect=powers(302, POWER[a][0], a, POWER[a][1])) for a in ("stop", "force-stop", "reboot")],
     _vm_action("refresh_states", refreshes),
+    Action("admin VM page button refresh", "POST", ADMIN + "vms/virtualmachine/{vm}/refresh/", "change", api=False, effect=refreshes_one),
     # --- admin: templates
     Action("admin template list", "GET", ADMIN + "vms/vmtemplate/", "view", api=False, effect=shows("seed-tpl")),
     Action("admin template change page", "GET", ADMIN + "vms/vmtemplate/{template_pk}/change/", "view", api=False,
@@ -525,6 +535,7 @@ CSRF_WRITES = [
     ("admin template add (save)", ADMIN + "vms/vmtemplate/add/", {**TEMPLATE_FORM, "name": "tpl-csrf"}, False),
     ("admin VM action stop", ADMIN + "vms/virtualmachine/", {"action": "action_stop", "_selected_action": "{vm}", "index": "0"}, False),
     ("admin VM page button stop", ADMIN + "vms/virtualmachine/{vm}/action/stop/", {}, False),
+    ("admin VM page button refresh", ADMIN + "vms/virtualmachine/{vm}/refresh/", {}, False),
 ]
 
 

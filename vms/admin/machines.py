@@ -30,6 +30,7 @@ from projects.admin_scoping import ProjectScopedAdmin, admin_actor
 from vaporsite.admin_support import VaporModelAdmin
 from vaporsite.errors import VaporError
 from vms import hypervisor
+from vms.admin import addresses as admin_addresses
 from vms.admin import create as admin_create
 from vms.choices import VmStatus
 from vms.consoles.views import can_watch_console, console_links
@@ -177,7 +178,7 @@ def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, querys
 @admin.register(VirtualMachine)
 class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
     # Fits 1280 px beside the filters: status and live state in one column, memory and vCPUs in another.
-    list_display = ["name", "project", "status_badge", "size", "os", "checked"]
+    list_display = ["name", "project", "status_badge", "size", "os", admin_addresses.ip_column, "checked"]
     # RelatedOnly: a filter lists only the projects and templates of the VMs the user sees.
     list_filter = [
         ("project", admin.RelatedOnlyFieldListFilter), "status", "uefi", "os_type", ("template", admin.RelatedOnlyFieldListFilter),
@@ -199,8 +200,12 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         own = [
             path("iso-picker/", self.admin_site.admin_view(admin_create.iso_picker_view), name="vms_virtualmachine_iso_picker"),
             path("<path:object_id>/action/<str:action>/", self.admin_site.admin_view(self.power_view), name="vms_virtualmachine_power"),
+            *admin_addresses.addresses_urls(self),
         ]
         return own + super().get_urls()
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[VirtualMachine]:
+        return super().get_queryset(request).prefetch_related("nics")  # the IP column: no query per row
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None) -> HttpResponse:
         return admin_create.create_view(self, request)
@@ -222,6 +227,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             # The button bar above the page (change_form.html's object tools): power buttons, then the consoles.
             context["power_buttons"] = self.power_buttons(request, obj)
             context["console_links"] = console_links(request.user, obj)
+            context.update(admin_addresses.addresses_context(self, request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:
