@@ -104,6 +104,11 @@ while [ ! -e /dev/input/event0 ] && [ "$i" -lt 20 ]; do
     i=$((i + 1))
 done
 acpid -c /etc/acpi || echo "PROBE-NOTE acpid failed"
+# Guest addresses (issue 14): a virtio NIC, and udhcpc's script that puts the leased address on it.
+modprobe virtio_net || echo "PROBE-NOTE modprobe virtio_net failed"
+mkdir -p /usr/share/udhcpc
+printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr flush dev "$interface"\nip addr add "$ip/$mask" dev "$interface"\n' >/usr/share/udhcpc/default.script
+chmod 755 /usr/share/udhcpc/default.script
 # The screen (tty1): a banner, then a shell, restarted when it exits.
 (
     while :; do
