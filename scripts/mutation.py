@@ -625,6 +625,38 @@ MUTANTS: list[Mutant] = [
         ("tests/isos/test_upload.py",),
     ),
     # --- day two: addresses (its mutants go right below this line)
+    Mutant(
+        "addresses: a NAT network's DHCP lease is a source of guest addresses",
+        "the lease source is dropped",
+        "vms/hypervisor/addresses.py",
+        '    ("lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),\n',
+        "",
+        ("tests/vms/test_addresses.py", "-k", "driver"),
+    ),
+    Mutant(
+        "addresses: the guest agent is asked only when it is connected",
+        "a silent agent is asked too (each refresh waits for its timeout)",
+        "vms/hypervisor/addresses.py",
+        '                    if source == "agent" and not connected:\n                        continue\n',
+        "",
+        ("tests/vms/test_addresses.py", "-k", "driver"),
+    ),
+    Mutant(
+        "addresses: the VM list never reads addresses per row",
+        "the admin list's IP column reads each VM's NICs with a query of its own",
+        "vms/admin/machines.py",
+        '        return super().get_queryset(request).prefetch_related("nics")  # the IP column: no query per row\n',
+        "        return super().get_queryset(request)\n",
+        ("tests/vms/test_addresses.py", "-k", "admin_list"),
+    ),
+    Mutant(
+        "addresses: refreshing a VM needs the operator role in its project",
+        "the refresh service's role check is dropped",
+        "vms/services/states.py",
+        '    require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")\n    vm_refresh_states(hv=hv, ids=[vm.pk])\n',
+        "    vm_refresh_states(hv=hv, ids=[vm.pk])\n",
+        ("tests/vms/test_addresses.py", "-k", "refresh_service"),
+    ),
     # --- day two: hardware (its mutants go right below this line)
     # --- day two: disks (its mutants go right below this line)
     # --- day two: snapshots (its mutants go right below this line)

@@ -15,15 +15,17 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from projects.access import Actor
+from projects.models import AuditEntry
 from tests.fakes import FakeDomain, FakeHypervisor
 from tests.support.api import create_vm
 from tests.support.factories import NetworkInterfaceFactory, VirtualMachineFactory
 from tests.support.projects import join
-from vaporsite.errors import HypervisorError
+from vaporsite.errors import Forbidden, HypervisorError
 from vms.hypervisor import GuestAddress
 from vms.hypervisor.addresses import AddressesMixin, addresses_from, agent_channel, merged
 from vms.models import NetworkInterface, VirtualMachine
-from vms.services.states import vm_refresh_states
+from vms.services.states import vm_refresh, vm_refresh_states
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/vms/virtualmachine/"
@@ -338,3 +340,16 @@ def test_the_driver_asks_lease_then_agent_only_when_connected_then_arp_and_skips
     assert read["stopped"].addresses == () and not read["stopped"].connected
     only = _Driver([silent, talking, stopped]).domain_addresses(["talking"])
     assert [d.name for d in only] == ["talking"]
+
+
+def test_the_refresh_service_needs_an_operator_of_the_vms_project(vm, hv):
+    viewer = User.objects.create_user("viewer-svc", password=None, is_staff=True)
+    join(viewer, "viewer", None)
+    hv.calls.clear()
+    with pytest.raises(Forbidden):
+        vm_refresh(vm=vm, actor=Actor(user=viewer, via="admin"))
+    assert sum(hv.calls.values()) == 0 and not AuditEntry.objects.filter(action="vm.refresh").exists()
+    operator = User.objects.create_user("operator-svc", password=None, is_staff=True)
+    join(operator, "operator", None)
+    assert vm_refresh(vm=vm, actor=Actor(user=operator, via="admin")).addresses_checked_at is not None
+    assert AuditEntry.objects.filter(action="vm.refresh", username="operator-svc", vm_id=vm.pk).count() == 1
