@@ -643,9 +643,9 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "addresses: the VM list never reads addresses per row",
-        "the admin list's IP column reads each VM's NICs with a query of its own",
+        "the admin list's IP line reads each VM's NICs with a query of its own",
         "vms/admin/machines.py",
-        '        return super().get_queryset(request).prefetch_related("nics")  # the IP column: no query per row\n',
+        '        return super().get_queryset(request).prefetch_related("nics")  # the IP line: no query per row\n',
         "        return super().get_queryset(request)\n",
         ("tests/vms/test_addresses.py", "-k", "admin_list"),
     ),

@@ -178,7 +178,7 @@ def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, querys
 @admin.register(VirtualMachine)
 class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
     # Fits 1280 px beside the filters: status and live state in one column, memory and vCPUs in another.
-    list_display = ["name", "project", "status_badge", "size", "os", admin_addresses.ip_column, "checked"]
+    list_display = ["name", "project", "status_badge", "size", "os", "checked"]
     # RelatedOnly: a filter lists only the projects and templates of the VMs the user sees.
     list_filter = [
         ("project", admin.RelatedOnlyFieldListFilter), "status", "uefi", "os_type", ("template", admin.RelatedOnlyFieldListFilter),
@@ -205,7 +205,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         return own + super().get_urls()
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[VirtualMachine]:
-        return super().get_queryset(request).prefetch_related("nics")  # the IP column: no query per row
+        return super().get_queryset(request).prefetch_related("nics")  # the IP line: no query per row
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None) -> HttpResponse:
         return admin_create.create_view(self, request)
@@ -346,9 +346,10 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         colours = {"running": "#2e7d32", "failed": "#ba2121", "provisioning": "#b26a00", "deleting": "#b26a00"}
         badge = format_html('<b style="color:{}" title="{}">{}</b>', colours.get(obj.status, "#555"), obj.error, obj.get_status_display())
         plain = {VmStatus.RUNNING: "running", VmStatus.STOPPED: "shutoff", VmStatus.MISSING: "missing"}
+        ip = admin_addresses.ip_line(obj)  # the guest's address beneath, from the stored (prefetched) NIC rows
         if obj.state and obj.state != plain.get(VmStatus(obj.status)):
-            return format_html('{}<br><small class="vapor-state">{}</small>', badge, obj.state)
-        return badge
+            return format_html('{}<br><small class="vapor-state">{}</small>{}', badge, obj.state, ip)
+        return format_html("{}{}", badge, ip)
 
     @admin.display(description="Memory · vCPUs", ordering="memory_mb")
     def size(self, obj: VirtualMachine) -> str:
