@@ -72,6 +72,7 @@ class NicSpec:
     source: str
     model: NicModel = "virtio"
     mac: str | None = None
+    boot_order: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class DomainSpec:
     memory_mib: int
     vcpus: int
     virt_type: Literal["kvm", "qemu"] = "kvm"
+    # What memory and vCPUs may grow to while the domain runs (None: memory_mib / vcpus).
+    # Memory between the two is the balloon's: the guest boots with the maximum and gives back the rest.
+    max_memory_mib: int | None = None
+    max_vcpus: int | None = None
     arch: str = "x86_64"
     machine: str = "q35"
     firmware: Firmware = "bios"

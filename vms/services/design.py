@@ -86,7 +86,7 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
     )
     cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
     nics = tuple(
-        NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac)  # type: ignore[arg-type]
+        NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac, boot_order=n.boot_order)  # type: ignore[arg-type]
         for n in vm.nics.all()
     )
     graphics = None
@@ -97,6 +97,8 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
         uuid=str(vm.uuid) if vm.uuid else None,
         memory_mib=vm.memory_mb,
         vcpus=vm.vcpus,
+        max_memory_mib=vm.memory_maximum,
+        max_vcpus=vm.vcpus_maximum,
         virt_type=vm.virt_type,  # type: ignore[arg-type]
         arch=vm.architecture,
         machine=vm.machine,

@@ -19,7 +19,19 @@ from vms.services.requests import DiskRequest, NicRequest, VmRequest
 
 # Fields of VmRequest a template supplies (name, autostart, secondary_iso and
 # the template itself always come from the request).
-TEMPLATE_FIELDS = ("memory", "vcpus", "os_type", "os_variant", "architecture", "uefi", "secure_boot", "tpm", "storage_pool")
+TEMPLATE_FIELDS = (
+    "memory",
+    "vcpus",
+    "max_memory",
+    "max_vcpus",
+    "os_type",
+    "os_variant",
+    "architecture",
+    "uefi",
+    "secure_boot",
+    "tpm",
+    "storage_pool",
+)
 DISK_FIELDS = tuple(f.name for f in fields(DiskRequest) if f.name != "given")
 
 
@@ -75,6 +87,8 @@ def template_apply(request: VmRequest, *, actor: Actor = SYSTEM) -> tuple[VmRequ
     values = {
         "memory": template.memory_mb,
         "vcpus": template.vcpus,
+        "max_memory": template.max_memory_mb,
+        "max_vcpus": template.max_vcpus,
         "os_type": template.os_type,
         "os_variant": template.os_variant,
         "architecture": template.architecture,

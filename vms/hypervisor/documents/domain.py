@@ -83,9 +83,11 @@ def _domain(spec: DomainSpec, mask_secrets: bool) -> etree._Element:
     if spec.title:
         sub(root, "title", spec.title)
     _metadata(root, spec)
-    sub(root, "memory", str(spec.memory_mib), unit="MiB")
+    sub(root, "memory", str(max(spec.max_memory_mib or 0, spec.memory_mib)), unit="MiB")
     sub(root, "currentMemory", str(spec.memory_mib), unit="MiB")
-    sub(root, "vcpu", str(spec.vcpus), placement="static")
+    vcpu = sub(root, "vcpu", str(max(spec.max_vcpus or 0, spec.vcpus)), placement="static")
+    if (spec.max_vcpus or 0) > spec.vcpus:
+        vcpu.set("current", str(spec.vcpus))
     _os(root, spec)
     features = sub(root, "features")
     sub(features, "acpi")
@@ -243,6 +245,7 @@ def _interface(devices: etree._Element, spec: NicSpec) -> None:
         sub(interface, "mac", address=spec.mac)
     sub(interface, "source", **{kind: spec.source})
     sub(interface, "model", type=spec.model)
+    _boot(interface, spec.boot_order)
 
 
 def _serial_console(devices: etree._Element, log: str) -> None:
