@@ -150,7 +150,7 @@ def test_autostart_is_set_on_the_domain(vm_api, hv, run_tasks):
 
 def test_the_quota_counts_added_memory_and_vcpus(vm_api, hv, run_tasks):
     vm = make(vm_api, run_tasks)
-    Project.objects.filter(pk=vm.project_id).update(max_vcpus=2)
+    Project.objects.filter(pk=vm.project.pk).update(max_vcpus=2)
     before = hv.domains["hw-vm"].xml
     response = patch(vm_api, vm, {"vcpus": 3})
     assert response.status_code == 409, response.json()
