@@ -24,6 +24,7 @@ EFI_MODULE = "efivarfs"
 # Loaded by the shell variant only: the ACPI power button and the event device
 # busybox's acpid reads it from, so a graceful shutdown powers the guest off.
 SHELL_MODULES = ("button", "evdev")
+SHELL_MODULES += ("virtio_balloon", "virtio_net")  # hardware: memory given back live, hot-plugged NICs
 
 
 def init_script() -> str:
