@@ -102,6 +102,7 @@ def vm_patch(view: APIView, request: Request, vm_id: int) -> Response:
 
 class VmNicCollectionView(APIView):
     queryset = VirtualMachine.objects.all()
+    required_perms = {"POST": ["change"]}  # a NIC is a change of the VM, not a new VM
 
     @extend_schema(
         operation_id="vms_nics_list",
@@ -130,6 +131,7 @@ class VmNicCollectionView(APIView):
 
 class VmNicItemView(APIView):
     queryset = VirtualMachine.objects.all()
+    required_perms = {"DELETE": ["change"]}
 
     @extend_schema(operation_id="vms_nics_destroy", request=None, responses={200: VmChangedSerializer, **ERRORS})
     def delete(self, request: Request, vm_id: int, mac: str) -> Response:
