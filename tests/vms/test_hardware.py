@@ -292,3 +292,21 @@ def test_a_failed_attach_leaves_no_row(vm_api, hv, run_tasks):
     response = vm_api.post(nics_url(vm), {}, format="json")
     assert response.status_code == 500
     assert vm.nics.count() == 1
+
+
+# --- templates -----------------------------------------------------------------------------------
+
+
+def test_a_template_carries_maxima_that_a_request_may_override(vm_api, hv, run_tasks):
+    response = vm_api.post("/api/v1/virtualmachines/templates", {"name": "big", "memory": 512, "vcpus": 1, "max_memory": 1024,
+                                                                "max_vcpus": 3}, format="json")  # fmt: skip
+    assert response.status_code == 201, response.json()
+    assert (response.json()["max_memory"], response.json()["max_vcpus"]) == (1024, 3)
+    vm = create_vm(vm_api, run_tasks, {"name": "from-big", "template": "big"})
+    assert (vm.memory_maximum, vm.vcpus_maximum) == (1024, 3)
+    hw = read_hardware(hv.domains["from-big"].xml)
+    assert (hw.memory_mib, hw.max_memory_mib, hw.vcpus, hw.max_vcpus) == (512, 1024, 1, 3)
+    vm = create_vm(vm_api, run_tasks, {"name": "from-big-2", "template": "big", "max_vcpus": 2})
+    assert vm.vcpus_maximum == 2 and vm.memory_maximum == 1024
+    bad = vm_api.post("/api/v1/virtualmachines/templates", {"name": "bad", "memory": 512, "vcpus": 2, "max_vcpus": 1}, format="json")
+    assert bad.status_code == 400 and bad.json()["field"] == "max_vcpus"
