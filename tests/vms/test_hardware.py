@@ -310,3 +310,16 @@ def test_a_template_carries_maxima_that_a_request_may_override(vm_api, hv, run_t
     assert vm.vcpus_maximum == 2 and vm.memory_maximum == 1024
     bad = vm_api.post("/api/v1/virtualmachines/templates", {"name": "bad", "memory": 512, "vcpus": 2, "max_vcpus": 1}, format="json")
     assert bad.status_code == 400 and bad.json()["field"] == "max_vcpus"
+
+
+def test_a_definition_with_maxima_reads_current_and_maximum_for_adoption():
+    import dataclasses
+
+    from tests.vms.test_domain_xml import example_1
+    from vms.hypervisor.documents.domain import domain_xml, parse_definition
+
+    spec = dataclasses.replace(example_1(), memory_mib=1024, max_memory_mib=4096, vcpus=2, max_vcpus=6)
+    definition = parse_definition(domain_xml(spec))
+    assert (definition.memory_mib, definition.max_memory_mib, definition.vcpus, definition.max_vcpus) == (1024, 4096, 2, 6)
+    plain = parse_definition(domain_xml(example_1()))
+    assert (plain.memory_mib, plain.max_memory_mib, plain.vcpus, plain.max_vcpus) == (2048, 2048, 2, 2)

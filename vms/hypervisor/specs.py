@@ -218,6 +218,9 @@ class DomainDefinition:
     disks: tuple[DefinedDisk, ...]
     nics: tuple[DefinedNic, ...]
     skipped: tuple[str, ...]  # devices Vapor cannot represent, in words
+    # What memory and vCPUs may grow to while it runs (`<memory>`, `<vcpu>`); memory_mib and vcpus are the current ones.
+    max_memory_mib: int = 0
+    max_vcpus: int = 0
 
 
 SnapshotKind = Literal["internal", "external", "no"]

@@ -335,12 +335,15 @@ def parse_definition(xml: str) -> DomainDefinition:
     graphics = root.find("devices/graphics")
     disks = _read_devices(root.iterfind("devices/disk"), _defined_disk, skipped)
     nics = _read_devices(root.iterfind("devices/interface"), _defined_nic, skipped)
+    vcpu = root.find("vcpu")
     return DomainDefinition(
         name=root.findtext("name") or "",
         uuid=(root.findtext("uuid") or "").strip(),
         virt_type=root.get("type", ""),
-        memory_mib=_memory_mib(root.find("memory")),
-        vcpus=_int(root.findtext("vcpu"), default=1),
+        memory_mib=_memory_mib(root.find("currentMemory")) or _memory_mib(root.find("memory")),
+        vcpus=_int(vcpu.get("current") if vcpu is not None else None, default=0) or _int(root.findtext("vcpu"), default=1),
+        max_memory_mib=_memory_mib(root.find("memory")),
+        max_vcpus=_int(root.findtext("vcpu"), default=1),
         arch=os_type.get("arch", "") if os_type is not None else "",
         machine=os_type.get("machine", "") if os_type is not None else "",
         efi=_efi(root),
