@@ -45,10 +45,17 @@ def test_memory_and_vcpus_change_live_in_the_guest_and_refusals_change_nothing(v
         before = mem_total_mib(guest)
         assert guest.check("nproc").strip() == "1"
 
-        for body, code in (({"memory": 1024}, "above_maximum"), ({"max_vcpus": 4}, "vm_running"), ({"vcpus": 3}, "above_maximum")):
+        refusals = [
+            ({"memory": 1024}, 409, "above_maximum"),
+            ({"max_vcpus": 4}, 409, "vm_running"),
+            ({"vcpus": 3}, 409, "above_maximum"),
+            ({"memory": 512, "boot_order": ["floppy"]}, 400, "invalid"),
+            ({"memory": 512, "cpus": 2}, 400, "invalid"),
+        ]
+        for body, status, code in refusals:
             xml = dumps(guest.name)
             response = vm_api.patch(url, body, format="json")
-            assert response.status_code == 409, response.json()
+            assert response.status_code == status, response.json()
             assert response.json()["code"] == code
             assert dumps(guest.name) == xml, f"{body} changed the domain"
 
@@ -94,3 +101,30 @@ def test_a_nic_hot_added_appears_in_the_guest_and_goes_again(vm_api, run_tasks, 
         assert "52:54:00:4a:77:01" not in virsh("dumpxml", "--inactive", guest.name).stdout
     finally:
         guest.close()
+
+
+def test_a_stopped_vm_takes_new_maxima_boot_order_and_autostart_in_its_definition(vm_api, run_tasks, vm_env: VmEnv):
+    from tests.support.api import create_vm
+
+    vm = create_vm(vm_api, run_tasks, {"name": "hardware-stopped", "memory": 512, "vcpus": 2, "max_vcpus": 4, "graphics": {"type": "none"},
+                                       "storage_pool": vm_env.pool, "disks": [{"size": 1}]})  # fmt: skip
+    url = f"/api/v1/virtualmachines/{vm.pk}"
+    assert vm_api.post(url + "/force-stop").status_code == 200
+    mac = vm.nics.get().mac
+    response = vm_api.patch(url, {"memory": 256, "max_memory": 384, "vcpus": 3, "max_vcpus": 3, "boot_order": ["network", "vda"],
+                                  "autostart": True}, format="json")  # fmt: skip
+    assert response.status_code == 200, response.json()
+    assert response.json()["applied"]["live"] == []
+    inactive = virsh("dumpxml", "--inactive", "hardware-stopped").stdout
+    assert "<memory unit='KiB'>393216</memory>" in inactive and "<currentMemory unit='KiB'>262144</currentMemory>" in inactive
+    assert "<vcpu placement='static'>3</vcpu>" in inactive, inactive
+    interface = inactive.split("<interface", 1)[1].split("</interface>", 1)[0]
+    disk = inactive.split("<disk type='file' device='disk'>", 1)[1].split("</disk>", 1)[0]
+    assert mac in interface and "<boot order='1'/>" in interface and "<boot order='2'/>" in disk
+    assert "enable" in virsh("dominfo", "hardware-stopped").stdout.split("Autostart:", 1)[1].splitlines()[0]
+    # Back up: a maximum above the old one and the memory with it, in one request.
+    response = vm_api.patch(url, {"memory": 768, "max_memory": 1024}, format="json")
+    assert response.status_code == 200, response.json()
+    inactive = virsh("dumpxml", "--inactive", "hardware-stopped").stdout
+    assert "<memory unit='KiB'>1048576</memory>" in inactive and "<currentMemory unit='KiB'>786432</currentMemory>" in inactive
+    virsh("autostart", "--disable", "hardware-stopped", check=False)
