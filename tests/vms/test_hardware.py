@@ -323,3 +323,11 @@ def test_a_definition_with_maxima_reads_current_and_maximum_for_adoption():
     assert (definition.memory_mib, definition.max_memory_mib, definition.vcpus, definition.max_vcpus) == (1024, 4096, 2, 6)
     plain = parse_definition(domain_xml(example_1()))
     assert (plain.memory_mib, plain.max_memory_mib, plain.vcpus, plain.max_vcpus) == (2048, 2048, 2, 2)
+
+
+def test_a_request_above_its_templates_maximum_drops_that_maximum(vm_api, hv, run_tasks):
+    response = vm_api.post("/api/v1/virtualmachines/templates", {"name": "small", "memory": 512, "vcpus": 1, "max_memory": 768},
+                           format="json")  # fmt: skip
+    assert response.status_code == 201, response.json()
+    vm = create_vm(vm_api, run_tasks, {"name": "bigger", "template": "small", "memory": 1024})
+    assert (vm.memory_mb, vm.memory_maximum) == (1024, 1024)
