@@ -77,3 +77,20 @@ def test_a_viewer_gets_no_button_and_no_page(client, hv, vm):
     assert client.post(PAGE.format(vm.pk), form(vm, memory=2048)).status_code == 403
     vm.refresh_from_db()
     assert vm.memory_mb == 1024
+
+
+def test_the_template_admin_takes_maxima_and_shows_a_refusal_on_the_field(admin_client, hv):
+    from vms.models import VmTemplate
+
+    data = {"name": "tpl-max", "description": "", "memory_mb": "512", "max_memory_mb": "1024", "vcpus": "1", "max_vcpus": "4",
+            "architecture": "x86_64", "storage_pool": "", "os_type": "", "os_variant": "", "graphics_type": "vnc"}  # fmt: skip
+    for prefix in ("disks", "nics"):
+        data.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0", f"{prefix}-MIN_NUM_FORMS": "0",
+                     f"{prefix}-MAX_NUM_FORMS": "1000"})  # fmt: skip
+    response = admin_client.post("/admin/vms/vmtemplate/add/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert VmTemplate.objects.values_list("max_memory_mb", "max_vcpus").get(name="tpl-max") == (1024, 4)
+    response = admin_client.post("/admin/vms/vmtemplate/add/", {**data, "name": "tpl-low", "max_memory_mb": "256"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "errors field-max_memory_mb" in page and "must be from memory (512)" in page
