@@ -658,6 +658,54 @@ MUTANTS: list[Mutant] = [
         ("tests/vms/test_addresses.py", "-k", "refresh_service"),
     ),
     # --- day two: hardware (its mutants go right below this line)
+    Mutant(
+        "hardware: a maximum changes only while the VM is stopped",
+        "a running VM's max_memory / max_vcpus is changed",
+        "vms/services/hardware.py",
+        "            if new is not None and new != old:\n",
+        "            if False:\n",
+        ("tests/vms/test_hardware.py", "-k", "running_state_forbids"),
+    ),
+    Mutant(
+        "hardware: a running VM changes live only within its maxima",
+        "memory or vCPUs above the maximum are asked of libvirt",
+        "vms/services/hardware.py",
+        "            if new > maximum:\n",
+        "            if False:\n",
+        ("tests/vms/test_hardware.py", "-k", "running_state_forbids"),
+    ),
+    Mutant(
+        "hardware: added memory and vCPUs count against the project's quota",
+        "the quota check of a hardware change is skipped",
+        "vms/services/hardware.py",
+        "        if more.vcpus or more.memory_mb:\n",
+        "        if False:\n",
+        ("tests/vms/test_hardware.py", "-k", "quota"),
+    ),
+    Mutant(
+        "hardware: a libvirt failure part-way undoes the steps done",
+        "the steps done are left in place",
+        "vms/services/hardware.py",
+        "                undo()\n",
+        "                pass\n",
+        ("tests/vms/test_hardware.py", "-k", "failure_part_way"),
+    ),
+    Mutant(
+        "hardware: a NIC's MAC is no other Vapor NIC's",
+        "a MAC in use is taken again",
+        "vms/services/hardware.py",
+        "        if NetworkInterface.objects.filter(mac=mac).exists():\n",
+        "        if False:\n",
+        ("tests/vms/test_hardware.py", "-k", "mac_in_use"),
+    ),
+    Mutant(
+        "hardware: new q35 VMs keep spare pcie-root-ports for hot-plug",
+        "only the root ports the devices take are written",
+        DOMAIN_DOC,
+        "    for index in range(1, placed + spec.pcie_root_ports + 1):\n",
+        "    for index in range(1, placed + 1):\n",
+        ("tests/vms/test_domain_xml.py",),
+    ),
     # --- day two: disks (its mutants go right below this line)
     # --- day two: snapshots (its mutants go right below this line)
     # --- day two: cloud_init (its mutants go right below this line)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaporsite.errors import Conflict, NotFound
+from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vms.hypervisor import (
     ConsoleInfo,
     DiskUse,
@@ -37,6 +37,17 @@ from vms.hypervisor import (
     VolumeInfo,
 )
 from vms.hypervisor.documents.domain import parse_console, parse_disk_files, parse_domain
+from vms.hypervisor.documents.hardware import (
+    interface_of,
+    interface_xml,
+    read_hardware,
+    with_boot_order,
+    with_interface,
+    with_memory,
+    with_vcpus,
+    without_interface,
+)
+from vms.hypervisor.specs import NicSpec
 
 
 @dataclass
@@ -333,6 +344,55 @@ class FakeHypervisor:
     def console(self, name: str) -> ConsoleInfo:
         self._call("console")
         return parse_console(self._domain(name).xml)
+
+    # --- hardware changes (vms/hypervisor/hardware.py) -----------------------
+    # One document stands for both the live and the persistent definition.
+    def set_memory(self, name: str, memory_mib: int, *, live: bool) -> None:
+        self._call("set_memory")
+        domain = self._domain(name)
+        if memory_mib > read_hardware(domain.xml).max_memory_mib:
+            raise InvalidInput("cannot set memory higher than max memory", field="memory")
+        domain.xml = with_memory(domain.xml, memory_mib=memory_mib)
+
+    def set_max_memory(self, name: str, max_memory_mib: int) -> None:
+        self._call("set_max_memory")
+        domain = self._domain(name)
+        if domain.state == "running":
+            raise Conflict("cannot resize the maximum memory on an active domain", field="max_memory")
+        current = read_hardware(domain.xml).memory_mib
+        domain.xml = with_memory(domain.xml, memory_mib=min(current, max_memory_mib), max_memory_mib=max_memory_mib)
+
+    def set_vcpus(self, name: str, vcpus: int, *, live: bool) -> None:
+        self._call("set_vcpus")
+        domain = self._domain(name)
+        if vcpus > read_hardware(domain.xml).max_vcpus:
+            raise InvalidInput("requested vcpus is greater than max allowable vcpus", field="vcpus")
+        domain.xml = with_vcpus(domain.xml, vcpus=vcpus)
+
+    def set_max_vcpus(self, name: str, max_vcpus: int) -> None:
+        self._call("set_max_vcpus")
+        domain = self._domain(name)
+        domain.xml = with_vcpus(domain.xml, max_vcpus=max_vcpus)
+
+    def set_boot_order(self, name: str, devices: list[str]) -> None:
+        self._call("set_boot_order")
+        domain = self._domain(name)
+        try:
+            domain.xml = with_boot_order(domain.xml, devices)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="boot_order") from exc
+
+    def attach_nic(self, name: str, nic: NicSpec, *, live: bool) -> None:
+        self._call("attach_nic")
+        domain = self._domain(name)
+        domain.xml = with_interface(domain.xml, interface_xml(nic))
+
+    def detach_nic(self, name: str, mac: str, *, live: bool) -> None:
+        self._call("detach_nic")
+        domain = self._domain(name)
+        if interface_of(domain.xml, mac) is None:
+            raise NotFound(f"domain '{name}' has no NIC {mac}", field="mac")
+        domain.xml = without_interface(domain.xml, mac)
 
     # --- statistics (the graphs) --------------------------------------------
     def domain_stats(self) -> list[DomainStats]:

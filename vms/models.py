@@ -58,6 +58,12 @@ class VirtualMachine(GuestSettings):
     uuid = models.UUIDField(null=True, blank=True, unique=True, help_text="libvirt domain UUID.")
     memory_mb = models.PositiveIntegerField("memory (MB)")
     vcpus = models.PositiveSmallIntegerField("vCPUs")
+    max_memory_mb = models.PositiveIntegerField(
+        "maximum memory (MB)", null=True, blank=True, help_text="Memory can grow up to this while it runs (empty: the memory)."
+    )
+    max_vcpus = models.PositiveSmallIntegerField(
+        "maximum vCPUs", null=True, blank=True, help_text="vCPUs can be added up to this while it runs (empty: the vCPUs)."
+    )
     virt_type = models.CharField(max_length=8, default="kvm", help_text="libvirt domain type: kvm or qemu (TCG).")
     machine = models.CharField(max_length=32, default="q35")
     storage_pool = models.CharField(max_length=64, default="default")
@@ -97,6 +103,16 @@ class VirtualMachine(GuestSettings):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def memory_maximum(self) -> int:
+        """MB the memory may grow to while the VM runs (the domain's `<memory>`)."""
+        return max(self.max_memory_mb or 0, self.memory_mb)
+
+    @property
+    def vcpus_maximum(self) -> int:
+        """vCPUs the VM may have while it runs (the domain's `<vcpu>`; `vcpus` are `current`)."""
+        return max(self.max_vcpus or 0, self.vcpus)
 
     @property
     def busy(self) -> bool:
@@ -154,6 +170,7 @@ class NetworkInterface(models.Model):
     addresses = models.JSONField(
         default=list, blank=True, help_text='IP addresses as last read: [{"address", "prefix", "family", "source"}].'
     )
+    boot_order = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["vm", "order"]
@@ -218,6 +235,8 @@ class VmTemplate(GuestSettings):
     description = models.TextField(blank=True)
     memory_mb = models.PositiveIntegerField("memory (MB)", default=2048)
     vcpus = models.PositiveSmallIntegerField("vCPUs", default=2)
+    max_memory_mb = models.PositiveIntegerField("maximum memory (MB)", null=True, blank=True, help_text="Empty: the memory.")
+    max_vcpus = models.PositiveSmallIntegerField("maximum vCPUs", null=True, blank=True, help_text="Empty: the vCPUs.")
     storage_pool = models.CharField(max_length=64, blank=True, help_text="Empty: the request's (default: 'default').")
     iso = models.ForeignKey(
         "isos.IsoImage", null=True, blank=True, on_delete=models.PROTECT, related_name="templates", verbose_name="ISO",

@@ -96,6 +96,8 @@ hostname vapor-shell
 # ACPI power button (libvirt's graceful shutdown): power off, as an OS would.
 modprobe button || echo "PROBE-NOTE modprobe button failed"
 modprobe evdev || echo "PROBE-NOTE modprobe evdev failed"
+modprobe virtio_balloon || echo "PROBE-NOTE modprobe virtio_balloon failed"
+modprobe virtio_net || echo "PROBE-NOTE modprobe virtio_net failed"
 printf '#!/bin/sh\nsync\npoweroff -f\n' >/etc/acpi/PWRF/00000080
 chmod 755 /etc/acpi/PWRF/00000080
 i=0

@@ -23,10 +23,11 @@ PROBE_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "ahci", "ata_piix", 
 EFI_MODULE = "efivarfs"
 # Loaded by the shell variant only: the ACPI power button and the event device
 # busybox's acpid reads it from, so a graceful shutdown powers the guest off.
-SHELL_MODULES = (
+SHELL_MODULES: tuple[str, ...] = (
     "button",
     "evdev",
-    "virtio_net",  # guest addresses (issue 14): a NIC for `udhcpc` on the NAT network
+    "virtio_net",  # guest addresses (issue 14): a NIC for `udhcpc` on the NAT network; hot-plugged NICs
+    "virtio_balloon",  # hardware: memory given back live
 )
 
 

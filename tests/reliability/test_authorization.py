@@ -38,7 +38,7 @@ from tests.reliability.authz import HOST_LISTING, HypervisorSpy, changed_rows, m
 from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
-from vms.models import VirtualMachine, VmEvent, VmTemplate
+from vms.models import NetworkInterface, VirtualMachine, VmEvent, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -197,6 +197,13 @@ def powers(status: int, method: str, step: str, vm_status: str | None = None) ->
     return check
 
 
+def nic_gone(seen: Seen, status: int) -> str:
+    _status(seen, status)
+    assert not NetworkInterface.objects.filter(mac=seen.seeds["vm_mac"]).exists(), "the NIC row is still there"
+    assert seen.spy.calls["detach_nic"] == 1, dict(seen.spy.calls)
+    return "NIC row deleted, detach_nic called"
+
+
 def refreshes(seen: Seen) -> str:
     _status(seen, 302)
     assert seen.spy.calls["list_domains"] == 1, dict(seen.spy.calls)
@@ -341,6 +348,20 @@ ACTIONS = [
     _iso_action("action_iso_rehash", "iso", changes(302, IsoImage, "iso", task=True, status=IsoStatus.READY)),
     _iso_action("action_iso_retry", "iso_failed", changes(302, IsoImage, "iso_failed", task=True, status=IsoStatus.READY, error="")),
     _iso_action("action_iso_cancel", "iso_downloading", changes(302, IsoImage, "iso_downloading", status=IsoStatus.CANCELLED)),
+    # --- day two: hardware (PATCH a VM, its NICs, the admin's Change hardware page)
+    Action("API PATCH vm (hardware)", "PATCH", API + "{vm}", "change", {"memory": 256},
+           effect=changes(200, VirtualMachine, "vm", memory_mb=256)),
+    Action("API GET vm nics", "GET", API + "{vm}/nics", "view", effect=shows("{vm_mac}")),
+    Action("API POST vm nics", "POST", API + "{vm}/nics", "change", {"type": "nat", "source": "default"},
+           effect=creates(201, NetworkInterface, "NIC", hv_call="attach_nic", vm_id="{vm}", order=1)),
+    Action("API DELETE vm nic", "DELETE", API + "{vm}/nics/{vm_mac}", "change", effect=lambda seen: nic_gone(seen, 200)),
+    Action("admin VM hardware page", "GET", ADMIN + "vms/virtualmachine/{vm}/hardware/", "change", api=False,
+           effect=shows('name="max_memory"')),
+    Action("admin VM hardware (apply)", "POST", ADMIN + "vms/virtualmachine/{vm}/hardware/", "change",
+           {"what": "hardware", "memory": "256", "max_memory": "512", "vcpus": "1", "max_vcpus": "1", "boot_order": ""}, api=False,
+           effect=changes(302, VirtualMachine, "vm", memory_mb=256)),
+    Action("admin VM hardware (remove NIC)", "POST", ADMIN + "vms/virtualmachine/{vm}/hardware/", "change",
+           {"what": "remove_nic", "mac": "{vm_mac}"}, api=False, effect=lambda seen: nic_gone(seen, 302)),
 ]  # fmt: skip
 
 
@@ -390,6 +411,7 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
         "template": "seed-tpl",
         "template_pk": str(template.json()["id"]),
         "spare_iso": str(spare),
+        "vm_mac": VirtualMachine.objects.get(name="seed-vm").nics.get().mac,  # day two: hardware
         **others,
     }
 
@@ -536,6 +558,13 @@ CSRF_WRITES = [
     ("admin VM action stop", ADMIN + "vms/virtualmachine/", {"action": "action_stop", "_selected_action": "{vm}", "index": "0"}, False),
     ("admin VM page button stop", ADMIN + "vms/virtualmachine/{vm}/action/stop/", {}, False),
     ("admin VM page button refresh", ADMIN + "vms/virtualmachine/{vm}/refresh/", {}, False),
+    ("API POST vm nics", API + "{vm}/nics", {"type": "nat", "source": "default"}, True),  # day two: hardware
+    (
+        "admin VM hardware (apply)",
+        ADMIN + "vms/virtualmachine/{vm}/hardware/",
+        {"what": "hardware", "memory": "256", "max_memory": "512", "vcpus": "1", "max_vcpus": "1", "boot_order": ""},
+        False,
+    ),
 ]
 
 

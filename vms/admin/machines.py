@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import closing
+from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
@@ -32,6 +33,7 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.admin import addresses as admin_addresses
 from vms.admin import create as admin_create
+from vms.admin.hardware import hardware_context, hardware_view
 from vms.choices import VmStatus
 from vms.consoles.views import can_watch_console, console_links
 from vms.hypervisor.documents.domain import domain_xml
@@ -192,6 +194,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
     inlines = [DiskInline, CdromInline, NicInline, EventInline]
     readonly_fields = [
         "name", "project", "uuid", "status", "error", "memory_mb", "vcpus", "os_type", "os_variant", "architecture", "virt_type", "machine",
+        "max_memory_mb", "max_vcpus",
         "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "graphics_type", "graphics_port", "graphics_listen",
         "graphics_password_set", "disk_gb", "created_at", "template", "state", "state_checked_at", "console", "domain_xml_preview",
     ]  # fmt: skip
@@ -201,6 +204,9 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             path("iso-picker/", self.admin_site.admin_view(admin_create.iso_picker_view), name="vms_virtualmachine_iso_picker"),
             path("<path:object_id>/action/<str:action>/", self.admin_site.admin_view(self.power_view), name="vms_virtualmachine_power"),
             *admin_addresses.addresses_urls(self),
+            path(
+                "<path:object_id>/hardware/", self.admin_site.admin_view(partial(hardware_view, self)), name="vms_virtualmachine_hardware"
+            ),
         ]
         return own + super().get_urls()
 
@@ -228,6 +234,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             context["power_buttons"] = self.power_buttons(request, obj)
             context["console_links"] = console_links(request.user, obj)
             context.update(admin_addresses.addresses_context(self, request, obj))
+            context.update(hardware_context(self, request, obj))  # day two: hardware
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -299,7 +306,20 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             (None, {"fields": ["name", "project", "uuid", "status", "state", "state_checked_at", "error", "template", "created_at"]}),
             (
                 "Hardware",
-                {"fields": ["memory_mb", "vcpus", "disk_gb", "architecture", "virt_type", "machine", "storage_pool", "autostart"]},
+                {
+                    "fields": [
+                        "memory_mb",
+                        "max_memory_mb",
+                        "vcpus",
+                        "max_vcpus",
+                        "disk_gb",
+                        "architecture",
+                        "virt_type",
+                        "machine",
+                        "storage_pool",
+                        "autostart",
+                    ]
+                },
             ),
             ("OS and firmware", {"fields": ["os_type", "os_variant", "uefi", "secure_boot", "tpm"]}),
             # `console` says where it listens and on which port (the live one, or "assigned at start"): no raw -1.

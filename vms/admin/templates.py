@@ -29,7 +29,7 @@ class TemplateAdminForm(ServiceForm):
     class Meta:
         model = VmTemplate
         fields = ["name", "project", "description", "memory_mb", "vcpus", "architecture", "storage_pool", "os_type", "os_variant",
-                  "uefi", "secure_boot", "tpm", "iso", "graphics_type"]  # fmt: skip
+                  "uefi", "secure_boot", "tpm", "iso", "graphics_type", "max_memory_mb", "max_vcpus"]  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -69,6 +69,8 @@ def _template_data(
         description=values.get("description") or "",
         memory=values.get("memory_mb") or 0,
         vcpus=values.get("vcpus") or 0,
+        max_memory=values.get("max_memory_mb"),
+        max_vcpus=values.get("max_vcpus"),
         os_type=values.get("os_type") or "",
         os_variant=values.get("os_variant") or "",
         architecture=values.get("architecture") or "x86_64",
@@ -84,7 +86,7 @@ def _template_data(
     )
 
 
-TEMPLATE_FIELDS = {"memory": "memory_mb"}  # the service's field -> the template form's
+TEMPLATE_FIELDS = {"memory": "memory_mb", "max_memory": "max_memory_mb"}  # the service's field -> the template form's
 
 
 def _kept_rows(formset: Any) -> list[forms.BaseForm]:
@@ -175,7 +177,7 @@ class VmTemplateAdmin(ProjectScopedAdmin, ServiceSavedAdmin):
     inlines = [TemplateDiskInline, TemplateNicInline]
     fieldsets = [
         (None, {"fields": ["name", "project", "description"]}),
-        ("Hardware", {"fields": ["memory_mb", "vcpus", "architecture", "storage_pool"]}),
+        ("Hardware", {"fields": ["memory_mb", "max_memory_mb", "vcpus", "max_vcpus", "architecture", "storage_pool"]}),
         ("OS and firmware", {"fields": ["os_type", "os_variant", "uefi", "secure_boot", "tpm"]}),
         ("Install media and console", {"fields": ["iso", "graphics_type"]}),
     ]

@@ -83,6 +83,12 @@ class VmCreateSerializer(_BaseVmIn):
 
     memory = serializers.IntegerField(required=False, help_text="MB. Required unless a template gives it.")
     vcpus = serializers.IntegerField(required=False, help_text="Required unless a template gives it.")
+    max_memory = serializers.IntegerField(
+        required=False, allow_null=True, help_text="MB the memory may grow to while the VM runs (default: memory); at least memory."
+    )
+    max_vcpus = serializers.IntegerField(
+        required=False, allow_null=True, help_text="vCPUs the VM may be given while it runs (default: vcpus); at least vcpus."
+    )
     disks = DiskInSerializer(many=True, required=False)
     secondary_iso = serializers.CharField(required=False, allow_null=True, max_length=4096)
     os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True)
@@ -123,6 +129,8 @@ class VmCreateSerializer(_BaseVmIn):
             name=data["name"],
             memory=data.get("memory", 0),
             vcpus=data.get("vcpus", 0),
+            max_memory=data.get("max_memory"),
+            max_vcpus=data.get("max_vcpus"),
             disks=disks,
             iso_path=data.get("iso_path"),
             secondary_iso=data.get("secondary_iso"),
@@ -196,7 +204,7 @@ class NicOutSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = NetworkInterface
-        fields = ["order", "type", "source", "model", "mac", "addresses"]
+        fields = ["order", "type", "source", "model", "mac", "boot_order", "addresses"]
 
     @extend_schema_field(AddressOutSerializer(many=True))
     def get_addresses(self, nic: NetworkInterface) -> list[dict[str, Any]]:
@@ -216,6 +224,8 @@ _GRAPHICS = GraphicsOutSerializer()
 
 class VmSerializer(serializers.ModelSerializer):
     memory = serializers.IntegerField(source="memory_mb")
+    max_memory = serializers.IntegerField(source="memory_maximum", read_only=True, help_text="MB the memory may grow to while it runs.")
+    max_vcpus = serializers.IntegerField(source="vcpus_maximum", read_only=True, help_text="vCPUs it may have while it runs.")
     project: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="name", read_only=True, help_text="The project it belongs to."
     )
@@ -231,7 +241,8 @@ class VmSerializer(serializers.ModelSerializer):
     class Meta:
         model = VirtualMachine
         fields = [
-            "id", "name", "project", "uuid", "status", "error", "memory", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
+            "id", "name", "project", "uuid", "status", "error", "memory", "vcpus", "max_memory", "max_vcpus", "os_type", "os_variant",
+            "architecture", "virt_type",
             "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "disks", "cdroms", "networks", "graphics",
             "disk_gb", "state", "state_checked_at", "created_at", "updated_at", "addresses_checked_at", "guest_agent",
         ]  # fmt: skip

@@ -36,6 +36,12 @@ class TemplateSerializer(StrictSerializer):
     description = serializers.CharField(required=False, allow_blank=True, default="")
     memory = serializers.IntegerField(default=2048, help_text="MB")
     vcpus = serializers.IntegerField(default=2)
+    max_memory = serializers.IntegerField(
+        required=False, allow_null=True, default=None, help_text="MB its VMs' memory may grow to while they run (default: memory)."
+    )
+    max_vcpus = serializers.IntegerField(
+        required=False, allow_null=True, default=None, help_text="vCPUs its VMs may be given while they run (default: vcpus)."
+    )
     os_type = serializers.ChoiceField(choices=OsType.choices, required=False, allow_blank=True, default="")
     os_variant = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     architecture = serializers.ChoiceField(choices=Architecture.choices, default="x86_64")

@@ -7,6 +7,7 @@ from vms.api import console_views, template_views, views
 # day two: imports of addresses
 
 # day two: imports of hardware
+from vms.api import hardware_views  # isort: skip
 
 # day two: imports of disks
 
@@ -24,6 +25,8 @@ urlpatterns = [
     path("<int:vm_id>/console", console_views.VmConsoleView.as_view(), name="vm-console"),
     # day two: addresses
     # day two: hardware
+    path("<int:vm_id>/nics", hardware_views.VmNicCollectionView.as_view(), name="vm-nics"),
+    path("<int:vm_id>/nics/<str:mac>", hardware_views.VmNicItemView.as_view(), name="vm-nic"),
     # day two: disks
     # day two: snapshots
     # day two: cloud_init

@@ -19,6 +19,7 @@ from vaporsite.api import ErrorSerializer
 from vaporsite.errors import VaporError
 from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
 from vms import hypervisor
+from vms.api import hardware_views
 from vms.api.serializers import (
     DryRunSerializer,
     LegacyVmCreateSerializer,
@@ -102,6 +103,8 @@ class VmItemView(APIView):
             except VaporError as exc:
                 context["state"] = f"unknown ({exc.message})"
         return Response(VmDetailSerializer(vm, context=context).data)
+
+    patch = hardware_views.vm_patch  # day two: hardware (PATCH memory, vCPUs, maxima, boot order, autostart)
 
     @extend_schema(
         operation_id="vms_destroy",

@@ -15,12 +15,13 @@ from __future__ import annotations
 from vms.hypervisor.addresses import AddressesMixin
 from vms.hypervisor.consoles import ConsolesMixin
 from vms.hypervisor.domains import DomainsMixin
+from vms.hypervisor.hardware import HardwareMixin
 from vms.hypervisor.host import HostMixin
 from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin):
+class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin, HardwareMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are

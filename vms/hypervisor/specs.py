@@ -19,6 +19,10 @@ IMAGE_FORMATS: tuple[DiskFormat, ...] = get_args(DiskFormat)
 """The disk image formats Vapor reads and writes; every other list of them (vms.choices.DiskFormat) is built from this one."""
 NicModel = Literal["virtio", "e1000e", "rtl8139"]
 Firmware = Literal["bios", "efi"]
+
+SPARE_PCIE_ROOT_PORTS = 4
+"""Empty `pcie-root-port` controllers a new q35 domain gets, so disks and NICs can be hot-plugged:
+on q35 every PCIe device needs a root port of its own and a running domain cannot gain one."""
 ClockOffset = Literal["utc", "localtime"]
 
 
@@ -68,6 +72,7 @@ class NicSpec:
     source: str
     model: NicModel = "virtio"
     mac: str | None = None
+    boot_order: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class DomainSpec:
     memory_mib: int
     vcpus: int
     virt_type: Literal["kvm", "qemu"] = "kvm"
+    # What memory and vCPUs may grow to while the domain runs (None: memory_mib / vcpus).
+    # Memory between the two is the balloon's: the guest boots with the maximum and gives back the rest.
+    max_memory_mib: int | None = None
+    max_vcpus: int | None = None
     arch: str = "x86_64"
     machine: str = "q35"
     firmware: Firmware = "bios"
@@ -101,6 +110,8 @@ class DomainSpec:
     nics: tuple[NicSpec, ...] = ()
     graphics: GraphicsSpec | None = field(default_factory=GraphicsSpec)
     serial_log: str = ""  # a file the serial console is written to (tests read the guest's output there)
+    # Spare (empty) pcie-root-port controllers for hot-plug; q35 only: the designer gives other machines 0.
+    pcie_root_ports: int = SPARE_PCIE_ROOT_PORTS
 
 
 @dataclass(frozen=True)
@@ -207,6 +218,9 @@ class DomainDefinition:
     disks: tuple[DefinedDisk, ...]
     nics: tuple[DefinedNic, ...]
     skipped: tuple[str, ...]  # devices Vapor cannot represent, in words
+    # What memory and vCPUs may grow to while it runs (`<memory>`, `<vcpu>`); memory_mib and vcpus are the current ones.
+    max_memory_mib: int = 0
+    max_vcpus: int = 0
 
 
 SnapshotKind = Literal["internal", "external", "no"]

@@ -169,6 +169,8 @@ class _AdoptionBuilder:
             uuid=domain_uuid,
             memory_mb=max(definition.memory_mib, 1),
             vcpus=max(definition.vcpus, 1),
+            max_memory_mb=definition.max_memory_mib if definition.max_memory_mib > definition.memory_mib else None,
+            max_vcpus=definition.max_vcpus if definition.max_vcpus > definition.vcpus else None,
             architecture=definition.arch if definition.arch in Architecture.values else "",
             virt_type=definition.virt_type,
             machine=definition.machine,

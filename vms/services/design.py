@@ -12,7 +12,17 @@ from __future__ import annotations
 from guestos import osinfo
 from vaporsite.errors import InvalidInput
 from vms.choices import DiskSource, NicType
-from vms.hypervisor.specs import BackingSpec, CdromSpec, ClockOffset, DiskSpec, DomainSpec, Firmware, GraphicsSpec, NicSpec
+from vms.hypervisor.specs import (
+    SPARE_PCIE_ROOT_PORTS,
+    BackingSpec,
+    CdromSpec,
+    ClockOffset,
+    DiskSpec,
+    DomainSpec,
+    Firmware,
+    GraphicsSpec,
+    NicSpec,
+)
 from vms.models import Disk, VirtualMachine
 
 WINDOWS_OS_IDS = "http://microsoft.com/"
@@ -76,7 +86,7 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
     )
     cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
     nics = tuple(
-        NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac)  # type: ignore[arg-type]
+        NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac, boot_order=n.boot_order)  # type: ignore[arg-type]
         for n in vm.nics.all()
     )
     graphics = None
@@ -87,6 +97,8 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
         uuid=str(vm.uuid) if vm.uuid else None,
         memory_mib=vm.memory_mb,
         vcpus=vm.vcpus,
+        max_memory_mib=vm.memory_maximum,
+        max_vcpus=vm.vcpus_maximum,
         virt_type=vm.virt_type,  # type: ignore[arg-type]
         arch=vm.architecture,
         machine=vm.machine,
@@ -104,4 +116,5 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
         nics=nics,
         graphics=graphics,
         serial_log=vm.serial_log,
+        pcie_root_ports=SPARE_PCIE_ROOT_PORTS if "q35" in vm.machine else 0,
     )

@@ -121,6 +121,8 @@ def _store(plan: VmPlan, actor: Actor) -> VirtualMachine:
                 uuid=uuid.uuid4(),
                 memory_mb=request.memory,
                 vcpus=request.vcpus,
+                max_memory_mb=request.max_memory,
+                max_vcpus=request.max_vcpus,
                 os_type=plan.os_type,
                 os_variant=request.os_variant,
                 architecture=request.architecture,

@@ -53,6 +53,8 @@ class VmRequest:
     name: str
     memory: int  # MB
     vcpus: int
+    max_memory: int | None = None  # MB the memory may grow to while the VM runs (None: memory)
+    max_vcpus: int | None = None  # vCPUs that may be added while it runs (None: vcpus)
     disks: tuple[DiskRequest, ...] = ()
     iso_path: str | None = None
     secondary_iso: str | None = None

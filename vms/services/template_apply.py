@@ -20,6 +20,7 @@ from vms.services.requests import DiskRequest, NicRequest, VmRequest
 # Fields of VmRequest a template supplies (name, autostart, secondary_iso and
 # the template itself always come from the request).
 TEMPLATE_FIELDS = ("memory", "vcpus", "os_type", "os_variant", "architecture", "uefi", "secure_boot", "tpm", "storage_pool")
+TEMPLATE_FIELDS += ("max_memory", "max_vcpus")  # type: ignore[assignment]  # hardware: a maximum below the request's own value is left out
 DISK_FIELDS = tuple(f.name for f in fields(DiskRequest) if f.name != "given")
 
 
@@ -75,6 +76,8 @@ def template_apply(request: VmRequest, *, actor: Actor = SYSTEM) -> tuple[VmRequ
     values = {
         "memory": template.memory_mb,
         "vcpus": template.vcpus,
+        "max_memory": _maximum(template.max_memory_mb, request.memory if "memory" in given else template.memory_mb),
+        "max_vcpus": _maximum(template.max_vcpus, request.vcpus if "vcpus" in given else template.vcpus),
         "os_type": template.os_type,
         "os_variant": template.os_variant,
         "architecture": template.architecture,
@@ -100,3 +103,8 @@ def template_apply(request: VmRequest, *, actor: Actor = SYSTEM) -> tuple[VmRequ
     if graphics_given is not None and "type" not in graphics_given:
         changes["graphics"] = replace(request.graphics, type=template.graphics_type)
     return replace(request, **changes, given=None), template  # type: ignore[arg-type]
+
+
+def _maximum(template_maximum: int | None, value: int) -> int | None:
+    """The template's maximum for a VM of `value`, unless the request asked for more than it (then none: the value)."""
+    return template_maximum if template_maximum is not None and template_maximum >= value else None

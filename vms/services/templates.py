@@ -42,6 +42,8 @@ class TemplateData:
     description: str = ""
     memory: int = 2048
     vcpus: int = 2
+    max_memory: int | None = None  # MB the memory of its VMs may grow to while they run (None: memory)
+    max_vcpus: int | None = None
     os_type: str = ""
     os_variant: str = ""
     architecture: str = "x86_64"
@@ -62,6 +64,8 @@ def template_request(data: TemplateData) -> VmRequest:
         name=data.name,
         memory=data.memory,
         vcpus=data.vcpus,
+        max_memory=data.max_memory,
+        max_vcpus=data.max_vcpus,
         disks=data.disks,
         os_type=data.os_type,
         os_variant=data.os_variant,
@@ -162,6 +166,8 @@ def template_data(template: VmTemplate) -> TemplateData:
         description=template.description,
         memory=template.memory_mb,
         vcpus=template.vcpus,
+        max_memory=template.max_memory_mb,
+        max_vcpus=template.max_vcpus,
         os_type=template.os_type,
         os_variant=template.os_variant,
         architecture=template.architecture,
@@ -187,6 +193,8 @@ def _columns(data: TemplateData) -> dict[str, object]:
         "description": data.description,
         "memory_mb": data.memory,
         "vcpus": data.vcpus,
+        "max_memory_mb": data.max_memory,
+        "max_vcpus": data.max_vcpus,
         "os_type": stored_os_type(data),
         "os_variant": data.os_variant,
         "architecture": data.architecture,

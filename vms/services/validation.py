@@ -154,6 +154,7 @@ def check_shape(request: VmRequest) -> None:
         raise InvalidInput("must be at least 1", field="vcpus")
     if request.vcpus > MAX_VCPUS:
         raise InvalidInput(f"must be at most {MAX_VCPUS}", field="vcpus")
+    _check_maxima(request)
     check_counts(request)
     if request.secure_boot and not request.uefi:
         raise InvalidInput("Secure Boot needs UEFI: set uefi to true", field="secure_boot")
@@ -244,6 +245,14 @@ def _machine(request: VmRequest) -> str:
     return "pc" if any(d.bus == "ide" for d in request.disks) else "q35"
 
 
+def _check_maxima(request: VmRequest) -> None:
+    """max_memory and max_vcpus (what they may grow to while the VM runs): at least memory and vcpus."""
+    if request.max_memory is not None and not request.memory <= request.max_memory <= MAX_MEMORY_MB:
+        raise InvalidInput(f"must be from memory ({request.memory}) to {MAX_MEMORY_MB} MB", field="max_memory")
+    if request.max_vcpus is not None and not request.vcpus <= request.max_vcpus <= MAX_VCPUS:
+        raise InvalidInput(f"must be from vcpus ({request.vcpus}) to {MAX_VCPUS}", field="max_vcpus")
+
+
 def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
     caps = hv.capabilities()
     offered = caps.arches.get(request.architecture)
@@ -259,6 +268,8 @@ def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
     maximum = hv.max_vcpus(request.architecture, virt_type, machine)
     if request.vcpus > maximum:
         raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for {machine}/{virt_type})", field="vcpus")
+    if (request.max_vcpus or 0) > maximum:
+        raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for {machine}/{virt_type})", field="max_vcpus")
     return virt_type
 
 
@@ -267,16 +278,16 @@ def _check_host_size(request: VmRequest, hv: Hypervisor) -> None:
     host = hv.host_resources()
     host_mb = host.memory_bytes // 2**20
     ratio = settings.VAPOR.memory_overcommit
-    if request.memory > int(host_mb * ratio):
+    if max(request.memory, request.max_memory or 0) > int(host_mb * ratio):
         raise InvalidInput(
             f"must be at most {int(host_mb * ratio)} MB: the host has {host_mb} MB, overcommit ratio {ratio:g} (VAPOR_MEMORY_OVERCOMMIT)",
-            field="memory",
+            field="memory" if request.memory > int(host_mb * ratio) else "max_memory",
         )
     ratio = settings.VAPOR.cpu_overcommit
-    if request.vcpus > int(host.cpus * ratio):
+    if max(request.vcpus, request.max_vcpus or 0) > int(host.cpus * ratio):
         raise InvalidInput(
             f"must be at most {int(host.cpus * ratio)}: the host has {host.cpus} CPUs, overcommit ratio {ratio:g} (VAPOR_CPU_OVERCOMMIT)",
-            field="vcpus",
+            field="vcpus" if request.vcpus > int(host.cpus * ratio) else "max_vcpus",
         )
 
 

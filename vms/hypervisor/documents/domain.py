@@ -83,9 +83,11 @@ def _domain(spec: DomainSpec, mask_secrets: bool) -> etree._Element:
     if spec.title:
         sub(root, "title", spec.title)
     _metadata(root, spec)
-    sub(root, "memory", str(spec.memory_mib), unit="MiB")
+    sub(root, "memory", str(max(spec.max_memory_mib or 0, spec.memory_mib)), unit="MiB")
     sub(root, "currentMemory", str(spec.memory_mib), unit="MiB")
-    sub(root, "vcpu", str(spec.vcpus), placement="static")
+    vcpu = sub(root, "vcpu", str(max(spec.max_vcpus or 0, spec.vcpus)), placement="static")
+    if (spec.max_vcpus or 0) > spec.vcpus:
+        vcpu.set("current", str(spec.vcpus))
     _os(root, spec)
     features = sub(root, "features")
     sub(features, "acpi")
@@ -142,6 +144,7 @@ def _devices(root: etree._Element, spec: DomainSpec, mask_secrets: bool) -> None
     scsi = [d.target_dev for d in spec.disks if d.bus == "scsi"] + [c.target_dev for c in spec.cdroms if c.bus == "scsi"]
     for index in range(controllers_needed("scsi", scsi)):
         sub(devices, "controller", type="scsi", index=str(index), model="virtio-scsi")
+    _pcie_root_ports(devices, spec, scsi_controllers=controllers_needed("scsi", scsi))
     for nic in spec.nics:
         _interface(devices, nic)
     _serial_console(devices, spec.serial_log)
@@ -158,6 +161,34 @@ def _devices(root: etree._Element, spec: DomainSpec, mask_secrets: bool) -> None
     rng = sub(devices, "rng", model="virtio")
     sub(rng, "backend", "/dev/urandom", model="random")
     sub(devices, "memballoon", model="virtio")
+
+
+def _pcie_root_ports(devices: etree._Element, spec: DomainSpec, *, scsi_controllers: int) -> None:
+    """The q35 root ports: one per PCIe device libvirt places, plus `spec.pcie_root_ports` spare.
+
+    A running q35 domain cannot gain a root port, so a hot-plugged disk or NIC
+    needs an empty one. libvirt puts every device it addresses on the root
+    ports it is given, so stating only the spare ones would leave none: the
+    count covers the devices below too (virtio disks, virtio-scsi controllers,
+    NICs, the virtio-serial controller of the agent channel, the USB
+    controller, the RNG and the balloon; SATA, the primary video and the
+    pcie-to-pci-bridge libvirt adds for an rtl8139 sit on the root bus itself).
+    tests/integration/test_hardware_pcie.py checks the spare count in
+    libvirt's own answer.
+    """
+    if not spec.pcie_root_ports:
+        return
+    placed = (
+        sum(1 for disk in spec.disks if disk.bus == "virtio")
+        + scsi_controllers
+        + sum(1 for nic in spec.nics if nic.model != "rtl8139")
+        + 1  # virtio-serial (the guest agent channel)
+        + 1  # the USB controller libvirt adds to every q35 domain, headless too
+        + 2  # rng, memballoon
+    )
+    sub(devices, "controller", type="pci", index="0", model="pcie-root")
+    for index in range(1, placed + spec.pcie_root_ports + 1):
+        sub(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
 
 
 def _disk_element(devices: etree._Element, device: str, path: str, fmt: str, bus: str, target: str) -> etree._Element:
@@ -214,6 +245,7 @@ def _interface(devices: etree._Element, spec: NicSpec) -> None:
         sub(interface, "mac", address=spec.mac)
     sub(interface, "source", **{kind: spec.source})
     sub(interface, "model", type=spec.model)
+    _boot(interface, spec.boot_order)
 
 
 def _serial_console(devices: etree._Element, log: str) -> None:
@@ -303,12 +335,15 @@ def parse_definition(xml: str) -> DomainDefinition:
     graphics = root.find("devices/graphics")
     disks = _read_devices(root.iterfind("devices/disk"), _defined_disk, skipped)
     nics = _read_devices(root.iterfind("devices/interface"), _defined_nic, skipped)
+    vcpu = root.find("vcpu")
     return DomainDefinition(
         name=root.findtext("name") or "",
         uuid=(root.findtext("uuid") or "").strip(),
         virt_type=root.get("type", ""),
-        memory_mib=_memory_mib(root.find("memory")),
-        vcpus=_int(root.findtext("vcpu"), default=1),
+        memory_mib=_memory_mib(root.find("currentMemory")) or _memory_mib(root.find("memory")),
+        vcpus=_int(vcpu.get("current") if vcpu is not None else None, default=0) or _int(root.findtext("vcpu"), default=1),
+        max_memory_mib=_memory_mib(root.find("memory")),
+        max_vcpus=_int(root.findtext("vcpu"), default=1),
         arch=os_type.get("arch", "") if os_type is not None else "",
         machine=os_type.get("machine", "") if os_type is not None else "",
         efi=_efi(root),
