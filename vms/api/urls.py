@@ -5,12 +5,10 @@ from django.urls import path
 from vms.api import console_views, template_views, views
 
 # day two: imports of addresses
-
 # day two: imports of hardware
-
 # day two: imports of disks
-
 # day two: imports of snapshots
+from vms.api.snapshot_views import VmSnapshotCollectionView, VmSnapshotItemView, VmSnapshotRevertView
 
 # day two: imports of cloud_init
 
@@ -26,6 +24,9 @@ urlpatterns = [
     # day two: hardware
     # day two: disks
     # day two: snapshots
+    path("<int:vm_id>/snapshots", VmSnapshotCollectionView.as_view(), name="vm-snapshots"),
+    path("<int:vm_id>/snapshots/<str:name>", VmSnapshotItemView.as_view(), name="vm-snapshot"),
+    path("<int:vm_id>/snapshots/<str:name>/revert", VmSnapshotRevertView.as_view(), name="vm-snapshot-revert"),
     # day two: cloud_init
     *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],
 ]

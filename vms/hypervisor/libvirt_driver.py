@@ -15,11 +15,12 @@ from __future__ import annotations
 from vms.hypervisor.consoles import ConsolesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.host import HostMixin
+from vms.hypervisor.snapshots import SnapshotsMixin
 from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin):
+class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin, SnapshotsMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are

@@ -80,3 +80,9 @@ def _snapshot_disk(disk: etree._Element) -> SnapshotDisk:
         path=(source.get("file") or source.get("dev") or "") if source is not None else "",
         format=driver.get("type", "") if driver is not None else "",
     )
+
+
+def parse_nvram_path(domain_xml: str) -> str:
+    """The file of a domain's UEFI variables (`<os><nvram>`), "" when it has none."""
+    root = parse(domain_xml, root="domain")
+    return (root.findtext("os/nvram") or "").strip()
