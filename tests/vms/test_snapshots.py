@@ -177,3 +177,12 @@ def test_snapshot_names_by_disk(vm_api, bios, hv):
     assert vm_snapshot_names(vm=bios) == ["a"]
     assert vm_snapshot_names(vm=bios, target_dev="vdb") == ["a"]
     assert vm_snapshot_names(vm=bios, target_dev="vdz") == []
+
+
+def test_the_nvram_file_is_the_stated_one_else_libvirts_default_for_autoselected_uefi_and_none_for_bios():
+    from vms.hypervisor.documents.snapshot import parse_nvram_path
+
+    stated = "<domain><name>a</name><os><loader type='pflash'>/c.fd</loader><nvram>/x/a.fd</nvram></os></domain>"
+    assert parse_nvram_path(stated, "/d") == "/x/a.fd"
+    assert parse_nvram_path("<domain><name>a</name><os firmware='efi'><type>hvm</type></os></domain>", "/d") == "/d/a_VARS.fd"
+    assert parse_nvram_path("<domain><name>a</name><os><type>hvm</type></os></domain>", "/d") == ""

@@ -28,6 +28,7 @@ from vms.hypervisor.specs import LiveSnapshot, SnapshotSpec
 from vms.hypervisor.storage import volume_owner
 
 VIR_ERR_NO_DOMAIN_SNAPSHOT = 72
+NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"  # libvirt's default (qemu.conf `nvram_dir`), where autoselected UEFI keeps its variables
 
 
 class SnapshotsMixin(Connection):
@@ -82,7 +83,7 @@ class SnapshotsMixin(Connection):
         it from the template at the first start. Reads the file on this machine.
         """
         validate_volume_name(volume)
-        path = parse_nvram_path(self._snapshot_domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        path = parse_nvram_path(self._snapshot_domain(name).XMLDesc(0), NVRAM_DIR)
         if not path or not Path(path).is_file():
             return None
         data = Path(path).read_bytes()
@@ -111,7 +112,7 @@ class SnapshotsMixin(Connection):
         with calls(field="name"):
             if domain.isActive():
                 raise Conflict(f"domain '{name}' is running: its UEFI variables are restored only while it is shut off", code="vm_running")
-            path = parse_nvram_path(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            path = parse_nvram_path(domain.XMLDesc(0), NVRAM_DIR)
         if not path:
             return
         target = Path(path)
