@@ -123,7 +123,15 @@ def test_uefi_snapshot_revert_brings_the_disk_bytes_and_the_uefi_variables_back(
     assert vm_api.post(f"{BASE}/{vm.pk}/snapshots/before/revert").status_code == 200
     assert nvram.read_bytes() == original, "the revert restored the UEFI variables"
     assert vm_api.post(f"{BASE}/{vm.pk}/start").status_code == 200, "the VM starts from what the revert left"
+    qemu_io_blocked = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read 0 512", str(vm_env.pool_dir / f"{vm.name}-disk0.qcow2")],
+                                     capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert qemu_io_blocked.returncode != 0, "QEMU holds the image while the VM runs"
+    running_revert = vm_api.post(f"{BASE}/{vm.pk}/snapshots/before/revert")
+    assert running_revert.status_code == 200, running_revert.json()
+    assert running_revert.json()["state"] == "shutoff", "a disk-only snapshot leaves the VM off: libvirt stopped it first"
+    assert nvram.read_bytes() == original and has_pattern(vm_env.pool_dir / f"{vm.name}-disk0.qcow2", 0xAA)
     delete_leaves_nothing(vm_api, vm_env, vm)
+    assert not nvram.exists(), "the VM's own UEFI variables went with it"
 
 
 @pytest.mark.slow
