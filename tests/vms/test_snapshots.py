@@ -156,9 +156,9 @@ def test_deleting_the_vm_deletes_its_snapshots_and_their_files(vm_api, uefi, hv)
     assert "snap-uefi.snapshot-a.VARS.fd" in plan.volumes and "snap-uefi.snapshot-b.VARS.fd" in plan.volumes
     assert [f.what for f in plan.erased if "snapshot" in f.what] == [
         "snapshot a (inside disk(s) vda, vdb)",
-        "the UEFI variables of snapshot a",
+        "the UEFI variables of snapshot a (volume snap-uefi.snapshot-a.VARS.fd of pool default)",
         "snapshot b (inside disk(s) vda, vdb)",
-        "the UEFI variables of snapshot b",
+        "the UEFI variables of snapshot b (volume snap-uefi.snapshot-b.VARS.fd of pool default)",
     ]
     vm_delete(vm=uefi)
     assert list(hv.pool_dir.iterdir()) == []

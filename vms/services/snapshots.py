@@ -198,7 +198,7 @@ def vm_snapshot_delete_plan(*, vm: VirtualMachine) -> tuple[list[tuple[str, str]
         held = ", ".join(snapshot.disks) or "no disk"
         files.append(("", f"snapshot {snapshot.name} (inside disk(s) {held})"))
         if snapshot.nvram_volume:
-            files.append((snapshot.nvram_volume, f"the UEFI variables of snapshot {snapshot.name}"))
+            files.append(("", f"the UEFI variables of snapshot {snapshot.name} (volume {snapshot.nvram_volume} of pool {vm.storage_pool})"))
             volumes.append(snapshot.nvram_volume)
     return files, volumes
 
