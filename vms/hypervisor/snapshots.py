@@ -18,7 +18,7 @@ from typing import Any
 
 import libvirt
 
-from vaporsite.errors import Conflict, NotFound
+from vaporsite.errors import Conflict, HypervisorError, NotFound
 from vms.hypervisor import VolumeInfo
 from vms.hypervisor._connection import Connection, calls, lookup_or_none
 from vms.hypervisor.documents.snapshot import parse_nvram_path, parse_snapshot, snapshot_xml
@@ -84,9 +84,12 @@ class SnapshotsMixin(Connection):
         """
         validate_volume_name(volume)
         path = parse_nvram_path(self._snapshot_domain(name).XMLDesc(0), NVRAM_DIR)
-        if not path or not Path(path).is_file():
-            return None
-        data = Path(path).read_bytes()
+        try:
+            if not path or not Path(path).is_file():
+                return None
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise _unreachable(path, exc) from exc
         conn = self._connection()
         with calls(field="name"):
             target = conn.storagePoolLookupByName(pool)
@@ -117,7 +120,10 @@ class SnapshotsMixin(Connection):
             return
         target = Path(path)
         if volume is None:
-            target.unlink(missing_ok=True)
+            try:
+                target.unlink(missing_ok=True)
+            except OSError as exc:
+                raise _unreachable(path, exc) from exc
             return
         conn = self._connection()
         with calls(field="name"):
@@ -128,16 +134,32 @@ class SnapshotsMixin(Connection):
             saved.download(stream, 0, capacity, 0)
             stream.recvAll(lambda _stream, data, sink: sink.append(data), chunks)
             stream.finish()
-        stat = target.stat() if target.exists() else target.parent.stat()
-        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(b"".join(chunks))
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temporary, 0o600)
-            os.chown(temporary, stat.st_uid, stat.st_gid)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+            _write_like(target, b"".join(chunks))
+        except OSError as exc:
+            raise _unreachable(path, exc) from exc
+
+
+def _write_like(target: Path, data: bytes) -> None:
+    """Replace `target` by `data` with a rename, keeping its owner (or its directory's) and mode 0600."""
+    stat = target.stat() if target.exists() else target.parent.stat()
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o600)
+        os.chown(temporary, stat.st_uid, stat.st_gid)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _unreachable(path: str, exc: OSError) -> HypervisorError:
+    return HypervisorError(
+        f"cannot reach the UEFI variables at {path}: {exc.strerror or exc}; Vapor copies them itself, so it must run on the "
+        "libvirt host with access to libvirt's nvram directory",
+        code="nvram_unreachable",
+    )
