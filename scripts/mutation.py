@@ -661,6 +661,14 @@ MUTANTS: list[Mutant] = [
         ("tests/vms/test_snapshots.py", "-k", "uefi"),
     ),
     Mutant(
+        "snapshots: a revert is refused once the VM's hardware changed",
+        "libvirt brings back an old definition behind Vapor's rows",
+        "vms/services/snapshots.py",
+        "    if changed := _changed_since(snapshot, vm):\n",
+        "    if changed := []:\n",
+        ("tests/vms/test_snapshots.py", "-k", "hardware"),
+    ),
+    Mutant(
         "snapshots: a VM is deleted with its snapshots' files",
         "the NVRAM copies are left in the pool",
         "vms/services/lifecycle.py",

@@ -369,6 +369,9 @@ class VmSnapshot(models.Model):
     memory = models.BooleanField(default=False, help_text="Holds the running guest's memory too (reverting resumes it).")
     vm_state = models.CharField("VM state", max_length=16, help_text="The domain's state when it was taken.")
     disks = models.JSONField(default=list, help_text="The target devices of the disks it holds.")
+    hardware = models.JSONField(
+        default=dict, help_text="The VM's hardware when it was taken: a revert brings libvirt's definition back to it."
+    )
     nvram_volume = models.CharField("NVRAM copy", max_length=255, blank=True, help_text="A volume in the VM's pool (UEFI VMs).")
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

@@ -186,3 +186,17 @@ def test_the_nvram_file_is_the_stated_one_else_libvirts_default_for_autoselected
     assert parse_nvram_path(stated, "/d") == "/x/a.fd"
     assert parse_nvram_path("<domain><name>a</name><os firmware='efi'><type>hvm</type></os></domain>", "/d") == "/d/a_VARS.fd"
     assert parse_nvram_path("<domain><name>a</name><os><type>hvm</type></os></domain>", "/d") == ""
+
+
+def test_a_revert_is_refused_when_the_hardware_changed_since_the_snapshot(vm_api, bios, hv):
+    """libvirt's revert brings back the definition saved with the snapshot: Vapor's rows would no longer say what the VM is."""
+    assert take(vm_api, bios, name="small").status_code == 201
+    VirtualMachine.objects.filter(pk=bios.pk).update(memory_mb=1024)  # as a memory change by the hardware service stores it
+    bios.disks.filter(target_dev="vdb").update(size_gb=5)  # a grown disk
+    xml, reverts = hv.domain_xml(bios.name), hv.calls["revert_snapshot"]
+    body = refused(vm_api, hv, bios, vm_api.post(f"{BASE}/{bios.pk}/snapshots/small/revert"), 409, "hardware_changed")
+    assert "memory_mb, disks changed since snapshot small" in body["detail"]
+    assert (hv.domain_xml(bios.name), hv.calls["revert_snapshot"]) == (xml, reverts)
+    VirtualMachine.objects.filter(pk=bios.pk).update(memory_mb=512)
+    bios.disks.filter(target_dev="vdb").update(size_gb=1)
+    assert vm_api.post(f"{BASE}/{bios.pk}/snapshots/small/revert").status_code == 200

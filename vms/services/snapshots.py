@@ -62,6 +62,22 @@ def vm_snapshot_names(*, vm: VirtualMachine, target_dev: str | None = None) -> l
     return [s.name for s in vm_snapshot_list(vm=vm) if target_dev is None or target_dev in s.disks]
 
 
+def _hardware(vm: VirtualMachine) -> dict[str, object]:
+    """What libvirt's definition says of the VM as Vapor stores it; a snapshot keeps the definition of its moment."""
+    return {
+        "memory_mb": vm.memory_mb,
+        "vcpus": vm.vcpus,
+        "disks": [[d.target_dev, d.path or d.volume_name, d.size_gb, d.bus] for d in vm.disks.order_by("order")],
+        "cdroms": [[c.slot, c.iso_id, c.target_dev] for c in vm.cdroms.order_by("slot")],
+        "nics": [[n.order, n.type, n.source, n.model, n.mac] for n in vm.nics.order_by("order")],
+    }
+
+
+def _changed_since(snapshot: VmSnapshot, vm: VirtualMachine) -> list[str]:
+    then, now = snapshot.hardware, _hardware(vm)
+    return [key for key in now if key in then and then[key] != now[key]]
+
+
 def _check_vm(vm: VirtualMachine, what: str) -> None:
     if vm.status not in (VmStatus.RUNNING, VmStatus.STOPPED):
         raise Conflict(f"VM {vm.name} is {vm.status}; {what} is not possible", code="vm_busy")
@@ -121,7 +137,14 @@ def vm_snapshot_create(
         with transaction.atomic():
             VirtualMachine.objects.select_for_update().filter(pk=vm.pk).exists()
             snapshot = VmSnapshot.objects.create(
-                vm=vm, name=name, description=description, memory=memory, vm_state=state, disks=held, created_by=actor.user
+                vm=vm,
+                name=name,
+                description=description,
+                memory=memory,
+                vm_state=state,
+                disks=held,
+                hardware=_hardware(vm),
+                created_by=actor.user,
             )
             if vm.uefi and hv.save_nvram(vm.name, vm.storage_pool, _nvram_volume(vm, name)) is not None:
                 nvram = _nvram_volume(vm, name)
@@ -154,11 +177,19 @@ def vm_snapshot_revert(*, vm: VirtualMachine, name: str, hv: Hypervisor | None =
     """Go back to snapshot `name`: the disks (and memory, and a UEFI VM's variables) as they were then.
 
     A snapshot with memory leaves the guest running from that moment; a disk-only one leaves the VM shut off
-    (libvirt stops a running VM first). Later snapshots stay.
+    (libvirt stops a running VM first). Later snapshots stay. libvirt also brings back the domain's definition of
+    that moment, so a VM whose hardware changed since (memory, vCPUs, disks, CD-ROMs, NICs) is refused (409).
     """
     require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")
     _check_vm(vm, "a revert")
     snapshot = vm_snapshot_get(vm=vm, name=name)
+    if changed := _changed_since(snapshot, vm):
+        raise Conflict(
+            f"VM {vm.name}'s {', '.join(changed)} changed since snapshot {name} was taken: a revert would bring back libvirt's "
+            "definition of that moment; undo the change, or delete the snapshot",
+            field="snapshot",
+            code="hardware_changed",
+        )
     hv = hv or hypervisor.get_hypervisor()
     with transaction.atomic():
         VirtualMachine.objects.select_for_update().filter(pk=vm.pk).exists()
