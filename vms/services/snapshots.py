@@ -67,8 +67,8 @@ def _hardware(vm: VirtualMachine) -> dict[str, object]:
     return {
         "memory_mb": vm.memory_mb,
         "vcpus": vm.vcpus,
-        "disks": [[d.target_dev, d.path or d.volume_name, d.size_gb, d.bus] for d in vm.disks.order_by("order")],
-        "cdroms": [[c.slot, c.iso_id, c.target_dev] for c in vm.cdroms.order_by("slot")],
+        "disks": [[d.target_dev, d.path or d.volume_name, d.size_gb, d.bus, d.boot_order] for d in vm.disks.order_by("order")],
+        "cdroms": [[c.slot, c.iso_id, c.target_dev, c.boot_order] for c in vm.cdroms.order_by("slot")],
         "nics": [[n.order, n.type, n.source, n.model, n.mac] for n in vm.nics.order_by("order")],
     }
 
