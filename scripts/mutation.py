@@ -708,6 +708,54 @@ MUTANTS: list[Mutant] = [
     ),
     # --- day two: disks (its mutants go right below this line)
     # --- day two: snapshots (its mutants go right below this line)
+    Mutant(
+        "snapshots: a running UEFI VM is refused before libvirt is asked",
+        "a running UEFI VM's snapshot goes to the hypervisor",
+        "vms/services/snapshots.py",
+        "        if vm.uefi:\n            raise Conflict(",
+        "        if False:\n            raise Conflict(",
+        ("tests/vms/test_snapshots.py", "-k", "uefi"),
+    ),
+    Mutant(
+        "snapshots: a running VM's snapshot holds its memory",
+        "a disk-only snapshot of a running VM goes to the hypervisor",
+        "vms/services/snapshots.py",
+        "        if not memory:\n",
+        "        if False:\n",
+        ("tests/vms/test_snapshots.py", "-k", "refusals"),
+    ),
+    Mutant(
+        "snapshots: a snapshot's name is validated",
+        "any non-empty name is taken",
+        "vms/services/snapshots.py",
+        '    if not NAME_RE.match(name or ""):\n',
+        "    if not name:\n",
+        ("tests/vms/test_snapshots.py", "-k", "refusals"),
+    ),
+    Mutant(
+        "snapshots: a revert restores a UEFI VM's variables",
+        "the NVRAM copy is not written back",
+        "vms/services/snapshots.py",
+        "            hv.restore_nvram(vm.name, vm.storage_pool, snapshot.nvram_volume or None)\n",
+        "",
+        ("tests/vms/test_snapshots.py", "-k", "uefi"),
+    ),
+    Mutant(
+        "snapshots: a revert is refused once the VM's hardware changed",
+        "libvirt brings back an old definition behind Vapor's rows",
+        "vms/services/snapshots.py",
+        "    if changed := _changed_since(snapshot, vm):\n",
+        "    if changed := []:\n",
+        ("tests/vms/test_snapshots.py", "-k", "hardware"),
+    ),
+    Mutant(
+        "snapshots: a VM is deleted with its snapshots' files",
+        "the NVRAM copies are left in the pool",
+        "vms/services/lifecycle.py",
+        "    volumes += snapshot_volumes\n",
+        "",
+        ("tests/vms/test_snapshots.py", "-k", "deleting"),
+    ),
     # --- day two: cloud_init (its mutants go right below this line)
 ]
 

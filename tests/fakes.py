@@ -47,7 +47,7 @@ from vms.hypervisor.documents.hardware import (
     with_vcpus,
     without_interface,
 )
-from vms.hypervisor.specs import NicSpec
+from vms.hypervisor.specs import LiveSnapshot, NicSpec, SnapshotDisk, SnapshotSpec
 
 
 @dataclass
@@ -122,6 +122,8 @@ class FakeHypervisor:
     serials: dict[str, list[FakeSerial]] = field(default_factory=dict)
     host_counters: HostStats = field(default_factory=lambda: HostStats(8, 0, 0, 16 * 2**20, 8 * 2**20))
     _console_sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
+    snapshots: dict[str, dict[str, tuple[LiveSnapshot, str, dict[str, bytes]]]] = field(default_factory=dict)  # domain -> name -> taken
+    nvram: dict[str, bytes] = field(default_factory=dict)  # domain -> its UEFI variables, once it has some
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -275,6 +277,8 @@ class FakeHypervisor:
     def undefine_domain(self, name: str) -> None:
         self._call("undefine_domain")
         self.domains.pop(name, None)
+        self.snapshots.pop(name, None)  # libvirt drops their metadata with the domain
+        self.nvram.pop(name, None)
         self._hang_up_consoles(name)
 
     def start_domain(self, name: str) -> None:
@@ -440,6 +444,62 @@ class FakeHypervisor:
             cpu_total_ns=c.cpu_total_ns + busy_ns + idle_ns,
             memory_available_kib=c.memory_available_kib if available_kib is None else available_kib,
         )
+
+    # --- snapshots -------------------------------------------------------------
+    # A snapshot keeps the domain's state and the bytes of its disk files (the fake's volumes are small files).
+    def list_snapshots(self, name: str) -> list[LiveSnapshot]:
+        self._domain(name)
+        return [taken for taken, _state, _files in self.snapshots.get(name, {}).values()]
+
+    def create_snapshot(self, name: str, spec: SnapshotSpec) -> LiveSnapshot:
+        self._call("create_snapshot")
+        domain = self._domain(name)
+        taken = self.snapshots.setdefault(name, {})
+        if spec.name in taken:
+            raise Conflict(f"operation failed: domain moment {spec.name} already exists")
+        if domain.state == "running" and spec.memory == "no":
+            raise Conflict("unsupported configuration: active qemu domains require external disk snapshots")
+        files = {f.path: Path(f.path).read_bytes() for f in parse_disk_files(domain.xml) if not f.readonly and Path(f.path).is_file()}
+        disks = tuple(SnapshotDisk(d.target_dev, d.snapshot, d.path, "") for d in spec.disks)
+        live = LiveSnapshot(spec.name, spec.description, domain.state, "", 1, spec.memory, disks)
+        taken[spec.name] = (live, domain.state, files)
+        return live
+
+    def revert_snapshot(self, name: str, snapshot: str) -> str:
+        self._call("revert_snapshot")
+        domain = self._domain(name)
+        if snapshot not in self.snapshots.get(name, {}):
+            raise NotFound(f"domain '{name}' has no snapshot '{snapshot}'", field="snapshot", code="snapshot_not_found")
+        _live, state, files = self.snapshots[name][snapshot]
+        for path, data in files.items():
+            Path(path).write_bytes(data)
+        domain.state = state
+        return state
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._call("delete_snapshot")
+        self._domain(name)
+        self.snapshots.get(name, {}).pop(snapshot, None)
+
+    def save_nvram(self, name: str, pool: str, volume: str) -> VolumeInfo | None:
+        self._call("save_nvram")
+        self._domain(name)
+        if name not in self.nvram:
+            return None
+        path = self._vol_path(pool, volume)
+        if path.exists():
+            raise Conflict(f"storage volume '{volume}' exists already")
+        path.write_bytes(self.nvram[name])
+        return self.volume(pool, volume)
+
+    def restore_nvram(self, name: str, pool: str, volume: str | None) -> None:
+        self._call("restore_nvram")
+        if self._domain(name).state == "running":
+            raise Conflict(f"domain '{name}' is running: its UEFI variables are restored only while it is shut off", code="vm_running")
+        if volume is None:
+            self.nvram.pop(name, None)
+        else:
+            self.nvram[name] = self._vol_path(pool, volume).read_bytes()
 
     def close(self) -> None:
         self._call("close")

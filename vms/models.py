@@ -373,3 +373,38 @@ class MetricCounters(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} counters at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class VmSnapshot(models.Model):
+    """A snapshot of a VM (issue 14 item 4; `vms.services.snapshots`).
+
+    kind "internal": libvirt's internal snapshot inside the VM's qcow2 disks (with the running
+    guest's memory when `memory`). A UEFI VM's snapshot also owns `nvram_volume`, a copy of its
+    UEFI variables in the VM's pool, because libvirt snapshots no pflash NVRAM.
+    """
+
+    class Kind(models.TextChoices):
+        INTERNAL = "internal", "internal (inside the qcow2 disks)"
+        EXTERNAL = "external", "external (overlay files)"
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="snapshots")
+    name = models.CharField(max_length=64)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.INTERNAL)
+    memory = models.BooleanField(default=False, help_text="Holds the running guest's memory too (reverting resumes it).")
+    vm_state = models.CharField("VM state", max_length=16, help_text="The domain's state when it was taken.")
+    disks = models.JSONField(default=list, help_text="The target devices of the disks it holds.")
+    hardware = models.JSONField(
+        default=dict, help_text="The VM's hardware when it was taken: a revert brings libvirt's definition back to it."
+    )
+    nvram_volume = models.CharField("NVRAM copy", max_length=255, blank=True, help_text="A volume in the VM's pool (UEFI VMs).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["vm", "created_at", "id"]
+        verbose_name = "snapshot"
+        constraints = [models.UniqueConstraint(fields=["vm", "name"], name="snapshot_name_unique_per_vm")]
+
+    def __str__(self) -> str:
+        return f"{self.vm} snapshot {self.name}"

@@ -38,7 +38,7 @@ from tests.reliability.authz import HOST_LISTING, HypervisorSpy, changed_rows, m
 from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
-from vms.models import NetworkInterface, VirtualMachine, VmEvent, VmTemplate
+from vms.models import NetworkInterface, VirtualMachine, VmEvent, VmSnapshot, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -220,6 +220,16 @@ def refreshes_one(seen: Seen) -> str:
     return "one host listing and one address read, both stored"
 
 
+def snapshot_gone(status: int) -> Effect:  # day two: snapshots
+    def check(seen: Seen) -> str:
+        _status(seen, status)
+        assert not VmSnapshot.objects.filter(name="seed-snap").exists(), "the snapshot row is still there"
+        assert seen.spy.calls["delete_snapshot"] == 1 and seen.spy.inner.list_snapshots("seed-vm") == [], dict(seen.spy.calls)
+        return "snapshot row deleted, delete_snapshot called"
+
+    return check
+
+
 def _rows_form(prefix: str, items: list[dict[str, str]]) -> dict[str, str]:
     data = {f"{prefix}-TOTAL_FORMS": str(len(items)), f"{prefix}-INITIAL_FORMS": "0",
             f"{prefix}-MIN_NUM_FORMS": "0", f"{prefix}-MAX_NUM_FORMS": "1000"}  # fmt: skip
@@ -362,6 +372,23 @@ ACTIONS = [
            effect=changes(302, VirtualMachine, "vm", memory_mb=256)),
     Action("admin VM hardware (remove NIC)", "POST", ADMIN + "vms/virtualmachine/{vm}/hardware/", "change",
            {"what": "remove_nic", "mac": "{vm_mac}"}, api=False, effect=lambda seen: nic_gone(seen, 302)),
+    # --- day two: snapshots (the seeded VM runs and has snapshot seed-snap, with memory)
+    Action("API GET snapshots", "GET", API + "{vm}/snapshots", "view", effect=shows("seed-snap")),
+    Action("API POST snapshots", "POST", API + "{vm}/snapshots", "change", {"name": "new-snap", "memory": True},
+           effect=creates(201, VmSnapshot, "snapshot", hv_call="create_snapshot", name="new-snap")),
+    Action("API GET snapshot", "GET", API + "{vm}/snapshots/seed-snap", "view", effect=shows("seed-snap")),
+    Action("API DELETE snapshot", "DELETE", API + "{vm}/snapshots/seed-snap", "change", effect=snapshot_gone(204)),
+    Action("API POST snapshot revert", "POST", API + "{vm}/snapshots/seed-snap/revert", "change",
+           effect=powers(200, "revert_snapshot", "revert to snapshot seed-snap", "running")),
+    Action("admin VM take snapshot", "POST", ADMIN + "vms/virtualmachine/{vm}/snapshots/take/", "change",
+           {"name": "new-snap", "memory": "on"}, api=False,
+           effect=creates(302, VmSnapshot, "snapshot", hv_call="create_snapshot", name="new-snap")),
+    *[Action(f"admin VM snapshot {a} page", "GET", ADMIN + f"vms/virtualmachine/{{vm}}/snapshots/seed-snap/{a}/", "change", api=False,
+             effect=shows("seed-snap", 'id="vapor-snapshot-confirm"')) for a in ("revert", "delete")],
+    Action("admin VM snapshot revert (confirm)", "POST", ADMIN + "vms/virtualmachine/{vm}/snapshots/seed-snap/revert/", "change",
+           api=False, effect=powers(302, "revert_snapshot", "revert to snapshot seed-snap", "running")),
+    Action("admin VM snapshot delete (confirm)", "POST", ADMIN + "vms/virtualmachine/{vm}/snapshots/seed-snap/delete/", "change",
+           api=False, effect=snapshot_gone(302)),
 ]  # fmt: skip
 
 
@@ -404,6 +431,7 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
         vm = root.post(API + "create-enhanced", {"name": "seed-vm", "memory": 512, "vcpus": 1}, format="json")
     assert vm.status_code == 202, vm.content
     assert VirtualMachine.objects.get(name="seed-vm").status == "running"
+    assert root.post(API + f"{vm.json()['id']}/snapshots", {"name": "seed-snap", "memory": True}, format="json").status_code == 201
     spy.calls.clear()
     return {
         "vm": str(vm.json()["id"]),
@@ -565,6 +593,7 @@ CSRF_WRITES = [
         {"what": "hardware", "memory": "256", "max_memory": "512", "vcpus": "1", "max_vcpus": "1", "boot_order": ""},
         False,
     ),
+    ("admin VM take snapshot", ADMIN + "vms/virtualmachine/{vm}/snapshots/take/", {"name": "csrf-snap", "memory": "on"}, False),
 ]
 
 

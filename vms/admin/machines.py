@@ -33,6 +33,7 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.admin import addresses as admin_addresses
 from vms.admin import create as admin_create
+from vms.admin import snapshots as admin_snapshots  # day two: snapshots
 from vms.admin.hardware import hardware_context, hardware_view
 from vms.choices import VmStatus
 from vms.consoles.views import can_watch_console, console_links
@@ -207,6 +208,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             path(
                 "<path:object_id>/hardware/", self.admin_site.admin_view(partial(hardware_view, self)), name="vms_virtualmachine_hardware"
             ),
+            *admin_snapshots.snapshot_urls(self),  # day two: snapshots
         ]
         return own + super().get_urls()
 
@@ -235,6 +237,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             context["console_links"] = console_links(request.user, obj)
             context.update(admin_addresses.addresses_context(self, request, obj))
             context.update(hardware_context(self, request, obj))  # day two: hardware
+            context.update(admin_snapshots.snapshot_context(self, request, obj))  # day two: snapshots
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -5,13 +5,12 @@ from django.urls import path
 from vms.api import console_views, template_views, views
 
 # day two: imports of addresses
-
 # day two: imports of hardware
 from vms.api import hardware_views  # isort: skip
 
 # day two: imports of disks
-
 # day two: imports of snapshots
+from vms.api.snapshot_views import VmSnapshotCollectionView, VmSnapshotItemView, VmSnapshotRevertView
 
 # day two: imports of cloud_init
 
@@ -29,6 +28,9 @@ urlpatterns = [
     path("<int:vm_id>/nics/<str:mac>", hardware_views.VmNicItemView.as_view(), name="vm-nic"),
     # day two: disks
     # day two: snapshots
+    path("<int:vm_id>/snapshots", VmSnapshotCollectionView.as_view(), name="vm-snapshots"),
+    path("<int:vm_id>/snapshots/<str:name>", VmSnapshotItemView.as_view(), name="vm-snapshot"),
+    path("<int:vm_id>/snapshots/<str:name>/revert", VmSnapshotRevertView.as_view(), name="vm-snapshot-revert"),
     # day two: cloud_init
     *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],
 ]

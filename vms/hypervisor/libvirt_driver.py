@@ -17,11 +17,12 @@ from vms.hypervisor.consoles import ConsolesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.hardware import HardwareMixin
 from vms.hypervisor.host import HostMixin
+from vms.hypervisor.snapshots import SnapshotsMixin
 from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin, HardwareMixin):
+class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin, HardwareMixin, SnapshotsMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are

@@ -21,6 +21,7 @@ from vms.choices import DiskSource, EventStatus, VmStatus
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, VirtualMachine, VmEvent
+from vms.services import snapshots as _snapshots  # day two: snapshots
 from vms.services.design import domain_spec
 from vms.services.plans import VmPlan
 from vms.services.provisioning import claim_is_live, provision_steps
@@ -313,6 +314,9 @@ def vm_delete_plan(*, vm: VirtualMachine, keep_disks: bool = False) -> DeletePla
         erased.append(PlannedFile("", "the UEFI variables (NVRAM) libvirt keeps for the domain"))
     if vm.tpm:
         erased.append(PlannedFile("", "the TPM state (swtpm) libvirt keeps for the domain"))
+    snapshot_files, snapshot_volumes = _snapshots.vm_snapshot_delete_plan(vm=vm)  # day two: snapshots
+    erased += [PlannedFile(where, what) for where, what in snapshot_files]
+    volumes += snapshot_volumes
     return DeletePlan(
         domain=vm.name,
         keep_disks=keep_disks,
@@ -352,6 +356,7 @@ def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | 
     hv = hv or hypervisor.get_hypervisor()
     VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.DELETING)
     try:
+        _snapshots.vm_snapshots_discard(vm=vm, hv=hv)  # day two: snapshots
         hv.undefine_domain(plan.domain)
         for volume in plan.volumes:
             with suppress(NotFound):  # never created, or rolled back

@@ -80,3 +80,16 @@ def _snapshot_disk(disk: etree._Element) -> SnapshotDisk:
         path=(source.get("file") or source.get("dev") or "") if source is not None else "",
         format=driver.get("type", "") if driver is not None else "",
     )
+
+
+def parse_nvram_path(domain_xml: str, default_dir: str = "") -> str:
+    """The file of a domain's UEFI variables: `<os><nvram>`, or (UEFI by firmware autoselection, where
+    libvirt 9.0 names no file in the definition) `<default_dir>/<name>_VARS.fd`, libvirt's own; "" for BIOS."""
+    root = parse(domain_xml, root="domain")
+    stated = (root.findtext("os/nvram") or "").strip()
+    if stated or not default_dir:
+        return stated
+    os_element = root.find("os")
+    loader = root.find("os/loader")
+    efi = (os_element is not None and os_element.get("firmware") == "efi") or (loader is not None and loader.get("type") == "pflash")
+    return f"{default_dir}/{(root.findtext('name') or '').strip()}_VARS.fd" if efi else ""
