@@ -348,3 +348,7 @@ class MetricCounters(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} counters at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+# day two: cloud_init (its models live in their own module; imported here so the app registers them)
+from vms.cloud_init_models import SshPublicKey, TemplateCloudInit, VmCloudInit  # noqa: E402, F401

@@ -17,9 +17,10 @@ from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.host import HostMixin
 from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
+from vms.hypervisor.volume_upload import VolumeUploadMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin):
+class LibvirtDriver(VolumeUploadMixin, StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are

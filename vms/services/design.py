@@ -14,6 +14,7 @@ from vaporsite.errors import InvalidInput
 from vms.choices import DiskSource, NicType
 from vms.hypervisor.specs import BackingSpec, CdromSpec, ClockOffset, DiskSpec, DomainSpec, Firmware, GraphicsSpec, NicSpec
 from vms.models import Disk, VirtualMachine
+from vms.services.cloud_init import seed_cdroms
 
 WINDOWS_OS_IDS = "http://microsoft.com/"
 """libosinfo ids of every Windows release live under this prefix."""
@@ -75,6 +76,7 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
         for d in vm.disks.all()
     )
     cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
+    cdroms += seed_cdroms(vm)
     nics = tuple(
         NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac)  # type: ignore[arg-type]
         for n in vm.nics.all()
