@@ -23,7 +23,11 @@ PROBE_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "ahci", "ata_piix", 
 EFI_MODULE = "efivarfs"
 # Loaded by the shell variant only: the ACPI power button and the event device
 # busybox's acpid reads it from, so a graceful shutdown powers the guest off.
-SHELL_MODULES = ("button", "evdev")
+SHELL_MODULES = (
+    "button",
+    "evdev",
+    "isofs",  # cloud-init: the guest mounts its cidata seed
+)
 
 
 def init_script() -> str:
