@@ -290,3 +290,23 @@ def test_a_template_without_cloud_init_makes_vms_without_a_seed(vm_api, hv, run_
     response = post_create(vm_api, run_tasks, {"name": "plain-vm", "template": "plain"})
     assert response.status_code == 202
     assert not VmCloudInit.objects.exists() and [p.name for p in hv.pool_dir.iterdir()] == ["plain-vm-disk0.qcow2"]
+
+
+def test_the_vm_page_shows_the_seed_and_user_data_only_to_operators(vm_api, hv, run_tasks):
+    from django.test import Client
+
+    from tests.reliability.authz import make_role
+
+    key = ed25519_key("bob@laptop")
+    vm_id = post_create(vm_api, run_tasks, payload(user_data=USER_DATA, ssh_authorized_keys=[key])).json()["id"]
+    pages = {}
+    for role in ("viewer", "operator"):
+        client = Client()
+        client.force_login(make_role(role))
+        response = client.get(f"/admin/vms/virtualmachine/{vm_id}/change/")
+        assert response.status_code == 200
+        pages[role] = response.content.decode()
+    for page in pages.values():
+        assert 'id="vapor-cloud-init"' in page and "ci-vm-cidata.iso" in page and fingerprint(key) in page
+    assert SECRET in pages["operator"]
+    assert SECRET not in pages["viewer"] and "only users who may change this VM see it" in pages["viewer"]

@@ -31,6 +31,7 @@ from vaporsite.admin_support import VaporModelAdmin
 from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.admin import create as admin_create
+from vms.admin.cloud_init import cloud_init_context
 from vms.choices import VmStatus
 from vms.consoles.views import can_watch_console, console_links
 from vms.hypervisor.documents.domain import domain_xml
@@ -222,6 +223,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             # The button bar above the page (change_form.html's object tools): power buttons, then the consoles.
             context["power_buttons"] = self.power_buttons(request, obj)
             context["console_links"] = console_links(request.user, obj)
+            context["cloud_init"] = cloud_init_context(request, obj, can_change=self.has_change_permission(request, obj))  # day two
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:
