@@ -310,3 +310,16 @@ def test_the_vm_page_shows_the_seed_and_user_data_only_to_operators(vm_api, hv, 
         assert 'id="vapor-cloud-init"' in page and "ci-vm-cidata.iso" in page and fingerprint(key) in page
     assert SECRET in pages["operator"]
     assert SECRET not in pages["viewer"] and "only users who may change this VM see it" in pages["viewer"]
+
+
+def test_a_template_with_defaults_gives_a_vm_made_in_the_admin_its_seed(vm_api, hv):
+    from vms.services.lifecycle import vm_create
+    from vms.services.requests import DiskRequest, VmRequest
+
+    tkey = ed25519_key("template")
+    template = {"name": "ci-tpl", "disks": [{"size": 1}], "cloud_init": {"ssh_authorized_keys": [tkey], "hostname": "from-template"}}
+    assert vm_api.post("/api/v1/virtualmachines/templates", template, format="json").status_code == 201
+    spelled_out = VmRequest(name="admin-made", memory=512, vcpus=1, disks=(DiskRequest(size=1),), template="ci-tpl", given=None)
+    vm = vm_create(request=spelled_out, hv=hv)
+    seed = VmCloudInit.objects.get(vm=vm)
+    assert seed.ssh_authorized_keys == [tkey] and seed.hostname == "from-template"

@@ -71,7 +71,8 @@ def template_apply(request: VmRequest, *, actor: Actor = SYSTEM) -> tuple[VmRequ
         return request, None
     template = template_get(request.template, actor=actor)
     if request.given is None:
-        return request, template  # the caller already applied the template and spelled everything out
+        # The caller already applied the template and spelled everything out (the admin's form), but for cloud-init.
+        return replace(request, cloud_init=cloud_init_merge(template_cloud_init(template), request.cloud_init)), template
     given = request.given
     values = {
         "memory": template.memory_mb,
