@@ -301,8 +301,9 @@ def test_the_vm_page_shows_the_seed_and_user_data_only_to_operators(vm_api, hv, 
     vm_id = post_create(vm_api, run_tasks, payload(user_data=USER_DATA, ssh_authorized_keys=[key])).json()["id"]
     pages = {}
     for role in ("viewer", "operator"):
-        client = Client()
-        client.force_login(make_role(role))
+        client, user = Client(), make_role(role)
+        assert user is not None
+        client.force_login(user)
         response = client.get(f"/admin/vms/virtualmachine/{vm_id}/change/")
         assert response.status_code == 200
         pages[role] = response.content.decode()
@@ -321,5 +322,6 @@ def test_a_template_with_defaults_gives_a_vm_made_in_the_admin_its_seed(vm_api, 
     assert vm_api.post("/api/v1/virtualmachines/templates", template, format="json").status_code == 201
     spelled_out = VmRequest(name="admin-made", memory=512, vcpus=1, disks=(DiskRequest(size=1),), template="ci-tpl", given=None)
     vm = vm_create(request=spelled_out, hv=hv)
+    assert isinstance(vm, VirtualMachine)
     seed = VmCloudInit.objects.get(vm=vm)
     assert seed.ssh_authorized_keys == [tkey] and seed.hostname == "from-template"
