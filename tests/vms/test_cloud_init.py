@@ -325,3 +325,18 @@ def test_a_template_with_defaults_gives_a_vm_made_in_the_admin_its_seed(vm_api, 
     assert isinstance(vm, VirtualMachine)
     seed = VmCloudInit.objects.get(vm=vm)
     assert seed.ssh_authorized_keys == [tkey] and seed.hostname == "from-template"
+
+
+def test_a_templates_user_data_is_hidden_from_its_viewers(vm_api):
+    from tests.reliability.authz import make_role
+
+    template = {"name": "ci-secret", "cloud_init": {"user_data": USER_DATA, "hostname": "h"}}
+    assert vm_api.post("/api/v1/virtualmachines/templates", template, format="json").status_code == 201
+    client, viewer = APIClient(), make_role("viewer")
+    assert viewer is not None
+    client.force_authenticate(viewer)
+    for url in ("/api/v1/virtualmachines/templates", "/api/v1/virtualmachines/templates/ci-secret"):
+        response = client.get(url)
+        assert response.status_code == 200 and "ci-secret" in response.content.decode()
+        assert SECRET not in response.content.decode() and '"user_data_set":true' in response.content.decode().replace(" ", "")
+    assert vm_api.get("/api/v1/virtualmachines/templates/ci-secret").json()["cloud_init"]["user_data"] == USER_DATA
