@@ -757,6 +757,38 @@ MUTANTS: list[Mutant] = [
         ("tests/vms/test_snapshots.py", "-k", "deleting"),
     ),
     # --- day two: cloud_init (its mutants go right below this line)
+    Mutant(
+        "cloud-init: an SSH key's data must hold the type its line states",
+        "the embedded type is no longer compared with the stated one",
+        "vms/services/ssh_keys.py",
+        "    if embedded != kind:\n",
+        "    if embedded is None:\n",
+        ("tests/vms/test_cloud_init.py",),
+    ),
+    Mutant(
+        "cloud-init: user_data is shown only to users who may change the VM",
+        "the VM's detail shows user_data to everyone who may view it",
+        "vms/api/cloud_init_serializers.py",
+        '    if can_change:\n        out["user_data"] = encryption.decrypt',
+        '    if True:\n        out["user_data"] = encryption.decrypt',
+        ("tests/vms/test_cloud_init.py", "-k", "user_data_is_shown"),
+    ),
+    Mutant(
+        "cloud-init: the seed ISO is deleted with the VM",
+        "the delete plan forgets the seed's volume",
+        "vms/services/cloud_init.py",
+        '    return [(seed.path, "the cloud-init seed ISO Vapor made", seed.volume_name)] if seed else []',
+        "    return []",
+        ("tests/vms/test_cloud_init.py", "-k", "deleted_with_the_vm"),
+    ),
+    Mutant(
+        "SSH keys: another user's key is out of reach",
+        "DELETE /api/v1/profile/ssh-keys/{id} deletes anyone's key",
+        "vms/services/ssh_keys.py",
+        "SshPublicKey.objects.filter(pk=key_id, user=user).first()",
+        "SshPublicKey.objects.filter(pk=key_id).first()",
+        ("tests/reliability/test_authorization_ssh_keys.py",),
+    ),
 ]
 
 

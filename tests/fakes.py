@@ -172,6 +172,14 @@ class FakeHypervisor:
         path.write_bytes(b"new volume " + str(capacity_bytes).encode())
         return self.volume(pool, name)
 
+    def upload_volume(self, pool: str, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
+        self._call("upload_volume")
+        path = self._vol_path(pool, name)
+        if path.exists():
+            raise Conflict(f"storage volume '{name}' exists already")
+        path.write_bytes(data)
+        return self.volume(pool, name)
+
     def clone_volume(
         self,
         pool: str,

@@ -29,5 +29,6 @@ urlpatterns = [
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/virtualmachines/", include("isos.api.urls")),
     path("api/v1/virtualmachines/", include("vms.api.urls")),
+    path("api/v1/profile/", include("vms.api.profile_views")),  # day two: cloud_init (SSH keys)
     path("consoles/", include("vms.consoles.urls")),
 ]

@@ -408,3 +408,7 @@ class VmSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vm} snapshot {self.name}"
+
+
+# day two: cloud_init (its models live in their own module; imported here so the app registers them)
+from vms.cloud_init_models import SshPublicKey, TemplateCloudInit, VmCloudInit  # noqa: E402, F401

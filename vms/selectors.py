@@ -30,7 +30,9 @@ def vm_list(user: Any = None, *, project: str | None = None) -> QuerySet[Virtual
 
 def template_list(user: Any = None, *, project: str | None = None) -> QuerySet[VmTemplate]:
     """Templates `user` may see with their disks, NICs, ISO and how many VMs use them: a fixed number of queries."""
-    queryset = VmTemplate.objects.select_related("iso", "project").prefetch_related("disks", "nics").annotate(vm_count=Count("vms"))
+    queryset = (
+        VmTemplate.objects.select_related("iso", "project", "cloud_init").prefetch_related("disks", "nics").annotate(vm_count=Count("vms"))
+    )
     return _scoped(queryset, user, project).order_by("name")
 
 

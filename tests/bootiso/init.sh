@@ -93,6 +93,20 @@ esac
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root PS1='vapor-shell# '
 mkdir -p /root /etc/acpi/PWRF /var/log /var/run
 hostname vapor-shell
+# cloud-init NoCloud reader: the CD labelled cidata (the ISO's volume id, at byte 32808), its hostname and each key's SHA256 fingerprint.
+modprobe isofs || echo "PROBE-NOTE modprobe isofs failed"
+for dev in /dev/sr*; do
+    [ -b "$dev" ] || continue
+    [ "$(dd if="$dev" bs=2048 skip=16 count=1 2>/dev/null | dd bs=1 skip=40 count=32 2>/dev/null | tr -d ' ')" = cidata ] || continue
+    mkdir -p /cidata && mount -t iso9660 -o ro "$dev" /cidata || continue
+    echo "CLOUD-INIT hostname=$(sed -n 's/^local-hostname: *//p' /cidata/meta-data)"
+    awk '/^public-keys:/ {k = 1; next} k && /^- / {print substr($0, 3); next} {k = 0}' /cidata/meta-data | while read -r _type data _rest; do
+        hex="$(echo "$data" | base64 -d | sha256sum | cut -d' ' -f1)"
+        # shellcheck disable=SC2059
+        echo "CLOUD-INIT key=SHA256:$(printf "$(echo "$hex" | sed 's/../\\x&/g')" | base64 | tr -d '=\n')"
+    done
+    umount /cidata
+done
 # ACPI power button (libvirt's graceful shutdown): power off, as an OS would.
 modprobe button || echo "PROBE-NOTE modprobe button failed"
 modprobe evdev || echo "PROBE-NOTE modprobe evdev failed"

@@ -28,6 +28,7 @@ SHELL_MODULES: tuple[str, ...] = (
     "evdev",
     "virtio_net",  # guest addresses (issue 14): a NIC for `udhcpc` on the NAT network; hot-plugged NICs
     "virtio_balloon",  # hardware: memory given back live
+    "isofs",  # cloud-init: the guest mounts its cidata seed
 )
 
 

@@ -34,6 +34,7 @@ from vms import hypervisor
 from vms.admin import addresses as admin_addresses
 from vms.admin import create as admin_create
 from vms.admin import snapshots as admin_snapshots  # day two: snapshots
+from vms.admin.cloud_init import cloud_init_context
 from vms.admin.hardware import hardware_context, hardware_view
 from vms.choices import VmStatus
 from vms.consoles.views import can_watch_console, console_links
@@ -238,6 +239,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             context.update(admin_addresses.addresses_context(self, request, obj))
             context.update(hardware_context(self, request, obj))  # day two: hardware
             context.update(admin_snapshots.snapshot_context(self, request, obj))  # day two: snapshots
+            context["cloud_init"] = cloud_init_context(request, obj, can_change=self.has_change_permission(request, obj))  # day two
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -3,6 +3,7 @@ through the template service as the API's are (same rules, same stored values)."
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django import forms
@@ -43,6 +44,7 @@ class TemplateAdminForm(ServiceForm):
             disks=tuple(_disk_request(row.cleaned_data) for row in disk_rows) if "disks" in formsets else _stored(self.instance).disks,
             networks=tuple(_nic_request(row.cleaned_data) for row in nic_rows) if "nics" in formsets else _stored(self.instance).networks,
         )
+        values = dataclasses.replace(values, cloud_init=_stored(self.instance).cloud_init)  # cloud-init defaults: kept (API only)
         try:
             if self.instance.pk is None:
                 self.created = template_services.template_create(data=values, actor=self.actor)

@@ -11,6 +11,7 @@ from rest_framework import serializers
 from guestos.choices import OsType
 from isos.choices import Architecture
 from vaporsite.api import StrictSerializer
+from vms.api.cloud_init_serializers import CloudInitInSerializer, CloudInitOutSerializer, cloud_init_request, vm_cloud_init_out
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
@@ -104,6 +105,11 @@ class VmCreateSerializer(_BaseVmIn):
     template = serializers.CharField(
         required=False, allow_null=True, max_length=200, help_text="A template's name: it supplies every field the request leaves out."
     )
+    cloud_init = CloudInitInSerializer(
+        required=False,
+        allow_null=True,
+        help_text="A NoCloud seed (label cidata) attached as a CD-ROM; a template's defaults field by field.",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         legacy = self.legacy_disks(attrs)
@@ -146,6 +152,7 @@ class VmCreateSerializer(_BaseVmIn):
             autostart=data["autostart"],
             template=data.get("template"),
             project=data.get("project"),
+            cloud_init=cloud_init_request(data.get("cloud_init")),
         )
 
 
@@ -276,9 +283,16 @@ class VmEventSerializer(serializers.ModelSerializer):
 class VmDetailSerializer(VmSerializer):
     state = serializers.SerializerMethodField(help_text="The domain's live state, read from libvirt for this response.")
     events = VmEventSerializer(many=True)
+    cloud_init = serializers.SerializerMethodField()
 
     class Meta(VmSerializer.Meta):
-        fields = [*VmSerializer.Meta.fields, "events"]
+        fields = [*VmSerializer.Meta.fields, "events", "cloud_init"]
+
+    @extend_schema_field(CloudInitOutSerializer(allow_null=True))
+    def get_cloud_init(self, vm: VirtualMachine) -> dict[str, Any] | None:
+        from vms.services.cloud_init import seed_of
+
+        return vm_cloud_init_out(seed_of(vm), can_change=bool(self.context.get("can_change")))
 
     def get_state(self, vm: VirtualMachine) -> str:
         return str(self.context.get("state", ""))

@@ -11,6 +11,7 @@ from rest_framework import serializers
 from guestos.choices import OsType
 from isos.api.serializers import StrictSerializer
 from isos.choices import Architecture
+from vms.api.cloud_init_serializers import CloudInitInSerializer, cloud_init_request
 from vms.api.serializers import NicInSerializer
 from vms.choices import DiskBus, DiskFormat, GraphicsType
 from vms.services.requests import DiskRequest, NicRequest
@@ -60,6 +61,9 @@ class TemplateSerializer(StrictSerializer):
         max_length=64,
         help_text="The project's name. Default: `default`, else your only one.",
     )
+    cloud_init = CloudInitInSerializer(
+        required=False, allow_null=True, default=None, help_text="cloud-init defaults; a create request overrides them field by field."
+    )
 
     def to_data(self, base: TemplateData | None = None) -> TemplateData:
         """The template the input describes; for a partial update, `base` with the given fields replaced."""
@@ -84,6 +88,8 @@ def _template_values(data: dict[str, Any]) -> dict[str, Any]:
         values["networks"] = tuple(NicRequest(**n) for n in values["networks"])
     if "iso" in values:
         values["iso"] = values["iso"] or None
+    if "cloud_init" in values:
+        values["cloud_init"] = cloud_init_request(values["cloud_init"])
     return values
 
 
@@ -95,6 +101,8 @@ def template_out(data: TemplateData) -> dict[str, Any]:
         for disk in out["disks"]
     ]
     out["networks"] = [{key: nic[key] for key in ("type", "source", "model")} for nic in out["networks"]]
+    if data.cloud_init is not None:  # the fields the template gives (export keeps user_data; the API hides it from viewers)
+        out["cloud_init"] = {key: list(v) if isinstance(v, tuple) else v for key, v in out["cloud_init"].items() if v is not None}
     return out
 
 

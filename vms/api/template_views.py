@@ -11,8 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from projects.access import actor_from_request
-from projects.choices import Via
+from projects.access import actor_from_request, role_of
+from projects.choices import RANK, Role, Via
 from vaporsite.api import ErrorSerializer
 from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
 from vms.api.template_serializers import TemplateOutSerializer, TemplateSerializer, template_out
@@ -23,9 +23,9 @@ from vms.services import templates as services
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer, 503: ErrorSerializer}  # 503: clone sources are checked
 
 
-def render(template: VmTemplate) -> dict[str, Any]:
+def render(template: VmTemplate, request: Request) -> dict[str, Any]:
     template = template_list().get(pk=template.pk) if not hasattr(template, "vm_count") else template
-    return {
+    out = {
         "id": template.pk,
         **template_out(services.template_data(template)),
         "iso_id": template.iso_id,
@@ -33,6 +33,13 @@ def render(template: VmTemplate) -> dict[str, Any]:
         "created_at": template.created_at,
         "updated_at": template.updated_at,
     }
+    cloud_init = out.get("cloud_init")
+    if cloud_init is not None:  # user_data may hold secrets: only for those who may change the template
+        cloud_init["user_data_set"] = "user_data" in cloud_init
+        role = role_of(actor_from_request(request, Via.API), template.project)
+        if role is None or RANK[Role(role)] < RANK[Role.OPERATOR]:
+            cloud_init.pop("user_data", None)
+    return out
 
 
 class TemplateCollectionView(APIView):
@@ -46,14 +53,14 @@ class TemplateCollectionView(APIView):
     )
     def get(self, request: Request) -> Response:
         templates = template_list(request.user, project=request.query_params.get("project"))
-        return paginated(request, templates, "templates", lambda page: [render(t) for t in page])
+        return paginated(request, templates, "templates", lambda page: [render(t, request) for t in page])
 
     @extend_schema(operation_id="vm_templates_create", request=TemplateSerializer, responses={201: TemplateOutSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         serializer = TemplateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         template = services.template_create(data=serializer.to_data(), actor=actor_from_request(request, Via.API))
-        return Response(render(template), status=status.HTTP_201_CREATED)
+        return Response(render(template, request), status=status.HTTP_201_CREATED)
 
 
 class TemplateItemView(APIView):
@@ -61,7 +68,7 @@ class TemplateItemView(APIView):
 
     @extend_schema(operation_id="vm_templates_retrieve", responses={200: TemplateOutSerializer, 404: ErrorSerializer})
     def get(self, request: Request, name: str) -> Response:
-        return Response(render(get_object_or_404(template_list(request.user), name=name)))
+        return Response(render(get_object_or_404(template_list(request.user), name=name), request))
 
     @extend_schema(
         operation_id="vm_templates_partial_update",
@@ -75,7 +82,7 @@ class TemplateItemView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.to_data(base=services.template_data(template))
         template = services.template_update(template=template, data=data, actor=actor_from_request(request, Via.API))
-        return Response(render(template))
+        return Response(render(template, request))
 
     @extend_schema(
         operation_id="vm_templates_destroy",

@@ -13,8 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from projects.access import actor_from_request
-from projects.choices import Via
+from projects.access import actor_from_request, role_of
+from projects.choices import RANK, Role, Via
 from vaporsite.api import ErrorSerializer
 from vaporsite.errors import VaporError
 from vaporsite.pagination import PAGE_DESCRIPTION, PAGE_PARAMETERS, page_serializer, paginated
@@ -94,7 +94,8 @@ class VmItemView(APIView):
     @extend_schema(operation_id="vms_retrieve", responses={200: VmDetailSerializer, 404: ErrorSerializer})
     def get(self, request: Request, vm_id: int) -> Response:
         vm = get_object_or_404(vm_list(request.user).prefetch_related("events__user"), pk=vm_id)
-        context: dict[str, Any] = {}
+        role = role_of(actor_from_request(request, Via.API), vm.project)
+        context: dict[str, Any] = {"can_change": role is not None and RANK[Role(role)] >= RANK[Role.OPERATOR]}  # user_data
         with closing(hypervisor.get_hypervisor()) as hv:
             try:
                 context["state"] = services.vm_sync_state(vm=vm, hv=hv)

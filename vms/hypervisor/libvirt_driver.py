@@ -20,9 +20,12 @@ from vms.hypervisor.host import HostMixin
 from vms.hypervisor.snapshots import SnapshotsMixin
 from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
+from vms.hypervisor.volume_upload import VolumeUploadMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin, HardwareMixin, SnapshotsMixin):
+class LibvirtDriver(
+    VolumeUploadMixin, StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin, HardwareMixin, SnapshotsMixin
+):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are

@@ -24,6 +24,7 @@ from vms.hypervisor.specs import (
     NicSpec,
 )
 from vms.models import Disk, VirtualMachine
+from vms.services.cloud_init import seed_cdroms
 
 WINDOWS_OS_IDS = "http://microsoft.com/"
 """libosinfo ids of every Windows release live under this prefix."""
@@ -85,6 +86,7 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
         for d in vm.disks.all()
     )
     cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
+    cdroms += seed_cdroms(vm)
     nics = tuple(
         NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac, boot_order=n.boot_order)  # type: ignore[arg-type]
         for n in vm.nics.all()

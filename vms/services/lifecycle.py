@@ -22,6 +22,7 @@ from vms.hypervisor import Hypervisor
 from vms.hypervisor.documents.domain import domain_xml
 from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, VirtualMachine, VmEvent
 from vms.services import snapshots as _snapshots  # day two: snapshots
+from vms.services.cloud_init import cloud_init_store, seed_files_to_delete
 from vms.services.design import domain_spec
 from vms.services.plans import VmPlan
 from vms.services.provisioning import claim_is_live, provision_steps
@@ -155,6 +156,7 @@ def _store(plan: VmPlan, actor: Actor) -> VirtualMachine:
         )
         for c in plan.cdroms
     )
+    cloud_init_store(vm=vm, planned=plan.cloud_init)
     made_from = f" from template {plan.template.name}" if plan.template else ""
     VmEvent.objects.create(
         vm=vm,
@@ -310,6 +312,9 @@ def vm_delete_plan(*, vm: VirtualMachine, keep_disks: bool = False) -> DeletePla
             kept.append(PlannedFile(disk.source_path, f"the {role} of disk {disk.target_dev}'s clone"))
     for cdrom in vm.cdroms.select_related("iso"):
         kept.append(PlannedFile(cdrom.iso.path, f"ISO in CD-ROM {cdrom.target_dev or cdrom.slot}: stays in the ISO library"))
+    for path, what, volume in seed_files_to_delete(vm):
+        erased.append(PlannedFile(path, what))
+        volumes.append(volume)
     if vm.uefi:
         erased.append(PlannedFile("", "the UEFI variables (NVRAM) libvirt keeps for the domain"))
     if vm.tpm:

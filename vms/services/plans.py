@@ -9,6 +9,7 @@ from isos.models import IsoImage
 from projects.models import Project
 from vms.hypervisor import PoolInfo
 from vms.models import VmTemplate
+from vms.services.cloud_init import PlannedCloudInit
 from vms.services.requests import VmRequest
 
 
@@ -64,4 +65,5 @@ class VmPlan:
     nics: tuple[PlannedNic, ...]
     template: VmTemplate | None = None
     project: Project | None = None  # None only for plans made outside a create (tests of the designer)
+    cloud_init: PlannedCloudInit | None = None  # the NoCloud seed to build (vms.services.cloud_init)
     warnings: tuple[str, ...] = ()  # allowed but worth a second look (an ISO that will not boot, a pool overcommitted)

@@ -20,6 +20,7 @@ from vms.choices import DiskSource
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.documents.domain import domain_xml
 from vms.models import Disk, VirtualMachine
+from vms.services.cloud_init import seed_files, seed_iso, seed_of
 from vms.services.design import domain_spec
 from vms.services.validation import source_recheck
 
@@ -59,8 +60,26 @@ def _volume_steps(vm: VirtualMachine, hv: Hypervisor, disk: Disk) -> Step:
     return Step(f"{kind} {disk.source_path} to {disk.volume_name}", clone, delete, exists)
 
 
+def _seed_steps(vm: VirtualMachine, hv: Hypervisor) -> list[Step]:
+    """The cloud-init seed ISO, built in memory and uploaded into the VM's pool (none without cloud-init)."""
+    seed = seed_of(vm)
+    if seed is None:
+        return []
+    pool, name = vm.storage_pool, seed.volume_name
+
+    def upload() -> None:
+        hv.upload_volume(pool, name, seed_iso(seed_files(seed)))
+
+    return [
+        Step(
+            f"create cloud-init seed {name}", upload, lambda: hv.delete_volume(pool, name), lambda: hypervisor.volume_exists(hv, pool, name)
+        )
+    ]
+
+
 def provision_steps(vm: VirtualMachine, hv: Hypervisor, password: str | None) -> list[Step]:
     steps = [_volume_steps(vm, hv, d) for d in vm.disks.all() if d.source != DiskSource.EXISTING]
+    steps += _seed_steps(vm, hv)
 
     def define() -> None:
         # The chains the domain states are checked again: an existing disk's

@@ -49,6 +49,18 @@ class GraphicsRequest:
 
 
 @dataclass(frozen=True)
+class CloudInitRequest:
+    """A `cloud_init` object (NoCloud). None: not given (a template's default, else Vapor's:
+    the VM's name as hostname, the requesting user's profile keys)."""
+
+    user_data: str | None = None  # "#cloud-config" YAML or a "#!" script; may hold secrets
+    ssh_authorized_keys: tuple[str, ...] | None = None
+    hostname: str | None = None
+    network_config: str | None = None  # YAML (version 1 or 2)
+    meta_data: str | None = None  # YAML mapping, merged under Vapor's instance-id and local-hostname
+
+
+@dataclass(frozen=True)
 class VmRequest:
     name: str
     memory: int  # MB
@@ -70,5 +82,6 @@ class VmRequest:
     autostart: bool = False
     template: str | None = None
     project: str | None = None  # a project's name; None: the template's, else the caller's default (projects.access)
+    cloud_init: CloudInitRequest | None = None
     serial_log: str = ""  # not in the API: tests and diagnostics set it through the service
     given: frozenset[str] | None = None

@@ -15,6 +15,7 @@ from dataclasses import fields, replace
 from projects.access import SYSTEM, Actor, in_visible_projects
 from vaporsite.errors import NotFound
 from vms.models import VmTemplate
+from vms.services.cloud_init import cloud_init_merge, template_cloud_init
 from vms.services.requests import DiskRequest, NicRequest, VmRequest
 
 # Fields of VmRequest a template supplies (name, autostart, secondary_iso and
@@ -71,7 +72,8 @@ def template_apply(request: VmRequest, *, actor: Actor = SYSTEM) -> tuple[VmRequ
         return request, None
     template = template_get(request.template, actor=actor)
     if request.given is None:
-        return request, template  # the caller already applied the template and spelled everything out
+        # The caller already applied the template and spelled everything out (the admin's form), but for cloud-init.
+        return replace(request, cloud_init=cloud_init_merge(template_cloud_init(template), request.cloud_init)), template
     given = request.given
     values = {
         "memory": template.memory_mb,
@@ -99,6 +101,7 @@ def template_apply(request: VmRequest, *, actor: Actor = SYSTEM) -> tuple[VmRequ
         changes["networks"] = template_nics(template) or request.networks
     if "iso_path" not in given and template.iso_id:
         changes["iso_path"] = template.iso_id
+    changes["cloud_init"] = cloud_init_merge(template_cloud_init(template), request.cloud_init)  # field by field
     graphics_given = request.graphics.given if "graphics" in given else frozenset()
     if graphics_given is not None and "type" not in graphics_given:
         changes["graphics"] = replace(request.graphics, type=template.graphics_type)

@@ -27,7 +27,8 @@ from vms import hypervisor
 from vms.choices import LIVE_STATUSES
 from vms.hypervisor import Hypervisor
 from vms.models import TemplateDisk, TemplateNic, VmTemplate
-from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
+from vms.services.cloud_init import cloud_init_check, template_cloud_init, template_cloud_init_store
+from vms.services.requests import CloudInitRequest, DiskRequest, GraphicsRequest, NicRequest, VmRequest
 from vms.services.template_apply import template_disks, template_nics
 from vms.services.validation import check_shape, disk_roots, disk_source
 
@@ -56,6 +57,7 @@ class TemplateData:
     disks: tuple[DiskRequest, ...] = ()  # size and/or clone_from; never path or readonly
     networks: tuple[NicRequest, ...] = field(default_factory=tuple)
     project: str | None = None  # a project's name; None: the caller's default (a change keeps the template's)
+    cloud_init: CloudInitRequest | None = None  # defaults a create request overrides field by field
 
 
 def template_request(data: TemplateData) -> VmRequest:
@@ -87,6 +89,7 @@ def template_validate(data: TemplateData, *, hv: Hypervisor | None = None, regis
     """
     request = template_request(data)
     check_shape(request)
+    cloud_init_check(data.cloud_init)
     osinfo.validate_os_variant(data.os_variant)
     for index, disk in enumerate(request.disks):
         if disk.path is not None or disk.readonly:
@@ -107,6 +110,7 @@ def template_create(*, data: TemplateData, hv: Hypervisor | None = None, actor: 
             iso = template_validate(data, hv=hv, register=True)
             template = VmTemplate.objects.create(name=data.name, iso=iso, project=project, **_columns(data))
             _store_rows(template, data)
+            template_cloud_init_store(template=template, cloud_init=data.cloud_init)
             audit(actor, "template.create", target=f"template {template.name}", project=project)
     except IntegrityError:
         raise Conflict(f"a template named {data.name!r} already exists", field="name", code="name_taken") from None
@@ -134,6 +138,7 @@ def template_update(*, template: VmTemplate, data: TemplateData, hv: Hypervisor 
             template.disks.all().delete()
             template.nics.all().delete()
             _store_rows(template, data)
+            template_cloud_init_store(template=template, cloud_init=data.cloud_init)
             moved = f"moved from project {template.project.name}" if project != template.project else ""
             audit(actor, "template.update", target=f"template {data.name}", project=project, detail=moved)
     except IntegrityError:
@@ -180,6 +185,7 @@ def template_data(template: VmTemplate) -> TemplateData:
         disks=template_disks(template),
         networks=template_nics(template),
         project=template.project.name,
+        cloud_init=template_cloud_init(template),
     )
 
 

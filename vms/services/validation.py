@@ -31,6 +31,7 @@ from vms.hypervisor import DiskUse, Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import ImageInfo, chain_record, check_image, check_image_chain, image_info
 from vms.hypervisor.specs import controllers_needed, target_devs
 from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
+from vms.services.cloud_init import cloud_init_check, cloud_init_plan
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
 from vms.services.requests import DiskRequest, VmRequest
 from vms.services.template_apply import template_apply
@@ -61,6 +62,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
     `hv`, a connection is opened only then)."""
     request, template = template_apply(request, actor=actor)
     check_shape(request)
+    cloud_init_check(request.cloud_init)
     project = project_for_create(actor, request.project, fallback=template.project if template and not request.project else None)
     _check_project_resources(request, project)
     hv = hv or hypervisor.get_hypervisor()
@@ -76,6 +78,8 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
     disk_orders, cdrom_order = _boot_orders(request)
     disks = _plan_disks(request, hv, pool, disk_orders)
     cdroms = _plan_cdroms(request, register_isos, cdrom_order)
+    seed_dev = target_devs([d.bus for d in request.disks] + ["sata"] * (len(cdroms) + 1))[-1]  # the seed's CD-ROM: after the ISOs
+    seed = cloud_init_plan(vm_name=request.name, cloud_init=request.cloud_init, hv=hv, pool=pool, target_dev=seed_dev, actor=actor)
     warnings = [*_boot_warnings(request, cdroms), *_pool_warnings(pool, disks)]
     return VmPlan(
         request=request,
@@ -87,6 +91,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
         disks=disks,
         cdroms=cdroms,
         nics=_plan_nics(request),
+        cloud_init=seed,
         template=template,
         project=project,
         warnings=tuple(warnings),
@@ -224,7 +229,8 @@ def check_counts(request: VmRequest) -> None:
 def _check_pci_devices(request: VmRequest) -> None:
     """Disks per bus as the machine allows: virtio disks, SATA and SCSI controllers and
     NICs each take a PCI device, and a VM has at most MAX_PCI_DEVICES of them."""
-    buses = [d.bus for d in request.disks] + ["sata"] * len(_iso_refs(request))  # CD-ROMs are SATA drives
+    cdroms = len(_iso_refs(request)) + (1 if request.cloud_init is not None else 0)  # the cloud-init seed is one too
+    buses = [d.bus for d in request.disks] + ["sata"] * cdroms  # CD-ROMs are SATA drives
     devs = target_devs(buses)
     virtio = buses.count("virtio")
     sata = controllers_needed("sata", [dev for bus, dev in zip(buses, devs, strict=True) if bus == "sata"])
