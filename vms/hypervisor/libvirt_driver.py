@@ -13,13 +13,14 @@ exception or error code. Callers import the driver from here.
 from __future__ import annotations
 
 from vms.hypervisor.consoles import ConsolesMixin
+from vms.hypervisor.devices import DevicesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.host import HostMixin
 from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
 
 
-class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin):
+class LibvirtDriver(StorageMixin, HostMixin, ConsolesMixin, StatsMixin, DomainsMixin, DevicesMixin):
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are
