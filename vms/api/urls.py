@@ -9,6 +9,7 @@ from vms.api import console_views, template_views, views
 # day two: imports of hardware
 
 # day two: imports of disks
+from vms.api import device_views  # isort: skip
 
 # day two: imports of snapshots
 
@@ -25,6 +26,10 @@ urlpatterns = [
     # day two: addresses
     # day two: hardware
     # day two: disks
+    path("<int:vm_id>/disks", device_views.VmDiskCollectionView.as_view(), name="vm-disk-list"),
+    path("<int:vm_id>/disks/<str:target_dev>", device_views.VmDiskItemView.as_view(), name="vm-disk-detail"),
+    path("<int:vm_id>/cdroms", device_views.VmCdromCollectionView.as_view(), name="vm-cdrom-list"),
+    path("<int:vm_id>/cdroms/<str:target_dev>", device_views.VmCdromItemView.as_view(), name="vm-cdrom-detail"),
     # day two: snapshots
     # day two: cloud_init
     *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],

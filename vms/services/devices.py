@@ -120,7 +120,7 @@ def disk_attach(*, vm: VirtualMachine, request: DiskRequest, hv: Hypervisor | No
     if request.boot_order is not None:
         _check_boot_order(vm, request.boot_order)
     inactive = hv.domain_xml(vm.name, inactive=True)
-    target_dev = _free_target(inactive, request.bus)
+    target_dev = free_target(inactive, request.bus)
     order = max((d.order for d in existing), default=-1) + 1
     pool = hv.pool(vm.storage_pool)
     if request.kind != "existing":
@@ -192,7 +192,7 @@ def _check_boot_order(vm: VirtualMachine, boot_order: int) -> None:
         raise InvalidInput(f"boot_order {boot_order} is already used by {', '.join(used)}", field="boot_order")
 
 
-def _free_target(inactive_xml: str, bus: str) -> str:
+def free_target(inactive_xml: str, bus: str) -> str:
     """The first free target name of the bus's family (vdX; sdX shared by SATA and SCSI; hdX) in the definition."""
     prefix = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}[bus]
     taken = {d.target_dev for d in parse_domain(inactive_xml).disks}
