@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from vaporsite.errors import InvalidInput
+from vms.hypervisor.documents.domain import domain_xml
 from vms.hypervisor.specs import BackingSpec
 from vms.models import Disk, VirtualMachine
 from vms.services.design import clock_for, domain_spec, firmware_for
@@ -79,3 +80,12 @@ def test_each_disk_states_the_chain_its_request_checked_and_an_unrecorded_one_is
         Disk.objects.create(vm=vm, order=order, path=f"/p/{order}.qcow2", target_dev=f"vd{'abcdef'[order]}", **row)
     base, seed = BackingSpec("/d/base.qcow2", "qcow2"), BackingSpec("/d/seed.img", "raw")
     assert [d.backing for d in domain_spec(vm).disks] == [(), (), (base, seed), (seed,), None, None]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("machine", "ports"), [("q35", 4), ("pc-q35-7.2", 4), ("pc-i440fx-7.2", 0), ("pc", 0)])
+def test_a_q35_vm_gets_spare_pcie_root_ports_for_hot_plug_and_other_machines_none(machine: str, ports: int):
+    vm = VirtualMachine.objects.create(name="p", memory_mb=1024, vcpus=1, machine=machine)
+    spec = domain_spec(vm)
+    assert spec.pcie_root_ports == ports
+    assert ('model="pcie-root-port"' in domain_xml(spec)) == bool(ports)

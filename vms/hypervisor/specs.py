@@ -19,6 +19,10 @@ IMAGE_FORMATS: tuple[DiskFormat, ...] = get_args(DiskFormat)
 """The disk image formats Vapor reads and writes; every other list of them (vms.choices.DiskFormat) is built from this one."""
 NicModel = Literal["virtio", "e1000e", "rtl8139"]
 Firmware = Literal["bios", "efi"]
+
+SPARE_PCIE_ROOT_PORTS = 4
+"""Empty `pcie-root-port` controllers a new q35 domain gets, so disks and NICs can be hot-plugged:
+on q35 every PCIe device needs a root port of its own and a running domain cannot gain one."""
 ClockOffset = Literal["utc", "localtime"]
 
 
@@ -101,6 +105,8 @@ class DomainSpec:
     nics: tuple[NicSpec, ...] = ()
     graphics: GraphicsSpec | None = field(default_factory=GraphicsSpec)
     serial_log: str = ""  # a file the serial console is written to (tests read the guest's output there)
+    # Spare (empty) pcie-root-port controllers for hot-plug; q35 only: the designer gives other machines 0.
+    pcie_root_ports: int = SPARE_PCIE_ROOT_PORTS
 
 
 @dataclass(frozen=True)

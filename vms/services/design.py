@@ -12,7 +12,17 @@ from __future__ import annotations
 from guestos import osinfo
 from vaporsite.errors import InvalidInput
 from vms.choices import DiskSource, NicType
-from vms.hypervisor.specs import BackingSpec, CdromSpec, ClockOffset, DiskSpec, DomainSpec, Firmware, GraphicsSpec, NicSpec
+from vms.hypervisor.specs import (
+    SPARE_PCIE_ROOT_PORTS,
+    BackingSpec,
+    CdromSpec,
+    ClockOffset,
+    DiskSpec,
+    DomainSpec,
+    Firmware,
+    GraphicsSpec,
+    NicSpec,
+)
 from vms.models import Disk, VirtualMachine
 
 WINDOWS_OS_IDS = "http://microsoft.com/"
@@ -104,4 +114,5 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
         nics=nics,
         graphics=graphics,
         serial_log=vm.serial_log,
+        pcie_root_ports=SPARE_PCIE_ROOT_PORTS if "q35" in vm.machine else 0,
     )

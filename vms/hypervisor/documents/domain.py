@@ -142,6 +142,7 @@ def _devices(root: etree._Element, spec: DomainSpec, mask_secrets: bool) -> None
     scsi = [d.target_dev for d in spec.disks if d.bus == "scsi"] + [c.target_dev for c in spec.cdroms if c.bus == "scsi"]
     for index in range(controllers_needed("scsi", scsi)):
         sub(devices, "controller", type="scsi", index=str(index), model="virtio-scsi")
+    _pcie_root_ports(devices, spec, scsi_controllers=controllers_needed("scsi", scsi))
     for nic in spec.nics:
         _interface(devices, nic)
     _serial_console(devices, spec.serial_log)
@@ -158,6 +159,34 @@ def _devices(root: etree._Element, spec: DomainSpec, mask_secrets: bool) -> None
     rng = sub(devices, "rng", model="virtio")
     sub(rng, "backend", "/dev/urandom", model="random")
     sub(devices, "memballoon", model="virtio")
+
+
+def _pcie_root_ports(devices: etree._Element, spec: DomainSpec, *, scsi_controllers: int) -> None:
+    """The q35 root ports: one per PCIe device libvirt places, plus `spec.pcie_root_ports` spare.
+
+    A running q35 domain cannot gain a root port, so a hot-plugged disk or NIC
+    needs an empty one. libvirt puts every device it addresses on the root
+    ports it is given, so stating only the spare ones would leave none: the
+    count covers the devices below too (virtio disks, virtio-scsi controllers,
+    NICs, the virtio-serial controller of the agent channel, the USB
+    controller, the RNG and the balloon; SATA, the primary video and the
+    pcie-to-pci-bridge libvirt adds for an rtl8139 sit on the root bus itself).
+    tests/integration/test_hardware_pcie.py checks the spare count in
+    libvirt's own answer.
+    """
+    if not spec.pcie_root_ports:
+        return
+    placed = (
+        sum(1 for disk in spec.disks if disk.bus == "virtio")
+        + scsi_controllers
+        + sum(1 for nic in spec.nics if nic.model != "rtl8139")
+        + 1  # virtio-serial (the guest agent channel)
+        + 1  # the USB controller libvirt adds to every q35 domain, headless too
+        + 2  # rng, memballoon
+    )
+    sub(devices, "controller", type="pci", index="0", model="pcie-root")
+    for index in range(1, placed + spec.pcie_root_ports + 1):
+        sub(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
 
 
 def _disk_element(devices: etree._Element, device: str, path: str, fmt: str, bus: str, target: str) -> etree._Element:
