@@ -273,5 +273,3 @@ def test_a_busy_vm_refuses_changes(vm_api, hv, web):
     VirtualMachine.objects.filter(pk=web.pk).update(status="provisioning")
     response = vm_api.post(f"{BASE}/{web.pk}/disks", {"size": 1}, format="json")
     assert (response.status_code, response.json()["code"]) == (409, "vm_busy")
-
-
