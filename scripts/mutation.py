@@ -627,6 +627,54 @@ MUTANTS: list[Mutant] = [
     # --- day two: addresses (its mutants go right below this line)
     # --- day two: hardware (its mutants go right below this line)
     # --- day two: disks (its mutants go right below this line)
+    Mutant(
+        "disks: SATA and IDE are never hot-plugged into a running VM",
+        "a SATA disk is attached to a running VM",
+        "vms/services/devices.py",
+        "    if target.live and request.bus not in HOTPLUG_BUSES:\n",
+        "    if False:\n",
+        ("tests/vms/test_disks_api.py", "-k", "refused_attaches"),
+    ),
+    Mutant(
+        "disks: a disk the VM's snapshots hold is never detached",
+        "the snapshot list is not read before a detach",
+        "vms/services/devices.py",
+        "    if (count := snapshot_count(vm=vm, hv=hv)) > 0:\n",
+        "    if (count := 0) > 0:\n",
+        ("tests/vms/test_disks_api.py", "-k", "snapshots"),
+    ),
+    Mutant(
+        "disks: disks only grow",
+        "a smaller size is passed to the resize",
+        "vms/services/devices.py",
+        "    if size_gb * GIB < current:\n",
+        "    if False:\n",
+        ("tests/vms/test_disks_api.py", "-k", "shrinking"),
+    ),
+    Mutant(
+        "disks: a failed attach removes the volume it created",
+        "the new volume is left behind",
+        "vms/services/devices.py",
+        "        if created:\n            _delete_quietly(",
+        "        if False:\n            _delete_quietly(",
+        ("tests/vms/test_disks_api.py", "-k", "failed_attach"),
+    ),
+    Mutant(
+        "disks: delete_volume deletes only a volume Vapor created for the VM",
+        "an existing file is deleted with the disk",
+        "vms/services/devices.py",
+        "    deletes = delete_volume and disk.created_by_vapor and bool(disk.volume_name)\n",
+        "    deletes = delete_volume\n",
+        ("tests/vms/test_disks_api.py", "-k", "attached_once_writable"),
+    ),
+    Mutant(
+        "CD-ROMs: only a ready library ISO is inserted",
+        "an ISO still hashing is inserted",
+        "vms/services/cdroms.py",
+        '    require_ready(resolved, field="iso")\n',
+        "    pass\n",
+        ("tests/vms/test_disks_api.py", "-k", "insert_refusals"),
+    ),
     # --- day two: snapshots (its mutants go right below this line)
     # --- day two: cloud_init (its mutants go right below this line)
 ]

@@ -38,7 +38,7 @@ from tests.reliability.authz import HOST_LISTING, HypervisorSpy, changed_rows, m
 from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
-from vms.models import VirtualMachine, VmEvent, VmTemplate
+from vms.models import CdromAttachment, Disk, VirtualMachine, VmEvent, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -204,6 +204,37 @@ def refreshes(seen: Seen) -> str:
     return "one host listing, state stored"
 
 
+# day two: disks (effects)
+def disk_grown(seen: Seen) -> str:
+    _status(seen, 200)
+    assert Disk.objects.get(vm_id=int(seen.seeds["vm"]), target_dev="vda").size_gb == 2
+    assert seen.spy.calls["block_resize"] == 1, dict(seen.spy.calls)
+    return "disk vda grown to 2 GB, blockResize called"
+
+
+def disk_detached(seen: Seen) -> str:
+    _status(seen, 204)
+    assert not Disk.objects.filter(vm_id=int(seen.seeds["vm"]), target_dev="vda").exists(), "the disk row is still there"
+    assert seen.spy.calls["detach_device"] == 1, dict(seen.spy.calls)
+    return "disk vda detached"
+
+
+def cdrom_ejected(seen: Seen) -> str:
+    _status(seen, 200)
+    assert not CdromAttachment.objects.filter(vm_id=int(seen.seeds["vm"])).exists(), "the ISO is still recorded in the drive"
+    assert seen.spy.calls["update_device"] == 1, dict(seen.spy.calls)
+    return "CD-ROM sda ejected, updateDevice called"
+
+
+def refused_while_running(seen: Seen) -> str:
+    """Allowed, then refused by the VM's state: 409 not_hotpluggable, nothing changed."""
+    _status(seen, 409)
+    assert seen.response.json()["code"] == "not_hotpluggable"
+    assert changed_rows(seen.before, seen.after) == 0
+    assert seen.spy.calls["attach_device"] + seen.spy.calls["detach_device"] == 0, dict(seen.spy.calls)
+    return "409 not_hotpluggable (SATA drive, running VM), nothing changed"
+
+
 def _rows_form(prefix: str, items: list[dict[str, str]]) -> dict[str, str]:
     data = {f"{prefix}-TOTAL_FORMS": str(len(items)), f"{prefix}-INITIAL_FORMS": "0",
             f"{prefix}-MIN_NUM_FORMS": "0", f"{prefix}-MAX_NUM_FORMS": "1000"}  # fmt: skip
@@ -269,6 +300,18 @@ ACTIONS = [
     Action("API PATCH template", "PATCH", API + "templates/{template}", "change", {"memory": 1024},
            effect=changes(200, VmTemplate, "template", memory_mb=1024)),
     Action("API DELETE template", "DELETE", API + "templates/{template}", "delete", effect=template_gone(204)),
+    # --- API: disks and CD-ROMs (day two: disks)
+    Action("API GET vm disks", "GET", API + "{vm}/disks", "view", effect=shows("seed-vm-disk0.qcow2")),
+    Action("API POST vm disks", "POST", API + "{vm}/disks", "change", {"size": 1},
+           effect=creates(201, Disk, "disk", hv_call="attach_device", vm_id="{vm}", target_dev="vdb")),
+    Action("API GET vm disk", "GET", API + "{vm}/disks/vda", "view", effect=shows("seed-vm-disk0.qcow2")),
+    Action("API PATCH vm disk", "PATCH", API + "{vm}/disks/vda", "change", {"size_gb": 2}, effect=disk_grown),
+    Action("API DELETE vm disk", "DELETE", API + "{vm}/disks/vda", "change", effect=disk_detached),
+    Action("API GET vm cdroms", "GET", API + "{vm}/cdroms", "view", effect=shows("{cd_iso}")),
+    Action("API POST vm cdroms", "POST", API + "{vm}/cdroms", "change", {"iso": None}, effect=refused_while_running),
+    Action("API GET vm cdrom", "GET", API + "{vm}/cdroms/sda", "view", effect=shows("{cd_iso}")),
+    Action("API PUT vm cdrom", "PUT", API + "{vm}/cdroms/sda", "change", {"iso": None}, effect=cdrom_ejected),
+    Action("API DELETE vm cdrom", "DELETE", API + "{vm}/cdroms/sda", "change", effect=refused_while_running),
     # --- admin: VMs
     Action("admin VM list", "GET", ADMIN + "vms/virtualmachine/", "view", api=False, effect=shows("seed-vm")),
     Action("admin VM change page", "GET", ADMIN + "vms/virtualmachine/{vm}/change/", "view", api=False, effect=shows("seed-vm")),
@@ -373,6 +416,15 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
         vm = root.post(API + "create-enhanced", {"name": "seed-vm", "memory": 512, "vcpus": 1}, format="json")
     assert vm.status_code == 202, vm.content
     assert VirtualMachine.objects.get(name="seed-vm").status == "running"
+    # day two: disks: the seed VM gets a disk (vda) and a CD-ROM drive (sda) holding the ISO "cd"
+    cd_path = shutil.copyfile(iso_bytes, iso_dirs.search[0] / "cd.iso")
+    cd_iso = iso_register_path(path=str(cd_path), meta=IsoMetadata(name="cd"), digests=digests)
+    seed_vm = str(vm.json()["id"])
+    assert root.post(API + seed_vm + "/disks", {"size": 1}, format="json").status_code == 201
+    spy.inner.domains["seed-vm"].state = "shutoff"
+    assert root.post(API + seed_vm + "/cdroms", {"iso": cd_iso.pk}, format="json").status_code == 201
+    spy.inner.domains["seed-vm"].state = "running"
+    others["cd_iso"] = cd_iso.pk
     spy.calls.clear()
     return {
         "vm": str(vm.json()["id"]),
