@@ -205,11 +205,14 @@ def refreshes(seen: Seen) -> str:
 
 
 # day two: disks (effects)
-def disk_grown(seen: Seen) -> str:
-    _status(seen, 200)
-    assert Disk.objects.get(vm_id=int(seen.seeds["vm"]), target_dev="vda").size_gb == 2
-    assert seen.spy.calls["block_resize"] == 1, dict(seen.spy.calls)
-    return "disk vda grown to 2 GB, blockResize called"
+def disk_grown(code: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        assert Disk.objects.get(vm_id=int(seen.seeds["vm"]), target_dev="vda").size_gb == 2
+        assert seen.spy.calls["block_resize"] == 1, dict(seen.spy.calls)
+        return "disk vda grown to 2 GB, blockResize called"
+
+    return check
 
 
 def disk_detached(seen: Seen) -> str:
@@ -219,11 +222,14 @@ def disk_detached(seen: Seen) -> str:
     return "disk vda detached"
 
 
-def cdrom_ejected(seen: Seen) -> str:
-    _status(seen, 200)
-    assert not CdromAttachment.objects.filter(vm_id=int(seen.seeds["vm"])).exists(), "the ISO is still recorded in the drive"
-    assert seen.spy.calls["update_device"] == 1, dict(seen.spy.calls)
-    return "CD-ROM sda ejected, updateDevice called"
+def cdrom_ejected(code: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        assert not CdromAttachment.objects.filter(vm_id=int(seen.seeds["vm"])).exists(), "the ISO is still recorded in the drive"
+        assert seen.spy.calls["update_device"] == 1, dict(seen.spy.calls)
+        return "CD-ROM sda ejected, updateDevice called"
+
+    return check
 
 
 def refused_while_running(seen: Seen) -> str:
@@ -305,12 +311,12 @@ ACTIONS = [
     Action("API POST vm disks", "POST", API + "{vm}/disks", "change", {"size": 1},
            effect=creates(201, Disk, "disk", hv_call="attach_device", vm_id="{vm}", target_dev="vdb")),
     Action("API GET vm disk", "GET", API + "{vm}/disks/vda", "view", effect=shows("seed-vm-disk0.qcow2")),
-    Action("API PATCH vm disk", "PATCH", API + "{vm}/disks/vda", "change", {"size_gb": 2}, effect=disk_grown),
+    Action("API PATCH vm disk", "PATCH", API + "{vm}/disks/vda", "change", {"size_gb": 2}, effect=disk_grown(200)),
     Action("API DELETE vm disk", "DELETE", API + "{vm}/disks/vda", "change", effect=disk_detached),
     Action("API GET vm cdroms", "GET", API + "{vm}/cdroms", "view", effect=shows("{cd_iso}")),
     Action("API POST vm cdroms", "POST", API + "{vm}/cdroms", "change", {"iso": None}, effect=refused_while_running),
     Action("API GET vm cdrom", "GET", API + "{vm}/cdroms/sda", "view", effect=shows("{cd_iso}")),
-    Action("API PUT vm cdrom", "PUT", API + "{vm}/cdroms/sda", "change", {"iso": None}, effect=cdrom_ejected),
+    Action("API PUT vm cdrom", "PUT", API + "{vm}/cdroms/sda", "change", {"iso": None}, effect=cdrom_ejected(200)),
     Action("API DELETE vm cdrom", "DELETE", API + "{vm}/cdroms/sda", "change", effect=refused_while_running),
     # --- admin: VMs
     Action("admin VM list", "GET", ADMIN + "vms/virtualmachine/", "view", api=False, effect=shows("seed-vm")),
@@ -336,6 +342,13 @@ ACTIONS = [
     *[Action(f"admin VM page button {a}", "POST", ADMIN + "vms/virtualmachine/{vm}/action/" + a + "/", "change", api=False,
              effect=powers(302, POWER[a][0], a, POWER[a][1])) for a in ("stop", "force-stop", "reboot")],
     _vm_action("refresh_states", refreshes),
+    # --- admin: the VM page's Disks & CD-ROMs forms (day two: disks)
+    Action("admin VM disks attach", "POST", ADMIN + "vms/virtualmachine/{vm}/disks/attach/", "change", {"size": "1", "bus": "virtio"},
+           api=False, effect=creates(302, Disk, "disk", hv_call="attach_device", vm_id="{vm}", target_dev="vdb")),
+    Action("admin VM disks grow", "POST", ADMIN + "vms/virtualmachine/{vm}/disks/grow/", "change", {"target_dev": "vda", "size_gb": "2"},
+           api=False, effect=disk_grown(302)),
+    Action("admin VM CD-ROM eject", "POST", ADMIN + "vms/virtualmachine/{vm}/disks/cdrom/", "change", {"target_dev": "sda", "iso": ""},
+           api=False, effect=cdrom_ejected(302)),
     # --- admin: templates
     Action("admin template list", "GET", ADMIN + "vms/vmtemplate/", "view", api=False, effect=shows("seed-tpl")),
     Action("admin template change page", "GET", ADMIN + "vms/vmtemplate/{template_pk}/change/", "view", api=False,
@@ -577,6 +590,7 @@ CSRF_WRITES = [
     ("admin template add (save)", ADMIN + "vms/vmtemplate/add/", {**TEMPLATE_FORM, "name": "tpl-csrf"}, False),
     ("admin VM action stop", ADMIN + "vms/virtualmachine/", {"action": "action_stop", "_selected_action": "{vm}", "index": "0"}, False),
     ("admin VM page button stop", ADMIN + "vms/virtualmachine/{vm}/action/stop/", {}, False),
+    ("admin VM disks attach", ADMIN + "vms/virtualmachine/{vm}/disks/attach/", {"size": "1", "bus": "virtio"}, False),  # day two: disks
 ]
 
 

@@ -31,6 +31,7 @@ from vaporsite.admin_support import VaporModelAdmin
 from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.admin import create as admin_create
+from vms.admin.disks import disk_urls, disks_context
 from vms.choices import VmStatus
 from vms.consoles.views import can_watch_console, console_links
 from vms.hypervisor.documents.domain import domain_xml
@@ -199,6 +200,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         own = [
             path("iso-picker/", self.admin_site.admin_view(admin_create.iso_picker_view), name="vms_virtualmachine_iso_picker"),
             path("<path:object_id>/action/<str:action>/", self.admin_site.admin_view(self.power_view), name="vms_virtualmachine_power"),
+            *disk_urls(self),  # day two: disks
         ]
         return own + super().get_urls()
 
@@ -222,6 +224,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             # The button bar above the page (change_form.html's object tools): power buttons, then the consoles.
             context["power_buttons"] = self.power_buttons(request, obj)
             context["console_links"] = console_links(request.user, obj)
+            context.update(disks_context(self, request, obj))  # day two: disks
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:
