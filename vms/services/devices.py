@@ -132,7 +132,7 @@ def disk_attach(*, vm: VirtualMachine, request: DiskRequest, hv: Hypervisor | No
         vm_name=vm.name,
         pool=pool,
         hv=hv,
-        roots=disk_roots(hv),
+        roots=disk_roots(hv) if request.kind != "new" else [],  # a new volume has no source to guard
         target_dev=target_dev,
         boot_order=request.boot_order,
         host_uses=HostUses(hv),
