@@ -273,3 +273,28 @@ def test_a_busy_vm_refuses_changes(vm_api, hv, web):
     VirtualMachine.objects.filter(pk=web.pk).update(status="provisioning")
     response = vm_api.post(f"{BASE}/{web.pk}/disks", {"size": 1}, format="json")
     assert (response.status_code, response.json()["code"]) == (409, "vm_busy")
+
+
+def test_attach_and_grow_count_against_the_disk_quota(vm_api, hv, web):
+    from projects.models import Project
+
+    Project.objects.filter(pk=web.project_id).update(max_disk_gb=4)
+    before = hv.domains["web"].xml
+    response = vm_api.post(f"{BASE}/{web.pk}/disks", {"size": 4}, format="json")
+    assert (response.status_code, response.json()["code"]) == (409, "quota_exceeded")
+    assert vm_api.post(f"{BASE}/{web.pk}/disks", {"size": 3}, format="json").status_code == 201
+    grow = vm_api.patch(f"{BASE}/{web.pk}/disks/vdb", {"size_gb": 4}, format="json")
+    assert (grow.status_code, grow.json()["code"]) == (409, "quota_exceeded")
+    assert volumes(hv) == ["web-disk0.qcow2", "web-disk1.qcow2"]
+    assert hv.resized == {}
+    assert 'dev="vdb"' in hv.domains["web"].xml and before != hv.domains["web"].xml
+
+
+def test_attach_a_clone_of_a_base_image(vm_api, hv, web, base_image):
+    response = vm_api.post(f"{BASE}/{web.pk}/disks", {"clone_from": str(base_image), "bus": "scsi"}, format="json")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert (body["source"], body["target_dev"], body["source_path"]) == ("clone", "sda", str(base_image))
+    assert "web-disk1.qcow2" in volumes(hv)
+    web.refresh_from_db()
+    assert web.disk_gb == 1 + 8  # the clone counts at the base's virtual size
