@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import virsh
 from tests.integration.guest_vm import VaporGuest, vapor_guest
 from tests.integration.vm_support import VmEnv
 from tests.support.isos import make_iso
@@ -34,7 +35,7 @@ def definitions(hv: LibvirtDriver, name: str) -> tuple[str, str]:
     return hv.domain_xml(name), hv.domain_xml(name, inactive=True)
 
 
-def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest(
+def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest_and_refusals_change_nothing(
     vm_api, run_tasks, vm_env: VmEnv, shell_iso: Path, hypervisor: LibvirtDriver
 ):
     guest = vapor_guest(vm_api, run_tasks, vm_env, shell_iso, name="disks-guest")
@@ -76,5 +77,14 @@ def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest(
         eventually(guest, "ls /sys/block; echo; test -e /sys/block/vdb || echo vdb-gone", "vdb-gone")
         assert all("disks-guest-disk1" not in xml for xml in definitions(hypervisor, vm.name))
         assert "disks-guest-disk1.qcow2" not in vm_env.volumes()
+
+        # With a snapshot of the domain (libvirt's list), detaching is a 409 and nothing changes.
+        overlay = vm_env.pool_dir / "disks-guest-disk0.snap1"
+        virsh("snapshot-create-as", vm.name, "snap1", "--disk-only", "--atomic",
+              "--diskspec", f"vda,snapshot=external,file={overlay}", "--diskspec", "sda,snapshot=no")  # fmt: skip
+        before = definitions(hypervisor, vm.name)
+        refused = vm_api.delete(f"{BASE}/{vm.pk}/disks/vda")
+        assert (refused.status_code, refused.json()["code"]) == (409, "has_snapshots")
+        assert definitions(hypervisor, vm.name) == before
     finally:
         guest.close()
