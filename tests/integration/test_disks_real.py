@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import virsh
+from tests.integration.conftest import unique, virsh
 from tests.integration.guest_vm import VaporGuest, vapor_guest
 from tests.integration.vm_support import VmEnv
 from tests.support.isos import make_iso
@@ -38,7 +38,7 @@ def definitions(hv: LibvirtDriver, name: str) -> tuple[str, str]:
 def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest_and_refusals_change_nothing(
     vm_api, run_tasks, vm_env: VmEnv, shell_iso: Path, hypervisor: LibvirtDriver
 ):
-    guest = vapor_guest(vm_api, run_tasks, vm_env, shell_iso, name="disks-guest")
+    guest = vapor_guest(vm_api, run_tasks, vm_env, shell_iso, name=unique("disks-guest"))
     vm = guest.vm
     try:
         # A new 1 GB virtio disk, attached while the guest runs: the guest's kernel finds vdb.
@@ -47,7 +47,7 @@ def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest_and_refusals_ch
         assert attached.json()["target_dev"] == "vdb"
         eventually(guest, "ls /sys/block", "vdb")
         live, inactive = definitions(hypervisor, vm.name)
-        assert "disks-guest-disk1.qcow2" in live and "disks-guest-disk1.qcow2" in inactive  # live and persistent
+        assert f"{vm.name}-disk1.qcow2" in live and f"{vm.name}-disk1.qcow2" in inactive  # live and persistent
 
         # Refusals: a SATA disk on the running VM, a shrink; the definitions stay byte-identical.
         before = definitions(hypervisor, vm.name)
@@ -61,7 +61,7 @@ def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest_and_refusals_ch
         shrink = vm_api.patch(f"{BASE}/{vm.pk}/disks/vdb", {"size_gb": 1}, format="json")
         assert (shrink.status_code, shrink.json()["field"]) == (400, "size_gb")
         assert definitions(hypervisor, vm.name) == before
-        assert "disks-guest-disk2" not in " ".join(vm_env.volumes())
+        assert f"{vm.name}-disk2" not in " ".join(vm_env.volumes())
 
         # The CD-ROM: a new medium, live; the guest reads its volume label from the descriptor at 32808.
         make_iso(vm_env.isos / "drivers.iso", label="VAPORDRIVERS")
@@ -75,11 +75,11 @@ def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest_and_refusals_ch
         detached = vm_api.delete(f"{BASE}/{vm.pk}/disks/vdb?delete_volume=true")
         assert detached.status_code == 204, detached.content
         eventually(guest, "ls /sys/block; echo; test -e /sys/block/vdb || echo vdb-gone", "vdb-gone")
-        assert all("disks-guest-disk1" not in xml for xml in definitions(hypervisor, vm.name))
-        assert "disks-guest-disk1.qcow2" not in vm_env.volumes()
+        assert all(f"{vm.name}-disk1" not in xml for xml in definitions(hypervisor, vm.name))
+        assert f"{vm.name}-disk1.qcow2" not in vm_env.volumes()
 
         # With a snapshot of the domain (libvirt's list), detaching is a 409 and nothing changes.
-        overlay = vm_env.pool_dir / "disks-guest-disk0.snap1"
+        overlay = vm_env.pool_dir / f"{vm.name}-disk0.snap1"
         virsh("snapshot-create-as", vm.name, "snap1", "--disk-only", "--atomic",
               "--diskspec", f"vda,snapshot=external,file={overlay}", "--diskspec", "sda,snapshot=no")  # fmt: skip
         before = definitions(hypervisor, vm.name)
@@ -88,3 +88,4 @@ def test_hot_attach_grow_detach_and_cdrom_change_reach_the_guest_and_refusals_ch
         assert definitions(hypervisor, vm.name) == before
     finally:
         guest.close()
+        virsh("snapshot-delete", vm.name, "snap1", "--metadata", check=False)  # vm_env's undefine keeps snapshot metadata
