@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from django.apps import apps
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 
 from projects.access import SYSTEM, Actor, audit, require
 from projects.choices import Role
@@ -144,7 +146,7 @@ def disk_attach(*, vm: VirtualMachine, request: DiskRequest, hv: Hypervisor | No
         with transaction.atomic():
             quota_check(project=vm.project, asked=Usage(vms=0, vcpus=0, memory_mb=0, disk_gb=new_gb))
             disk = _store(vm, planned)
-            VirtualMachine.objects.filter(pk=vm.pk).update(disk_gb=vm.disk_gb + new_gb)
+            VirtualMachine.objects.filter(pk=vm.pk).update(disk_gb=F("disk_gb") + new_gb)
             if planned.source == DiskSource.NEW:
                 hv.create_volume(vm.storage_pool, planned.volume_name, planned.capacity_bytes, planned.format)
                 created = True
@@ -317,7 +319,7 @@ def disk_grow(*, vm: VirtualMachine, target_dev: str, size_gb: int, hv: Hypervis
         with transaction.atomic():
             quota_check(project=vm.project, asked=Usage(vms=0, vcpus=0, memory_mb=0, disk_gb=added))
             Disk.objects.filter(pk=disk.pk).update(size_gb=size_gb)
-            VirtualMachine.objects.filter(pk=vm.pk).update(disk_gb=vm.disk_gb + added)
+            VirtualMachine.objects.filter(pk=vm.pk).update(disk_gb=F("disk_gb") + added)
             if target.live:
                 hv.block_resize(vm.name, target_dev, size_gb * GIB)
             else:
@@ -363,7 +365,7 @@ def disk_detach(
         with transaction.atomic():
             freed = disk_gb([(disk.size_gb or 0) * GIB]) if deletes else 0
             Disk.objects.filter(pk=disk.pk).delete()
-            VirtualMachine.objects.filter(pk=vm.pk).update(disk_gb=max(vm.disk_gb - freed, 0))
+            VirtualMachine.objects.filter(pk=vm.pk).update(disk_gb=Greatest(F("disk_gb") - freed, 0))
             hv.detach_device(vm.name, disk_device_xml(_spec(disk)), live=target.live, target_dev=target_dev if target.live else "")
             what = "volume deleted" if deletes else "volume kept" if disk.created_by_vapor else "file kept"
             record(target, actor, f"detach disk {target_dev}", f"{disk.path} ({what})", "vm.disk_detach")
