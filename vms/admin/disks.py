@@ -7,7 +7,6 @@ what happened in a message, and goes back to the VM page.
 
 from __future__ import annotations
 
-from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
@@ -20,7 +19,6 @@ from django.urls import path, reverse
 from projects.access import Actor
 from projects.admin_scoping import admin_actor
 from vaporsite.errors import InvalidInput, VaporError
-from vms import hypervisor
 from vms.choices import DiskBus
 from vms.models import VirtualMachine
 from vms.services import cdroms, devices
@@ -33,19 +31,16 @@ OPS = ("attach", "grow", "detach", "cdrom")
 
 
 def disks_context(admin: VirtualMachineAdmin, request: HttpRequest, obj: VirtualMachine) -> dict[str, Any]:
-    """What day2/disks_panel.html and disks_outside.html show: the disks, the CD-ROM drives, the forms' targets."""
-    drives: list[cdroms.CdromDrive] = []
-    problem = ""
-    try:
-        with closing(hypervisor.get_hypervisor()) as hv:
-            drives = cdroms.cdrom_list(vm=obj, hv=hv)
-    except VaporError as exc:
-        problem = exc.message
+    """What day2/disks_panel.html and disks_outside.html show: the disks, the CD-ROMs holding a library ISO, the forms' urls.
+
+    Read from the rows only: the page opens no connection of its own for this panel (an empty drive, known
+    only to the domain, is named in the CD-ROM form by its device, e.g. sda)."""
+    cdrom_rows = list(obj.cdroms.select_related("iso"))
     return {
         "vapor_disks": {
             "disks": list(obj.disks.all()),
-            "drives": drives,
-            "problem": problem,
+            "cdroms": cdrom_rows,
+            "cdrom_targets": sorted({c.target_dev for c in cdrom_rows if c.target_dev} or {"sda"}),
             "can_change": admin.has_change_permission(request, obj),
             "buses": DiskBus.choices,
             "urls": {op: reverse("admin:vms_virtualmachine_disks", args=[obj.pk, op]) for op in OPS},
