@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lxml import etree
+
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vms.hypervisor import (
     ConsoleInfo,
@@ -124,6 +126,8 @@ class FakeHypervisor:
     _console_sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
     snapshots: dict[str, dict[str, tuple[LiveSnapshot, str, dict[str, bytes]]]] = field(default_factory=dict)  # domain -> name -> taken
     nvram: dict[str, bytes] = field(default_factory=dict)  # domain -> its UEFI variables, once it has some
+    device_changes: list[tuple[str, str, str, bool]] = field(default_factory=list)  # (call, domain, target dev, live)
+    resized: dict[str, int] = field(default_factory=dict)  # target dev (live) or volume path (stopped) -> bytes
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -508,6 +512,77 @@ class FakeHypervisor:
             self.nvram.pop(name, None)
         else:
             self.nvram[name] = self._vol_path(pool, volume).read_bytes()
+
+    # --- device changes (day two: disks) -----------------------------------------
+    def _edit_devices(self, name: str, edit: Any) -> None:
+        domain = self._domain(name)
+        root = etree.fromstring(domain.xml.encode())
+        devices = root.find("devices")
+        assert devices is not None
+        edit(devices)
+        domain.xml = etree.tostring(root, encoding="unicode")
+
+    @staticmethod
+    def _target(element: Any) -> str:
+        target = element.find("target")
+        return target.get("dev", "") if target is not None else ""
+
+    def attach_device(self, name: str, xml: str, *, live: bool) -> None:
+        self._call("attach_device")
+        element = etree.fromstring(xml.encode())
+        if live and self._domain(name).state != "running":
+            raise Conflict("domain is not running")
+
+        def edit(devices: Any) -> None:
+            if element.tag == "disk" and any(self._target(d) == self._target(element) for d in devices.iterfind("disk")):
+                raise Conflict(f"target {self._target(element)} already exists")
+            devices.append(element)
+
+        self._edit_devices(name, edit)
+        self.device_changes.append(("attach", name, self._target(element), live))
+
+    def detach_device(self, name: str, xml: str, *, live: bool, target_dev: str = "") -> None:
+        self._call("detach_device")
+        target = self._target(etree.fromstring(xml.encode()))
+
+        def edit(devices: Any) -> None:
+            found = [d for d in devices.iterfind("disk") if self._target(d) == target]
+            if not found:
+                raise NotFound(f"no disk {target}")
+            devices.remove(found[0])
+
+        self._edit_devices(name, edit)
+        self.device_changes.append(("detach", name, target, live))
+
+    def update_device(self, name: str, xml: str, *, live: bool) -> None:
+        self._call("update_device")
+        element = etree.fromstring(xml.encode())
+        target = self._target(element)
+
+        def edit(devices: Any) -> None:
+            found = [d for d in devices.iterfind("disk") if self._target(d) == target]
+            if not found:
+                raise NotFound(f"no disk {target}")
+            devices.replace(found[0], element)
+
+        self._edit_devices(name, edit)
+        self.device_changes.append(("update", name, target, live))
+
+    def block_resize(self, name: str, target_dev: str, size_bytes: int) -> None:
+        self._call("block_resize")
+        if self._domain(name).state != "running":
+            raise Conflict("domain is not running")
+        self.resized[target_dev] = size_bytes
+
+    def resize_volume_path(self, path: str, size_bytes: int) -> None:
+        self._call("resize_volume_path")
+        if not Path(path).exists():
+            raise NotFound(f"no storage vol with matching path '{path}'")
+        self.resized[path] = size_bytes
+
+    def snapshot_names(self, name: str) -> list[str]:
+        self._domain(name)
+        return sorted(self.snapshots.get(name, {}))  # the names libvirt lists (those the snapshots service took too)
 
     def close(self) -> None:
         self._call("close")

@@ -38,7 +38,7 @@ from tests.reliability.authz import HOST_LISTING, HypervisorSpy, changed_rows, m
 from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
-from vms.models import NetworkInterface, VirtualMachine, VmEvent, VmSnapshot, VmTemplate
+from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent, VmSnapshot, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -230,6 +230,43 @@ def snapshot_gone(status: int) -> Effect:  # day two: snapshots
     return check
 
 
+# day two: disks (effects)
+def disk_grown(code: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        assert Disk.objects.get(vm_id=int(seen.seeds["vm"]), target_dev="vda").size_gb == 2
+        assert seen.spy.calls["block_resize"] == 1, dict(seen.spy.calls)
+        return "disk vda grown to 2 GB, blockResize called"
+
+    return check
+
+
+def disk_detached(seen: Seen) -> str:
+    _status(seen, 204)
+    assert not Disk.objects.filter(vm_id=int(seen.seeds["vm"]), target_dev="vda").exists(), "the disk row is still there"
+    assert seen.spy.calls["detach_device"] == 1, dict(seen.spy.calls)
+    return "disk vda detached"
+
+
+def cdrom_ejected(code: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        assert not CdromAttachment.objects.filter(vm_id=int(seen.seeds["vm"])).exists(), "the ISO is still recorded in the drive"
+        assert seen.spy.calls["update_device"] == 1, dict(seen.spy.calls)
+        return "CD-ROM sda ejected, updateDevice called"
+
+    return check
+
+
+def refused_while_running(seen: Seen) -> str:
+    """Allowed, then refused by the VM's state: 409 not_hotpluggable, nothing changed."""
+    _status(seen, 409)
+    assert seen.response.json()["code"] == "not_hotpluggable"
+    assert changed_rows(seen.before, seen.after) == 0
+    assert seen.spy.calls["attach_device"] + seen.spy.calls["detach_device"] == 0, dict(seen.spy.calls)
+    return "409 not_hotpluggable (SATA drive, running VM), nothing changed"
+
+
 def _rows_form(prefix: str, items: list[dict[str, str]]) -> dict[str, str]:
     data = {f"{prefix}-TOTAL_FORMS": str(len(items)), f"{prefix}-INITIAL_FORMS": "0",
             f"{prefix}-MIN_NUM_FORMS": "0", f"{prefix}-MAX_NUM_FORMS": "1000"}  # fmt: skip
@@ -295,6 +332,18 @@ ACTIONS = [
     Action("API PATCH template", "PATCH", API + "templates/{template}", "change", {"memory": 1024},
            effect=changes(200, VmTemplate, "template", memory_mb=1024)),
     Action("API DELETE template", "DELETE", API + "templates/{template}", "delete", effect=template_gone(204)),
+    # --- API: disks and CD-ROMs (day two: disks)
+    Action("API GET vm disks", "GET", API + "{vm}/disks", "view", effect=shows("seed-vm-disk0.qcow2")),
+    Action("API POST vm disks", "POST", API + "{vm}/disks", "change", {"size": 1},
+           effect=creates(201, Disk, "disk", hv_call="attach_device", vm_id="{vm}", target_dev="vdb")),
+    Action("API GET vm disk", "GET", API + "{vm}/disks/vda", "view", effect=shows("seed-vm-disk0.qcow2")),
+    Action("API PATCH vm disk", "PATCH", API + "{vm}/disks/vda", "change", {"size_gb": 2}, effect=disk_grown(200)),
+    Action("API DELETE vm disk", "DELETE", API + "{vm}/disks/vda", "change", effect=disk_detached),
+    Action("API GET vm cdroms", "GET", API + "{vm}/cdroms", "view", effect=shows("{cd_iso}")),
+    Action("API POST vm cdroms", "POST", API + "{vm}/cdroms", "change", {"iso": None}, effect=refused_while_running),
+    Action("API GET vm cdrom", "GET", API + "{vm}/cdroms/sda", "view", effect=shows("{cd_iso}")),
+    Action("API PUT vm cdrom", "PUT", API + "{vm}/cdroms/sda", "change", {"iso": None}, effect=cdrom_ejected(200)),
+    Action("API DELETE vm cdrom", "DELETE", API + "{vm}/cdroms/sda", "change", effect=refused_while_running),
     # --- admin: VMs
     Action("admin VM list", "GET", ADMIN + "vms/virtualmachine/", "view", api=False, effect=shows("seed-vm")),
     Action("admin VM change page", "GET", ADMIN + "vms/virtualmachine/{vm}/change/", "view", api=False, effect=shows("seed-vm")),
@@ -320,6 +369,13 @@ ACTIONS = [
              effect=powers(302, POWER[a][0], a, POWER[a][1])) for a in ("stop", "force-stop", "reboot")],
     _vm_action("refresh_states", refreshes),
     Action("admin VM page button refresh", "POST", ADMIN + "vms/virtualmachine/{vm}/refresh/", "change", api=False, effect=refreshes_one),
+    # --- admin: the VM page's Disks & CD-ROMs forms (day two: disks)
+    Action("admin VM disks attach", "POST", ADMIN + "vms/virtualmachine/{vm}/disks/attach/", "change", {"size": "1", "bus": "virtio"},
+           api=False, effect=creates(302, Disk, "disk", hv_call="attach_device", vm_id="{vm}", target_dev="vdb")),
+    Action("admin VM disks grow", "POST", ADMIN + "vms/virtualmachine/{vm}/disks/grow/", "change", {"target_dev": "vda", "size_gb": "2"},
+           api=False, effect=disk_grown(302)),
+    Action("admin VM CD-ROM eject", "POST", ADMIN + "vms/virtualmachine/{vm}/disks/cdrom/", "change", {"target_dev": "sda", "iso": ""},
+           api=False, effect=cdrom_ejected(302)),
     # --- admin: templates
     Action("admin template list", "GET", ADMIN + "vms/vmtemplate/", "view", api=False, effect=shows("seed-tpl")),
     Action("admin template change page", "GET", ADMIN + "vms/vmtemplate/{template_pk}/change/", "view", api=False,
@@ -431,6 +487,16 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
         vm = root.post(API + "create-enhanced", {"name": "seed-vm", "memory": 512, "vcpus": 1}, format="json")
     assert vm.status_code == 202, vm.content
     assert VirtualMachine.objects.get(name="seed-vm").status == "running"
+    # day two: disks: the seed VM gets a disk (vda) and a CD-ROM drive (sda) holding the ISO "cd"
+    cd_path = shutil.copyfile(iso_bytes, iso_dirs.search[0] / "cd.iso")
+    cd_iso = iso_register_path(path=str(cd_path), meta=IsoMetadata(name="cd"), digests=digests)
+    seed_vm = str(vm.json()["id"])
+    assert root.post(API + seed_vm + "/disks", {"size": 1}, format="json").status_code == 201
+    spy.inner.domains["seed-vm"].state = "shutoff"
+    assert root.post(API + seed_vm + "/cdroms", {"iso": cd_iso.pk}, format="json").status_code == 201
+    spy.inner.domains["seed-vm"].state = "running"
+    others["cd_iso"] = cd_iso.pk
+    # day two: snapshots, taken after the disks so its recorded hardware is the VM's (a revert is allowed)
     assert root.post(API + f"{vm.json()['id']}/snapshots", {"name": "seed-snap", "memory": True}, format="json").status_code == 201
     spy.calls.clear()
     return {
@@ -594,6 +660,7 @@ CSRF_WRITES = [
         False,
     ),
     ("admin VM take snapshot", ADMIN + "vms/virtualmachine/{vm}/snapshots/take/", {"name": "csrf-snap", "memory": "on"}, False),
+    ("admin VM disks attach", ADMIN + "vms/virtualmachine/{vm}/disks/attach/", {"size": "1", "bus": "virtio"}, False),  # day two: disks
 ]
 
 

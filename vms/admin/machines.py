@@ -35,6 +35,7 @@ from vms.admin import addresses as admin_addresses
 from vms.admin import create as admin_create
 from vms.admin import snapshots as admin_snapshots  # day two: snapshots
 from vms.admin.cloud_init import cloud_init_context
+from vms.admin.disks import disk_urls, disks_context
 from vms.admin.hardware import hardware_context, hardware_view
 from vms.choices import VmStatus
 from vms.consoles.views import can_watch_console, console_links
@@ -210,6 +211,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
                 "<path:object_id>/hardware/", self.admin_site.admin_view(partial(hardware_view, self)), name="vms_virtualmachine_hardware"
             ),
             *admin_snapshots.snapshot_urls(self),  # day two: snapshots
+            *disk_urls(self),  # day two: disks
         ]
         return own + super().get_urls()
 
@@ -240,6 +242,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             context.update(hardware_context(self, request, obj))  # day two: hardware
             context.update(admin_snapshots.snapshot_context(self, request, obj))  # day two: snapshots
             context["cloud_init"] = cloud_init_context(request, obj, can_change=self.has_change_permission(request, obj))  # day two
+            context.update(disks_context(self, request, obj))  # day two: disks
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:

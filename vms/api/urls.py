@@ -9,6 +9,8 @@ from vms.api import console_views, template_views, views
 from vms.api import hardware_views  # isort: skip
 
 # day two: imports of disks
+from vms.api import device_views  # isort: skip
+
 # day two: imports of snapshots
 from vms.api.snapshot_views import VmSnapshotCollectionView, VmSnapshotItemView, VmSnapshotRevertView
 
@@ -27,6 +29,10 @@ urlpatterns = [
     path("<int:vm_id>/nics", hardware_views.VmNicCollectionView.as_view(), name="vm-nics"),
     path("<int:vm_id>/nics/<str:mac>", hardware_views.VmNicItemView.as_view(), name="vm-nic"),
     # day two: disks
+    path("<int:vm_id>/disks", device_views.VmDiskCollectionView.as_view(), name="vm-disk-list"),
+    path("<int:vm_id>/disks/<str:target_dev>", device_views.VmDiskItemView.as_view(), name="vm-disk-detail"),
+    path("<int:vm_id>/cdroms", device_views.VmCdromCollectionView.as_view(), name="vm-cdrom-list"),
+    path("<int:vm_id>/cdroms/<str:target_dev>", device_views.VmCdromItemView.as_view(), name="vm-cdrom-detail"),
     # day two: snapshots
     path("<int:vm_id>/snapshots", VmSnapshotCollectionView.as_view(), name="vm-snapshots"),
     path("<int:vm_id>/snapshots/<str:name>", VmSnapshotItemView.as_view(), name="vm-snapshot"),

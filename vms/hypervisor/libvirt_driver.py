@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from vms.hypervisor.addresses import AddressesMixin
 from vms.hypervisor.consoles import ConsolesMixin
+from vms.hypervisor.devices import DevicesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.hardware import HardwareMixin
 from vms.hypervisor.host import HostMixin
@@ -24,7 +25,16 @@ from vms.hypervisor.volume_upload import VolumeUploadMixin
 
 
 class LibvirtDriver(
-    VolumeUploadMixin, StorageMixin, HostMixin, ConsolesMixin, StatsMixin, AddressesMixin, DomainsMixin, HardwareMixin, SnapshotsMixin
+    VolumeUploadMixin,
+    StorageMixin,
+    HostMixin,
+    ConsolesMixin,
+    StatsMixin,
+    AddressesMixin,
+    DomainsMixin,
+    HardwareMixin,
+    SnapshotsMixin,
+    DevicesMixin,
 ):
     """A connection to one libvirt host, opened on first use.
 

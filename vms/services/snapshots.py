@@ -67,9 +67,11 @@ def _hardware(vm: VirtualMachine) -> dict[str, object]:
     return {
         "memory_mb": vm.memory_mb,
         "vcpus": vm.vcpus,
+        "max_memory_mb": vm.max_memory_mb,
+        "max_vcpus": vm.max_vcpus,
         "disks": [[d.target_dev, d.path or d.volume_name, d.size_gb, d.bus, d.boot_order] for d in vm.disks.order_by("order")],
         "cdroms": [[c.slot, c.iso_id, c.target_dev, c.boot_order] for c in vm.cdroms.order_by("slot")],
-        "nics": [[n.order, n.type, n.source, n.model, n.mac] for n in vm.nics.order_by("order")],
+        "nics": [[n.order, n.type, n.source, n.model, n.mac, n.boot_order] for n in vm.nics.order_by("order")],
     }
 
 

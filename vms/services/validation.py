@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def _boot_warnings(request: VmRequest, cdroms: tuple[PlannedCdrom, ...]) -> list
 
 
 def _pool_warnings(pool: PoolInfo, disks: tuple[PlannedDisk, ...]) -> list[str]:
-    """New disks past the pool's free space (within VAPOR_POOL_OVERCOMMIT, or `_check_pool_room` refused them).
+    """New disks past the pool's free space (within VAPOR_POOL_OVERCOMMIT, or `check_pool_room` refused them).
 
     Every volume Vapor makes is thin (allocation 0, raw files sparse too), so
     this works until the guests write more than the pool has left.
@@ -177,35 +178,46 @@ def check_shape(request: VmRequest) -> None:
     seen: dict[int, int] = {}
     for index, disk in enumerate(request.disks):
         field = f"disks.{index}"
-        if disk.path is not None and (disk.size is not None or disk.clone_from is not None):
-            raise InvalidInput("an existing disk (path) takes neither size nor clone_from", field=field)
-        if disk.path is None and disk.clone_from is None and disk.size is None:
-            raise InvalidInput("give size (a new volume), path (an existing disk) or clone_from (a clone)", field=field)
-        if disk.size is not None and disk.size <= 0:
-            raise InvalidInput("must be greater than 0 (GB)", field=f"{field}.size")
-        max_gb = settings.VAPOR.max_disk_gb
-        if disk.size is not None and disk.size > max_gb:
-            raise InvalidInput(f"must be at most {max_gb} GB (VAPOR_MAX_DISK_GB)", field=f"{field}.size")
-        if disk.readonly and disk.kind != "existing":
-            raise InvalidInput("only existing disks (path) can be read-only", field=f"{field}.readonly")
-        if disk.readonly and disk.bus not in READONLY_BUSES:
-            raise InvalidInput(
-                f"a read-only disk needs bus virtio or scsi: libvirt refuses read-only {disk.bus} disks", field=f"{field}.bus"
-            )
-        if disk.linked and disk.kind != "clone":
-            raise InvalidInput("linked only applies to clone_from", field=f"{field}.linked")
-        if disk.linked and disk.format != "qcow2":
-            raise InvalidInput("a linked clone is a qcow2 overlay: format must be qcow2", field=f"{field}.format")
-        if disk.bus == "ide" and request.secure_boot:
-            raise InvalidInput("Secure Boot needs the q35 machine, which has no IDE bus: use sata", field=f"{field}.bus")
+        check_disk_shape(disk, field=field, secure_boot=request.secure_boot)
         if disk.boot_order is not None:
-            if not 1 <= disk.boot_order <= MAX_BOOT_ORDER:
-                raise InvalidInput(f"must be 1-{MAX_BOOT_ORDER}", field=f"{field}.boot_order")
             if disk.boot_order in seen:
                 raise InvalidInput(
                     f"boot_order {disk.boot_order} is already used by disks.{seen[disk.boot_order]}", field=f"{field}.boot_order"
                 )
             seen[disk.boot_order] = index
+
+
+def sub_field(field: str, key: str) -> str:
+    """`disks.0` + `size` -> `disks.0.size`; a request that is one disk (attach) has no prefix: `size`."""
+    return f"{field}.{key}" if field else key
+
+
+def check_disk_shape(disk: DiskRequest, *, field: str, secure_boot: bool) -> None:
+    """One disk entry's own rules (creation's and attach's): what it names, sizes, read-only, linked, bus, boot order."""
+    whole = field or None
+    if disk.path is not None and (disk.size is not None or disk.clone_from is not None):
+        raise InvalidInput("an existing disk (path) takes neither size nor clone_from", field=whole)
+    if disk.path is None and disk.clone_from is None and disk.size is None:
+        raise InvalidInput("give size (a new volume), path (an existing disk) or clone_from (a clone)", field=whole)
+    if disk.size is not None and disk.size <= 0:
+        raise InvalidInput("must be greater than 0 (GB)", field=sub_field(field, "size"))
+    max_gb = settings.VAPOR.max_disk_gb
+    if disk.size is not None and disk.size > max_gb:
+        raise InvalidInput(f"must be at most {max_gb} GB (VAPOR_MAX_DISK_GB)", field=sub_field(field, "size"))
+    if disk.readonly and disk.kind != "existing":
+        raise InvalidInput("only existing disks (path) can be read-only", field=sub_field(field, "readonly"))
+    if disk.readonly and disk.bus not in READONLY_BUSES:
+        raise InvalidInput(
+            f"a read-only disk needs bus virtio or scsi: libvirt refuses read-only {disk.bus} disks", field=sub_field(field, "bus")
+        )
+    if disk.linked and disk.kind != "clone":
+        raise InvalidInput("linked only applies to clone_from", field=sub_field(field, "linked"))
+    if disk.linked and disk.format != "qcow2":
+        raise InvalidInput("a linked clone is a qcow2 overlay: format must be qcow2", field=sub_field(field, "format"))
+    if disk.bus == "ide" and secure_boot:
+        raise InvalidInput("Secure Boot needs the q35 machine, which has no IDE bus: use sata", field=sub_field(field, "bus"))
+    if disk.boot_order is not None and not 1 <= disk.boot_order <= MAX_BOOT_ORDER:
+        raise InvalidInput(f"must be 1-{MAX_BOOT_ORDER}", field=sub_field(field, "boot_order"))
 
 
 def check_counts(request: VmRequest) -> None:
@@ -342,12 +354,13 @@ def disk_source(disk: DiskRequest, field: str, roots: list[Path]) -> CheckedSour
     raw = disk.path if disk.kind == "existing" else disk.clone_from
     source_format = disk.source_format or (disk.format if disk.kind == "existing" else "qcow2")
     key = "path" if disk.kind == "existing" else "clone_from"
-    resolved, info = _inspect_source(str(raw), source_format, f"{field}.{key}", roots)
+    resolved, info = _inspect_source(str(raw), source_format, sub_field(field, key), roots)
     capacity = info.virtual_size
     if disk.size is not None:
         if disk.size * GIB < capacity:
             raise InvalidInput(
-                f"{disk.size} GB is smaller than the clone source ({_gb(capacity)}); a cloned disk can only grow", field=f"{field}.size"
+                f"{disk.size} GB is smaller than the clone source ({_gb(capacity)}); a cloned disk can only grow",
+                field=sub_field(field, "size"),
             )
         capacity = disk.size * GIB
     return CheckedSource(str(resolved), source_format, capacity, chain_record(info))
@@ -411,77 +424,127 @@ def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[
     return resolved, info
 
 
+class HostUses:
+    """The host's disk uses (`hv.disk_uses()`), read once, when an existing disk first needs them."""
+
+    def __init__(self, hv: Hypervisor) -> None:
+        self._hv = hv
+        self._uses: list[DiskUse] | None = None
+
+    def __call__(self) -> list[DiskUse]:
+        if self._uses is None:
+            self._uses = self._hv.disk_uses()
+        return self._uses
+
+
 def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list[int | None]) -> tuple[PlannedDisk, ...]:
     roots = disk_roots(hv)
     if any(d.kind != "existing" for d in request.disks):
-        _check_pool_not_iso_dir(pool)
+        check_pool_not_iso_dir(pool)
     targets = target_devs([d.bus for d in request.disks])  # CD-ROMs take the next sdX after these
-    host_uses: list[DiskUse] | None = None  # read from the host once, when an existing disk needs it
-    planned: list[PlannedDisk] = []
-    for index, disk in enumerate(request.disks):
-        field = f"disks.{index}"
-        checked = disk_source(disk, field, roots)
-        source_path, source_format, capacity = checked.path, checked.format, checked.capacity
-        if disk.kind == "existing":
-            _check_not_shared(source_path, disk.readonly, f"{field}.path")
-            _check_not_owned(source_path, disk.readonly, f"{field}.path")
-            _check_not_in_iso_dir(source_path, disk.readonly, f"{field}.path")
-            if host_uses is None:
-                host_uses = hv.disk_uses()
-            _check_not_used_on_host(source_path, disk.readonly, f"{field}.path", host_uses)
-            volume_name, path = "", source_path
-        else:
-            volume_name = f"{request.name}-disk{index}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
-            path = str(Path(pool.path) / volume_name)
-            # libvirt lists a file put in the pool's directory only after a refresh: look at both.
-            if volume_exists(hv, pool.name, volume_name) or os.path.lexists(path):
-                raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field, code="volume_exists")
-        planned.append(
-            PlannedDisk(
-                order=index,
-                source=disk.kind,
-                size_gb=disk.size,
-                capacity_bytes=capacity,
-                format=source_format if disk.kind == "existing" else disk.format,
-                bus=disk.bus,
-                boot_order=orders[index],
-                readonly=disk.readonly,
-                linked=disk.linked,
-                source_path=source_path,
-                source_format=source_format,
-                path=path,
-                volume_name=volume_name,
-                target_dev=targets[index],
-                source_chain=checked.chain,
-            )
+    host_uses = HostUses(hv)
+    planned = [
+        plan_disk(
+            disk,
+            order=index,
+            field=f"disks.{index}",
+            vm_name=request.name,
+            pool=pool,
+            hv=hv,
+            roots=roots,
+            target_dev=targets[index],
+            boot_order=orders[index],
+            host_uses=host_uses,
         )
-    _check_pool_room(request, pool, planned)
+        for index, disk in enumerate(request.disks)
+    ]
+    check_pool_room(pool, planned, lambda d: f"disks.{d.order}.{'size' if request.disks[d.order].size is not None else 'clone_from'}")
     return tuple(planned)
 
 
-def _check_pool_room(request: VmRequest, pool: PoolInfo, planned: list[PlannedDisk]) -> None:
+def plan_disk(
+    disk: DiskRequest,
+    *,
+    order: int,
+    field: str,
+    vm_name: str,
+    pool: PoolInfo,
+    hv: Hypervisor,
+    roots: list[Path],
+    target_dev: str,
+    boot_order: int | None,
+    host_uses: HostUses,
+) -> PlannedDisk:
+    """One disk of a VM, checked against the library and the host (creation's and attach's rules):
+    the source's path guard and chain, the shared-writer rules, the new volume's free name."""
+    checked = disk_source(disk, field, roots)
+    source_path, source_format, capacity = checked.path, checked.format, checked.capacity
+    if disk.kind == "existing":
+        path_field = sub_field(field, "path")
+        _check_not_shared(source_path, disk.readonly, path_field)
+        _check_not_owned(source_path, disk.readonly, path_field)
+        _check_not_in_iso_dir(source_path, disk.readonly, path_field)
+        _check_not_used_on_host(source_path, disk.readonly, path_field, host_uses())
+        volume_name, path = "", source_path
+    else:
+        volume_name = f"{vm_name}-disk{order}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
+        path = str(Path(pool.path) / volume_name)
+        # libvirt lists a file put in the pool's directory only after a refresh: look at both.
+        if volume_exists(hv, pool.name, volume_name) or os.path.lexists(path):
+            raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field or None, code="volume_exists")
+    return PlannedDisk(
+        order=order,
+        source=disk.kind,
+        size_gb=disk.size,
+        capacity_bytes=capacity,
+        format=source_format if disk.kind == "existing" else disk.format,
+        bus=disk.bus,
+        boot_order=boot_order,
+        readonly=disk.readonly,
+        linked=disk.linked,
+        source_path=source_path,
+        source_format=source_format,
+        path=path,
+        volume_name=volume_name,
+        target_dev=target_dev,
+        source_chain=checked.chain,
+    )
+
+
+def check_pool_room(pool: PoolInfo, planned: list[PlannedDisk], field_of: Callable[[PlannedDisk], str], *, extra: int = 0) -> None:
     """The disks a request puts in its pool (new volumes and clones, at their virtual
     size) must fit in what the pool has free plus (VAPOR_POOL_OVERCOMMIT - 1) times its
     capacity: thin images may promise more than the disk holds, up to that ratio (below
     1, the ratio keeps part of the pool free instead). A pool that reports no capacity
-    is not checked."""
+    is not checked. `extra`: bytes asked besides the disks (a disk grown)."""
     if pool.capacity <= 0:
         return
     ratio = settings.VAPOR.pool_overcommit
     room = pool.available + round(pool.capacity * (ratio - 1))
-    asked = 0
+    asked = extra
     for disk in planned:
         if disk.source == DiskSource.EXISTING:
             continue
         asked += disk.capacity_bytes
         if asked > room:
-            key = "size" if request.disks[disk.order].size is not None else "clone_from"
-            raise InvalidInput(
-                f"the new disks need {_gb(asked)}, more than pool {pool.name} may take: {_gb(max(room, 0))} "
-                f"(free {_gb(pool.available)} + capacity {_gb(pool.capacity)} x ({ratio:g} - 1), VAPOR_POOL_OVERCOMMIT)",
-                field=f"disks.{disk.order}.{key}",
-                code="pool_too_small",
-            )
+            raise pool_too_small(pool, asked, room, field_of(disk))
+
+
+def pool_too_small(pool: PoolInfo, asked: int, room: int, field: str) -> InvalidInput:
+    ratio = settings.VAPOR.pool_overcommit
+    return InvalidInput(
+        f"the new disks need {_gb(asked)}, more than pool {pool.name} may take: {_gb(max(room, 0))} "
+        f"(free {_gb(pool.available)} + capacity {_gb(pool.capacity)} x ({ratio:g} - 1), VAPOR_POOL_OVERCOMMIT)",
+        field=field,
+        code="pool_too_small",
+    )
+
+
+def pool_room(pool: PoolInfo) -> int | None:
+    """Bytes the pool may still take (see check_pool_room); None when it reports no capacity."""
+    if pool.capacity <= 0:
+        return None
+    return pool.available + round(pool.capacity * (settings.VAPOR.pool_overcommit - 1))
 
 
 def _check_not_shared(path: str, readonly: bool, field: str) -> None:
@@ -521,7 +584,7 @@ def _check_not_in_iso_dir(path: str, readonly: bool, field: str) -> None:
             )
 
 
-def _check_pool_not_iso_dir(pool: PoolInfo) -> None:
+def check_pool_not_iso_dir(pool: PoolInfo) -> None:
     """New volumes and clones are written into the pool's directory: never an ISO directory."""
     if pool.path and is_inside(Path(os.path.realpath(pool.path)), settings.VAPOR.allowed_iso_roots):
         raise InvalidInput(
