@@ -35,6 +35,7 @@ VAPOR_PACKAGES=(
     acl socat # run.sh: search ACLs for the unprivileged user, the libvirt socket bridge (scripts/user.sh)
     curl # the download benchmark's baseline (bench/isos_download.py)
     chromium fonts-dejavu-core # the browser tests (tests/browser): Playwright drives this Chromium
+    openssh-client # the cloud-init tests compare key fingerprints with ssh-keygen
     nginx openssl # TLS in front of `manage.py serve` (docs/nginx.md) and its test; never started as a daemon here
 )
 
