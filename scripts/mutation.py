@@ -716,6 +716,14 @@ MUTANTS: list[Mutant] = [
         ("tests/vms/test_disks_api.py", "-k", "refused_attaches"),
     ),
     Mutant(
+        "disks: a disk the VM's snapshots hold is never shrunk",
+        "a shrink under snapshots is the plain 400",
+        "vms/services/devices.py",
+        "        if holders := snapshot_holders(vm=vm, hv=hv, target_dev=target_dev):\n",
+        "        if holders := []:\n",
+        ("tests/vms/test_disks_api.py", "-k", "snapshots"),
+    ),
+    Mutant(
         "disks: a disk the VM's snapshots hold is never detached",
         "the snapshot list is not read before a detach",
         "vms/services/devices.py",

@@ -314,3 +314,17 @@ def test_detach_checks_the_snapshots_that_hold_that_disk(vm_api, hv, web):
     assert "s1" in response.json()["detail"] and hv.domains["web"].xml == before
     VmSnapshot.objects.filter(name="s1").update(disks=["vda"])
     assert vm_api.delete(f"{BASE}/{web.pk}/disks/vdb").status_code == 204
+
+
+def test_shrinking_a_disk_its_snapshots_hold_is_a_409(vm_api, hv, web):
+    """Shrinking is a 400 (disks only grow); under a snapshot that holds the disk it is a 409 has_snapshots."""
+    from vms.models import VmSnapshot
+
+    assert vm_api.patch(f"{BASE}/{web.pk}/disks/vda", {"size_gb": 3}, format="json").status_code == 200
+    before = hv.domains["web"].xml
+    assert vm_api.patch(f"{BASE}/{web.pk}/disks/vda", {"size_gb": 2}, format="json").json()["code"] == "shrink_refused"
+    hv.snapshots["web"] = {"s1": None}
+    VmSnapshot.objects.create(vm=web, name="s1", vm_state="running", disks=["vda"])
+    response = vm_api.patch(f"{BASE}/{web.pk}/disks/vda", {"size_gb": 2}, format="json")
+    assert (response.status_code, response.json()["code"], list(response.json()["errors"])) == (409, "has_snapshots", ["size_gb"])
+    assert "s1" in response.json()["detail"] and hv.domains["web"].xml == before

@@ -302,6 +302,13 @@ def disk_grow(*, vm: VirtualMachine, target_dev: str, size_gb: int, hv: Hypervis
     volume = hv.volume_by_path(disk.path)
     current = max(volume.capacity if volume else 0, (disk.size_gb or 0) * GIB)
     if size_gb * GIB < current:
+        if holders := snapshot_holders(vm=vm, hv=hv, target_dev=target_dev):
+            raise Conflict(
+                f"{size_gb} GB is smaller than the disk ({current / GIB:g} GB), which {len(holders)} snapshot(s) hold "
+                f"({', '.join(holders)}); disks only grow, and never under their snapshots",
+                field="size_gb",
+                code="has_snapshots",
+            )
         raise InvalidInput(
             f"{size_gb} GB is smaller than the disk ({current / GIB:g} GB); disks only grow", field="size_gb", code="shrink_refused"
         )
