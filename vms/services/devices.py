@@ -30,6 +30,7 @@ from vms.hypervisor.documents.domain import parse_domain
 from vms.hypervisor.specs import DRIVE_UNITS, DiskSpec, drive_index
 from vms.models import Disk, VirtualMachine, VmEvent
 from vms.services.design import backing_for
+from vms.services.lifecycle import disk_row
 from vms.services.plans import PlannedDisk
 from vms.services.quotas import disk_gb, quota_check
 from vms.services.requests import DiskRequest, NicRequest, VmRequest
@@ -249,24 +250,9 @@ def _attach(target: DeviceTarget, inactive_xml: str, disk: Disk) -> None:
 def _store(vm: VirtualMachine, d: PlannedDisk) -> Disk:
     try:
         with transaction.atomic():
-            return Disk.objects.create(
-                vm=vm,
-                order=d.order,
-                source=d.source,
-                size_gb=d.size_gb,
-                format=d.format,
-                bus=d.bus,
-                boot_order=d.boot_order,
-                readonly=d.readonly,
-                linked=d.linked,
-                source_path=d.source_path,
-                source_format=d.source_format,
-                path=d.path,
-                volume_name=d.volume_name,
-                target_dev=d.target_dev,
-                source_chain=d.source_chain,
-                created_by_vapor=d.source != DiskSource.EXISTING,
-            )
+            row = disk_row(vm, d)
+            row.save(force_insert=True)
+            return row
     except IntegrityError:
         holders = sorted(set(Disk.objects.filter(path=d.path, readonly=False).values_list("vm__name", "vm__status")))
         if holders and not d.readonly:

@@ -24,7 +24,7 @@ from vms.models import CdromAttachment, Disk, NetworkInterface, TemplateDisk, Vi
 from vms.services import snapshots as _snapshots  # day two: snapshots
 from vms.services.cloud_init import cloud_init_store, seed_files_to_delete
 from vms.services.design import domain_spec
-from vms.services.plans import VmPlan
+from vms.services.plans import PlannedDisk, VmPlan
 from vms.services.provisioning import claim_is_live, provision_steps
 from vms.services.quotas import disk_gb, quota_check
 from vms.services.requests import VmRequest
@@ -169,32 +169,34 @@ def _store(plan: VmPlan, actor: Actor) -> VirtualMachine:
     return vm
 
 
+def disk_row(vm: VirtualMachine, d: PlannedDisk) -> Disk:
+    """The (unsaved) row of a planned disk: creation and a later attach store disks alike."""
+    return Disk(
+        vm=vm,
+        order=d.order,
+        source=d.source,
+        size_gb=d.size_gb,
+        format=d.format,
+        bus=d.bus,
+        boot_order=d.boot_order,
+        readonly=d.readonly,
+        linked=d.linked,
+        source_path=d.source_path,
+        source_format=d.source_format,
+        path=d.path,
+        volume_name=d.volume_name,
+        target_dev=d.target_dev,
+        source_chain=d.source_chain,
+        created_by_vapor=d.source != DiskSource.EXISTING,
+    )
+
+
 def _store_disks(vm: VirtualMachine, plan: VmPlan) -> None:
     """The disks' rows. A file another request attached writable after this one was
     validated trips the constraint `disk_writable_path_unique`: the same 409 as validation's."""
     try:
         with transaction.atomic():
-            Disk.objects.bulk_create(
-                Disk(
-                    vm=vm,
-                    order=d.order,
-                    source=d.source,
-                    size_gb=d.size_gb,
-                    format=d.format,
-                    bus=d.bus,
-                    boot_order=d.boot_order,
-                    readonly=d.readonly,
-                    linked=d.linked,
-                    source_path=d.source_path,
-                    source_format=d.source_format,
-                    path=d.path,
-                    volume_name=d.volume_name,
-                    target_dev=d.target_dev,
-                    source_chain=d.source_chain,
-                    created_by_vapor=d.source != DiskSource.EXISTING,
-                )
-                for d in plan.disks
-            )
+            Disk.objects.bulk_create(disk_row(vm, d) for d in plan.disks)
     except IntegrityError:
         for d in plan.disks:
             if d.path and not d.readonly:
