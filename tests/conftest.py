@@ -103,6 +103,17 @@ def _tasks_run_inline() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_hypervisor_connections() -> Iterator[None]:
+    """Each test starts without the connections an earlier one kept (vms.hypervisor keeps one per host
+    and process): the libvirt test driver's state lives as long as a connection to it does."""
+    from vms.hypervisor import forget_hypervisors
+
+    forget_hypervisors()
+    yield
+    forget_hypervisors()
+
+
+@pytest.fixture(autouse=True)
 def _no_qemu_user_off_the_daemon(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the real daemon no QEMU opens anything, and the tests' files live in pytest's 0700
     directories: the check that QEMU's user can reach a file (VAPOR_QEMU_USER) is off, for this

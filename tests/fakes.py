@@ -22,7 +22,7 @@ from typing import Any
 
 from lxml import etree
 
-from vaporsite.errors import Conflict, InvalidInput, NotFound
+from vaporsite.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from vms.hypervisor import (
     ConsoleInfo,
     DiskUse,
@@ -586,3 +586,50 @@ class FakeHypervisor:
 
     def close(self) -> None:
         self._call("close")
+
+
+@dataclass
+class FakeHosts:
+    """Several fake hosts, one in-memory hypervisor per libvirt URI (issue 15).
+
+    Install with `monkeypatch.setattr("vms.hypervisor.get_hypervisor", hosts.get)`. The default host's
+    URI (VAPOR_LIBVIRT_URI, or "" for it) gets `default`; `add(uri)` makes another; `down(uri)` makes
+    every call to that host fail as a dead libvirtd's would (ServiceUnavailable) until `up(uri)`.
+    `asked` counts the connections asked for, per URI.
+    """
+
+    pool_root: Path
+    default: FakeHypervisor | None = None
+    by_uri: dict[str, FakeHypervisor] = field(default_factory=dict)
+    dead: set[str] = field(default_factory=set)
+    asked: Counter[str] = field(default_factory=Counter)
+
+    def _key(self, uri: str | None) -> str:
+        from django.conf import settings
+
+        return uri or settings.VAPOR.libvirt_uri
+
+    def add(self, uri: str, **fields: object) -> FakeHypervisor:
+        pool_dir = self.pool_root / f"host-{len(self.by_uri)}"
+        pool_dir.mkdir(parents=True, exist_ok=True)
+        fake = FakeHypervisor(pool_dir=pool_dir, **fields)  # type: ignore[arg-type]
+        self.by_uri[uri] = fake
+        return fake
+
+    def get(self, uri: str | None = None) -> FakeHypervisor:
+        key = self._key(uri)
+        self.asked[key] += 1
+        if key in self.dead:
+            raise ServiceUnavailable(f"cannot connect to {key}: Connection refused (host unavailable)")
+        if key not in self.by_uri:
+            if self.default is None:
+                self.default = self.add(key)
+            else:
+                self.by_uri[key] = self.default
+        return self.by_uri[key]
+
+    def down(self, uri: str) -> None:
+        self.dead.add(uri)
+
+    def up(self, uri: str) -> None:
+        self.dead.discard(uri)

@@ -56,6 +56,9 @@ class Config:
     debug: bool
     allowed_hosts: list[str]
     libvirt_uri: str
+    host_connect_timeout: float  # seconds a connection to a libvirt host may take to open
+    host_retry_after: float  # seconds a host that failed is not asked again (requests fail at once meanwhile)
+    host_keepalive: int  # seconds between keepalive probes on a kept connection (3 missed: it is dead)
     iso_dirs: tuple[Path, ...]
     iso_roots: tuple[Path, ...]
     download_dir: Path
@@ -340,6 +343,9 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         debug=debug,
         allowed_hosts=hosts,
         libvirt_uri=env.raw("VAPOR_LIBVIRT_URI", "qemu:///system"),
+        host_connect_timeout=env.seconds("VAPOR_HOST_CONNECT_TIMEOUT", 5.0),
+        host_retry_after=env.seconds("VAPOR_HOST_RETRY_AFTER", 10.0),
+        host_keepalive=env.number("VAPOR_HOST_KEEPALIVE", 5, 1),
         iso_dirs=env.dirs("VAPOR_ISO_DIRS", DEFAULT_ISO_DIRS),
         iso_roots=env.dirs("VAPOR_ISO_ROOTS", ""),
         download_dir=env.directory("VAPOR_ISO_DOWNLOAD_DIR", DEFAULT_DOWNLOAD_DIR),

@@ -10,9 +10,10 @@ class VmStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     DELETING = "deleting", "Deleting"
     MISSING = "missing", "Missing on host"
+    UNKNOWN = "unknown", "Unknown (host down)"
 
 
-LIVE_STATUSES = (VmStatus.PROVISIONING, VmStatus.RUNNING, VmStatus.STOPPED)
+LIVE_STATUSES = (VmStatus.PROVISIONING, VmStatus.RUNNING, VmStatus.STOPPED, VmStatus.UNKNOWN)
 """A VM in one of these uses its template, disks and ISOs; the others are history."""
 
 BUSY_STATUSES = (VmStatus.PROVISIONING, VmStatus.DELETING)

@@ -56,11 +56,11 @@ def vm_provision(*, vm_id: int, hv: Hypervisor | None = None) -> None:
     message = give_up_reason(vm.attempts, "provisioning")
     if message:
         _event(vm, "provision", EventStatus.FAILED, message)
-        _rollback(vm, provision_steps(vm, hv or hypervisor.get_hypervisor(), None), only_leftovers=True)
+        _rollback(vm, provision_steps(vm, hv or hypervisor.get_hypervisor(vm.host.libvirt_uri), None), only_leftovers=True)
         VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.FAILED, error=message, graphics_password_encrypted="")
         log.warning("provisioning %s: %s", vm.name, message)
         return
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     password = encryption.decrypt(vm.graphics_password_encrypted)
     finished = set(vm.events.filter(status__in=[EventStatus.DONE, EventStatus.SKIPPED]).values_list("step", flat=True))
     earlier_attempt = vm.attempts > 1  # only then can a volume or domain found on the host be a leftover of ours

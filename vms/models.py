@@ -21,6 +21,7 @@ from vms.choices import (
     NicType,
     VmStatus,
 )
+from vms.host_models import default_host_pk
 
 
 class GuestSettings(models.Model):
@@ -55,6 +56,9 @@ class VirtualMachine(GuestSettings):
 
     name = models.CharField(max_length=64, unique=True)
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="vms", default=default_project_pk)
+    host = models.ForeignKey(
+        "Host", on_delete=models.PROTECT, related_name="vms", default=default_host_pk, help_text="The libvirt host it is on."
+    )
     uuid = models.UUIDField(null=True, blank=True, unique=True, help_text="libvirt domain UUID.")
     memory_mb = models.PositiveIntegerField("memory (MB)")
     vcpus = models.PositiveSmallIntegerField("vCPUs")
@@ -412,3 +416,4 @@ class VmSnapshot(models.Model):
 
 # day two: cloud_init (its models live in their own module; imported here so the app registers them)
 from vms.cloud_init_models import SshPublicKey, TemplateCloudInit, VmCloudInit  # noqa: E402, F401
+from vms.host_models import Host, HostHealth  # noqa: E402, F401

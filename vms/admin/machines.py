@@ -404,7 +404,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         if obj.status != VmStatus.RUNNING:
             return f"{where}, port {'assigned at start' if obj.graphics_port == -1 else obj.graphics_port}"
         try:
-            with closing(hypervisor.get_hypervisor()) as hv:
+            with closing(hypervisor.get_hypervisor(obj.host.libvirt_uri)) as hv:
                 live = hv.console(obj.name)
         except VaporError as exc:
             return f"{where} (could not read the host: {exc.message})"

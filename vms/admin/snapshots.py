@@ -83,7 +83,7 @@ def take_view(modeladmin: VirtualMachineAdmin, request: HttpRequest, object_id: 
         return modeladmin._missing(request, object_id)
     name = request.POST.get("name", "").strip()
     try:
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(obj.host.libvirt_uri)) as hv:
             services.vm_snapshot_create(
                 vm=obj,
                 name=name,
@@ -115,7 +115,7 @@ def confirm_view(modeladmin: VirtualMachineAdmin, request: HttpRequest, object_i
     label, explanation = WHAT[action]
     if request.method == "POST":
         try:
-            with closing(hypervisor.get_hypervisor()) as hv:
+            with closing(hypervisor.get_hypervisor(obj.host.libvirt_uri)) as hv:
                 if action == "revert":
                     done = services.vm_snapshot_revert(vm=obj, name=name, hv=hv, actor=admin_actor(request))
                     outcome = f"VM {obj.name} reverted to snapshot {name}, now {done.state}."

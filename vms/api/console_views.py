@@ -67,7 +67,7 @@ class VmConsoleView(APIView):
         body.is_valid(raise_exception=True)
         asked = body.validated_data
         actor = actor_from_request(request, Via.API)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             issued = console_ticket_issue(vm=vm, type=asked["type"], read_only=asked["read_only"], hv=hv, actor=actor)
         data = {
             # Paths, not absolute URLs: they hold behind any proxy, joined with the page's own origin.

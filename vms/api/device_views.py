@@ -111,7 +111,7 @@ class VmDiskCollectionView(APIView):
     def post(self, request: Request, vm_id: int) -> Response:
         vm = _vm(request, vm_id)
         asked = _disk_request(DiskInSerializer(data=request.data))
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             disk = devices.disk_attach(vm=vm, request=asked, hv=hv, actor=actor_from_request(request, Via.API))
         location = request.build_absolute_uri(reverse("vm-disk-detail", args=[vm.pk, disk.target_dev]))
         return Response(DiskDeviceSerializer(disk).data, status=status.HTTP_201_CREATED, headers={"Location": location})
@@ -136,7 +136,7 @@ class VmDiskItemView(APIView):
         vm = _vm(request, vm_id)
         body = DiskGrowSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             disk = devices.disk_grow(
                 vm=vm, target_dev=target_dev, size_gb=body.validated_data["size_gb"], hv=hv, actor=actor_from_request(request, Via.API)
             )
@@ -151,7 +151,7 @@ class VmDiskItemView(APIView):
     def delete(self, request: Request, vm_id: int, target_dev: str) -> Response:
         vm = _vm(request, vm_id)
         delete_volume = request.query_params.get("delete_volume", "").lower() in TRUE
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             devices.disk_detach(
                 vm=vm, target_dev=target_dev, delete_volume=delete_volume, hv=hv, actor=actor_from_request(request, Via.API)
             )
@@ -167,7 +167,7 @@ class VmCdromCollectionView(APIView):
     )
     def get(self, request: Request, vm_id: int) -> Response:
         vm = _vm(request, vm_id)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             drives = cdroms.cdrom_list(vm=vm, hv=hv)
         return Response([_drive(d) for d in drives])
 
@@ -181,7 +181,7 @@ class VmCdromCollectionView(APIView):
         vm = _vm(request, vm_id)
         body = CdromInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             drive = cdroms.cdrom_add(vm=vm, iso=body.validated_data["iso"], hv=hv, actor=actor_from_request(request, Via.API))
         location = request.build_absolute_uri(reverse("vm-cdrom-detail", args=[vm.pk, drive.target_dev]))
         return Response(_drive(drive), status=status.HTTP_201_CREATED, headers={"Location": location})
@@ -194,7 +194,7 @@ class VmCdromItemView(APIView):
     @extend_schema(operation_id="vms_cdroms_retrieve", responses={200: CdromDriveSerializer, 404: ErrorSerializer, 503: ErrorSerializer})
     def get(self, request: Request, vm_id: int, target_dev: str) -> Response:
         vm = _vm(request, vm_id)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             drive = cdroms.cdrom_get(vm=vm, target_dev=target_dev, hv=hv)
         return Response(_drive(drive))
 
@@ -208,7 +208,7 @@ class VmCdromItemView(APIView):
         vm = _vm(request, vm_id)
         body = CdromInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             drive = cdroms.cdrom_change(
                 vm=vm, target_dev=target_dev, iso=body.validated_data["iso"], hv=hv, actor=actor_from_request(request, Via.API)
             )
@@ -221,6 +221,6 @@ class VmCdromItemView(APIView):
     )
     def delete(self, request: Request, vm_id: int, target_dev: str) -> Response:
         vm = _vm(request, vm_id)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             cdroms.cdrom_remove(vm=vm, target_dev=target_dev, hv=hv, actor=actor_from_request(request, Via.API))
         return Response(status=status.HTTP_204_NO_CONTENT)

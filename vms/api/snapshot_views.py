@@ -76,7 +76,7 @@ class VmSnapshotCollectionView(APIView):
         body = SnapshotRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         asked = body.validated_data
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             snapshot = services.vm_snapshot_create(
                 vm=vm,
                 name=asked["name"],
@@ -99,7 +99,7 @@ class VmSnapshotItemView(APIView):
     @extend_schema(operation_id="vms_snapshots_destroy", responses={204: None, **ERRORS})
     def delete(self, request: Request, vm_id: int, name: str) -> Response:
         vm = _vm(request, vm_id)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             services.vm_snapshot_delete(vm=vm, name=name, hv=hv, actor=actor_from_request(request, Via.API))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -117,7 +117,7 @@ class VmSnapshotRevertView(APIView):
     )
     def post(self, request: Request, vm_id: int, name: str) -> Response:
         vm = _vm(request, vm_id)
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             done = services.vm_snapshot_revert(vm=vm, name=name, hv=hv, actor=actor_from_request(request, Via.API))
         vm = vm_list(request.user).get(pk=done.vm.pk)
         return Response(RevertSerializer({"state": done.state, "snapshot": done.snapshot, "vm": vm}).data)

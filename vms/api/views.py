@@ -96,7 +96,7 @@ class VmItemView(APIView):
         vm = get_object_or_404(vm_list(request.user).prefetch_related("events__user"), pk=vm_id)
         role = role_of(actor_from_request(request, Via.API), vm.project)
         context: dict[str, Any] = {"can_change": role is not None and RANK[Role(role)] >= RANK[Role.OPERATOR]}  # user_data
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             try:
                 context["state"] = services.vm_sync_state(vm=vm, hv=hv)
                 if context["state"] not in ("", "missing"):

@@ -84,7 +84,7 @@ def _display(vm: VirtualMachine) -> Display:
     if vm.status != VmStatus.RUNNING:
         return stored
     try:
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             live = hv.console(vm.name)
     except VaporError as exc:
         return Display(kind=stored.kind, password_set=stored.password_set, host_error=exc.message)
@@ -94,7 +94,7 @@ def _display(vm: VirtualMachine) -> Display:
 def _serial_log_file(vm: VirtualMachine) -> tuple[str, str]:
     """(the file the domain logs its serial port to, "") or ("", why it is not known)."""
     try:
-        with closing(hypervisor.get_hypervisor()) as hv:
+        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
             return parse_serial_log(hv.domain_xml(vm.name)), ""
     except VaporError as exc:
         return "", exc.message

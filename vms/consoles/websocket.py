@@ -185,8 +185,8 @@ class _VncGuest(_Guest):
             await self._writer.wait_closed()
 
 
-async def _open_vnc(name: str) -> _Guest:
-    sock = await asyncio.to_thread(hypervisor.console_hypervisor().open_graphics, name)
+async def _open_vnc(name: str, uri: str = "") -> _Guest:
+    sock = await asyncio.to_thread(hypervisor.console_hypervisor(uri or None).open_graphics, name)
     reader, writer = await asyncio.open_connection(sock=sock, limit=READ_CHUNK)
     return _VncGuest(reader, writer)
 
@@ -214,13 +214,13 @@ class _SerialHub:
             del _SerialHub.hubs[self.name]
 
     @classmethod
-    async def join(cls, name: str) -> tuple[_SerialHub, asyncio.Queue[bytes]]:
+    async def join(cls, name: str, uri: str = "") -> tuple[_SerialHub, asyncio.Queue[bytes]]:
         # One opening at a time per VM: a second openConsole would take the port from the first.
         async with cls.opening.setdefault((id(asyncio.get_running_loop()), name), asyncio.Lock()):
             hub = cls.hubs.get(name)
             if hub is None or hub.task.done():
                 loop = asyncio.get_running_loop()
-                channel = await asyncio.to_thread(hypervisor.console_hypervisor().open_serial, name, loop)
+                channel = await asyncio.to_thread(hypervisor.console_hypervisor(uri or None).open_serial, name, loop)
                 hub = cls.hubs[name] = cls(name, channel)
             queue: asyncio.Queue[bytes] = asyncio.Queue()
             hub.listeners.add(queue)
@@ -253,8 +253,8 @@ class _SerialGuest(_Guest):
         self._hub.leave(self._queue)
 
 
-async def _open_serial(name: str) -> _Guest:
-    hub, queue = await _SerialHub.join(name)
+async def _open_serial(name: str, uri: str = "") -> _Guest:
+    hub, queue = await _SerialHub.join(name, uri)
     return _SerialGuest(hub, queue)
 
 
@@ -358,7 +358,7 @@ async def _from_client(console: Console, guest: _Guest, receive: Receive) -> tup
 async def serve(grant: ConsoleGrant, scope: Scope, receive: Receive, send: Send) -> None:
     """Open the guest's side, accept the websocket and pump bytes until one side ends."""
     try:
-        guest = await (_open_vnc if grant.type == ConsoleType.VNC else _open_serial)(grant.vm_name)
+        guest = await (_open_vnc if grant.type == ConsoleType.VNC else _open_serial)(grant.vm_name, grant.host_uri)
     except VaporError as exc:
         log.warning("console of %s for %s: cannot reach the guest: %s", grant.vm_name, grant.username, exc.message)
         await deny(scope, send, exc.message, status=exc.status if exc.status != 500 else 502)

@@ -10,6 +10,7 @@ tests stays inside this package.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from collections.abc import Collection
@@ -292,39 +293,53 @@ def volume_exists(hv: Hypervisor, pool: str, name: str) -> bool:
     return True
 
 
-_console_drivers: dict[str, Hypervisor] = {}
-_console_lock = threading.Lock()
-
-
-def console_hypervisor(uri: str | None = None) -> Hypervisor:
-    """The process's driver for consoles on `uri`, kept open (one per URI and process).
-
-    Its connection is opened after libvirt's event loop is started, which the
-    serial console's stream needs.
-    """
-    from django.conf import settings
-
-    from vms.hypervisor.consoles import start_event_loop
-    from vms.hypervisor.libvirt_driver import LibvirtDriver
-
-    start_event_loop()
-    key = uri or settings.VAPOR.libvirt_uri
-    with _console_lock:
-        driver = _console_drivers.get(key)
-        if driver is None:
-            driver = _console_drivers[key] = LibvirtDriver(key)
-        return driver
+_kept: dict[str, Hypervisor] = {}
+_kept_pid = os.getpid()
+_kept_lock = threading.Lock()
 
 
 def get_hypervisor(uri: str | None = None) -> Hypervisor:
-    """A driver for `uri` (default: settings.VAPOR.libvirt_uri, read when connecting).
+    """The process's driver for `uri` (default: settings.VAPOR.libvirt_uri): one kept per host and process.
 
-    The import is deferred so that importing this package never loads the
-    libvirt bindings.
+    Its connection opens on first use and stays open for the next request
+    (`close()` on it does nothing; `forget_hypervisors()` closes them all). A
+    process made by fork starts with none of its parent's: a libvirt
+    connection must not be shared across a fork. The import is deferred so
+    that importing this package never loads the libvirt bindings.
     """
+    global _kept_pid
+    from django.conf import settings
+
     from vms.hypervisor.libvirt_driver import LibvirtDriver
 
-    return LibvirtDriver(uri)
+    key = uri or settings.VAPOR.libvirt_uri
+    with _kept_lock:
+        if _kept_pid != os.getpid():
+            _kept.clear()  # the parent's: neither used nor closed here
+            _kept_pid = os.getpid()
+        driver = _kept.get(key)
+        if driver is None:
+            driver = _kept[key] = LibvirtDriver(key, kept=True)
+        return driver
+
+
+def console_hypervisor(uri: str | None = None) -> Hypervisor:
+    """The kept driver for consoles on `uri`, with libvirt's event loop started first (the serial stream needs it)."""
+    from vms.hypervisor.consoles import start_event_loop
+
+    start_event_loop()
+    return get_hypervisor(uri)
+
+
+def forget_hypervisors() -> None:
+    """Close every kept connection of this process (tests between cases; a worker when it stops)."""
+    with _kept_lock:
+        drivers = list(_kept.values()) if _kept_pid == os.getpid() else []
+        _kept.clear()
+    for driver in drivers:
+        discard = getattr(driver, "discard", None)
+        if discard is not None:
+            discard()
 
 
 __all__ = [
@@ -342,6 +357,7 @@ __all__ = [
     "SerialChannel",
     "VolumeInfo",
     "console_hypervisor",
+    "forget_hypervisors",
     "get_hypervisor",
     "volume_exists",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
@@ -77,18 +78,35 @@ def undefined_on_failure(definition: Any, created: bool) -> Iterator[None]:
         raise
 
 
+def _remote(uri: str) -> bool:
+    """A URI that goes over the network (qemu+tcp://, qemu+tls://, qemu+ssh://, qemu://HOST/...)."""
+    scheme, _, rest = uri.partition("://")
+    return "+" in scheme or not (rest.startswith("/") or scheme == "test")
+
+
 class Connection:
     """A connection to one libvirt host, opened on first use.
 
     One instance may be shared by threads: libvirt connections are
     thread-safe, and opening is serialized so a burst of first calls opens
     one connection. A connection that died (daemon restarted) is reopened.
+
+    A *kept* connection (`vms.hypervisor.get_hypervisor`: one per host and
+    process) ignores `close()`, so callers that close what they were given
+    do not close it for the next request. Opening one to a remote host is
+    bounded by VAPOR_HOST_CONNECT_TIMEOUT and, once open, watched by libvirt's
+    keepalive (VAPOR_HOST_KEEPALIVE seconds, three misses: dead), so a call
+    to a host that stopped answering fails instead of hanging. A host that
+    could not be reached is not asked again for VAPOR_HOST_RETRY_AFTER
+    seconds: requests about it fail at once meanwhile, and never wait on it.
     """
 
-    def __init__(self, uri: str | None = None) -> None:
+    def __init__(self, uri: str | None = None, *, kept: bool = False) -> None:
         self._uri = uri
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._kept = kept
+        self._failed: tuple[float, str] | None = None  # monotonic time and message of the last failed open
 
     @property
     def uri(self) -> str:
@@ -105,12 +123,68 @@ class Connection:
                 except libvirt.libvirtError:
                     pass
                 self._discard(conn)
+                self._conn = None
             uri = self.uri
+            if self._failed is not None:
+                failed_at, message = self._failed
+                wait = settings.VAPOR.host_retry_after - (time.monotonic() - failed_at)
+                if wait > 0:
+                    raise ServiceUnavailable(f"{message}; not retried for another {wait:.0f} s ({UNAVAILABLE})")
             try:
-                self._conn = libvirt.open(uri)
+                self._conn = self._open(uri)
+            except ServiceUnavailable as exc:
+                self._failed = (time.monotonic(), exc.message.removesuffix(f" ({UNAVAILABLE})"))
+                raise
+            self._failed = None
+            return self._conn
+
+    def _open(self, uri: str) -> libvirt.virConnect:
+        from vms.hypervisor.consoles import start_event_loop
+
+        # Before opening: keepalive and the serial console's stream events need libvirt's event loop.
+        start_event_loop()
+        if not _remote(uri):
+            try:
+                opened = libvirt.open(uri)
             except libvirt.libvirtError as exc:
                 raise ServiceUnavailable(f"cannot connect to {uri}: {exc.get_error_message() or exc} ({UNAVAILABLE})") from exc
-            return self._conn
+            self._keepalive(opened, uri)
+            return opened
+        timeout = settings.VAPOR.host_connect_timeout
+        result: list[Any] = []
+
+        def opener() -> None:
+            try:
+                result.append(libvirt.open(uri))
+            except libvirt.libvirtError as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=opener, name=f"libvirt-open {uri}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not result:
+            # The thread finishes on its own; whatever it opens late is closed then.
+            threading.Thread(target=self._close_late, args=(thread, result), daemon=True).start()
+            raise ServiceUnavailable(f"cannot connect to {uri}: no answer within {timeout:g} s ({UNAVAILABLE})")
+        opened = result[0]
+        if isinstance(opened, libvirt.libvirtError):
+            raise ServiceUnavailable(f"cannot connect to {uri}: {opened.get_error_message() or opened} ({UNAVAILABLE})") from opened
+        self._keepalive(opened, uri)
+        return opened
+
+    @staticmethod
+    def _keepalive(conn: libvirt.virConnect, uri: str) -> None:
+        if uri.startswith("test:"):
+            return  # the in-process test driver has no wire to watch
+        try:
+            conn.setKeepAlive(settings.VAPOR.host_keepalive, 3)
+        except libvirt.libvirtError as exc:
+            logger.info("no keepalive on %s: %s", uri, exc.get_error_message())
+
+    def _close_late(self, thread: threading.Thread, result: list[Any]) -> None:
+        thread.join()
+        if result and not isinstance(result[0], libvirt.libvirtError):
+            self._discard(result[0])
 
     @staticmethod
     def _discard(conn: libvirt.virConnect) -> None:
@@ -119,7 +193,14 @@ class Connection:
             conn.close()
 
     def close(self) -> None:
+        """Close the connection; a kept one stays open (see the class), `discard()` closes that."""
+        if not self._kept:
+            self.discard()
+
+    def discard(self) -> None:
+        """Close the connection whatever it is; the next call opens a new one, and a failed host is asked again."""
         with self._lock:
+            self._failed = None
             if self._conn is not None:
                 self._discard(self._conn)
                 self._conn = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 from contextlib import suppress
@@ -37,6 +38,7 @@ _NO_FD_PASSING = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORT
 
 _loop_lock = threading.Lock()
 _loop_thread: threading.Thread | None = None
+_loop_pid = 0
 
 
 def start_event_loop() -> None:
@@ -45,11 +47,14 @@ def start_event_loop() -> None:
     Connections opened afterwards get keepalive and stream events; those
     opened before keep working as they did.
     """
-    global _loop_thread
+    global _loop_thread, _loop_pid
     with _loop_lock:
-        if _loop_thread is not None:
+        if _loop_thread is not None and _loop_pid == os.getpid():
             return
-        libvirt.virEventRegisterDefaultImpl()
+        if _loop_thread is None:
+            libvirt.virEventRegisterDefaultImpl()
+        # else: a process forked from one that ran the loop: the registration is inherited, the thread is not
+        _loop_pid = os.getpid()
         _loop_thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
         _loop_thread.start()
 

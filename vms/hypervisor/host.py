@@ -33,8 +33,8 @@ from vms.hypervisor.errors import (
 class HostMixin(Connection):
     """Host capabilities, virtual networks and Linux bridges."""
 
-    def __init__(self, uri: str | None = None) -> None:
-        super().__init__(uri)
+    def __init__(self, uri: str | None = None, *, kept: bool = False) -> None:
+        super().__init__(uri, kept=kept)
         self._capabilities: HostCapabilities | None = None
         self._max_vcpus: dict[tuple[str, str, str], int] = {}
 

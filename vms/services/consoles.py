@@ -65,6 +65,7 @@ class ConsoleGrant:
     type: str
     read_only: bool
     source_address: str | None
+    host_uri: str = ""  # the libvirt URI of the VM's host ("": the default host's)
 
 
 class TicketRefused(Exception):
@@ -204,6 +205,7 @@ def console_ticket_redeem(*, ticket: str, vm_id: int, type: str, session_user_id
         type=type,
         read_only=read_only,
         source_address=address,
+        host_uri=row.vm.host.libvirt_uri,
     )
 
 

@@ -72,7 +72,7 @@ def vm_for_change(*, vm: VirtualMachine, hv: Hypervisor | None, actor: Actor, wh
         raise Conflict(f"VM {vm.name} is missing on the host; {what} is not possible", code="vm_missing")
     if vm.status in (VmStatus.PROVISIONING, VmStatus.DELETING, VmStatus.FAILED):
         raise Conflict(f"VM {vm.name} is {vm.status}; {what} is not possible", code="vm_busy")
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     state = hv.domain_state(vm.name)
     return DeviceTarget(vm=vm, hv=hv, live=state in LIVE_STATES, state=state)
 

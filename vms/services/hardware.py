@@ -214,7 +214,7 @@ def _sized_steps(
 def vm_hardware_change(*, vm: VirtualMachine, change: HardwareChange, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> Applied:
     """Apply `change` to the VM's domain and rows, persistent always, live too when it runs (see the module)."""
     _check_changeable(vm, actor, "changing its hardware")
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     running = _running(vm, hv)
     applied = Applied(vm=vm)
     plan = _plan(vm, change, running, applied.warnings)
@@ -338,7 +338,7 @@ def vm_nic_add(
             raise InvalidInput("must be a unicast address (the first byte even)", field="mac")
         if NetworkInterface.objects.filter(mac=mac).exists():
             raise Conflict(f"MAC {mac} is already in use by a Vapor NIC", field="mac", code="mac_in_use")
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     if nic.type == NicType.NAT and not hv.network_exists(nic.source):
         raise NotFound(f"libvirt network {nic.source!r} does not exist", field="source")
     if nic.type == NicType.BRIDGE and not hv.bridge_exists(nic.source):
@@ -374,7 +374,7 @@ def vm_nic_remove(*, vm: VirtualMachine, mac: str, hv: Hypervisor | None = None,
     row = vm.nics.filter(mac=mac.strip().lower()).first()
     if row is None:
         raise NotFound(f"VM {vm.name} has no NIC {mac}", field="mac")
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     running = _running(vm, hv)
     if running and row.model not in HOTPLUG_NIC_MODELS:
         raise Conflict(

@@ -56,7 +56,7 @@ def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool
         vm = _store(plan, actor)
         if dry_run:
             vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
-            steps = [s.name for s in provision_steps(vm, hv or hypervisor.get_hypervisor(), None)] + ["record ISO use"]
+            steps = [s.name for s in provision_steps(vm, hv or hypervisor.get_hypervisor(vm.host.libvirt_uri), None)] + ["record ISO use"]
             xml = domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True)
             return DryRun(vm=vm, steps=steps, xml=xml, warnings=plan.warnings)
         audit(actor, "vm.create", target=f"VM {vm.name}", project=plan.project, vm_id=vm.pk, detail=_summary(plan))
@@ -227,7 +227,7 @@ def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None, 
         )
     if vm.status in (VmStatus.PROVISIONING, VmStatus.DELETING, VmStatus.FAILED):
         raise Conflict(f"VM {vm.name} is {vm.status}; {action} is not possible", code="vm_busy")
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     method, status = ACTIONS[action]
     getattr(hv, method)(vm.name)
     VmEvent.objects.create(vm=vm, step=action, status=EventStatus.DONE, user=actor.user, source_address=actor.source_address)
@@ -360,7 +360,7 @@ def vm_delete(*, vm: VirtualMachine, keep_disks: bool = False, hv: Hypervisor | 
     plan = vm_delete_plan(vm=vm, keep_disks=keep_disks)
     if plan.refusal is not None:
         raise plan.refusal
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     VirtualMachine.objects.filter(pk=vm.pk).update(status=VmStatus.DELETING)
     try:
         _snapshots.vm_snapshots_discard(vm=vm, hv=hv)  # day two: snapshots

@@ -110,7 +110,7 @@ def vm_snapshot_create(
         raise Conflict(
             f"disk(s) {', '.join(raw)} of VM {vm.name} are not qcow2: only qcow2 disks hold snapshots", field="name", code="disk_not_qcow2"
         )
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     state = hv.domain_state(vm.name)
     if state in _ACTIVE:
         if vm.uefi:
@@ -192,7 +192,7 @@ def vm_snapshot_revert(*, vm: VirtualMachine, name: str, hv: Hypervisor | None =
             field="snapshot",
             code="hardware_changed",
         )
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     with transaction.atomic():
         VirtualMachine.objects.select_for_update().filter(pk=vm.pk).exists()
         state = hv.revert_snapshot(vm.name, name)
@@ -213,7 +213,7 @@ def vm_snapshot_delete(*, vm: VirtualMachine, name: str, hv: Hypervisor | None =
     require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")
     _check_vm(vm, "deleting a snapshot")
     snapshot = vm_snapshot_get(vm=vm, name=name)
-    hv = hv or hypervisor.get_hypervisor()
+    hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     with transaction.atomic():
         VirtualMachine.objects.select_for_update().filter(pk=vm.pk).exists()
         hv.delete_snapshot(vm.name, name)
