@@ -33,6 +33,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from tests.support.scaleout import CREATE_TABLE, TABLE
+from tests.support.threads import in_threads
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -207,3 +208,50 @@ def test_two_clusters_on_one_redis_run_each_task_once_and_each_schedule_once(mac
     assert Schedule.objects.get(name="minutely").next_run > timezone.now()
     assert codes == dict.fromkeys(NODES, 0), f"a cluster did not stop cleanly: {codes}\n{machines.logs_text()}"
     print(f"clusters pulling after {started:.1f} s, {TASKS} tasks done after {drained:.1f} s, per cluster {dict(per_node)}")
+
+
+SCHEDULERS = 8
+
+
+def test_racing_schedulers_fire_each_due_schedule_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What keeps two machines' schedulers from both firing a schedule: the database, not the broker.
+
+    django-q2's scheduler (django_q/scheduler.py) takes the due schedules with SELECT ... FOR UPDATE
+    and moves them on (or deletes a ONCE one) in the same transaction; on PostgreSQL a second scheduler
+    waits for that lock and then no longer sees the schedule as due. The clusters of the test above
+    call their schedulers seconds apart; here eight run at the same instant (threads released together,
+    each with its own connection), the tasks they create running inline (sync) so a duplicate shows
+    at once.
+    """
+    from django_q.conf import Conf
+    from django_q.scheduler import scheduler
+
+    assert connection.vendor == "postgresql", "run by the PostgreSQL pass of scripts/test.sh"
+    name = f"vapor-race-{os.urandom(4).hex()}"  # this test's schedules only, never Vapor's own
+    monkeypatch.setattr(Conf, "CLUSTER_NAME", name)
+    monkeypatch.setattr(Conf, "SYNC", True)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        cursor.execute(CREATE_TABLE)
+    try:
+        due = timezone.now() - timedelta(seconds=1)
+        keys = []
+        for i in range(5):
+            for kind, extra in (
+                ("once", {"schedule_type": Schedule.ONCE}),
+                ("minutely", {"schedule_type": Schedule.MINUTES, "minutes": 1}),
+            ):
+                key = f"{kind}-{i}"
+                keys.append(key)
+                Schedule.objects.create(
+                    name=key, func="tests.support.scaleout.record", args=f"({key!r}, 0.05)", repeats=-1, next_run=due, cluster=name, **extra
+                )
+        assert in_threads(SCHEDULERS, lambda _: scheduler()) == []
+        counts = Counter(key for key, _ in _runs())
+        assert counts == dict.fromkeys(keys, 1)
+        assert sorted(Schedule.objects.filter(cluster=name).values_list("name", flat=True)) == sorted(
+            k for k in keys if k.startswith("minutely")
+        )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {TABLE}")
