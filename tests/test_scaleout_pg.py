@@ -8,7 +8,7 @@ itself as a row (tests/support/scaleout.py). Every task must run exactly once,
 and both clusters must have done some of them. Two django-q2 schedules due at
 once must each fire once, though both clusters' schedulers look at them.
 
-Isolation: a Redis database of its own (VAPOR_TEST_SCALEOUT_REDIS_URL, default
+Isolation: a Redis database of its own (VAPOR_TEST_REDIS_URL, default
 DB 15) and a cluster name of its own per run (Q_CLUSTER_NAME, so the queue key
 and the schedules are this run's alone; Vapor's own schedules, which belong to
 the cluster named `vapor`, are never run here). Its keys are deleted after.
@@ -38,7 +38,7 @@ from tests.support.threads import in_threads
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("VAPOR_TEST_SCALEOUT_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = os.environ.get("VAPOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TASKS = 200
 TASK_SECONDS = 0.03
 NODES = ("a", "b")
