@@ -6,7 +6,9 @@
 # Two passes, both must pass:
 #   1. everything not marked `postgres`, on SQLite (incl. the real-libvirtd
 #      tests in tests/integration);
-#   2. on PostgreSQL at 127.0.0.1:5432 (started here if it does not answer):
+#   2. on PostgreSQL at 127.0.0.1:5432 (started here if it does not answer),
+#      with Redis at 127.0.0.1:6379 (likewise) for the scale-out test's
+#      brokers (tests/test_scaleout_pg.py):
 #      what PostgreSQL can change: the `postgres`-marked tests (concurrency,
 #      locking) and every other test that uses the database and needs no
 #      libvirtd (`--db-only`, tests/conftest.py), since PostgreSQL enforces
@@ -22,7 +24,9 @@
 # once), then "total: N passed, N failed, N skipped" over both passes (CI
 # reads that line; it stays last).
 #
-# VAPOR_TEST_DATABASE_URL overrides the PostgreSQL URL of pass 2.
+# VAPOR_TEST_DATABASE_URL overrides the PostgreSQL URL of pass 2;
+# VAPOR_TEST_REDIS_URL the Redis the scale-out test uses (default
+# redis://127.0.0.1:6379/15), and then no local Redis is looked for.
 set -euo pipefail
 
 # shellcheck source=scripts/setup.sh
@@ -30,6 +34,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$VAPOR_ROOT"
 
 STARTED_POSTGRES=""
+STARTED_REDIS="" # the pid file of a redis-server this script started
 
 # shellcheck disable=SC2317  # called from the trap below
 finish() {
@@ -38,6 +43,12 @@ finish() {
     fi
     if [[ -n "$STARTED_POSTGRES" ]]; then
         pg_ctlcluster --skip-systemctl-redirect "$STARTED_POSTGRES" main stop || true
+    fi
+    if [[ -n "$STARTED_REDIS" ]]; then
+        local pid
+        pid="$(cat "$STARTED_REDIS" 2>/dev/null || true)"
+        [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null || true
+        STARTED_REDIS=""
     fi
 }
 trap finish EXIT
@@ -57,6 +68,30 @@ ensure_postgres() {
         done
         pg_isready -q -h 127.0.0.1 -p 5432 || vapor_die "PostgreSQL does not answer on 127.0.0.1:5432"
     fi
+}
+
+redis_answers() {
+    [[ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" == PONG ]]
+}
+
+# A Redis for the scale-out test: the one answering on 127.0.0.1:6379, else one
+# started here as a plain daemon (no systemd; loopback only, nothing saved to
+# disk) and stopped when the script ends.
+ensure_redis() {
+    [[ -z "${VAPOR_TEST_REDIS_URL:-}" ]] || return 0
+    vapor_ensure_packages redis-server
+    redis_answers && return 0
+    local dir="${VAPOR_ROOT}/var/redis" i
+    mkdir -p "$dir" "${VAPOR_ROOT}/var/log"
+    vapor_say "starting redis-server on 127.0.0.1:6379"
+    redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --pidfile "${dir}/redis.pid" \
+        --logfile "${VAPOR_ROOT}/var/log/redis.log" --dir "$dir" --save "" --appendonly no
+    STARTED_REDIS="${dir}/redis.pid"
+    for ((i = 0; i < 60; i++)); do
+        redis_answers && return 0
+        sleep 0.5
+    done
+    vapor_die "Redis does not answer on 127.0.0.1:6379 (var/log/redis.log)"
 }
 
 # Prints the URL pass 2 uses. The machines this project runs on trust local
@@ -89,6 +124,7 @@ SQL
 
 vapor_setup
 ensure_postgres
+ensure_redis
 PG_URL="$(postgres_url)"
 
 export VAPOR_Q_SYNC=1 VAPOR_DOWNLOAD_ALLOW_PRIVATE=1

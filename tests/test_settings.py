@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,10 @@ def test_allowed_roots_join_search_dirs_download_dir_and_extra_roots() -> None:
         ("VAPOR_MAX_DISKS", "257", "must be at most 256"),
         ("VAPOR_MAX_NICS", "0", "must be at least 1"),
         ("VAPOR_MAX_BODY_BYTES", "100", "must be at least 1024"),
+        ("VAPOR_Q_BROKER", "rabbitmq", "is not one of orm, redis"),
+        ("VAPOR_REDIS_URL", "http://127.0.0.1:6379/0", "the scheme must be redis://"),
+        ("VAPOR_REDIS_URL", "redis://127.0.0.1:6379/zero", "the database 'zero' is not a number"),
+        ("VAPOR_REDIS_URL", "redis://127.0.0.1:99999/0", "is not a Redis URL"),
     ],
 )
 def test_a_bad_value_is_reported_with_its_variable_and_falls_back(variable: str, value: str, words: str) -> None:
@@ -62,6 +67,41 @@ def test_a_bad_value_is_reported_with_its_variable_and_falls_back(variable: str,
     assert len(config.problems) == 1
     problem = config.problems[0]
     assert problem.variable == variable and words in problem.message
+
+
+def q_cluster(**environ: str) -> dict[str, object]:
+    """settings.Q_CLUSTER as a process started with `environ` (and no other VAPOR_ variable) reads it."""
+    result = manage(
+        "shell", "-v", "0", "-c", "import json; from django.conf import settings; print(json.dumps(settings.Q_CLUSTER))", **environ
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_the_orm_broker_is_the_default_and_redis_is_chosen_by_the_environment() -> None:
+    config = env.load({})
+    assert (config.q_broker, config.redis_url) == ("orm", "redis://127.0.0.1:6379/0")
+    default = q_cluster()
+    assert default["orm"] == "default" and "redis" not in default
+    chosen = q_cluster(VAPOR_Q_BROKER="Redis", VAPOR_REDIS_URL="redis://:s3cret@queue.internal:6380/3")
+    assert chosen["redis"] == "redis://:s3cret@queue.internal:6380/3" and "orm" not in chosen
+    # Everything else is the same, the downloads' queue included.
+    assert {k: v for k, v in chosen.items() if k != "redis"} == {k: v for k, v in default.items() if k != "orm"}
+    assert chosen["ALT_CLUSTERS"] == {"vapor-downloads": {"workers": 2}}
+    assert env.load({"VAPOR_REDIS_URL": "unix:///run/redis/redis.sock?db=2"}).problems == ()
+
+
+def test_a_bad_redis_url_is_reported_without_its_password() -> None:
+    config = env.load({"VAPOR_REDIS_URL": "redis://:s3cret@queue.internal:port/0"})
+    [problem] = config.problems
+    assert problem.variable == "VAPOR_REDIS_URL" and "s3cret" not in problem.message
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_manage_check_names_a_bad_broker() -> None:
+    result = manage("check", VAPOR_Q_BROKER="rabbitmq")
+    assert result.returncode != 0
+    assert "vapor.E001" in result.stderr and "VAPOR_Q_BROKER 'rabbitmq' is not one of orm, redis" in result.stderr
 
 
 def manage(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:

@@ -38,6 +38,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_DISK_GB_CEILING = 2**31 - 1
 # Where `manage.py serve` (and so scripts/run.sh) listens unless told otherwise.
 DEFAULT_LISTEN = "127.0.0.1:8000"
+# django-q2's broker: "orm" keeps the queue in Vapor's database (one machine, the default);
+# "redis" lets several machines' clusters share one queue (README, "Running several portal machines").
+Q_BROKERS = ("orm", "redis")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Config:
     q_timeout: int
     q_retry: int
     q_sync: bool
+    q_broker: str  # one of Q_BROKERS
+    redis_url: str  # read only with q_broker "redis"
     log_level: str
     secure_cookies: bool
     ssl_redirect: bool
@@ -221,6 +227,33 @@ def _networks(text: str) -> tuple[str, ...]:
     for net in nets:
         ipaddress.ip_network(net, strict=False)
     return nets
+
+
+def _broker(text: str) -> str:
+    if text.lower() not in Q_BROKERS:
+        raise ValueError("")
+    return text.lower()
+
+
+def _redis_url(text: str) -> str:
+    """redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS) or unix:///PATH[?db=N]; raises ValueError."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("the scheme must be redis://, rediss:// or unix://")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ValueError("unix:// needs an absolute socket path")
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+    else:
+        if not parts.hostname:
+            raise ValueError("no host")
+        parts.port  # noqa: B018 (raises ValueError on a port out of range)
+        db = parts.path.lstrip("/") or "0"
+    if not db.isdigit():
+        raise ValueError(f"the database {db!r} is not a number")
+    return text
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -369,6 +402,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         q_timeout=env.number("VAPOR_TASK_TIMEOUT", 6 * 3600, 10),
         q_retry=0,  # set below: it depends on q_timeout
         q_sync=env.flag("VAPOR_Q_SYNC", False),
+        q_broker=env.parse("VAPOR_Q_BROKER", "orm", _broker, f"one of {', '.join(Q_BROKERS)}"),
+        redis_url=DEFAULT_REDIS_URL,  # set below: its problem must not quote a password
         log_level=env.raw("VAPOR_LOG_LEVEL", "INFO").upper(),
         secure_cookies=env.flag("VAPOR_SECURE_COOKIES", public),
         ssl_redirect=env.flag("VAPOR_SSL_REDIRECT", public),
@@ -407,6 +442,11 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         env.problems.append(Problem("VAPOR_DOWNLOAD_DEADLINE", f"must be less than VAPOR_TASK_TIMEOUT ({config.q_timeout})"))
         deadline = default_deadline
     config = replace(config, download_deadline=deadline)
+    redis_text = env.raw("VAPOR_REDIS_URL", DEFAULT_REDIS_URL).strip()
+    try:
+        config = replace(config, redis_url=_redis_url(redis_text))
+    except ValueError as exc:
+        env.problems.append(Problem("VAPOR_REDIS_URL", f"is not a Redis URL (redis://HOST:PORT/DB): {exc}"))
     if config.log_level not in LOG_LEVELS:
         env.problems.append(Problem("VAPOR_LOG_LEVEL", f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"))
         config = replace(config, log_level="INFO")

@@ -199,9 +199,13 @@ TASK_MAX_ATTEMPTS = 3
 # as scripts/run.sh does): a slow server holds one of its workers, never one that hashing or
 # provisioning waits for. Both clusters share the broker, the timeouts and the signing name.
 DOWNLOAD_QUEUE = "vapor-downloads"
+# The broker (VAPOR_Q_BROKER): the ORM one keeps the queue in the database; Redis lets the clusters
+# of several machines share one queue (README, "Running several portal machines"). Either way the
+# schedules and the task results live in the database, which all machines must then share.
+Q_BROKER: dict[str, str] = {"orm": "default"} if VAPOR.q_broker == "orm" else {"redis": VAPOR.redis_url}
 Q_CLUSTER = {
     "name": "vapor",
-    "orm": "default",
+    **Q_BROKER,
     "workers": VAPOR.q_workers,
     "timeout": VAPOR.q_timeout,
     "retry": VAPOR.q_retry,
