@@ -24,7 +24,7 @@ def _scoped(queryset: QuerySet[Any], user: Any, project: str | None) -> QuerySet
 def vm_list(user: Any = None, *, project: str | None = None) -> QuerySet[VirtualMachine]:
     """VMs `user` may see (every VM for None: the worker, commands) with everything the API shows
     prefetched: a fixed number of queries."""
-    queryset = VirtualMachine.objects.select_related("template", "project").prefetch_related("disks", "nics", "cdroms__iso")
+    queryset = VirtualMachine.objects.select_related("template", "project", "host").prefetch_related("disks", "nics", "cdroms__iso")
     return _scoped(queryset, user, project).order_by("name")
 
 

@@ -26,13 +26,13 @@ from projects.access import SYSTEM, Actor, check_allowed, project_for_create
 from projects.models import Project
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file, is_inside, real_roots
-from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, VmStatus
 from vms.hypervisor import DiskUse, Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import ImageInfo, chain_record, check_image, check_image_chain, image_info
 from vms.hypervisor.specs import controllers_needed, target_devs
 from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
 from vms.services.cloud_init import cloud_init_check, cloud_init_plan
+from vms.services.placement import place
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
 from vms.services.requests import DiskRequest, VmRequest
 from vms.services.template_apply import template_apply
@@ -66,10 +66,12 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
     cloud_init_check(request.cloud_init)
     project = project_for_create(actor, request.project, fallback=template.project if template and not request.project else None)
     _check_project_resources(request, project)
-    hv = hv or hypervisor.get_hypervisor()
     variant = osinfo.validate_os_variant(request.os_variant)
     if VirtualMachine.objects.filter(name=request.name).exists():
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken")
+    # Which host (issue 15): the one asked, else the best that fits; every check below asks that host.
+    placement = place(request=request, project=project, hv=hv)
+    hv = placement.hv
     if hv.domain_exists(request.name):
         raise Conflict(f"a domain named {request.name!r} already exists on the host", field="name", code="name_taken")
     virt_type = _virt_type(request, hv)
@@ -96,7 +98,35 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
         template=template,
         project=project,
         warnings=tuple(warnings),
+        placement=placement,
     )
+
+
+def host_fit(request: VmRequest, hv: Hypervisor, *, local: bool = True) -> None:
+    """The request's checks that only ask the host, cheapest first, raising the first problem
+    (the same errors as `vm_validate`'s): architecture, size, pool, networks and bridges, disk
+    sources present. Placement runs it on each candidate host; it reads no database row."""
+    _virt_type(request, hv)
+    _check_host_size(request, hv)
+    _pool(request, hv)
+    _check_networks(request, hv)
+    _check_sources_present(request, hv, local=local)
+
+
+def _check_sources_present(request: VmRequest, hv: Hypervisor, *, local: bool) -> None:
+    """Each existing disk and clone source is a file this host has: a volume of one of its pools
+    (libvirt's storage API, so a remote host answers for itself), or, on a local host, a file inside
+    its roots. The full checks (path guard, format, chain) run on the chosen host only."""
+    for index, disk in enumerate(request.disks):
+        raw = disk.path if disk.kind == "existing" else disk.clone_from if disk.kind == "clone" else None
+        if raw is None:
+            continue
+        if hv.volume_by_path(raw) is not None:
+            continue
+        if local and os.path.isfile(raw):
+            continue
+        key = "path" if disk.kind == "existing" else "clone_from"
+        raise NotFound(f"{raw} is not on this host (no pool volume has that path)", field=f"disks.{index}.{key}")
 
 
 def boot_mismatch(boot_type: str, uefi: bool) -> str:
