@@ -117,16 +117,19 @@ def _check_sources_present(request: VmRequest, hv: Hypervisor, *, local: bool) -
     """Each existing disk and clone source is a file this host has: a volume of one of its pools
     (libvirt's storage API, so a remote host answers for itself), or, on a local host, a file inside
     its roots. The full checks (path guard, format, chain) run on the chosen host only."""
+    roots: list[Path] | None = None
     for index, disk in enumerate(request.disks):
         raw = disk.path if disk.kind == "existing" else disk.clone_from if disk.kind == "clone" else None
         if raw is None:
             continue
         if hv.volume_by_path(raw) is not None:
             continue
-        if local and os.path.isfile(raw):
-            continue
+        if local:
+            roots = roots if roots is not None else disk_roots(hv)
+            if os.path.isfile(raw) and is_inside(Path(os.path.realpath(raw)), roots):
+                continue
         key = "path" if disk.kind == "existing" else "clone_from"
-        raise NotFound(f"{raw} is not on this host (no pool volume has that path)", field=f"disks.{index}.{key}")
+        raise NotFound(f"{raw} is not on this host (no volume of its pools has that path)", field=f"disks.{index}.{key}")
 
 
 def boot_mismatch(boot_type: str, uefi: bool) -> str:
