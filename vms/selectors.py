@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, QuerySet
 
 from projects.access import in_visible_projects
 from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.hypervisor import NetworkInfo, PoolInfo
-from vms.models import VirtualMachine, VmTemplate
+from vms.models import Host, VirtualMachine, VmTemplate
 
 
 def _scoped(queryset: QuerySet[Any], user: Any, project: str | None) -> QuerySet[Any]:
@@ -53,13 +55,47 @@ class HostOffer:
     error: str = ""
 
 
-def host_offer() -> HostOffer:
-    """The host's pools, networks and bridges, one connection, three reads; never raises a VaporError."""
+def host_offer(host: Host | None = None) -> HostOffer:
+    """One host's pools, networks and bridges (None: the default host), three reads over its kept
+    connection; never raises a VaporError."""
+    uri = host.libvirt_uri if host is not None else None
     try:
-        hv = hypervisor.get_hypervisor()
+        hv = hypervisor.get_hypervisor(uri) if uri is not None else hypervisor.get_hypervisor()
         try:
             return HostOffer(pools=hv.list_pools(), networks=hv.list_networks(), bridges=hv.list_bridges())
         finally:
             hv.close()
     except VaporError as exc:
         return HostOffer(error=exc.message)
+
+
+def placement_offer(hosts: list[Host]) -> HostOffer:
+    """What automatic placement may use: every host's lists merged by name (a pool's largest free space wins),
+    read in parallel and bounded like placement's questions. `error` only when no host could be read."""
+    if len(hosts) <= 1:
+        return host_offer(hosts[0] if hosts else None)
+    timeout = settings.VAPOR.host_connect_timeout + 1.0
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="vapor-offer")
+    try:
+        futures = [executor.submit(host_offer, host) for host in hosts]
+        done, _ = concurrent.futures.wait(futures, timeout=timeout)
+        offers = [f.result() for f in futures if f in done]
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    readable = [offer for offer in offers if not offer.error]
+    if not readable:
+        errors = [offer.error for offer in offers] or [f"no answer within {timeout:g} s"]
+        return HostOffer(error="; ".join(errors))
+    pools: dict[str, PoolInfo] = {}
+    networks: dict[str, NetworkInfo] = {}
+    bridges: set[str] = set()
+    for offer in readable:
+        for pool in offer.pools:
+            if pool.name not in pools or pool.available > pools[pool.name].available:
+                pools[pool.name] = pool
+        for network in offer.networks:
+            networks.setdefault(network.name, network)
+        bridges.update(offer.bridges)
+    return HostOffer(
+        pools=[pools[name] for name in sorted(pools)], networks=[networks[name] for name in sorted(networks)], bridges=sorted(bridges)
+    )

@@ -291,3 +291,43 @@ def test_one_host_install_places_there_without_asking_twice(vm_api, hv, run_task
     assert body["host"] == DEFAULT_HOST
     placement = dry(vm_api, vm("solo-2")).json()["placement"]
     assert placement == {"host": DEFAULT_HOST, "requested": False, "refused": {}}
+
+
+# --- the admin's create page ------------------------------------------------------------------------
+
+
+def _options(page: str, select_id: str) -> list[tuple[str, str]]:
+    import re
+
+    match = re.search(rf'<select[^>]*id="{select_id}"[^>]*>(.*?)</select>', page, re.S)
+    assert match, f"no <select id={select_id}>"
+    return re.findall(r'<option value="([^"]*)"[^>]*>([^<]*)</option>', match.group(1))
+
+
+def test_the_create_page_offers_automatic_placement_and_each_host_with_why_not(admin_client, three):
+    from tests.vms.test_admin import ADD
+
+    Host.objects.filter(name="h3").update(maintenance=True)
+    page = admin_client.get(ADD).content.decode()
+    assert _options(page, "id_host") == [("", "(automatic placement)"), ("default", "default"), ("h2", "h2"), ("h3", "h3 — in maintenance")]
+    # Automatic: the lists of every host placement may use (h3 is in maintenance: its pool "default" only anyway).
+    assert [value for value, _ in _options(page, "id_storage_pool")] == ["default", "fast"]
+    assert [value for value, _ in _options(page, "id_networks-__prefix__-source")] == ["default"]
+    one = admin_client.get(ADD + "?host=default").content.decode()
+    assert [value for value, _ in _options(one, "id_storage_pool")] == ["default"]
+
+
+def test_the_create_page_places_shows_the_placement_in_the_dry_run_and_the_host_s_refusal_on_its_field(admin_client, three, run_tasks):
+    from tests.vms.test_admin import ADD, form_data
+
+    page = admin_client.post(ADD, {**form_data(name="paged"), "_dryrun": "Dry run"}).content.decode()
+    shown = 'id="preview-placement">Host: <b>h3</b>'
+    assert shown in page
+    Host.objects.filter(name="h2").update(enabled=False)
+    page = admin_client.post(ADD, form_data(name="paged", host="h2")).content.decode()
+    assert "host h2 does not take new VMs: disabled" in page
+    assert not VirtualMachine.objects.exists()
+    with run_tasks():
+        response = admin_client.post(ADD, form_data(name="paged", host="default"))
+    assert response.status_code == 302
+    assert VirtualMachine.objects.get().host.name == "default" and set(three.default.domains) == {"paged"}
