@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count, QuerySet
 
 from projects.access import in_visible_projects
@@ -14,6 +12,7 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.hypervisor import NetworkInfo, PoolInfo
 from vms.models import Host, VirtualMachine, VmTemplate
+from vms.parallel import answer_timeout, ask_each
 
 
 def _scoped(queryset: QuerySet[Any], user: Any, project: str | None) -> QuerySet[Any]:
@@ -74,17 +73,12 @@ def placement_offer(hosts: list[Host]) -> HostOffer:
     read in parallel and bounded like placement's questions. `error` only when no host could be read."""
     if len(hosts) <= 1:
         return host_offer(hosts[0] if hosts else None)
-    timeout = settings.VAPOR.host_connect_timeout + 1.0
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="vapor-offer")
-    try:
-        futures = [executor.submit(host_offer, host) for host in hosts]
-        done, _ = concurrent.futures.wait(futures, timeout=timeout)
-        offers = [f.result() for f in futures if f in done]
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+    answers = ask_each(host_offer, hosts)
+    late = f"no answer within {answer_timeout():g} s"
+    offers = [offer or HostOffer(error=f"{host.name}: {late}") for host, offer in zip(hosts, answers, strict=True)]
     readable = [offer for offer in offers if not offer.error]
     if not readable:
-        errors = [offer.error for offer in offers] or [f"no answer within {timeout:g} s"]
+        errors = [offer.error for offer in offers]
         return HostOffer(error="; ".join(errors))
     pools: dict[str, PoolInfo] = {}
     networks: dict[str, NetworkInfo] = {}

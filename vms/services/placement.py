@@ -8,8 +8,9 @@ the candidates are filtered:
 - enabled, not in maintenance, not recorded down by the health schedule
   (a host never checked yet is asked);
 - answering now, through its kept connection; every candidate is asked in
-  parallel and a host that does not answer within VAPOR_HOST_CONNECT_TIMEOUT
-  (plus a second) is refused with that as the reason, never waited for longer;
+  parallel (`vms.parallel`) and a host that does not answer within
+  VAPOR_HOST_CONNECT_TIMEOUT plus a second is refused with that as the
+  reason, never waited for longer;
 - the request's host checks (`validation.host_fit`): architecture, the size
   of the VM against the host's, the storage pool (active), the NAT networks
   and bridges, the existing disks' and clone sources' files present;
@@ -27,10 +28,8 @@ checks (path guard, image chains, name free on the host) run in
 
 from __future__ import annotations
 
-import concurrent.futures
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.db.models import Count, Sum
 
 from projects.models import Project
@@ -39,6 +38,7 @@ from vms import hypervisor
 from vms.choices import LIVE_STATUSES
 from vms.host_models import DEFAULT_HOST, Host, HostHealth
 from vms.hypervisor import Hypervisor
+from vms.parallel import answer_timeout, ask_each
 from vms.services.requests import VmRequest
 
 MIB = 2**20
@@ -154,21 +154,13 @@ def _words(exc: VaporError) -> str:
 
 
 def _ask_all(hosts: list[Host], request: VmRequest, usage: dict[int, HostUse], *, budget: bool) -> list[_Judged]:
-    """Every host judged in parallel; one that has not answered in time is refused, and not waited for."""
-    timeout = settings.VAPOR.host_connect_timeout + 1.0
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="vapor-place")
-    try:
-        futures = {pool.submit(_judge, h, request, usage.get(h.pk, HostUse()), budget=budget): h for h in hosts}
-        done, _ = concurrent.futures.wait(futures, timeout=timeout)
-        judged = []
-        for future, host in futures.items():
-            if future in done:
-                judged.append(future.result())
-            else:
-                judged.append(_Judged(host, reasons=[f"unreachable: no answer within {timeout:g} s"]))
-        return judged
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    """Every host judged in parallel (vms.parallel); one that has not answered in time is refused, and not waited for."""
+    timeout = answer_timeout()
+    answers = ask_each(lambda h: _judge(h, request, usage.get(h.pk, HostUse()), budget=budget), hosts, timeout=timeout)
+    return [
+        answer if answer is not None else _Judged(host, reasons=[f"unreachable: no answer within {timeout:g} s"])
+        for host, answer in zip(hosts, answers, strict=True)
+    ]
 
 
 def place(*, request: VmRequest, project: Project | None = None, hv: Hypervisor | None = None) -> Placement:
