@@ -19,7 +19,7 @@ from tests.fakes import FakeDomain, FakeHosts, FakeHypervisor
 from tests.support.api import CREATE_URL, post_create
 from tests.support.images import make_image
 from vms.host_models import DEFAULT_HOST, Host, HostHealth
-from vms.hypervisor import HostResources
+from vms.hypervisor import FirmwareSupport, HostResources
 from vms.models import VirtualMachine
 
 pytestmark = pytest.mark.django_db
@@ -331,3 +331,31 @@ def test_the_create_page_places_shows_the_placement_in_the_dry_run_and_the_host_
         response = admin_client.post(ADD, form_data(name="paged", host="default"))
     assert response.status_code == 302
     assert VirtualMachine.objects.get().host.name == "default" and set(three.default.domains) == {"paged"}
+
+
+@pytest.mark.parametrize(
+    ("asked", "firmware", "reason"),
+    [
+        ({"uefi": True}, FirmwareSupport(uefi=False, secure_boot=False, tpm=True), "uefi: the host offers no UEFI firmware"),
+        (
+            {"uefi": True, "secure_boot": True},
+            FirmwareSupport(uefi=True, secure_boot=False, tpm=True),
+            "secure_boot: the host offers no Secure Boot firmware",
+        ),
+        ({"tpm": True}, FirmwareSupport(uefi=True, secure_boot=True, tpm=False), "tpm: the host offers no TPM device"),
+    ],
+)
+def test_uefi_secure_boot_and_tpm_only_where_the_host_offers_them(vm_api, three, asked, firmware, reason):
+    three.h3.firmware = firmware
+    body = dry(vm_api, vm("firmware", **asked)).json()
+    assert body["placement"]["host"] == "h2"
+    assert body["placement"]["refused"]["h3"] == [f"{reason} for x86_64/q35 (kvm)"]
+    assert dry(vm_api, vm("plain")).json()["placement"]["host"] == "h3"  # not asked: not judged
+    explicit = dry(vm_api, vm("firmware", host="h3", **asked))
+    assert explicit.status_code == 400
+    assert explicit.json()["code"] == "not_offered"
+
+
+def test_a_host_that_does_not_say_what_firmware_it_has_is_not_refused(vm_api, three):
+    three.h3.firmware = FirmwareSupport()
+    assert dry(vm_api, vm("unsaid", uefi=True, tpm=True)).json()["placement"]["host"] == "h3"

@@ -75,6 +75,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
     if hv.domain_exists(request.name):
         raise Conflict(f"a domain named {request.name!r} already exists on the host", field="name", code="name_taken")
     virt_type = _virt_type(request, hv)
+    _check_firmware(request, hv, virt_type)
     _check_host_size(request, hv)
     pool = _pool(request, hv)
     _check_networks(request, hv)
@@ -106,7 +107,7 @@ def host_fit(request: VmRequest, hv: Hypervisor, *, local: bool = True) -> None:
     """The request's checks that only ask the host, cheapest first, raising the first problem
     (the same errors as `vm_validate`'s): architecture, size, pool, networks and bridges, disk
     sources present. Placement runs it on each candidate host; it reads no database row."""
-    _virt_type(request, hv)
+    _check_firmware(request, hv, _virt_type(request, hv))
     _check_host_size(request, hv)
     _pool(request, hv)
     _check_networks(request, hv)
@@ -322,6 +323,21 @@ def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
     if (request.max_vcpus or 0) > maximum:
         raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for {machine}/{virt_type})", field="max_vcpus")
     return virt_type
+
+
+def _check_firmware(request: VmRequest, hv: Hypervisor, virt_type: str) -> None:
+    """UEFI, Secure Boot and a TPM only where the host's QEMU offers them (a host that does not say is not judged)."""
+    if not (request.uefi or request.secure_boot or request.tpm):
+        return
+    machine = _machine(request)
+    offered = hv.firmware_support(request.architecture, virt_type, machine)
+    where = f"for {request.architecture}/{machine} ({virt_type})"
+    if request.uefi and offered.uefi is False:
+        raise InvalidInput(f"the host offers no UEFI firmware {where}", field="uefi", code="not_offered")
+    if request.secure_boot and offered.secure_boot is False:
+        raise InvalidInput(f"the host offers no Secure Boot firmware {where}", field="secure_boot", code="not_offered")
+    if request.tpm and offered.tpm is False:
+        raise InvalidInput(f"the host offers no TPM device {where}", field="tpm", code="not_offered")
 
 
 def _check_host_size(request: VmRequest, hv: Hypervisor) -> None:
