@@ -36,6 +36,7 @@ bench: venv
 	bash scripts/libvirtd.sh start && $(PY) -m bench.consoles_bench --write $(CONSOLES_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.metrics_bench --write $(METRICS_ARGS)
 	$(PY) -m bench.addresses_bench --write $(ADDRESSES_ARGS)
+	$(PY) -m bench.placement --write $(PLACEMENT_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.hotattach_bench --write $(HOTATTACH_ARGS)
 
 # The reliability suites (hostile inputs, authorization, injected faults); their figures go to docs/RELIABILITY.md.

@@ -29,6 +29,7 @@ from vms.hypervisor import (
     DomainAddresses,
     DomainInfo,
     DomainStats,
+    FirmwareSupport,
     GuestAddress,
     HostCapabilities,
     HostResources,
@@ -128,6 +129,7 @@ class FakeHypervisor:
     nvram: dict[str, bytes] = field(default_factory=dict)  # domain -> its UEFI variables, once it has some
     device_changes: list[tuple[str, str, str, bool]] = field(default_factory=list)  # (call, domain, target dev, live)
     resized: dict[str, int] = field(default_factory=dict)  # target dev (live) or volume path (stopped) -> bytes
+    firmware: FirmwareSupport = field(default_factory=lambda: FirmwareSupport(uefi=True, secure_boot=True, tpm=True))
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -246,6 +248,9 @@ class FakeHypervisor:
 
     def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int:
         return self.max_vcpu
+
+    def firmware_support(self, arch: str, virt_type: str, machine: str = "q35") -> FirmwareSupport:
+        return self.firmware
 
     def host_resources(self) -> HostResources:
         self._call("host_resources")

@@ -28,6 +28,11 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
     field = serializers.CharField(required=False)
+    refused = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Placement's refusals (codes no_host, host_unavailable, host_full): host name -> reasons in words.",
+    )
 
 
 # "errors" is also a Serializer property, so the field is added after the class exists.

@@ -369,3 +369,27 @@ def test_a_volume_for_an_unprivileged_vapor_is_given_to_its_user(monkeypatch):
     monkeypatch.setattr(storage.os, "geteuid", lambda: 998)
     monkeypatch.setattr(storage.os, "getegid", lambda: 997)
     assert storage.volume_owner() == (998, 997)
+
+
+def test_firmware_support_is_what_the_real_daemon_reports():
+    offered = capabilities.firmware_support((DATA / "hypervisor" / "domcapabilities-qemu-q35.xml").read_text())
+    assert (offered.uefi, offered.secure_boot, offered.tpm) == (True, True, True)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("", (None, None, None)),  # silent: not judged
+        ("<os supported='yes'><loader supported='yes'/></os>", (False, False, None)),  # no firmware file
+        ("<os supported='yes'><loader supported='no'><value>/x.fd</value></loader></os>", (False, False, None)),
+        ("<os supported='yes'><enum name='firmware'><value>efi</value></enum></os>", (True, None, None)),
+        (
+            "<os supported='yes'><loader supported='yes'><value>/OVMF_CODE.fd</value>"
+            "<enum name='secure'><value>no</value></enum></loader></os><devices><tpm supported='no'/></devices>",
+            (True, False, False),
+        ),
+    ],
+)
+def test_firmware_support_reads_what_the_domain_capabilities_say_and_no_more(body, expected):
+    offered = capabilities.firmware_support(f"<domainCapabilities><arch>x86_64</arch>{body}</domainCapabilities>")
+    assert (offered.uefi, offered.secure_boot, offered.tpm) == expected

@@ -33,10 +33,11 @@ from projects.models import Project
 from vaporsite.admin_support import ErrorRows, show_service_error
 from vaporsite.errors import VaporError
 from vms.choices import DiskBus, DiskFormat, GraphicsType, NicModel, NicType
-from vms.models import CdromAttachment, VirtualMachine, VmTemplate
-from vms.selectors import HostOffer, host_offer, template_list
+from vms.models import CdromAttachment, Host, VirtualMachine, VmTemplate
+from vms.selectors import HostOffer, host_offer, placement_offer, template_list
 from vms.services import lifecycle as services
 from vms.services.lifecycle import DryRun
+from vms.services.placement import unavailable_reason
 from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
 from vms.services.templates import template_data
 from vms.services.validation import boot_mismatch
@@ -241,6 +242,28 @@ def host_choices(offer: HostOffer, allowed: dict[str, set[str] | None] | None = 
     )
 
 
+AUTOMATIC = "(automatic placement)"
+
+
+def host_label(host: Host) -> str:
+    """A host in the Host select: its name and, when placement would not use it, why."""
+    reason = unavailable_reason(host)
+    return f"{host.name} — {reason}" if reason else host.name
+
+
+def chosen_host(request: HttpRequest) -> Host | None:
+    """The host the page asks about (POST or ?host=), None for automatic placement (or a name that is no host)."""
+    name = (request.POST if request.method == "POST" else request.GET).get("host", "")
+    return Host.objects.filter(name=name).first() if name else None
+
+
+def page_offer(host: Host | None) -> HostOffer:
+    """The lists the page offers: the chosen host's, or for automatic placement those of every host it may use."""
+    if host is not None:
+        return host_offer(host)
+    return placement_offer([h for h in Host.objects.order_by("name") if not unavailable_reason(h)])
+
+
 class VmCreateForm(forms.Form):
     project = forms.ModelChoiceField(
         queryset=Project.objects.none(),
@@ -279,6 +302,11 @@ class VmCreateForm(forms.Form):
     )
     storage_pool = forms.CharField(initial="default", max_length=64, help_text="Where the new disks and clones are made.")
     autostart = forms.BooleanField(label="Start with the host", required=False)
+    host = forms.ChoiceField(
+        required=False,
+        choices=[("", AUTOMATIC)],
+        help_text="Where the VM runs. Automatic: the host with the most memory left among those that have what it asks for.",
+    )
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, request: HttpRequest, host: HostChoices, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -290,6 +318,7 @@ class VmCreateForm(forms.Form):
                 pool.initial = offered[0]  # "default" may be held back from the user's projects, or absent
         else:
             pool.help_text = f"The host's pools could not be read ({host.error}): type the pool's name."
+        self.fields["host"].choices = [("", AUTOMATIC), *((h.name, host_label(h)) for h in Host.objects.order_by("name"))]  # type: ignore[attr-defined]
         self.fields["project"].queryset = project_choices(request)  # type: ignore[attr-defined]
         self.fields["template"].queryset = template_list(request.user)  # type: ignore[attr-defined]
         iso_field = CdromAttachment._meta.get_field("iso")
@@ -336,7 +365,7 @@ DiskFormSet = formset_factory(DiskForm, extra=0, can_delete=True)
 NicFormSet = formset_factory(NicForm, extra=0, can_delete=True)
 
 MAIN_FIELDS = {"project", "iso_path", "secondary_iso", "name", "memory", "vcpus", "os_type", "os_variant", "architecture",
-               "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template"}  # fmt: skip
+               "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "host"}  # fmt: skip
 GRAPHICS_FIELDS = {"graphics.type": "graphics_type", "graphics.port": "graphics_port", "graphics.password": "graphics_password"}
 
 
@@ -415,6 +444,7 @@ def build_request(form: VmCreateForm, disks: list[dict[str, Any]], nics: list[di
         # The form was filled in from the template: everything is spelled out, the template is only recorded.
         template=template.name if template else None,
         project=data["project"].name if data.get("project") else None,
+        host=data.get("host") or None,
         given=None,
     )
 
@@ -436,7 +466,7 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
     site = model_admin.admin_site
     preview: DryRun | None = None
     # One read of the host for the whole page, every row shares it; trimmed to what the user's projects open.
-    host = host_choices(host_offer(), open_to(project_choices(request)))
+    host = host_choices(page_offer(chosen_host(request)), open_to(project_choices(request)))
     if request.method == "POST":
         form = VmCreateForm(request.POST, admin_site=site, request=request, host=host)
         disk_formset = DiskFormSet(request.POST, prefix="disks")

@@ -110,6 +110,13 @@ class VmCreateSerializer(_BaseVmIn):
         allow_null=True,
         help_text="A NoCloud seed (label cidata) attached as a CD-ROM; a template's defaults field by field.",
     )
+    host = serializers.CharField(
+        required=False,
+        allow_null=True,
+        max_length=63,
+        help_text="A host's name: create the VM there (404 if no such host; 409 `host_unavailable` when it is disabled, "
+        "in maintenance or down, `host_full` when its memory or vCPU budget is used up). Default: automatic placement.",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         legacy = self.legacy_disks(attrs)
@@ -153,6 +160,7 @@ class VmCreateSerializer(_BaseVmIn):
             template=data.get("template"),
             project=data.get("project"),
             cloud_init=cloud_init_request(data.get("cloud_init")),
+            host=data.get("host") or None,
         )
 
 
@@ -239,6 +247,9 @@ class VmSerializer(serializers.ModelSerializer):
     template: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="name", read_only=True, allow_null=True, help_text="The template it was made from."
     )
+    host: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, help_text="The name of the host it runs on."
+    )
     disks = DiskOutSerializer(many=True)
     cdroms = CdromOutSerializer(many=True)
     networks = NicOutSerializer(many=True, source="nics")
@@ -248,8 +259,8 @@ class VmSerializer(serializers.ModelSerializer):
     class Meta:
         model = VirtualMachine
         fields = [
-            "id", "name", "project", "uuid", "status", "error", "memory", "vcpus", "max_memory", "max_vcpus", "os_type", "os_variant",
-            "architecture", "virt_type",
+            "id", "name", "project", "host", "uuid", "status", "error", "memory", "vcpus", "max_memory", "max_vcpus", "os_type",
+            "os_variant", "architecture", "virt_type",
             "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "disks", "cdroms", "networks", "graphics",
             "disk_gb", "state", "state_checked_at", "created_at", "updated_at", "addresses_checked_at", "guest_agent",
         ]  # fmt: skip
@@ -298,8 +309,18 @@ class VmDetailSerializer(VmSerializer):
         return str(self.context.get("state", ""))
 
 
+class PlacementOutSerializer(serializers.Serializer):
+    host = serializers.CharField(help_text="The host the VM would be created on.")
+    requested = serializers.BooleanField(help_text="True: the request named it (`host`); false: placement chose it.")
+    refused = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Each other host placement did not choose, by name, with its reasons in words (empty when the host was named).",
+    )
+
+
 class DryRunSerializer(serializers.Serializer):
     plan = serializers.ListField(child=serializers.CharField())
+    placement = PlacementOutSerializer(help_text="Where the VM would go, and why not elsewhere.")
     domain_xml = serializers.CharField()
     vm = VmSerializer()
     warnings = serializers.ListField(

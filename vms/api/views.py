@@ -43,7 +43,13 @@ def _accepted(request: Request, serializer: VmCreateSerializer | LegacyVmCreateS
     dry_run = request.query_params.get("dry_run", "").lower() in {"1", "true", "yes"}
     result = services.vm_create(request=serializer.to_request(), dry_run=dry_run, actor=actor_from_request(request, Via.API))
     if isinstance(result, DryRun):
-        body = {"plan": result.steps, "domain_xml": result.xml, "vm": VmSerializer(result.vm).data, "warnings": list(result.warnings)}
+        body = {
+            "plan": result.steps,
+            "placement": result.placement,
+            "domain_xml": result.xml,
+            "vm": VmSerializer(result.vm).data,
+            "warnings": list(result.warnings),
+        }
         return Response(body)
     vm = vm_list(request.user).get(pk=result.pk)
     location = request.build_absolute_uri(reverse("vm-detail", args=[vm.pk]))

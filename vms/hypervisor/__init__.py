@@ -76,6 +76,16 @@ class HostCapabilities:
 
 
 @dataclass(frozen=True)
+class FirmwareSupport:
+    """What the host's QEMU offers a domain of one arch/machine/type (its domain capabilities): UEFI
+    firmware, Secure Boot, a TPM device. None: the host does not say (a driver without domain capabilities)."""
+
+    uefi: bool | None = None
+    secure_boot: bool | None = None
+    tpm: bool | None = None
+
+
+@dataclass(frozen=True)
 class HostResources:
     """The host's size: physical memory in bytes, logical CPUs, CPU model and host name."""
 
@@ -225,6 +235,7 @@ class Hypervisor(Protocol):
     def list_bridges(self) -> list[str]: ...
     def capabilities(self) -> HostCapabilities: ...
     def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int: ...
+    def firmware_support(self, arch: str, virt_type: str, machine: str = "q35") -> FirmwareSupport: ...
     def host_resources(self) -> HostResources: ...
     def pool_paths(self) -> dict[str, str]: ...
     def volume_by_path(self, path: str) -> VolumeInfo | None: ...

@@ -13,8 +13,9 @@ from typing import Any
 import libvirt
 
 from vaporsite.errors import InvalidInput
-from vms.hypervisor import HostCapabilities, HostResources, NetworkInfo
+from vms.hypervisor import FirmwareSupport, HostCapabilities, HostResources, NetworkInfo
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, undefined_on_failure, vapor_error
+from vms.hypervisor.documents.capabilities import firmware_support as domain_firmware
 from vms.hypervisor.documents.capabilities import host_capabilities
 from vms.hypervisor.documents.capabilities import max_vcpus as domain_max_vcpus
 from vms.hypervisor.documents.interface import interface_type
@@ -37,6 +38,7 @@ class HostMixin(Connection):
         super().__init__(uri, kept=kept)
         self._capabilities: HostCapabilities | None = None
         self._max_vcpus: dict[tuple[str, str, str], int] = {}
+        self._firmware: dict[tuple[str, str, str], FirmwareSupport] = {}
 
     # Networks
 
@@ -144,6 +146,21 @@ class HostMixin(Connection):
                     limit = conn.getMaxVcpus(virt_type)
             self._max_vcpus[key] = limit
         return self._max_vcpus[key]
+
+    def firmware_support(self, arch: str, virt_type: str, machine: str = "q35") -> FirmwareSupport:
+        """UEFI, Secure Boot and TPM for such a domain, from the domain capabilities (read once per
+        connection and key); all None when the driver has none (the test driver) or refuses the key."""
+        key = (arch, virt_type, machine)
+        if key not in self._firmware:
+            conn = self._connection()
+            try:
+                document = conn.getDomainCapabilities(None, arch, machine, virt_type, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (VIR_ERR_NO_SUPPORT, VIR_ERR_INVALID_ARG, VIR_ERR_CONFIG_UNSUPPORTED):
+                    raise vapor_error(exc) from exc
+                document = ""
+            self._firmware[key] = domain_firmware(document) if document else FirmwareSupport()
+        return self._firmware[key]
 
     def bridge_exists(self, name: str) -> bool:
         """True when a Linux bridge `name` exists where libvirtd runs.

@@ -39,6 +39,7 @@ class DryRun:
     steps: list[str]
     xml: str  # password masked
     warnings: tuple[str, ...] = ()  # what would work but may not do what was meant (plan.warnings)
+    placement: dict[str, object] | None = None  # {"host", "requested", "refused": {host: [reasons]}} (Placement.as_dict)
 
 
 def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool = False, actor: Actor = SYSTEM) -> VirtualMachine | DryRun:
@@ -55,10 +56,12 @@ def vm_create(*, request: VmRequest, hv: Hypervisor | None = None, dry_run: bool
         quota_check(project=plan.project, asked=asked)
         vm = _store(plan, actor)
         if dry_run:
-            vm = VirtualMachine.objects.prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
-            steps = [s.name for s in provision_steps(vm, hv or hypervisor.get_hypervisor(vm.host.libvirt_uri), None)] + ["record ISO use"]
+            vm = VirtualMachine.objects.select_related("host").prefetch_related("disks", "nics", "cdroms__iso").get(pk=vm.pk)
+            chosen = plan.placement.hv if plan.placement else hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
+            steps = [s.name for s in provision_steps(vm, chosen, None)] + ["record ISO use"]
             xml = domain_xml(domain_spec(vm, password=request.graphics.password), mask_secrets=True)
-            return DryRun(vm=vm, steps=steps, xml=xml, warnings=plan.warnings)
+            placed = plan.placement.as_dict() if plan.placement else None
+            return DryRun(vm=vm, steps=steps, xml=xml, warnings=plan.warnings, placement=placed)
         audit(actor, "vm.create", target=f"VM {vm.name}", project=plan.project, vm_id=vm.pk, detail=_summary(plan))
         transaction.on_commit(lambda: _enqueue(vm.pk))
     log.info("VM %s accepted (%s)", vm.name, vm.pk)
@@ -119,6 +122,7 @@ def _store(plan: VmPlan, actor: Actor) -> VirtualMachine:
             vm = VirtualMachine.objects.create(
                 name=request.name,
                 project=plan.project,
+                **({"host": plan.placement.host} if plan.placement else {}),
                 disk_gb=_disk_gb(plan),
                 uuid=uuid.uuid4(),
                 memory_mb=request.memory,

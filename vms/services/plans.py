@@ -10,6 +10,7 @@ from projects.models import Project
 from vms.hypervisor import PoolInfo
 from vms.models import VmTemplate
 from vms.services.cloud_init import PlannedCloudInit
+from vms.services.placement import Placement
 from vms.services.requests import VmRequest
 
 
@@ -67,3 +68,4 @@ class VmPlan:
     project: Project | None = None  # None only for plans made outside a create (tests of the designer)
     cloud_init: PlannedCloudInit | None = None  # the NoCloud seed to build (vms.services.cloud_init)
     warnings: tuple[str, ...] = ()  # allowed but worth a second look (an ISO that will not boot, a pool overcommitted)
+    placement: Placement | None = None  # the host chosen (issue 15) and why the others were not; None only outside a create

@@ -83,5 +83,6 @@ class VmRequest:
     template: str | None = None
     project: str | None = None  # a project's name; None: the template's, else the caller's default (projects.access)
     cloud_init: CloudInitRequest | None = None
+    host: str | None = None  # a host's name (issue 15); None: placement chooses
     serial_log: str = ""  # not in the API: tests and diagnostics set it through the service
     given: frozenset[str] | None = None

@@ -26,13 +26,13 @@ from projects.access import SYSTEM, Actor, check_allowed, project_for_create
 from projects.models import Project
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file, is_inside, real_roots
-from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, VmStatus
 from vms.hypervisor import DiskUse, Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import ImageInfo, chain_record, check_image, check_image_chain, image_info
 from vms.hypervisor.specs import controllers_needed, target_devs
 from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
 from vms.services.cloud_init import cloud_init_check, cloud_init_plan
+from vms.services.placement import place
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
 from vms.services.requests import DiskRequest, VmRequest
 from vms.services.template_apply import template_apply
@@ -66,13 +66,16 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
     cloud_init_check(request.cloud_init)
     project = project_for_create(actor, request.project, fallback=template.project if template and not request.project else None)
     _check_project_resources(request, project)
-    hv = hv or hypervisor.get_hypervisor()
     variant = osinfo.validate_os_variant(request.os_variant)
     if VirtualMachine.objects.filter(name=request.name).exists():
         raise Conflict(f"a VM named {request.name!r} already exists", field="name", code="name_taken")
+    # Which host (issue 15): the one asked, else the best that fits; every check below asks that host.
+    placement = place(request=request, project=project, hv=hv)
+    hv = placement.hv
     if hv.domain_exists(request.name):
         raise Conflict(f"a domain named {request.name!r} already exists on the host", field="name", code="name_taken")
     virt_type = _virt_type(request, hv)
+    _check_firmware(request, hv, virt_type)
     _check_host_size(request, hv)
     pool = _pool(request, hv)
     _check_networks(request, hv)
@@ -96,7 +99,38 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
         template=template,
         project=project,
         warnings=tuple(warnings),
+        placement=placement,
     )
+
+
+def host_fit(request: VmRequest, hv: Hypervisor, *, local: bool = True) -> None:
+    """The request's checks that only ask the host, cheapest first, raising the first problem
+    (the same errors as `vm_validate`'s): architecture, size, pool, networks and bridges, disk
+    sources present. Placement runs it on each candidate host; it reads no database row."""
+    _check_firmware(request, hv, _virt_type(request, hv))
+    _check_host_size(request, hv)
+    _pool(request, hv)
+    _check_networks(request, hv)
+    _check_sources_present(request, hv, local=local)
+
+
+def _check_sources_present(request: VmRequest, hv: Hypervisor, *, local: bool) -> None:
+    """Each existing disk and clone source is a file this host has: a volume of one of its pools
+    (libvirt's storage API, so a remote host answers for itself), or, on a local host, a file inside
+    its roots. The full checks (path guard, format, chain) run on the chosen host only."""
+    roots: list[Path] | None = None
+    for index, disk in enumerate(request.disks):
+        raw = disk.path if disk.kind == "existing" else disk.clone_from if disk.kind == "clone" else None
+        if raw is None:
+            continue
+        if hv.volume_by_path(raw) is not None:
+            continue
+        if local:
+            roots = roots if roots is not None else disk_roots(hv)
+            if os.path.isfile(raw) and is_inside(Path(os.path.realpath(raw)), roots):
+                continue
+        key = "path" if disk.kind == "existing" else "clone_from"
+        raise NotFound(f"{raw} is not on this host (no volume of its pools has that path)", field=f"disks.{index}.{key}")
 
 
 def boot_mismatch(boot_type: str, uefi: bool) -> str:
@@ -289,6 +323,21 @@ def _virt_type(request: VmRequest, hv: Hypervisor) -> str:
     if (request.max_vcpus or 0) > maximum:
         raise InvalidInput(f"must be at most {maximum} (the hypervisor's limit for {machine}/{virt_type})", field="max_vcpus")
     return virt_type
+
+
+def _check_firmware(request: VmRequest, hv: Hypervisor, virt_type: str) -> None:
+    """UEFI, Secure Boot and a TPM only where the host's QEMU offers them (a host that does not say is not judged)."""
+    if not (request.uefi or request.secure_boot or request.tpm):
+        return
+    machine = _machine(request)
+    offered = hv.firmware_support(request.architecture, virt_type, machine)
+    where = f"for {request.architecture}/{machine} ({virt_type})"
+    if request.uefi and offered.uefi is False:
+        raise InvalidInput(f"the host offers no UEFI firmware {where}", field="uefi", code="not_offered")
+    if request.secure_boot and offered.secure_boot is False:
+        raise InvalidInput(f"the host offers no Secure Boot firmware {where}", field="secure_boot", code="not_offered")
+    if request.tpm and offered.tpm is False:
+        raise InvalidInput(f"the host offers no TPM device {where}", field="tpm", code="not_offered")
 
 
 def _check_host_size(request: VmRequest, hv: Hypervisor) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from vms.hypervisor import HostCapabilities
+from vms.hypervisor import FirmwareSupport, HostCapabilities
 from vms.hypervisor.documents import parse
 
 
@@ -39,3 +39,28 @@ def max_vcpus(document: str) -> int | None:
     node = parse(document, root="domainCapabilities").find("vcpu")
     value = None if node is None else node.get("max")
     return int(value) if value and value.isdigit() else None
+
+
+def firmware_support(document: str) -> FirmwareSupport:
+    """UEFI, Secure Boot and TPM as `virConnectGetDomainCapabilities` states them; None where it is silent.
+
+    UEFI: `<os><enum name='firmware'>` lists `efi`, or the `<loader>` names
+    firmware files. Secure Boot: the loader's `secure` enum offers `yes`.
+    TPM: `<devices><tpm supported=...>` (libvirt 8 and later state it).
+    """
+    root = parse(document, root="domainCapabilities")
+    os_node = root.find("os")
+    uefi: bool | None = None
+    secure: bool | None = None
+    if os_node is not None:
+        kinds = [(v.text or "").strip() for v in os_node.iterfind("enum[@name='firmware']/value")]
+        loader = os_node.find("loader")
+        files = [] if loader is None or loader.get("supported") == "no" else [v for v in loader.iterfind("value") if (v.text or "").strip()]
+        uefi = "efi" in kinds or bool(files)
+        if loader is not None and loader.find("enum[@name='secure']") is not None:
+            secure = uefi and "yes" in [(v.text or "").strip() for v in loader.iterfind("enum[@name='secure']/value")]
+        elif not uefi:
+            secure = False
+    tpm_node = root.find("devices/tpm")
+    tpm = None if tpm_node is None or tpm_node.get("supported") not in ("yes", "no") else tpm_node.get("supported") == "yes"
+    return FirmwareSupport(uefi=uefi, secure_boot=secure, tpm=tpm)
