@@ -157,11 +157,29 @@ CONF
     } >"${etc}/libvirtd.conf"
 }
 
+seed_dirs() {
+    local from="$1" to="$2" rel
+    chown --reference="$from" "$to"
+    chmod --reference="$from" "$to"
+    while read -r rel; do
+        [[ -d "${to}/${rel}" ]] && continue
+        mkdir -p "${to}/${rel}"
+        chown --reference="${from}/${rel}" "${to}/${rel}"
+        chmod --reference="${from}/${rel}" "${to}/${rel}"
+    done < <(cd "$from" && find . -mindepth 1 -maxdepth 2 -type d ! -name 'domain-*' -printf '%P\n')
+}
+
 make_mounts() {
     local k="$1" dir mnt uts
     dir="$(dir_of "$k")" mnt="${STATE}/vh${k}.mnt" uts="${STATE}/vh${k}.uts"
-    mkdir -p "${dir}/run" "${dir}/lib/images" "${dir}/cache" "${dir}/log"
-    chmod 0755 "$dir" "${dir}/lib" "${dir}/lib/images"
+    mkdir -p "${dir}/run" "${dir}/lib" "${dir}/cache" "${dir}/log"
+    chmod 0755 "$dir"
+    # The packaged directory skeleton (images, qemu/nvram, /var/log/libvirt/qemu ...)
+    # with its owners and modes: libvirtd expects it and does not make all of it.
+    seed_dirs /var/lib/libvirt "${dir}/lib"
+    seed_dirs /var/cache/libvirt "${dir}/cache"
+    seed_dirs /var/log/libvirt "${dir}/log"
+    mkdir -p "${dir}/lib/images"
     write_config "$k"
     # A namespace file is a bind mount of /proc/PID/ns/...: present and mounted = the namespace exists.
     if mountpoint -q "$mnt" 2>/dev/null && mountpoint -q "$uts" 2>/dev/null; then
