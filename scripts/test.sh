@@ -132,7 +132,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-TIERS = ("tests.integration.", "tests.browser.")  # the libvirt and browser tiers, by module
+TIERS = ("tests.integration.", "tests.multihost.", "tests.browser.")  # the libvirt and browser tiers, by module
 in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
 ids: dict[str, set[str]] = {}

@@ -167,12 +167,10 @@ class MigrationMixin(Connection):
                     code="migration_timeout",
                 )
                 break
-            if progress is not None:
+            current = self._job_or_none(domain) if progress is not None else None
+            if progress is not None and current is not None:
                 try:
-                    with calls(field="name"):
-                        current = job_progress(domain.jobStats(0))
-                    if current is not None:
-                        progress(current)
+                    progress(current)
                 except BaseException as exc:  # the caller's callback: abort, then re-raise it
                     stop_reason = exc
                     break
@@ -187,6 +185,16 @@ class MigrationMixin(Connection):
             raise migration_error(error, name, dest_uri) from error
         if error is not None:
             raise error
+
+    @staticmethod
+    def _job_or_none(domain: Any) -> JobProgress | None:
+        """The job's progress, or None when it cannot be read: as a migration completes, the source domain
+        stops and libvirt answers "domain is not running"; the migration call itself says how it ended."""
+        try:
+            return job_progress(domain.jobStats(0))
+        except libvirt.libvirtError as exc:
+            logger.debug("no job statistics for a migrating domain: %s", exc)
+            return None
 
     @staticmethod
     def _abort_and_wait(domain: Any, worker: threading.Thread) -> None:
