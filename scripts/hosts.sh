@@ -7,6 +7,7 @@
 #   bash scripts/hosts.sh kill NAME    SIGKILL that host's libvirtd only (a crashed daemon; guests keep running)
 #   bash scripts/hosts.sh restart NAME start that host's libvirtd again (after `kill`)
 #   bash scripts/hosts.sh uri NAME     print qemu+tcp://ADDR/system
+#   bash scripts/hosts.sh uri NAME --tls   print qemu+tls://ADDR/system?pkipath=... (the test CA's client certificate)
 #
 # Host vhK is a libvirtd + virtlogd with
 #   - its own network namespace `vapor-vhK`, joined to the root namespace by a
@@ -21,8 +22,9 @@
 #     sockets are its own, at the same paths as on every other host (what a
 #     copy-storage migration needs); and its own UTS namespace (hostname vhK) and
 #     host_uuid, so libvirt does not take two hosts for the same one;
-#   - TCP without authentication on its own address only (test only: a real
-#     deployment uses qemu+tls or qemu+ssh), and a `default` dir pool at
+#   - TCP without authentication on its own address only (test only), and TLS
+#     beside it, with certificates from a test CA made here (var/hosts/pki; the
+#     server certificate names the host's IP address), and a `default` dir pool at
 #     /var/lib/libvirt/images (inside its mount namespace: var/hosts/vhK/lib/images).
 # The namespaces are kept in files under /run/vapor-hosts, so `restart` enters
 # the same ones. The single daemon of scripts/libvirtd.sh (namespace `vapor`,
@@ -57,6 +59,7 @@ netns_of() { echo "vapor-vh$1"; }
 addr_of() { echo "10.99.$1.2"; }
 gateway_of() { echo "10.99.$1.1"; }
 uri_of() { echo "qemu+tcp://$(addr_of "$1")/system"; }
+tls_uri_of() { echo "qemu+tls://$(addr_of "$1")/system?pkipath=${DATA}/pki/client"; }
 dir_of() { echo "${DATA}/vh$1"; }
 
 known_hosts() {
@@ -146,12 +149,17 @@ write_config() {
     {
         cat "${etc}/libvirtd.conf.orig"
         cat <<CONF
-# Written by scripts/hosts.sh for the test host vh${k}: TCP without authentication,
-# on this host's own address in its own network namespace. Test only.
-listen_tls = 0
+# Written by scripts/hosts.sh for the test host vh${k}: TCP without authentication
+# and TLS (certificates from the test CA of var/hosts/pki), on this host's own
+# address in its own network namespace. Test only.
+listen_tls = 1
 listen_tcp = 1
 listen_addr = "$(addr_of "$k")"
 auth_tcp = "none"
+auth_tls = "none"
+key_file = "/etc/libvirt/pki/serverkey.pem"
+cert_file = "/etc/libvirt/pki/servercert.pem"
+ca_file = "/etc/libvirt/pki/cacert.pem"
 host_uuid = "$(<"${dir}/uuid")"
 CONF
     } >"${etc}/libvirtd.conf"
@@ -169,6 +177,39 @@ seed_dirs() {
     done < <(cd "$from" && find . -mindepth 1 -maxdepth 2 -type d ! -name 'domain-*' -printf '%P\n')
 }
 
+# A certificate signed by the test CA: sign_cert DIR NAME SUBJECT EXTENSIONS -> DIR/NAMEkey.pem, DIR/NAMEcert.pem.
+sign_cert() {
+    local dir="$1" name="$2" subject="$3" extensions="$4"
+    openssl req -new -newkey rsa:2048 -nodes -keyout "${dir}/${name}key.pem" -out "${dir}/${name}.csr" -subj "$subject" 2>/dev/null
+    openssl x509 -req -in "${dir}/${name}.csr" -CA "${DATA}/pki/cacert.pem" -CAkey "${DATA}/pki/ca/cakey.pem" -CAcreateserial \
+        -CAserial "${DATA}/pki/ca/serial" -out "${dir}/${name}cert.pem" -days 30 -extfile <(printf '%s\n' "$extensions") 2>/dev/null
+    rm -f "${dir}/${name}.csr"
+    chmod 0600 "${dir}/${name}key.pem"
+}
+
+make_pki() {
+    # The test CA (var/hosts/pki: cacert.pem, ca/cakey.pem), a client certificate for whoever connects
+    # with qemu+tls (pki/client, the layout libvirt's `pkipath` URI parameter reads), and host K's
+    # server certificate for its address (in its /etc/libvirt/pki).
+    local k="$1" pki="${DATA}/pki" server
+    server="$(dir_of "$k")/etc/pki"
+    if [[ ! -s "${pki}/cacert.pem" ]]; then
+        mkdir -p "${pki}/ca" "${pki}/client"
+        chmod 0700 "${pki}/ca"
+        openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "${pki}/ca/cakey.pem" -out "${pki}/cacert.pem" -days 30 \
+            -subj "/CN=Vapor test CA" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+        cp "${pki}/cacert.pem" "${pki}/client/cacert.pem"
+        sign_cert "${pki}/client" client "/CN=vapor-test-client" \
+            $'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth'
+    fi
+    if [[ ! -s "${server}/servercert.pem" ]]; then
+        mkdir -p "$server"
+        cp "${pki}/cacert.pem" "${server}/cacert.pem"
+        sign_cert "$server" server "/CN=$(addr_of "$k")" \
+            "$(printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:%s' "$(addr_of "$k")")"
+    fi
+}
+
 make_mounts() {
     local k="$1" dir mnt uts
     dir="$(dir_of "$k")" mnt="${STATE}/vh${k}.mnt" uts="${STATE}/vh${k}.uts"
@@ -181,6 +222,7 @@ make_mounts() {
     seed_dirs /var/log/libvirt "${dir}/log"
     mkdir -p "${dir}/lib/images"
     write_config "$k"
+    make_pki "$k"
     # A namespace file is a bind mount of /proc/PID/ns/...: present and mounted = the namespace exists.
     if mountpoint -q "$mnt" 2>/dev/null && mountpoint -q "$uts" 2>/dev/null; then
         return 0
@@ -286,6 +328,7 @@ stop_all() {
     for k in $(known_hosts); do
         stop_host "$k"
     done
+    rm -rf "${DATA}/pki"
     if mountpoint -q "$STATE" 2>/dev/null; then
         umount "$STATE" || true
     fi
@@ -334,10 +377,10 @@ case "${1:-}" in
         ;;
     uri)
         k="$(index_of "${2:-}")"
-        uri_of "$k"
+        if [[ "${3:-}" == "--tls" ]]; then tls_uri_of "$k"; else uri_of "$k"; fi
         ;;
     *)
-        echo "usage: $0 start N | stop | status | kill NAME | restart NAME | uri NAME" >&2
+        echo "usage: $0 start N | stop | status | kill NAME | restart NAME | uri NAME [--tls]" >&2
         exit 2
         ;;
 esac

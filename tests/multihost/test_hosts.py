@@ -219,6 +219,33 @@ def test_a_refused_migration_leaves_the_guest_running_on_the_source(libvirt_host
         finally:
             assert hosts_sh("restart", vh3.name).returncode == 0
         assert source.domain_state(name) == "running"
+
+        # 3. Aborted by the caller while it runs (abort_migration, here from the progress callback).
+        dest = driver(vh3)
+        jobs: list[JobProgress | None] = []
+
+        def abort_once(current: JobProgress) -> None:
+            if not jobs:
+                jobs.append(source.domain_job(name))
+                source.abort_migration(name)
+
+        with pytest.raises(Conflict) as aborted:
+            source.migrate_domain(name, vh3.uri, copy_storage=True, dest_address=vh3.address, timeout_s=120, progress=abort_once)
+        assert aborted.value.code == "migration_aborted", aborted.value.message
+        assert jobs and jobs[0] is not None and jobs[0].operation == "migration_out"
+        assert source.domain_state(name) == "running" and not dest.domain_exists(name)
+
+        # 4. Longer than its timeout: aborted by migrate_domain itself.
+        started = time.monotonic()
+        with pytest.raises(Conflict) as late:
+            source.migrate_domain(name, vh3.uri, copy_storage=True, dest_address=vh3.address, timeout_s=1)
+        print(f"multihost: a migration with a 1 s timeout ended {time.monotonic() - started:.2f} s after it began: {late.value.message}")
+        assert late.value.code == "migration_timeout"
+        assert source.domain_state(name) == "running" and not dest.domain_exists(name)
+        assert source.domain_job(name) is None
+        left = [v for v in (vh3.data / "lib" / "images").iterdir() if v.name.startswith(name)]
+        print(f"multihost: disk files an aborted copy-storage migration left on the destination: {[v.name for v in left]}")
+        dest.close()
         say_hello(source, name, "still-vh1")
     finally:
         source.close()
@@ -267,3 +294,37 @@ def test_a_killed_host_answers_503_quickly_while_others_work_and_its_guest_survi
     finally:
         kept.close()
         remove_guest(guest, libvirt_hosts)
+
+
+# --- TLS ----------------------------------------------------------------------
+
+
+def test_a_host_answers_over_tls_only_to_a_client_trusting_its_ca(libvirt_hosts: list[LibvirtHost], tmp_path: Path):
+    vh1 = libvirt_hosts[0]
+    uri = hosts_sh("uri", vh1.name, "--tls").stdout.strip()
+    assert uri.startswith(f"qemu+tls://{vh1.address}/system?pkipath=")
+    hv = LibvirtDriver(uri)
+    try:
+        assert "default" in {pool.name for pool in hv.list_pools()}
+    finally:
+        hv.close()
+    # The same client certificate, but another CA to check the host's certificate against.
+    client = Path(uri.split("pkipath=", 1)[1])
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    for name in ("clientcert.pem", "clientkey.pem"):
+        (other / name).write_bytes((client / name).read_bytes())
+    key, cert = str(tmp_path / "key.pem"), str(other / "cacert.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=Another CA"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    untrusting = LibvirtDriver(uri.replace(str(client), str(other)))
+    try:
+        with pytest.raises(ServiceUnavailable) as refused:
+            untrusting.list_pools()
+        assert "certificate" in refused.value.message.lower(), refused.value.message
+    finally:
+        untrusting.close()

@@ -15,7 +15,12 @@ destination needs a storage pool whose directory is the disk files' directory
 itself, with the source's size and format, before copying (a volume already
 there of that name is used as it is). Without such a pool the migration
 fails before the guest is touched and it keeps running on the source
-(Conflict, code `destination_storage`). Read-only disks (CD-ROMs) are not
+(Conflict, code `destination_storage`). A copy-storage migration that fails
+or is aborted once the copy began leaves the volumes libvirt made on the
+destination behind (seen with libvirt 9.0): the caller removes them, or a
+retry reuses them. The source's volumes stay too after a *successful*
+migration (UNDEFINE_SOURCE forgets the definition, not the disks): removing
+them is the caller's decision. Read-only disks (CD-ROMs) are not
 copied: their files must exist at the same path on the destination. Without
 `copy_storage` every disk must already be reachable at the same path there
 (shared storage).
