@@ -71,6 +71,35 @@ known_hosts() {
     } | sort -nu
 }
 
+# --- ownership ---------------------------------------------------------------
+# The namespaces' names are machine-wide, but several checkouts of Vapor may
+# run this script (each with its own var/hosts). A host belongs to the
+# checkout that started it (${STATE}/vhK.owner); the others neither reuse,
+# kill nor stop it.
+
+owner_of() {
+    local k="$1"
+    if [[ -s "${STATE}/vh${k}.owner" ]]; then
+        cat "${STATE}/vh${k}.owner"
+    elif [[ -d "$(dir_of "$k")" ]]; then
+        echo "$ROOT"
+    elif [[ -e "/run/netns/$(netns_of "$k")" || -e "${STATE}/vh${k}.mnt" ]]; then
+        echo "another checkout (no owner recorded)"
+    fi
+}
+
+mine_or_free() {
+    local owner
+    owner="$(owner_of "$1")"
+    [[ -z "$owner" || "$owner" == "$ROOT" ]]
+}
+
+claim() {
+    local k="$1"
+    mine_or_free "$k" || die "vh${k} belongs to $(owner_of "$k"); stop it there first (scripts/hosts.sh stop)"
+    printf '%s\n' "$ROOT" >"${STATE}/vh${k}.owner"
+}
+
 # --- processes ---------------------------------------------------------------
 
 running() {
@@ -275,6 +304,7 @@ ensure_pool() {
 
 start_host() {
     local k="$1"
+    claim "$k"
     mkdir -p "$(dir_of "$k")"
     make_network "$k"
     make_mounts "$k"
@@ -316,7 +346,7 @@ stop_host() {
     fi
     umount "${STATE}/vh${k}.mnt" 2>/dev/null || true
     umount "${STATE}/vh${k}.uts" 2>/dev/null || true
-    rm -f "${STATE}/vh${k}.mnt" "${STATE}/vh${k}.uts"
+    rm -f "${STATE}/vh${k}.mnt" "${STATE}/vh${k}.uts" "${STATE}/vh${k}.owner"
     [[ -e "/run/netns/${ns}" ]] && ip netns delete "$ns"
     ip link del "vvh${k}r" 2>/dev/null || true # gone with the namespace's end of the pair, normally
     rm -rf "$dir"
@@ -326,13 +356,17 @@ stop_host() {
 stop_all() {
     local k
     for k in $(known_hosts); do
-        stop_host "$k"
+        if mine_or_free "$k"; then
+            stop_host "$k"
+        else
+            say "vh${k} belongs to $(owner_of "$k"); left running"
+        fi
     done
     rm -rf "${DATA}/pki"
-    if mountpoint -q "$STATE" 2>/dev/null; then
+    if [[ -z "$(known_hosts)" ]] && mountpoint -q "$STATE" 2>/dev/null; then
         umount "$STATE" || true
+        rmdir "$STATE" 2>/dev/null || true
     fi
-    rmdir "$STATE" 2>/dev/null || true
     rmdir "$DATA" 2>/dev/null || true
 }
 
@@ -342,7 +376,7 @@ status() {
         dir="$(dir_of "$k")"
         pid="$(pid_alive "${dir}/run/libvirtd.pid" "$LIBVIRTD" || echo -)"
         if answers "$k"; then
-            echo "vh${k} $(uri_of "$k") answering libvirtd=${pid} processes=$(ip netns pids "$(netns_of "$k")" 2>/dev/null | wc -l) netns=$(netns_of "$k")"
+            echo "vh${k} $(uri_of "$k") answering owner=$(owner_of "$k") libvirtd=${pid} processes=$(ip netns pids "$(netns_of "$k")" 2>/dev/null | wc -l) netns=$(netns_of "$k")"
         else
             echo "vh${k} $(uri_of "$k") not-answering libvirtd=${pid}"
             rc=1
@@ -366,6 +400,7 @@ case "${1:-}" in
     status) status ;;
     kill)
         k="$(index_of "${2:-}")"
+        mine_or_free "$k" || die "vh${k} belongs to $(owner_of "$k")"
         pid="$(pid_alive "$(dir_of "$k")/run/libvirtd.pid" "$LIBVIRTD")" || die "vh${k}: no libvirtd of ours runs"
         kill -KILL "$pid"
         say "vh${k}: libvirtd (pid ${pid}) killed; its guests keep running"
@@ -373,6 +408,7 @@ case "${1:-}" in
     restart)
         k="$(index_of "${2:-}")"
         [[ -e "${STATE}/vh${k}.mnt" ]] || die "vh${k} was never started (use: $0 start N)"
+        ensure_state_dir
         start_host "$k"
         ;;
     uri)
