@@ -33,6 +33,9 @@ STARTED_POSTGRES=""
 
 # shellcheck disable=SC2317  # called from the trap below
 finish() {
+    # The multi-host tests' hosts (tests/multihost) stop with their session; this
+    # catches an interrupted one. Only this checkout's hosts are touched.
+    bash "${VAPOR_ROOT}/scripts/hosts.sh" stop 2>/dev/null || true
     if ((VAPOR_STARTED_LIBVIRTD)); then
         bash "${VAPOR_ROOT}/scripts/libvirtd.sh" stop || true
     fi
