@@ -229,17 +229,21 @@ def test_a_refused_migration_leaves_the_guest_running_on_the_source(libvirt_host
                 jobs.append(source.domain_job(name))
                 source.abort_migration(name)
 
-        with pytest.raises(Conflict) as aborted:
+        with pytest.raises(VaporError) as aborted:
             source.migrate_domain(name, vh3.uri, copy_storage=True, dest_address=vh3.address, timeout_s=120, progress=abort_once)
-        assert aborted.value.code == "migration_aborted", aborted.value.message
+        # libvirt 9.0 reports an abort as such ("operation aborted: ... canceled by client") or, when it
+        # lands while the disks are copied, as the copy failing ("Unable to write to socket: Broken pipe").
+        print(f"multihost: an aborted migration ended with {type(aborted.value).__name__} ({aborted.value.code}): {aborted.value.message}")
+        assert aborted.value.code == "migration_aborted" or "Broken pipe" in aborted.value.message, aborted.value.message
         assert jobs and jobs[0] is not None and jobs[0].operation == "migration_out"
         assert source.domain_state(name) == "running" and not dest.domain_exists(name)
 
-        # 4. Longer than its timeout: aborted by migrate_domain itself.
+        # 4. Longer than its timeout: aborted by migrate_domain itself. The link to the destination is
+        # slowed to 4 Mbit/s meanwhile, so the migration cannot finish first, however small the guest.
         started = time.monotonic()
-        with pytest.raises(Conflict) as late:
-            source.migrate_domain(name, vh3.uri, copy_storage=True, dest_address=vh3.address, timeout_s=1)
-        print(f"multihost: a migration with a 1 s timeout ended {time.monotonic() - started:.2f} s after it began: {late.value.message}")
+        with slow_link(vh3), pytest.raises(Conflict) as late:
+            source.migrate_domain(name, vh3.uri, copy_storage=True, dest_address=vh3.address, timeout_s=3)
+        print(f"multihost: a migration with a 3 s timeout ended {time.monotonic() - started:.2f} s after it began: {late.value.message}")
         assert late.value.code == "migration_timeout"
         assert source.domain_state(name) == "running" and not dest.domain_exists(name)
         assert source.domain_job(name) is None
@@ -249,6 +253,19 @@ def test_a_refused_migration_leaves_the_guest_running_on_the_source(libvirt_host
         say_hello(source, name, "still-vh1")
     finally:
         source.close()
+
+
+@contextlib.contextmanager
+def slow_link(host: LibvirtHost) -> Iterator[None]:
+    """What the root namespace sends to the host (every other host's traffic to it) limited to 4 Mbit/s, on
+    the test bed's own veth. (Dropping the packets instead is no good: QEMU's NBD connect then blocks its
+    monitor, and libvirt cannot abort the job until the connect times out, after minutes.)"""
+    veth = f"vvh{host.name.removeprefix('vh')}r"
+    subprocess_ok(["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", "4mbit", "burst", "32kbit", "latency", "400ms"])
+    try:
+        yield
+    finally:
+        subprocess_ok(["tc", "qdisc", "del", "dev", veth, "root"])
 
 
 def subprocess_ok(command: list[str]) -> None:
