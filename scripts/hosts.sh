@@ -26,6 +26,9 @@
 #     beside it, with certificates from a test CA made here (var/hosts/pki; the
 #     server certificate names the host's IP address), and a `default` dir pool at
 #     /var/lib/libvirt/images (inside its mount namespace: var/hosts/vhK/lib/images).
+#     No libvirt network is defined (the guests of the tests need none), and the
+#     daemons hold no client certificate: peer-to-peer migration between hosts
+#     goes over qemu+tcp.
 # The namespaces are kept in files under /run/vapor-hosts, so `restart` enters
 # the same ones. The single daemon of scripts/libvirtd.sh (namespace `vapor`,
 # qemu:///system) is not touched. Processes are found by pid file or by
