@@ -38,6 +38,9 @@ STARTED_REDIS="" # the pid file of a redis-server this script started
 
 # shellcheck disable=SC2317  # called from the trap below
 finish() {
+    # The multi-host tests' hosts (tests/multihost) stop with their session; this
+    # catches an interrupted one. Only this checkout's hosts are touched.
+    bash "${VAPOR_ROOT}/scripts/hosts.sh" stop 2>/dev/null || true
     if ((VAPOR_STARTED_LIBVIRTD)); then
         bash "${VAPOR_ROOT}/scripts/libvirtd.sh" stop || true
     fi
@@ -168,7 +171,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-TIERS = ("tests.integration.", "tests.browser.")  # the libvirt and browser tiers, by module
+TIERS = ("tests.integration.", "tests.multihost.", "tests.browser.")  # the libvirt and browser tiers, by module
 in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
 ids: dict[str, set[str]] = {}

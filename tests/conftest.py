@@ -30,7 +30,7 @@ from projects.models import Membership, default_project_pk
 # Markers of the tiers a CI run must never skip.
 NEVER_SKIPPED_IN_CI = ("libvirt", "browser")
 # Where those tiers live: a module there that skips itself as a whole is never collected, so no marker is seen.
-TIER_DIRS = (Path(__file__).parent / "integration", Path(__file__).parent / "browser")
+TIER_DIRS = (Path(__file__).parent / "integration", Path(__file__).parent / "multihost", Path(__file__).parent / "browser")
 # Fixtures that open the test database; a test depends on one of them directly or
 # through its own fixtures (api, operator...), and item.fixturenames lists the closure.
 DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"})

@@ -15,7 +15,7 @@ import shutil
 import socket
 import threading
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from vms.hypervisor import (
     HostCapabilities,
     HostResources,
     HostStats,
+    JobProgress,
     NetworkInfo,
     PoolInfo,
     SerialChannel,
@@ -130,6 +131,8 @@ class FakeHypervisor:
     device_changes: list[tuple[str, str, str, bool]] = field(default_factory=list)  # (call, domain, target dev, live)
     resized: dict[str, int] = field(default_factory=dict)  # target dev (live) or volume path (stopped) -> bytes
     firmware: FirmwareSupport = field(default_factory=lambda: FirmwareSupport(uefi=True, secure_boot=True, tpm=True))
+    peers: dict[str, FakeHypervisor] = field(default_factory=dict)  # URI -> the host a migration there reaches
+    jobs: dict[str, JobProgress] = field(default_factory=dict)  # domain -> the job domain_job() reports as running
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -588,6 +591,61 @@ class FakeHypervisor:
     def snapshot_names(self, name: str) -> list[str]:
         self._domain(name)
         return sorted(self.snapshots.get(name, {}))  # the names libvirt lists (those the snapshots service took too)
+
+    # --- several hosts: live migration ---------------------------------------
+    def migrate_domain(
+        self,
+        name: str,
+        dest_uri: str,
+        *,
+        copy_storage: bool,
+        dest_address: str | None = None,
+        timeout_s: float | None = None,
+        progress: Callable[[JobProgress], None] | None = None,
+    ) -> None:
+        """Like the driver: the running domain moves to the peer at `dest_uri` (defined there, gone here).
+
+        The checks libvirt makes before it touches the guest: the destination
+        answers, has no domain of that name, and (copy_storage) has a pool in
+        the directory of each writable disk file, or (shared storage) can see
+        every such file. A refused migration leaves the domain here, running.
+        """
+        self._call("migrate_domain")
+        domain = self._domain(name)
+        if domain.state != "running":
+            raise Conflict(f"cannot migrate {name}: domain is not running", field="name")
+        dest = self.peers.get(dest_uri)
+        if dest is None:
+            raise ServiceUnavailable(f"the migration of {name} to {dest_uri} failed: unable to connect to server")
+        dest._call("accept_migration")
+        if name in dest.domains:
+            raise Conflict(f"cannot migrate {name}: domain '{name}' already exists on {dest_uri}", field="name")
+        files = [f for f in parse_disk_files(domain.xml) if not f.readonly and not f.backing]
+        paths = [Path(f.path or (self.pools[f.pool] / f.volume if f.pool in self.pools else "")) for f in files]
+        for path in paths:
+            if copy_storage and path.parent not in dest.pools.values():
+                why = f"no storage pool with matching target path '{path.parent}'"
+            elif not copy_storage and not path.exists():
+                why = f"{path} is not shared with the destination"
+            else:
+                continue
+            raise Conflict(f"cannot migrate {name} to {dest_uri}: {why}", code="destination_storage")
+        if progress is not None:
+            moved = (domain.counters.memory_kib * 1024 if domain.counters else 0) + sum(p.stat().st_size for p in paths if p.exists())
+            progress(JobProgress("migration_out", elapsed_ms=0, total_bytes=moved, processed_bytes=moved, remaining_bytes=0))
+        dest.domains[name] = self.domains.pop(name)
+        self.snapshots.pop(name, None)
+        self._hang_up_consoles(name)
+
+    def domain_job(self, name: str) -> JobProgress | None:
+        self._domain(name)
+        return self.jobs.get(name)
+
+    def abort_migration(self, name: str) -> None:
+        self._call("abort_migration")
+        self._domain(name)
+        if self.jobs.pop(name, None) is None:
+            raise Conflict(f"no job runs on {name}", code="no_job")
 
     def close(self) -> None:
         self._call("close")

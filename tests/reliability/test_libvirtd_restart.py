@@ -248,6 +248,8 @@ def test_a_running_portal_answers_503_then_works_again_without_a_restart(relay: 
         (38, "End of file while reading data: Input/output error"),
         (38, "Cannot write data: Broken pipe"),
         (39, "Cannot recv data: Connection reset by peer"),
+        # A remote host gone silent (its network, not its daemon), seen by libvirt's keepalive (tests/multihost).
+        (1, "internal error: connection closed due to keepalive timeout"),
     ],
 )
 def test_a_connection_lost_mid_call_is_503_not_500(code: int, message: str):

@@ -13,7 +13,7 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -206,6 +206,27 @@ class DomainAddresses:
     addresses: tuple[GuestAddress, ...] = ()
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """A domain's running job (a migration, a save ...) as libvirt reports it; bytes, and ms since it began.
+
+    `total_bytes`/`processed_bytes`/`remaining_bytes` count everything the job
+    moves (memory and, in a copy-storage migration, disks); the `memory_*` and
+    `disk_*` pairs split them. The totals may grow while a live migration runs
+    (the guest dirties memory again).
+    """
+
+    operation: str  # "migration_out", "migration_in", "save", ... ("unknown" when libvirt does not say)
+    elapsed_ms: int
+    total_bytes: int
+    processed_bytes: int
+    remaining_bytes: int
+    memory_total_bytes: int = 0
+    memory_processed_bytes: int = 0
+    disk_total_bytes: int = 0
+    disk_processed_bytes: int = 0
+
+
 class SerialChannel(Protocol):
     """A guest's serial port as an async byte pipe: `read()` gives b"" once it is closed."""
 
@@ -292,6 +313,19 @@ class Hypervisor(Protocol):
     def block_resize(self, name: str, target_dev: str, size_bytes: int) -> None: ...
     def resize_volume_path(self, path: str, size_bytes: int) -> None: ...
     def snapshot_names(self, name: str) -> list[str]: ...
+    # several hosts: live migration (vms/hypervisor/migration.py)
+    def migrate_domain(
+        self,
+        name: str,
+        dest_uri: str,
+        *,
+        copy_storage: bool,
+        dest_address: str | None = None,
+        timeout_s: float | None = None,
+        progress: Callable[[JobProgress], None] | None = None,
+    ) -> None: ...
+    def domain_job(self, name: str) -> JobProgress | None: ...
+    def abort_migration(self, name: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -363,6 +397,7 @@ __all__ = [
     "HostResources",
     "HostStats",
     "Hypervisor",
+    "JobProgress",
     "NetworkInfo",
     "PoolInfo",
     "SerialChannel",

@@ -52,6 +52,7 @@ _UNREACHABLE = (
     "Connection reset",
     "Cannot recv data",
     "Cannot write data",
+    "keepalive timeout",  # the host stopped answering: "connection closed due to keepalive timeout" (VIR_ERR_INTERNAL_ERROR)
 )
 UNAVAILABLE = "libvirt is unreachable: the daemon is stopped or restarting; try again shortly"
 

@@ -3,7 +3,8 @@
 `LibvirtDriver` is composed of one mixin per concern, each in its own module
 of this package: `storage` (pools, volumes, clones), `host` (capabilities,
 vCPU limits, networks, bridges), `stats` (the bulk
-statistics the graphs sample) and `domains` (lifecycle), all over the
+statistics the graphs sample), `domains` (lifecycle) and `migration`
+(live migration to another host), all over the
 shared connection in `_connection`. Those modules are the only ones in Vapor
 that import `libvirt`; every call into the bindings turns `libvirtError`
 into Vapor's errors there, so nothing above this package ever sees a libvirt
@@ -18,6 +19,7 @@ from vms.hypervisor.devices import DevicesMixin
 from vms.hypervisor.domains import DomainsMixin
 from vms.hypervisor.hardware import HardwareMixin
 from vms.hypervisor.host import HostMixin
+from vms.hypervisor.migration import MigrationMixin
 from vms.hypervisor.snapshots import SnapshotsMixin
 from vms.hypervisor.stats import StatsMixin
 from vms.hypervisor.storage import StorageMixin
@@ -35,6 +37,7 @@ class LibvirtDriver(
     HardwareMixin,
     SnapshotsMixin,
     DevicesMixin,
+    MigrationMixin,
 ):
     """A connection to one libvirt host, opened on first use.
 
