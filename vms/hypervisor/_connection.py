@@ -78,6 +78,14 @@ def undefined_on_failure(definition: Any, created: bool) -> Iterator[None]:
         raise
 
 
+SLOW_FAILURE_SECONDS = 0.5
+"""An open that failed after this long is remembered (VAPOR_HOST_RETRY_AFTER); a quicker refusal is not."""
+
+
+class _NoAnswer(ServiceUnavailable):
+    """The host did not answer within VAPOR_HOST_CONNECT_TIMEOUT."""
+
+
 def _remote(uri: str) -> bool:
     """A URI that goes over the network (qemu+tcp://, qemu+tls://, qemu+ssh://, qemu://HOST/...)."""
     scheme, _, rest = uri.partition("://")
@@ -97,8 +105,10 @@ class Connection:
     bounded by VAPOR_HOST_CONNECT_TIMEOUT and, once open, watched by libvirt's
     keepalive (VAPOR_HOST_KEEPALIVE seconds, three misses: dead), so a call
     to a host that stopped answering fails instead of hanging. A host that
-    could not be reached is not asked again for VAPOR_HOST_RETRY_AFTER
-    seconds: requests about it fail at once meanwhile, and never wait on it.
+    that did not answer within the timeout is not asked again for
+    VAPOR_HOST_RETRY_AFTER seconds: requests about it fail at once meanwhile,
+    and never wait on it. A host that refuses at once (its daemon stopped) is
+    asked again on the next call, which costs about a millisecond.
     """
 
     def __init__(self, uri: str | None = None, *, kept: bool = False) -> None:
@@ -130,10 +140,14 @@ class Connection:
                 wait = settings.VAPOR.host_retry_after - (time.monotonic() - failed_at)
                 if wait > 0:
                     raise ServiceUnavailable(f"{message}; not retried for another {wait:.0f} s ({UNAVAILABLE})")
+            started = time.monotonic()
             try:
                 self._conn = self._open(uri)
             except ServiceUnavailable as exc:
-                self._failed = (time.monotonic(), exc.message.removesuffix(f" ({UNAVAILABLE})"))
+                # Only a slow failure (no answer: a timeout) is remembered; a refusal costs a millisecond, and
+                # asking again at once lets a daemon that is back be used at once.
+                if isinstance(exc, _NoAnswer) or time.monotonic() - started >= SLOW_FAILURE_SECONDS:
+                    self._failed = (time.monotonic(), exc.message.removesuffix(f" ({UNAVAILABLE})"))
                 raise
             self._failed = None
             return self._conn
@@ -165,7 +179,7 @@ class Connection:
         if not result:
             # The thread finishes on its own; whatever it opens late is closed then.
             threading.Thread(target=self._close_late, args=(thread, result), daemon=True).start()
-            raise ServiceUnavailable(f"cannot connect to {uri}: no answer within {timeout:g} s ({UNAVAILABLE})")
+            raise _NoAnswer(f"cannot connect to {uri}: no answer within {timeout:g} s ({UNAVAILABLE})")
         opened = result[0]
         if isinstance(opened, libvirt.libvirtError):
             raise ServiceUnavailable(f"cannot connect to {uri}: {opened.get_error_message() or opened} ({UNAVAILABLE})") from opened
