@@ -29,6 +29,7 @@ from vms.hypervisor import (
     DomainAddresses,
     DomainInfo,
     DomainStats,
+    FirmwareSupport,
     GuestAddress,
     HostCapabilities,
     HostResources,
@@ -128,6 +129,7 @@ class FakeHypervisor:
     nvram: dict[str, bytes] = field(default_factory=dict)  # domain -> its UEFI variables, once it has some
     device_changes: list[tuple[str, str, str, bool]] = field(default_factory=list)  # (call, domain, target dev, live)
     resized: dict[str, int] = field(default_factory=dict)  # target dev (live) or volume path (stopped) -> bytes
+    firmware: FirmwareSupport = field(default_factory=lambda: FirmwareSupport(uefi=True, secure_boot=True, tpm=True))  # issue 15
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -250,6 +252,10 @@ class FakeHypervisor:
     def host_resources(self) -> HostResources:
         self._call("host_resources")
         return self.host
+
+    def firmware_support(self, arch: str, virt_type: str) -> FirmwareSupport:  # issue 15: a host's facts
+        self._call("firmware_support")
+        return self.firmware
 
     # --- domains -------------------------------------------------------------
     def list_domain_names(self) -> list[str]:

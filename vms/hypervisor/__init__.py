@@ -86,6 +86,16 @@ class HostResources:
 
 
 @dataclass(frozen=True)
+class FirmwareSupport:
+    """Whether the host can give a domain UEFI firmware (and its Secure Boot build) and an emulated TPM,
+    from libvirt's domain capabilities; None where the host cannot say (a driver without them)."""
+
+    uefi: bool | None
+    secure_boot: bool | None
+    tpm: bool | None
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     """A domain as listed on the host; `state` in words (see DOMAIN_STATES).
 
@@ -226,6 +236,7 @@ class Hypervisor(Protocol):
     def capabilities(self) -> HostCapabilities: ...
     def max_vcpus(self, arch: str, virt_type: str, machine: str = "q35") -> int: ...
     def host_resources(self) -> HostResources: ...
+    def firmware_support(self, arch: str, virt_type: str) -> FirmwareSupport: ...  # issue 15: a host's facts
     def pool_paths(self) -> dict[str, str]: ...
     def volume_by_path(self, path: str) -> VolumeInfo | None: ...
     def clone_volume(
@@ -348,6 +359,7 @@ __all__ = [
     "DiskUse",
     "DomainInfo",
     "DomainStats",
+    "FirmwareSupport",
     "HostCapabilities",
     "HostResources",
     "HostStats",

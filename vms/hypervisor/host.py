@@ -13,9 +13,9 @@ from typing import Any
 import libvirt
 
 from vaporsite.errors import InvalidInput
-from vms.hypervisor import HostCapabilities, HostResources, NetworkInfo
+from vms.hypervisor import FirmwareSupport, HostCapabilities, HostResources, NetworkInfo
 from vms.hypervisor._connection import Connection, calls, lookup_or_none, undefined_on_failure, vapor_error
-from vms.hypervisor.documents.capabilities import host_capabilities
+from vms.hypervisor.documents.capabilities import firmware_support, host_capabilities
 from vms.hypervisor.documents.capabilities import max_vcpus as domain_max_vcpus
 from vms.hypervisor.documents.interface import interface_type
 from vms.hypervisor.documents.network import nat_network_xml, network_shape
@@ -144,6 +144,19 @@ class HostMixin(Connection):
                     limit = conn.getMaxVcpus(virt_type)
             self._max_vcpus[key] = limit
         return self._max_vcpus[key]
+
+    def firmware_support(self, arch: str, virt_type: str) -> FirmwareSupport:
+        """Whether UEFI (and Secure Boot) firmware and an emulated TPM are offered for q35 domains of `arch`
+        and `virt_type`, from the domain capabilities; all None where the host cannot say (the test driver,
+        an arch or type it does not run)."""
+        conn = self._connection()
+        try:
+            document = conn.getDomainCapabilities(None, arch, "q35", virt_type, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in (VIR_ERR_NO_SUPPORT, VIR_ERR_INVALID_ARG, VIR_ERR_CONFIG_UNSUPPORTED):
+                raise vapor_error(exc) from exc
+            return FirmwareSupport(uefi=None, secure_boot=None, tpm=None)
+        return firmware_support(document)
 
     def bridge_exists(self, name: str) -> bool:
         """True when a Linux bridge `name` exists where libvirtd runs.
