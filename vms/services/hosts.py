@@ -285,8 +285,9 @@ def _store(results: dict[int, _Checked], now: datetime) -> None:
                 Host.objects.filter(pk=pk).update(health=HostHealth.DOWN, last_checked_at=now, last_error=checked.error[:2000])
 
 
-def host_check(*, host: Host) -> Host:
-    """Check one host now (the admin's Check now); the host, refreshed."""
+def host_check(*, host: Host, actor: Actor) -> Host:
+    """Check one host now (the admin's Check now, POST .../check); the host, refreshed."""
+    _require_may(actor, "change")
     hosts_check(hosts=[host])
     host.refresh_from_db()
     return host
