@@ -201,7 +201,7 @@ def test_the_check_reads_hosts_in_parallel_and_a_hung_host_is_down_within_the_bu
         release.wait(10)
         return hung.host
 
-    hung.host_resources = hang  # type: ignore[method-assign]
+    hung.host_resources = hang
     started = time.monotonic()
     try:
         health = hosts_check(budget=0.5)
