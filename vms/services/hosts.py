@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -110,10 +111,13 @@ def _clash(*, name: str | None, uri: str | None, exclude: int | None = None) -> 
             raise Conflict(f"host {clash} already has the URI {uri}", field="uri", code="uri_taken", host=clash)
 
 
-def host_create(*, name: str, uri: str, actor: Actor, require_up: bool = False, **fields: Any) -> Host:
+def host_create(*, name: str, uri: str, actor: Actor, require_up: bool = False, check: bool = True, **fields: Any) -> Host:
     """Add a host and check it at once (bounded by VAPOR_HOST_CONNECT_TIMEOUT): it is stored whether it
     answers or not (down, with libvirt's words, until the schedule finds it up), unless `require_up`,
-    when a host that does not answer is refused (400 on `uri`) and nothing is stored."""
+    when a host that does not answer is refused (400 on `uri`) and nothing is stored.
+
+    `check=False` (the admin's form, which runs in a transaction): the check runs once the row is
+    committed, so waiting on a slow host never holds the database's write lock."""
     _require_may(actor, "add")
     if not isinstance(name, str) or not re.fullmatch(HOST_NAME.regex, name):
         raise InvalidInput(str(HOST_NAME.message), field="name")
@@ -135,13 +139,15 @@ def host_create(*, name: str, uri: str, actor: Actor, require_up: bool = False, 
     log.info("host %s added (%s)", name, values["uri"])
     if facts is not None:
         _store({host.pk: _Checked(facts=facts, error="")}, timezone.now())
-    else:
+    elif check:
         hosts_check(hosts=[host])
+    else:
+        transaction.on_commit(partial(hosts_check, hosts=[host]))
     host.refresh_from_db()
     return host
 
 
-def host_update(*, host: Host, changes: dict[str, Any], actor: Actor) -> Host:
+def host_update(*, host: Host, changes: dict[str, Any], actor: Actor, check: bool = True) -> Host:
     """Change the editable fields of `host`; the default host keeps its name and an empty URI (it follows
     VAPOR_LIBVIRT_URI), and a host with VMs keeps its URI (they are defined on that daemon)."""
     _require_may(actor, "change")
@@ -165,10 +171,12 @@ def host_update(*, host: Host, changes: dict[str, Any], actor: Actor) -> Host:
         Host.objects.filter(pk=host.pk).update(**values, updated_at=timezone.now())
         detail = ", ".join(f"{key}={value!r}" for key, value in sorted(values.items()))
         audit(actor, "host.change", target=f"host {host.name}", project=None, detail=detail)
-    host.refresh_from_db()
     if "uri" in values:
-        hosts_check(hosts=[host])
-        host.refresh_from_db()
+        if check:
+            hosts_check(hosts=[host])
+        else:
+            transaction.on_commit(partial(hosts_check, hosts=[host]))
+    host.refresh_from_db()
     return host
 
 
