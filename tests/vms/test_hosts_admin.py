@@ -106,3 +106,13 @@ def test_the_vm_list_shows_and_filters_by_host(admin_client, hosts):
     assert 'class="field-host nowrap">h2<' in page and 'class="field-host nowrap">default<' in page
     only = admin_client.get(f"/admin/vms/virtualmachine/?host__id__exact={h2.pk}").content.decode()
     assert "on-h2" in only and "on-default" not in only
+
+
+def test_the_dashboard_lists_the_hosts_when_there_are_several(admin_client, hosts):
+    page = admin_client.get("/admin/").content.decode()
+    assert 'id="vapor-hosts"' not in page  # one host: the page as before
+    h2 = Host.objects.create(name="h2", uri=H2)
+    hosts_check()
+    VirtualMachineFactory.create(name="big", host=h2, status="running", vcpus=4, memory_mb=4096)
+    page = admin_client.get("/admin/").content.decode()
+    assert 'id="vapor-hosts"' in page and 'data-host="h2"' in page and "4/32 vCPUs, 4.0/32.0 GiB" in page
