@@ -15,7 +15,9 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince
 
 from projects.access import SYSTEM, Actor
 from projects.admin_scoping import admin_actor
@@ -56,11 +58,6 @@ def _gib(value: int | None) -> str:
     return "?" if value is None else f"{value / 2**30:.1f}"
 
 
-def _usage_text(usage: services.HostUsage) -> str:
-    vcpus = f"{usage.vcpus}/{usage.vcpus_budget}" if usage.vcpus_budget is not None else f"{usage.vcpus}/?"
-    return f"{vcpus} vCPUs · {_gib(usage.memory_bytes)}/{_gib(usage.memory_budget_bytes)} GiB"
-
-
 @admin.action(description="Check the selected hosts now", permissions=["change"])
 def check_hosts(modeladmin: HostAdmin, request: HttpRequest, queryset: QuerySet[Host]) -> None:
     hosts = list(queryset)
@@ -77,7 +74,8 @@ def check_hosts(modeladmin: HostAdmin, request: HttpRequest, queryset: QuerySet[
 class HostAdmin(ServiceSavedAdmin):
     form = HostAdminForm
     change_form_template = "admin/vms/host/change_form.html"
-    list_display = ["name", "health_badge", "address", "flags", "last_seen_at", "vm_count", "usage"]
+    # Fits 1280 px beside the filters: placement flags under the name, last seen under the health.
+    list_display = ["name_flags", "health_badge", "address", "vm_count", "usage"]
     list_filter = ["health", "enabled", "maintenance"]
     search_fields = ["name", "uri"]
     actions = [check_hosts]
@@ -98,10 +96,18 @@ class HostAdmin(ServiceSavedAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
-        return ["name", *fields] if obj is not None else fields
+        return ["name", "address", *fields] if obj is not None else fields
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.fieldsets if obj is not None else self.fieldsets[:1]
+        if obj is None:
+            return self.fieldsets[:1]
+        if obj.is_default:  # its URI is the setting's: shown, not edited here
+            first = [("address" if name == "uri" else name) for name in self.fieldsets[0][1]["fields"]]
+            return [(None, {"fields": first}), *self.fieldsets[1:]]
+        return self.fieldsets
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and not (obj is not None and obj.is_default)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         self._usage = services.hosts_usage()  # one read for the whole list (two queries), not one per row
@@ -147,26 +153,44 @@ class HostAdmin(ServiceSavedAdmin):
 
     @admin.display(description="Health", ordering="health")
     def health_badge(self, obj: Host) -> str:
-        return format_html('<span class="vapor-health-{}" title="{}">{}</span>', obj.health, obj.last_error, obj.get_health_display())
+        """Up / Down / Not checked yet in colour (the error as its tooltip), and when it was last seen beneath."""
+        colours = {"up": "#2e7d32", "down": "#ba2121"}
+        badge = format_html(
+            '<b class="vapor-health-{}" style="color:{}" title="{}">{}</b>',
+            obj.health, colours.get(obj.health, "#555"), obj.last_error, obj.get_health_display(),
+        )  # fmt: skip
+        if obj.last_seen_at is None:
+            seen = "never seen"
+        elif (timezone.now() - obj.last_seen_at).total_seconds() < 60:
+            seen = "seen just now"
+        else:
+            seen = f"seen {timesince(obj.last_seen_at)} ago"
+        return format_html('{}<br><small class="vapor-last-seen">{}</small>', badge, seen)
 
-    @admin.display(description="URI")
+    @admin.display(description="Name", ordering="name")
+    def name_flags(self, obj: Host) -> str:
+        """The name, with "disabled" / "maintenance" beneath when placement may not choose it."""
+        flags = [word for word, on in (("disabled", not obj.enabled), ("maintenance", obj.maintenance)) if on]
+        if not flags:
+            return obj.name
+        return format_html('{}<br><small class="vapor-host-flags">{}</small>', obj.name, ", ".join(flags))
+
+    @admin.display(description="libvirt URI")
     def address(self, obj: Host) -> str:
-        return obj.libvirt_uri + (" (VAPOR_LIBVIRT_URI)" if not obj.uri else "")
-
-    @admin.display(description="Placement")
-    def flags(self, obj: Host) -> str:
-        if obj.maintenance:
-            return "maintenance"
-        return "enabled" if obj.enabled else "disabled"
+        if obj.uri:
+            return obj.uri
+        return format_html("{}<br><small>VAPOR_LIBVIRT_URI</small>", obj.libvirt_uri)
 
     @admin.display(description="VMs", ordering="vm_total")
     def vm_count(self, obj: Host) -> int:
         return int(getattr(obj, "vm_total", 0))
 
-    @admin.display(description="Usage (live VMs / budget)")
+    @admin.display(description="Used / budget")
     def usage(self, obj: Host) -> str:
-        usage = getattr(self, "_usage", {}).get(obj.pk) or services.host_usage(obj)
-        return _usage_text(usage)
+        """The live VMs' vCPUs and memory against the host's budget, on two lines."""
+        used = getattr(self, "_usage", {}).get(obj.pk) or services.host_usage(obj)
+        vcpus = "?" if used.vcpus_budget is None else used.vcpus_budget
+        return format_html("{}/{} vCPUs<br>{}/{} GiB", used.vcpus, vcpus, _gib(used.memory_bytes), _gib(used.memory_budget_bytes))
 
     @admin.display(description="Usage")
     def usage_table(self, obj: Host) -> str:

@@ -1,0 +1,67 @@
+"""A dead host with the real driver (no daemon needed): the default host on libvirt's in-process test driver,
+another host on a closed TCP port. The state refresh marks the dead host's VM unknown and the other host's
+VM running; within VAPOR_HOST_RETRY_AFTER the dead host is not dialled again (libvirt.open is not called:
+the refresh and requests about the other host do not wait on it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from collections import Counter
+
+import libvirt
+import pytest
+from django.conf import settings as django_settings
+from rest_framework.test import APIClient
+
+from tests.support.factories import VirtualMachineFactory
+from vms.host_models import Host
+from vms.models import VirtualMachine, VmEvent
+from vms.services.states import vm_refresh_states
+
+pytestmark = pytest.mark.django_db
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: connections are refused
+
+
+def test_a_dead_host_is_not_dialled_again_within_the_retry_window(settings, monkeypatch, django_user_model):
+    settings.VAPOR = dataclasses.replace(
+        django_settings.VAPOR, libvirt_uri="test:///default", host_retry_after=60.0, host_connect_timeout=2.0
+    )
+    dead_uri = f"qemu+tcp://127.0.0.1:{closed_port()}/system"
+    dead = Host.objects.create(name="dead", uri=dead_uri)
+    VirtualMachineFactory.create(name="test", status="stopped")  # the test driver's own running domain, on the default host
+    VirtualMachineFactory.create(name="far", status="running", host=dead)
+    opened: Counter[str] = Counter()
+    real_open = libvirt.open
+
+    def counting_open(uri: str | None = None) -> libvirt.virConnect:
+        opened[uri or ""] += 1
+        return real_open(uri)
+
+    monkeypatch.setattr(libvirt, "open", counting_open)
+
+    assert vm_refresh_states() == 1
+    assert dict(VirtualMachine.objects.values_list("name", "status")) == {"test": "running", "far": "unknown"}
+    assert opened[dead_uri] == 1
+    event = VmEvent.objects.get(vm__name="far", step="host down")
+    assert event.message.startswith(f"host down: cannot connect to {dead_uri}")
+
+    started = time.monotonic()
+    assert vm_refresh_states() == 1
+    client = APIClient()
+    client.force_authenticate(django_user_model.objects.create_superuser("root", password=None))
+    near = VirtualMachine.objects.get(name="test")
+    assert client.get(f"/api/v1/virtualmachines/{near.pk}").json()["status"] == "running"
+    far = VirtualMachine.objects.get(name="far")
+    refused = client.post(f"/api/v1/virtualmachines/{far.pk}/start")
+    assert (refused.status_code, refused.json()["code"]) == (409, "host_down")
+    assert "not retried for another" in refused.json()["detail"]
+    assert time.monotonic() - started < 1.5
+    assert opened[dead_uri] == 1  # within the retry window: never dialled again
+    assert VmEvent.objects.filter(step="host down").count() == 1
