@@ -159,3 +159,29 @@ def test_sync_adopts_per_host_and_a_name_taken_on_another_host_is_not_adopted(ho
     assert VirtualMachine.objects.get(name="stray").host.name == "h2"
     assert VirtualMachine.objects.get(name="h1-vm0").host.name == "h1"
     assert VirtualMachine.objects.get(name="h1-vm0").status == "running"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("patch", "", {"memory": 256}),
+        ("post", "/disks", {"size": 1}),
+        ("post", "/nics", {"type": "nat", "source": "default"}),
+        ("post", "/snapshots", {"name": "s1"}),
+        ("post", "/console", {"type": "vnc"}),
+        ("post", "/start", None),
+        ("post", "/force-stop", None),
+        ("delete", "", None),
+    ],
+)
+def test_no_request_about_a_vm_on_a_dead_host_is_a_500(hosts, django_user_model, method, path, body):
+    fleet(hosts, 1)
+    hosts.down(URIS["h2"])
+    vm_refresh_states()
+    client = APIClient()
+    client.force_authenticate(django_user_model.objects.create_superuser("root", password=None))
+    vm = VirtualMachine.objects.get(name="h2-vm0")
+    url = f"/api/v1/virtualmachines/{vm.pk}{path}"
+    response = getattr(client, method)(url, body, format="json") if body is not None else getattr(client, method)(url)
+    assert response.status_code in (409, 503), (response.status_code, response.content[:300])
+    assert response.json()["code"] in ("host_down", "hypervisor_unavailable", "vm_busy"), response.json()
