@@ -4,7 +4,6 @@ from django.urls import include, path, reverse_lazy
 from django.views.generic import RedirectView
 
 from vaporsite.api_docs import RedocView, SchemaView, SwaggerView
-from vms.api import host_views
 
 admin.site.site_header = "Vapor"
 admin.site.site_title = "Vapor"
@@ -31,8 +30,6 @@ urlpatterns = [
     path("api/v1/virtualmachines/", include("isos.api.urls")),
     path("api/v1/virtualmachines/", include("vms.api.urls")),
     path("api/v1/profile/", include("vms.api.profile_views")),  # day two: cloud_init (SSH keys)
-    path("api/v1/hosts", host_views.HostCollectionView.as_view(), name="host-list"),  # issue 15: hosts
-    path("api/v1/hosts/<str:name>", host_views.HostItemView.as_view(), name="host-detail"),
-    path("api/v1/hosts/<str:name>/check", host_views.HostCheckView.as_view(), name="host-check"),
+    path("api/v1/", include("vms.api.host_urls")),  # issue 15: hypervisor hosts
     path("consoles/", include("vms.consoles.urls")),
 ]

@@ -45,24 +45,24 @@ class NetworkFactSerializer(serializers.Serializer):
 
 
 class HostFactsSerializer(serializers.Serializer):
-    """What the host said it has at the last check that answered; {} until one has."""
+    """What the host said it has at the last check that answered; {} until one has (so no key is required)."""
 
-    arch = serializers.CharField(help_text="The host's own architecture, e.g. x86_64.")
+    arch = serializers.CharField(required=False, help_text="The host's own architecture, e.g. x86_64.")
     arches = serializers.DictField(
-        child=serializers.ListField(child=serializers.CharField()), help_text="arch -> domain types (qemu, kvm)."
+        required=False, child=serializers.ListField(child=serializers.CharField()), help_text="arch -> domain types (qemu, kvm)."
     )
-    kvm = serializers.BooleanField()
-    uefi = serializers.BooleanField(allow_null=True, help_text="UEFI firmware offered (null: the host cannot say).")
-    secure_boot = serializers.BooleanField(allow_null=True)
-    tpm = serializers.BooleanField(allow_null=True, help_text="An emulated TPM (swtpm) offered.")
-    cpus = serializers.IntegerField()
-    memory_bytes = serializers.IntegerField()
-    cpu_model = serializers.CharField()
-    hostname = serializers.CharField()
-    pools = PoolFactSerializer(many=True)
-    networks = NetworkFactSerializer(many=True)
-    bridges = serializers.ListField(child=serializers.CharField())
-    read_at = serializers.DateTimeField()
+    kvm = serializers.BooleanField(required=False)
+    uefi = serializers.BooleanField(required=False, allow_null=True, help_text="UEFI firmware offered (null: the host cannot say).")
+    secure_boot = serializers.BooleanField(required=False, allow_null=True)
+    tpm = serializers.BooleanField(required=False, allow_null=True, help_text="An emulated TPM (swtpm) offered.")
+    cpus = serializers.IntegerField(required=False)
+    memory_bytes = serializers.IntegerField(required=False)
+    cpu_model = serializers.CharField(required=False)
+    hostname = serializers.CharField(required=False)
+    pools = PoolFactSerializer(required=False, many=True)
+    networks = NetworkFactSerializer(required=False, many=True)
+    bridges = serializers.ListField(required=False, child=serializers.CharField())
+    read_at = serializers.DateTimeField(required=False)
 
 
 class HostUsageSerializer(serializers.Serializer):

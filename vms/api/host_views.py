@@ -52,7 +52,7 @@ class HostCollectionView(APIView):
     @extend_schema(
         operation_id="hosts_list",
         parameters=PAGE_PARAMETERS,
-        responses={200: page_serializer("HostPage", "hosts", HostOutSerializer(many=True))},
+        responses={200: page_serializer("HostPage", "hosts", HostOutSerializer(many=True)), 400: ErrorSerializer},
         description=PAGE_DESCRIPTION + " Every signed-in user may list the hosts.",
     )
     def get(self, request: Request) -> Response:
