@@ -15,9 +15,11 @@ import pytest
 from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
+from projects.access import SYSTEM
 from tests.support.factories import VirtualMachineFactory
 from vms.host_models import Host
 from vms.models import VirtualMachine, VmEvent
+from vms.services.hosts import host_check, hosts_check
 from vms.services.states import vm_refresh_states
 
 pytestmark = pytest.mark.django_db
@@ -65,3 +67,23 @@ def test_a_dead_host_is_not_dialled_again_within_the_retry_window(settings, monk
     assert time.monotonic() - started < 1.5
     assert opened[dead_uri] == 1  # within the retry window: never dialled again
     assert VmEvent.objects.filter(step="host down").count() == 1
+
+
+def test_check_now_dials_a_dead_host_again_within_the_window(settings, monkeypatch):
+    settings.VAPOR = dataclasses.replace(django_settings.VAPOR, host_retry_after=60.0, host_connect_timeout=2.0)
+    dead_uri = f"qemu+tcp://127.0.0.1:{closed_port()}/system"
+    dead = Host.objects.create(name="dead", uri=dead_uri)
+    opened: Counter[str] = Counter()
+    real_open = libvirt.open
+
+    def counting_open(uri: str | None = None) -> libvirt.virConnect:
+        opened[uri or ""] += 1
+        return real_open(uri)
+
+    monkeypatch.setattr(libvirt, "open", counting_open)
+    hosts_check(hosts=[dead])
+    hosts_check(hosts=[dead])  # the schedule within the window: not dialled again
+    assert opened[dead_uri] == 1
+    host_check(host=dead, actor=SYSTEM)  # an operator's Check now: dialled again
+    assert opened[dead_uri] == 2
+    assert Host.objects.get(name="dead").health == "down"

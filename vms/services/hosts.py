@@ -294,8 +294,10 @@ def _store(results: dict[int, _Checked], now: datetime) -> None:
 
 
 def host_check(*, host: Host, actor: Actor) -> Host:
-    """Check one host now (the admin's Check now, POST .../check); the host, refreshed."""
+    """Check one host now (the admin's Check now, POST .../check), dialling it again even within the retry
+    window of a failed attempt; the host, refreshed."""
     _require_may(actor, "change")
+    hypervisor.retry_now(host.libvirt_uri)
     hosts_check(hosts=[host])
     host.refresh_from_db()
     return host
