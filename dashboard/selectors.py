@@ -31,8 +31,10 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.choices import BUSY_STATUSES as VM_BUSY
 from vms.choices import VmStatus
+from vms.host_models import DEFAULT_HOST, Host
 from vms.hypervisor import HostResources, PoolInfo
 from vms.models import VirtualMachine
+from vms.services.hosts import HostUsage, hosts_usage
 
 HOST_CACHE_SECONDS = 30
 HOST_ERROR_CACHE_SECONDS = 10  # shorter, so a daemon that is back shows up soon
@@ -105,6 +107,18 @@ class VmSection:
     running_memory_mb: int
     running_vcpus: int
     busy: bool
+    hosts: tuple[HostLine, ...] = ()  # issue 15: every host, when there is more than the default one
+
+
+@dataclass(frozen=True)
+class HostLine:
+    """One host on the dashboard, from the stored health and facts (no hypervisor call)."""
+
+    name: str
+    health: str
+    vms: int
+    usage: str  # live VMs' vCPUs and memory against the host's budget
+    url: str
 
 
 @dataclass(frozen=True)
@@ -181,7 +195,7 @@ def vm_section(user: PermissionHolder | None = None) -> VmSection:
     """Counts of the user's VMs by status; the host's memory and vCPUs against what every running VM uses
     (the host is shared by all projects)."""
     counts = {f"n_{value}": Count("id", filter=Q(status=value)) for value in VmStatus.values}
-    running = Q(status=VmStatus.RUNNING)
+    running = Q(status=VmStatus.RUNNING, host__name=DEFAULT_HOST)  # the capacity shown is the default host's
     host_use = {"memory": Sum("memory_mb", filter=running), "vcpus": Sum("vcpus", filter=running)}
     if user is None or getattr(user, "is_superuser", False):  # every VM: one query
         totals = VirtualMachine.objects.aggregate(**counts, total=Count("id"), **host_use)
@@ -200,6 +214,24 @@ def vm_section(user: PermissionHolder | None = None) -> VmSection:
         running_memory_mb=memory,
         running_vcpus=vcpus,
         busy=any(totals[f"n_{value}"] for value in VM_BUSY),
+        hosts=host_lines(),
+    )
+
+
+def host_lines() -> tuple[HostLine, ...]:
+    """Every host with its health and usage, when there are several (two or three queries, whatever their number)."""
+    hosts = list(Host.objects.order_by("name"))
+    if len(hosts) < 2:
+        return ()
+    usage = hosts_usage(hosts)
+
+    def text(used: HostUsage) -> str:
+        vcpus = "?" if used.vcpus_budget is None else used.vcpus_budget
+        memory = "?" if used.memory_budget_bytes is None else f"{used.memory_budget_bytes / 2**30:.1f}"
+        return f"{used.vcpus}/{vcpus} vCPUs, {used.memory_bytes / 2**30:.1f}/{memory} GiB"
+
+    return tuple(
+        HostLine(h.name, h.health, usage[h.pk].vms, text(usage[h.pk]), reverse("admin:vms_host_change", args=[h.pk])) for h in hosts
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from projects.choices import Role
 
 _VIEW = {"vms.view_virtualmachine", "vms.view_vmtemplate", "vms.view_vmevent", "isos.view_isoimage", "projects.view_project"}
+_VIEW |= {"vms.view_host"}  # issue 15: the hypervisor hosts are shared, like the ISO library: every member may see them
 _OPERATE = {f"vms.{verb}_{model}" for verb in ("add", "change", "delete") for model in ("virtualmachine", "vmtemplate")} | {
     "vms.use_console"
 }

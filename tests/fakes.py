@@ -253,6 +253,7 @@ class FakeHypervisor:
         return self.max_vcpu
 
     def firmware_support(self, arch: str, virt_type: str, machine: str = "q35") -> FirmwareSupport:
+        self._call("firmware_support")
         return self.firmware
 
     def host_resources(self) -> HostResources:

@@ -30,5 +30,6 @@ urlpatterns = [
     path("api/v1/virtualmachines/", include("isos.api.urls")),
     path("api/v1/virtualmachines/", include("vms.api.urls")),
     path("api/v1/profile/", include("vms.api.profile_views")),  # day two: cloud_init (SSH keys)
+    path("api/v1/", include("vms.api.host_urls")),  # issue 15: hypervisor hosts
     path("consoles/", include("vms.consoles.urls")),
 ]

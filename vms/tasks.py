@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vms.jobs import vm_provision
+from vms.services.hosts import hosts_check
 from vms.services.metrics import metrics_sample
 from vms.services.states import vm_refresh_states
 
@@ -19,3 +20,8 @@ def refresh_vm_states() -> int:
 def sample_metrics() -> int:
     """Scheduled every minute (migration 0012): one metrics round; the number of VM samples written."""
     return metrics_sample().vm_samples
+
+
+def check_hosts() -> dict[str, str]:
+    """Scheduled every minute (migration 0018): read every host in parallel; host name -> up/down."""
+    return hosts_check()

@@ -38,6 +38,7 @@ from tests.reliability.authz import HOST_LISTING, HypervisorSpy, changed_rows, m
 from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
+from vms.host_models import Host
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent, VmSnapshot, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
@@ -45,6 +46,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 SUITE = "authorization"
 ROLES = ("anonymous", "viewer", "operator", "admin")
 API = "/api/v1/virtualmachines/"
+HOSTS = "/api/v1/hosts"  # issue 15
 ADMIN = "/admin/"
 
 
@@ -77,6 +79,7 @@ class Action:
     data: dict[str, Any] = field(default_factory=dict)
     api: bool = True
     effect: Effect | None = None  # None: a page or listing, checked by shows()
+    superuser_writes: bool = False  # issue 15: hosts are the installation's: only superusers (or vms.*_host) change them
 
 
 def _status(seen: Seen, *expected: int) -> None:
@@ -254,6 +257,15 @@ def cdrom_ejected(code: int) -> Effect:
         assert not CdromAttachment.objects.filter(vm_id=int(seen.seeds["vm"])).exists(), "the ISO is still recorded in the drive"
         assert seen.spy.calls["update_device"] == 1, dict(seen.spy.calls)
         return "CD-ROM sda ejected, updateDevice called"
+
+    return check
+
+
+def host_gone(status: int) -> Effect:  # issue 15: hosts
+    def check(seen: Seen) -> str:
+        _status(seen, status)
+        assert not Host.objects.filter(name="seed-host").exists(), "the host is still there"
+        return "host removed"
 
     return check
 
@@ -445,10 +457,36 @@ ACTIONS = [
            api=False, effect=powers(302, "revert_snapshot", "revert to snapshot seed-snap", "running")),
     Action("admin VM snapshot delete (confirm)", "POST", ADMIN + "vms/virtualmachine/{vm}/snapshots/seed-snap/delete/", "change",
            api=False, effect=snapshot_gone(302)),
+    # --- issue 15: hypervisor hosts (any signed-in user reads them; only superusers change them here)
+    *[dataclasses.replace(a, superuser_writes=True) for a in [
+        Action("API GET hosts", "GET", HOSTS, "view", effect=shows("seed-host", "default")),
+        Action("API POST hosts", "POST", HOSTS, "add", {"name": "h-new", "uri": "qemu+tcp://10.99.0.7/system"},
+               effect=creates(201, Host, "host", hv_call="host_resources", name="h-new", health="up")),
+        Action("API GET host", "GET", HOSTS + "/seed-host", "view", effect=shows("seed-host")),
+        Action("API PATCH host", "PATCH", HOSTS + "/seed-host", "change", {"enabled": False},
+               effect=changes(200, Host, "host", enabled=False)),
+        Action("API DELETE host", "DELETE", HOSTS + "/seed-host", "delete", effect=host_gone(204)),
+        Action("API POST host check", "POST", HOSTS + "/seed-host/check", "change", effect=changes(200, Host, "host", health="up")),
+        Action("admin host list", "GET", ADMIN + "vms/host/", "view", api=False, effect=shows("seed-host")),
+        Action("admin host change page", "GET", ADMIN + "vms/host/{host}/change/", "view", api=False, effect=shows("seed-host")),
+        Action("admin host add page", "GET", ADMIN + "vms/host/add/", "add", api=False, effect=shows('name="uri"')),
+        Action("admin host change (save)", "POST", ADMIN + "vms/host/{host}/change/", "change",
+               {"uri": "qemu+tcp://10.99.0.5/system", "enabled": "on", "cpu_overcommit": "2", "memory_overcommit": "1", "labels": "{}"},
+               api=False, effect=changes(302, Host, "host", cpu_overcommit=2.0)),
+        Action("admin host check now", "POST", ADMIN + "vms/host/{host}/check/", "change", api=False,
+               effect=changes(302, Host, "host", health="up")),
+        Action("admin host action check_hosts", "POST", ADMIN + "vms/host/", "change",
+               {"action": "check_hosts", "_selected_action": "{host}", "index": "0"}, api=False,
+               effect=changes(302, Host, "host", health="up")),
+        Action("admin host delete (confirm)", "POST", ADMIN + "vms/host/{host}/delete/", "delete", {"post": "yes"}, api=False,
+               effect=host_gone(302)),
+    ]],
 ]  # fmt: skip
 
 
 def expected_allowed(role: str, action: Action) -> bool:
+    if action.superuser_writes and action.kind != "view":
+        return role == "admin"
     return role in ("operator", "admin") or (role == "viewer" and action.kind == "view")
 
 
@@ -509,6 +547,7 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
         "template_pk": str(template.json()["id"]),
         "spare_iso": str(spare),
         "vm_mac": VirtualMachine.objects.get(name="seed-vm").nics.get().mac,  # day two: hardware
+        "host": str(Host.objects.create(name="seed-host", uri="qemu+tcp://10.99.0.5/system").pk),  # issue 15: hosts
         **others,
     }
 
@@ -591,7 +630,7 @@ CROSS_ROLES = ("viewer", "operator", "admin")  # roles in project "other"; admin
 CROSS_ACTIONS = [
     dataclasses.replace(a, data={**a.data, "project": "default"}) if a.kind == "add" and a.method == "POST" else a
     for a in ACTIONS
-    if "iso" not in a.name.lower()
+    if "iso" not in a.name.lower() and not a.superuser_writes  # hosts are no project's either
 ]
 
 

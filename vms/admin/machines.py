@@ -183,21 +183,21 @@ def refresh_states(modeladmin: VirtualMachineAdmin, request: HttpRequest, querys
 @admin.register(VirtualMachine)
 class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
     # Fits 1280 px beside the filters: status and live state in one column, memory and vCPUs in another.
-    list_display = ["name", "project", "status_badge", "size", "os", "checked"]
+    list_display = ["name", "project", "status_badge", "size", "host", "os", "checked"]
     # RelatedOnly: a filter lists only the projects and templates of the VMs the user sees.
     list_filter = [
-        ("project", admin.RelatedOnlyFieldListFilter), "status", "uefi", "os_type", ("template", admin.RelatedOnlyFieldListFilter),
-        "storage_pool", "autostart",
+        ("project", admin.RelatedOnlyFieldListFilter), ("host", admin.RelatedOnlyFieldListFilter), "status", "uefi", "os_type",
+        ("template", admin.RelatedOnlyFieldListFilter), "storage_pool", "autostart",
     ]  # fmt: skip
-    list_select_related = ["template", "project"]
+    list_select_related = ["template", "project", "host"]
     search_fields = ["name", "uuid", "os_variant", "disks__path", "nics__mac"]
     actions = [
         *[_action(label, action) for action, label in POWER_LABELS.items()], action_delete, refresh_states,
     ]  # fmt: skip
     inlines = [DiskInline, CdromInline, NicInline, EventInline]
     readonly_fields = [
-        "name", "project", "uuid", "status", "error", "memory_mb", "vcpus", "os_type", "os_variant", "architecture", "virt_type", "machine",
-        "max_memory_mb", "max_vcpus",
+        "name", "project", "host", "uuid", "status", "error", "memory_mb", "vcpus", "os_type", "os_variant", "architecture", "virt_type",
+        "machine", "max_memory_mb", "max_vcpus",
         "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "graphics_type", "graphics_port", "graphics_listen",
         "graphics_password_set", "disk_gb", "created_at", "template", "state", "state_checked_at", "console", "domain_xml_preview",
     ]  # fmt: skip
@@ -216,7 +216,9 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
         return own + super().get_urls()
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[VirtualMachine]:
-        return super().get_queryset(request).prefetch_related("nics")  # the IP line: no query per row
+        # the IP line and the host column: no query per row (list_select_related is ignored once the
+        # project scoping has called select_related)
+        return super().get_queryset(request).select_related("host").prefetch_related("nics")
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None) -> HttpResponse:
         return admin_create.create_view(self, request)
@@ -311,7 +313,10 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: VirtualMachine | None = None) -> Any:
         return [
-            (None, {"fields": ["name", "project", "uuid", "status", "state", "state_checked_at", "error", "template", "created_at"]}),
+            (
+                None,
+                {"fields": ["name", "project", "host", "uuid", "status", "state", "state_checked_at", "error", "template", "created_at"]},
+            ),
             (
                 "Hardware",
                 {

@@ -102,13 +102,13 @@ class VmItemView(APIView):
         vm = get_object_or_404(vm_list(request.user).prefetch_related("events__user"), pk=vm_id)
         role = role_of(actor_from_request(request, Via.API), vm.project)
         context: dict[str, Any] = {"can_change": role is not None and RANK[Role(role)] >= RANK[Role.OPERATOR]}  # user_data
-        with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
-            try:
+        try:  # the VM's host may be down (issue 15): the page answers all the same, saying so
+            with closing(hypervisor.get_hypervisor(vm.host.libvirt_uri)) as hv:
                 context["state"] = services.vm_sync_state(vm=vm, hv=hv)
                 if context["state"] not in ("", "missing"):
                     context["live_port"] = hv.console(vm.name).port
-            except VaporError as exc:
-                context["state"] = f"unknown ({exc.message})"
+        except VaporError as exc:
+            context["state"] = f"unknown ({exc.message})"
         return Response(VmDetailSerializer(vm, context=context).data)
 
     patch = hardware_views.vm_patch  # day two: hardware (PATCH memory, vCPUs, maxima, boot order, autostart)

@@ -376,6 +376,18 @@ def console_hypervisor(uri: str | None = None) -> Hypervisor:
     return get_hypervisor(uri)
 
 
+def retry_now(uri: str | None = None) -> None:
+    """Let the next call to `uri`'s kept driver dial the host again at once, even within VAPOR_HOST_RETRY_AFTER
+    of a failed attempt (issue 15: an operator's explicit "Check now"; requests keep the retry window)."""
+    from django.conf import settings
+
+    key = uri or settings.VAPOR.libvirt_uri
+    with _kept_lock:
+        driver = _kept.get(key) if _kept_pid == os.getpid() else None
+    if driver is not None and hasattr(driver, "_failed"):
+        driver._failed = None
+
+
 def forget_hypervisors() -> None:
     """Close every kept connection of this process (tests between cases; a worker when it stops)."""
     with _kept_lock:
@@ -393,6 +405,7 @@ __all__ = [
     "DiskUse",
     "DomainInfo",
     "DomainStats",
+    "FirmwareSupport",
     "HostCapabilities",
     "HostResources",
     "HostStats",
@@ -405,5 +418,6 @@ __all__ = [
     "console_hypervisor",
     "forget_hypervisors",
     "get_hypervisor",
+    "retry_now",
     "volume_exists",
 ]

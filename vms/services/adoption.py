@@ -22,6 +22,7 @@ from vaporsite.errors import NotFound, VaporError
 from vaporsite.transactions import atomic_or_dry_run
 from vms import hypervisor
 from vms.choices import CdromSlot, DiskSource, EventStatus, GraphicsType, NicType
+from vms.host_models import Host, default_host_pk
 from vms.hypervisor import DomainInfo, Hypervisor
 from vms.hypervisor.documents.domain import parse_definition
 from vms.hypervisor.specs import DefinedDisk, DomainDefinition
@@ -62,33 +63,37 @@ class _Adoption:
     left_out: list[str]
 
 
-def vm_sync(*, hv: Hypervisor | None = None, adopt: bool = False, dry_run: bool = False) -> SyncReport:
-    """Refresh every VM's state and report the host's domains Vapor does not know.
+def vm_sync(*, hv: Hypervisor | None = None, host: Host | None = None, adopt: bool = False, dry_run: bool = False) -> SyncReport:
+    """Refresh the state of every VM on `host` (default: the default host) and report its domains Vapor does not know.
 
-    `adopt` makes VMs of those domains, from their definitions: their disks
-    are `existing` and not Vapor's, so deleting such a VM keeps every file.
-    A dry run does all of it in a transaction that is rolled back: the
-    report is exact and nothing is written.
+    `adopt` makes VMs of those domains, from their definitions, on that host:
+    their disks are `existing` and not Vapor's, so deleting such a VM keeps
+    every file. VM names are unique across Vapor: a domain named like a VM of
+    another host is not that VM, and is not adopted. A dry run does all of it
+    in a transaction that is rolled back: the report is exact and nothing is
+    written. `hv` (tests, --uri): read that connection instead of the host's.
     """
-    owned = hv is None
-    hv = hv or hypervisor.get_hypervisor()
+    host = host or Host.objects.get(pk=default_host_pk())
+    hv = hv or hypervisor.get_hypervisor(host.libvirt_uri)
     report = SyncReport(dry_run=dry_run)
-    rows = synced_rows()
-    try:
-        domains = {domain.name: domain for domain in hv.list_domains()}
-        known = set(VirtualMachine.objects.filter(name__in=list(domains)).values_list("name", flat=True))
-        report.unknown = sorted(set(domains) - known)
-        plans: dict[str, _Adoption] = {}
-        if adopt:
-            builder = _AdoptionBuilder(hv)
-            for name in report.unknown:
-                try:
-                    plans[name] = builder.build(domains[name])
-                except _Refused as exc:
-                    report.not_adopted[name] = str(exc)
-    finally:
-        if owned:
-            hv.close()
+    rows = synced_rows(host=host.pk)
+    domains = {domain.name: domain for domain in hv.list_domains()}
+    elsewhere = dict(VirtualMachine.objects.filter(name__in=list(domains)).exclude(host=host).values_list("name", "host__name"))
+    known = set(VirtualMachine.objects.filter(name__in=list(domains), host=host).values_list("name", flat=True))
+    report.unknown = sorted(set(domains) - known)
+    plans: dict[str, _Adoption] = {}
+    if adopt:
+        builder = _AdoptionBuilder(hv)
+        for name in report.unknown:
+            if name in elsewhere:
+                report.not_adopted[name] = f"VM {name} is on host {elsewhere[name]} (VM names are unique across Vapor)"
+                continue
+            try:
+                plans[name] = builder.build(domains[name])
+                plans[name].vm.host = host
+            except _Refused as exc:
+                report.not_adopted[name] = str(exc)
+    domains = {name: domain for name, domain in domains.items() if name not in elsewhere}
     with atomic_or_dry_run(dry_run=dry_run):
         refreshed = refresh_rows(rows, domains, timezone.now())
         report.checked = refreshed.checked

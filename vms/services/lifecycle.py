@@ -223,6 +223,16 @@ ACTIONS = {
 
 def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None, actor: Actor = SYSTEM) -> VirtualMachine:
     require(actor, vm.project, Role.OPERATOR, f"VM {vm.name}")
+    if vm.status == VmStatus.UNKNOWN:  # its host did not answer at the last refresh: ask it once more, else refuse
+        try:
+            hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
+            vm_sync_state(vm=vm, hv=hv)
+        except VaporError as exc:
+            raise Conflict(
+                f"VM {vm.name}'s host {vm.host.name} does not answer ({exc.message}); {action} is not possible until it is back",
+                code="host_down",
+                host=vm.host.name,
+            ) from exc
     if vm.status == VmStatus.MISSING:
         raise Conflict(
             f"VM {vm.name} is missing: its domain is gone from the host, so {action} is not possible; "

@@ -46,7 +46,8 @@ def firmware_support(document: str) -> FirmwareSupport:
 
     UEFI: `<os><enum name='firmware'>` lists `efi`, or the `<loader>` names
     firmware files. Secure Boot: the loader's `secure` enum offers `yes`.
-    TPM: `<devices><tpm supported=...>` (libvirt 8 and later state it).
+    TPM: `<devices><tpm supported=...>` (libvirt 8 and later state it) with the `emulator`
+    backend among those listed (swtpm found).
     """
     root = parse(document, root="domainCapabilities")
     os_node = root.find("os")
@@ -63,4 +64,7 @@ def firmware_support(document: str) -> FirmwareSupport:
             secure = False
     tpm_node = root.find("devices/tpm")
     tpm = None if tpm_node is None or tpm_node.get("supported") not in ("yes", "no") else tpm_node.get("supported") == "yes"
+    backends = [] if tpm_node is None else [(v.text or "").strip() for v in tpm_node.iterfind("enum[@name='backendModel']/value")]
+    if tpm and backends and "emulator" not in backends:
+        tpm = False  # only passthrough of a host TPM: Vapor's TPM is swtpm's emulator, which is not installed there
     return FirmwareSupport(uefi=uefi, secure_boot=secure, tpm=tpm)

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from vaporsite.errors import VaporError
 from vms import hypervisor
+from vms.host_models import Host
 from vms.services.adoption import SyncReport, vm_sync
 
 
@@ -22,14 +23,31 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--import", dest="adopt", action="store_true", help="Create VMs for the domains Vapor does not know.")
         parser.add_argument("--dry-run", action="store_true", help="Show what would change; write nothing.")
-        parser.add_argument("--uri", default=None, help="libvirt URI (default: VAPOR_LIBVIRT_URI).")
+        parser.add_argument("--uri", default=None, help="libvirt URI to read instead of the host's (default: the host's own).")
+        parser.add_argument("--host", default=None, help="Only this host (by name); default: every host, one after the other.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            report = vm_sync(hv=hypervisor.get_hypervisor(options["uri"]), adopt=options["adopt"], dry_run=options["dry_run"])
-        except VaporError as exc:
-            raise CommandError(exc.message) from exc
-        self.stdout.write("\n".join(render(report, adopt=options["adopt"])))
+        hosts = list(Host.objects.all())
+        if options["host"]:
+            hosts = [host for host in hosts if host.name == options["host"]]
+            if not hosts:
+                raise CommandError(f"no host named {options['host']!r}")
+        elif options["uri"]:
+            hosts = [host for host in hosts if host.libvirt_uri == options["uri"]] or [h for h in hosts if h.is_default]
+        failed = []
+        for host in hosts:
+            if len(hosts) > 1:
+                self.stdout.write(f"Host {host.name} ({host.libvirt_uri}):")
+            try:
+                hv = hypervisor.get_hypervisor(options["uri"]) if options["uri"] else None
+                report = vm_sync(hv=hv, host=host, adopt=options["adopt"], dry_run=options["dry_run"])
+            except VaporError as exc:
+                failed.append(f"host {host.name}: {exc.message}")
+                self.stderr.write(f"host {host.name}: {exc.message}")
+                continue
+            self.stdout.write("\n".join(render(report, adopt=options["adopt"])))
+        if failed:
+            raise CommandError("; ".join(failed))
 
 
 def _names(names: list[str]) -> list[str]:
