@@ -30,12 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Sum
-
 from projects.models import Project
 from vaporsite.errors import Conflict, NotFound, VaporError
 from vms import hypervisor
-from vms.choices import LIVE_STATUSES
 from vms.host_models import DEFAULT_HOST, Host, HostHealth
 from vms.hypervisor import Hypervisor
 from vms.parallel import answer_timeout, ask_each
@@ -72,14 +69,11 @@ class Placement:
 
 
 def host_usage(hosts: list[Host] | None = None) -> dict[int, HostUse]:
-    """Memory, vCPUs and VMs each host's live VMs (provisioning, running, stopped, unknown) take, by host id: one query."""
-    from vms.models import VirtualMachine
+    """Memory, vCPUs and VMs each host's live VMs (provisioning, running, stopped, unknown) take, by host id:
+    the hosts service's count (`hosts_usage`), in the units placement weighs."""
+    from vms.services.hosts import hosts_usage
 
-    rows = VirtualMachine.objects.filter(status__in=LIVE_STATUSES)
-    if hosts is not None:
-        rows = rows.filter(host__in=[h.pk for h in hosts])
-    totals = rows.values("host").annotate(used_memory=Sum("memory_mb"), used_vcpus=Sum("vcpus"), vm_count=Count("pk"))
-    return {row["host"]: HostUse(int(row["used_memory"] or 0), int(row["used_vcpus"] or 0), int(row["vm_count"])) for row in totals}
+    return {pk: HostUse(use.memory_bytes // MIB, use.vcpus, use.vms) for pk, use in hosts_usage(hosts).items()}
 
 
 def uri_is_remote(uri: str) -> bool:
