@@ -17,6 +17,7 @@ from tests.support.factories import VirtualMachineFactory
 from vms.host_models import Host, HostHealth
 from vms.models import VirtualMachine, VmEvent
 from vms.services.adoption import vm_sync
+from vms.services.hosts import hosts_check
 from vms.services.states import vm_refresh_states
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +87,10 @@ def test_a_dead_host_turns_only_its_vms_unknown_and_they_reconcile_when_it_is_ba
 
     hosts.up(URIS["h2"])
     del hosts.by_uri[URIS["h2"]].domains["h2-vm2"]  # gone while the host was away
-    assert vm_refresh_states() == 9
+    asked = hosts.asked[URIS["h2"]]
+    assert vm_refresh_states() == 6  # a host marked down is left to the health check: not asked, never waited on
+    assert hosts.asked[URIS["h2"]] == asked and statuses("h2") == {"unknown"}
+    assert hosts_check()["h2"] == HostHealth.UP  # the schedule's check finds it back and reconciles its VMs at once
     got = dict(VirtualMachine.objects.filter(name__startswith="h2").values_list("name", "status"))
     assert got == {"h2-vm0": "running", "h2-vm1": "stopped", "h2-vm2": "missing"}
     back = dict(VmEvent.objects.filter(step="host back").values_list("vm__name", "message"))

@@ -276,6 +276,14 @@ def hosts_check(*, hosts: Iterable[Host] | None = None, budget: float | None = N
     }
     _store(results, timezone.now())
     health: dict[str, str] = {host.name: HostHealth.UP if results[host.pk].facts is not None else HostHealth.DOWN for host in targets}
+    back = [host.pk for host in targets if host.health == HostHealth.DOWN and results[host.pk].facts is not None]
+    if back:
+        # The scheduled state refresh leaves down hosts alone: their VMs are reconciled here, as soon as they answer.
+        from vms.services.states import synced_rows, vm_refresh_states
+
+        ids = [row.pk for pk in back for row in synced_rows(host=pk)]
+        if ids:
+            vm_refresh_states(ids=ids)
     for host in targets:
         if results[host.pk].facts is None:
             log.warning("host %s is down: %s", host.name, results[host.pk].error)

@@ -233,8 +233,15 @@ def vm_refresh_states(*, hv: Hypervisor | None = None, ids: list[int] | None = N
         groups[row.host].append(row)
     if not groups:
         return 0
+    # A host the health check (or an earlier refresh) found down is left to the health check, which dials it
+    # again every minute and reconciles its VMs once it answers (vms.services.hosts.hosts_check): a scheduled
+    # refresh never waits on a dead host. Asked for given VMs (`ids`: Refresh, an action), it is asked anyway.
+    skipped = {pk for pk, members in groups.items() if ids is None and members[0].host_health == HostHealth.DOWN}
+    for pk in skipped:
+        del groups[pk]
     uris = {pk: members[0].host_uri or settings.VAPOR.libvirt_uri for pk, members in groups.items()}
-    read = read_hosts(groups, uris, hv)
+    read = read_hosts(groups, uris, hv) if groups else {}
+    read.update({pk: _HostRead(None, None, "the host is down (its health check has not reached it since)") for pk in skipped})
     answered = [pk for pk, got in read.items() if got.domains is not None]
     errors = {pk: got.error for pk, got in read.items() if got.domains is None}
     domains: dict[str, DomainInfo] = {}
