@@ -38,6 +38,10 @@ bench: venv
 	$(PY) -m bench.addresses_bench --write $(ADDRESSES_ARGS)
 	$(PY) -m bench.placement --write $(PLACEMENT_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.hotattach_bench --write $(HOTATTACH_ARGS)
+	bash scripts/libvirtd.sh start && bash scripts/hosts.sh start 1 && $(PY) -m bench.connections_bench --write \
+	  --uri qemu:///system --uri "$$(bash scripts/hosts.sh uri vh1)" --uri "$$(bash scripts/hosts.sh uri vh1 --tls)" $(CONNECTIONS_ARGS); \
+	  status=$$?; bash scripts/hosts.sh stop; exit $$status
+	$(PY) -m bench.hosts_bench --write $(HOSTS_ARGS)
 
 # The reliability suites (hostile inputs, authorization, injected faults); their figures go to docs/RELIABILITY.md.
 # The SQLite pass records its cases; the PostgreSQL pass adds its own and writes the report.
