@@ -110,3 +110,39 @@ def _rollback(vm: VirtualMachine, done: list[Step], *, only_leftovers: bool = Fa
         except Exception as exc:
             message = exc.message if isinstance(exc, VaporError) else str(exc)
             _event(vm, step.name, EventStatus.UNDO_FAILED, message)
+
+
+def vm_cleanup_leftovers(*, host_ids: list[int] | None = None) -> list[str]:
+    """Undo what a failed provisioning could not undo because its host had gone (issue 15, point 7).
+
+    A VM whose host died mid-way failed with "undo failed" events: the volumes or the domain it made may
+    still be on that host. Once the host answers (the health check calls this for the hosts that are up),
+    each such step is undone if its result is still found there; one that the host no longer has is
+    recorded as gone. Only steps whose undo failed are considered (a rollback undoes only the steps this
+    VM's provisioning finished), so nothing another made is removed. The names of the VMs cleared.
+    """
+    candidates = VirtualMachine.objects.filter(status=VmStatus.FAILED, events__status=EventStatus.UNDO_FAILED).distinct()
+    if host_ids is not None:
+        candidates = candidates.filter(host_id__in=host_ids)
+    cleared = []
+    for vm in candidates.select_related("host").prefetch_related("disks", "nics", "cdroms__iso"):
+        latest = dict(vm.events.order_by("pk").values_list("step", "status"))  # each step's last event
+        pending = {name for name, status in latest.items() if status == EventStatus.UNDO_FAILED}
+        if not pending:
+            continue
+        try:
+            hv = hypervisor.get_hypervisor(vm.host.libvirt_uri)
+            steps = [step for step in provision_steps(vm, hv, None) if step.name in pending]
+            gone = [step for step in steps if step.leftover is not None and not step.leftover()]
+            _rollback(vm, steps, only_leftovers=True)
+        except VaporError as exc:
+            log.info("leftovers of %s not cleared yet: %s", vm.name, exc.message)
+            continue
+        for step in gone:
+            _event(vm, step.name, EventStatus.INFO, "nothing of it is left on the host")
+        now_latest = dict(vm.events.filter(step__in=pending).order_by("pk").values_list("step", "status"))  # the last wins
+        if EventStatus.UNDO_FAILED not in now_latest.values():
+            _event(vm, "clean up", EventStatus.DONE, "what the failed provisioning left on its host is removed, now that it answers")
+            log.info("leftovers of %s cleared on host %s", vm.name, vm.host.name)
+            cleared.append(vm.name)
+    return cleared

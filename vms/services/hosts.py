@@ -276,6 +276,12 @@ def hosts_check(*, hosts: Iterable[Host] | None = None, budget: float | None = N
     }
     _store(results, timezone.now())
     health: dict[str, str] = {host.name: HostHealth.UP if results[host.pk].facts is not None else HostHealth.DOWN for host in targets}
+    answering = [host.pk for host in targets if results[host.pk].facts is not None]
+    if answering:
+        # Failed provisionings whose rollback could not reach their host: undone now that it answers.
+        from vms.jobs import vm_cleanup_leftovers
+
+        vm_cleanup_leftovers(host_ids=answering)
     back = [host.pk for host in targets if host.health == HostHealth.DOWN and results[host.pk].facts is not None]
     if back:
         # The scheduled state refresh leaves down hosts alone: their VMs are reconciled here, as soon as they answer.
