@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import shutil
 import socket
 import threading
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,8 @@ class FakeHypervisor:
     nvram: dict[str, bytes] = field(default_factory=dict)  # domain -> its UEFI variables, once it has some
     device_changes: list[tuple[str, str, str, bool]] = field(default_factory=list)  # (call, domain, target dev, live)
     resized: dict[str, int] = field(default_factory=dict)  # target dev (live) or volume path (stopped) -> bytes
+    uploaded_files: list[tuple[str, str, str]] = field(default_factory=list)  # (pool, volume, local path) per upload_volume_file
+    corrupt_uploads: bool = False  # upload_volume_file flips the copy's first byte
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -183,6 +186,35 @@ class FakeHypervisor:
             raise Conflict(f"storage volume '{name}' exists already")
         path.write_bytes(data)
         return self.volume(pool, name)
+
+    def upload_volume_file(
+        self, pool: str, name: str, path: str, *, fmt: str = "raw", owned: bool = True, progress: Callable[[int, int], None] | None = None
+    ) -> VolumeInfo:
+        """As libvirt's stream upload: the file copied in chunks into the pool's directory (`corrupt_uploads`: the
+        copy's first byte flipped, as a bad link would); `progress(done, total)` after each chunk."""
+        self._call("upload_volume_file")
+        target = self._vol_path(pool, name)
+        if target.exists():
+            raise Conflict(f"storage volume '{name}' exists already")
+        total = Path(path).stat().st_size
+        done = 0
+        with open(path, "rb") as source, open(target, "wb") as sink:
+            while chunk := source.read(64 * 1024):
+                if done == 0 and self.corrupt_uploads:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                sink.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        self.uploaded_files.append((pool, name, path))
+        return self.volume(pool, name)
+
+    def volume_sha256(self, pool: str, name: str, *, progress: Callable[[int, int], None] | None = None) -> str:
+        self._call("volume_sha256")
+        path = self._vol_path(pool, name)
+        if not path.exists():
+            raise NotFound(f"no storage vol with matching name '{name}'")
+        return hashlib.sha256(path.read_bytes()).hexdigest()
 
     def clone_volume(
         self,
