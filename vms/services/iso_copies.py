@@ -102,7 +102,12 @@ def iso_on_host(*, iso: IsoImage, host: Host, hv: Hypervisor | None = None, prog
             continue
         if time.monotonic() > deadline:
             raise Conflict(f"ISO {iso.pk} is still being copied to host {host.name} by another task; try again later", code="iso_copying")
-        time.sleep(WAIT_POLL)
+        _wait()
+
+
+def _wait() -> None:
+    """Between two looks at a copy another task is making."""
+    time.sleep(WAIT_POLL)
 
 
 def _still_good(row: IsoHostCopy, iso: IsoImage, hv: Hypervisor) -> bool:
