@@ -37,6 +37,7 @@ bench: venv
 	bash scripts/libvirtd.sh start && $(PY) -m bench.metrics_bench --write $(METRICS_ARGS)
 	$(PY) -m bench.addresses_bench --write $(ADDRESSES_ARGS)
 	bash scripts/libvirtd.sh start && $(PY) -m bench.hotattach_bench --write $(HOTATTACH_ARGS)
+	bash scripts/hosts.sh start 1 && { $(PY) -m bench.iso_copy --write $(ISOCOPY_ARGS); rc=$$?; bash scripts/hosts.sh stop; exit $$rc; }
 
 # The reliability suites (hostile inputs, authorization, injected faults); their figures go to docs/RELIABILITY.md.
 # The SQLite pass records its cases; the PostgreSQL pass adds its own and writes the report.

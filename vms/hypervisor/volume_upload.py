@@ -24,9 +24,9 @@ from vms.hypervisor.errors import validate_volume_name
 from vms.hypervisor.storage import StorageMixin, volume_owner
 
 _CHUNK = 256 * 1024
-# A file is read and sent in pieces this big: large enough that the per-call cost vanishes, small enough
-# that memory stays flat whatever the file's size (libvirt splits a send into its own messages).
-_FILE_CHUNK = 1024 * 1024
+# A file is read and sent in pieces of one stream message (libvirt's largest payload is 256 KiB): a larger
+# piece is only taken in part by each send, and memory stays flat whatever the file's size.
+_FILE_CHUNK = 256 * 1024
 
 
 class VolumeUploadMixin(StorageMixin):
@@ -117,10 +117,10 @@ class VolumeUploadMixin(StorageMixin):
 
 
 def _send(stream: libvirt.virStream, chunk: bytes) -> None:
-    """Send all of `chunk` (stream.send may take part of it)."""
-    view = memoryview(chunk)
-    while view:
-        sent = stream.send(bytes(view))
+    """Send all of `chunk` (stream.send may take part of it; the rest is sent without copying what went)."""
+    sent = stream.send(chunk)
+    while sent < len(chunk):
         if sent < 0:
             raise libvirt.libvirtError("stream send failed")
-        view = view[sent:]
+        chunk = chunk[sent:]
+        sent = stream.send(chunk)
