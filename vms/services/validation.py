@@ -506,7 +506,7 @@ def plan_disk(
         _check_not_owned(source_path, disk.readonly, path_field)
         if remote is None:  # the ISO directories are the portal's: a remote host's files are never in them
             _check_not_in_iso_dir(source_path, disk.readonly, path_field)
-        _check_not_used_on_host(source_path, disk.readonly, path_field, host_uses(), resolve=remote is None)
+        _check_not_used_on_host(source_path, disk.readonly, path_field, host_uses(), remote is None)
         volume_name, path = "", source_path
     else:
         volume_name = f"{vm_name}-disk{order}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
@@ -616,7 +616,7 @@ def check_pool_not_iso_dir(pool: PoolInfo) -> None:
         )
 
 
-def _check_not_used_on_host(path: str, readonly: bool, field: str, uses: list[DiskUse], *, resolve: bool = True) -> None:
+def _check_not_used_on_host(path: str, readonly: bool, field: str, uses: list[DiskUse], resolve: bool = True) -> None:
     """A file a domain on the host uses, Vapor's or not (one defined with virsh, say).
 
     Refused when either side would write it: a writable attachment of any
