@@ -21,7 +21,7 @@ from vms.services.remote_images import inspect_remote_source
 pytestmark = [pytest.mark.libvirt, pytest.mark.multihost]
 
 POOL_DIR = "/var/lib/libvirt/images"  # inside vh1's mount namespace
-NAMES = ("rs-base.qcow2", "rs-top.qcow2", "rs-cut.qcow2")
+NAMES = ("rs-base.qcow2", "rs-top.qcow2", "rs-cut.qcow2", "rs-linked.qcow2", "rs-full.qcow2")
 
 
 @pytest.fixture
@@ -65,3 +65,18 @@ def test_a_truncated_image_and_a_file_outside_the_pools_are_refused_on_a_remote_
         inspect_remote_source(cut, "qcow2", "disks.0.path", hv)
     with pytest.raises(NotFound, match="is no volume of a storage pool on the host"):
         inspect_remote_source("/etc/libvirt/libvirtd.conf", "raw", "disks.0.path", hv)
+
+
+def test_clones_on_a_remote_host_are_made_by_its_libvirt(vh1):
+    """The portal never opens the source (it is not on this machine): a linked clone states it as backing file,
+    a full copy is libvirt's own; a raw file libvirt reads as qcow2 is not copied in full."""
+    host, hv = vh1
+    base = image_on(host, hv, "rs-base.qcow2")
+    linked = hv.clone_volume("default", "rs-linked.qcow2", base, "qcow2", linked=True)
+    assert linked.path == f"{POOL_DIR}/rs-linked.qcow2" and linked.capacity == 64 * 2**20
+    _, info = inspect_remote_source(linked.path, "qcow2", "disks.0.path", hv)
+    assert [(link.path, link.format) for link in info.chain] == [(linked.path, "qcow2"), (base, "qcow2")]
+    full = hv.clone_volume("default", "rs-full.qcow2", base, "qcow2", linked=False, capacity_bytes=128 * 2**20)
+    assert full.capacity == 128 * 2**20 and full.format == "qcow2"
+    _, info = inspect_remote_source(full.path, "qcow2", "disks.0.path", hv)
+    assert len(info.chain) == 1  # a copy: no backing file

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db.models import Q
@@ -38,6 +37,7 @@ from isos.models import IsoImage
 from vaporsite.errors import Conflict, HypervisorError, VaporError
 from vms import hypervisor
 from vms.hypervisor import Hypervisor
+from vms.hypervisor.uris import files_are_local
 from vms.iso_copies import IsoCopyStatus, IsoHostCopy
 from vms.models import Host
 
@@ -60,11 +60,7 @@ def host_is_local(host: Host) -> bool:
     host (`qemu+tcp://h2/system`, `qemu+ssh://...`) is remote, even one naming this machine: its
     daemon may run in another mount namespace.
     """
-    parts = urlsplit(host.libvirt_uri)
-    scheme, _, transport = parts.scheme.partition("+")
-    if scheme == "test":
-        return True
-    return not parts.hostname and transport in ("", "unix")
+    return files_are_local(host.libvirt_uri)
 
 
 def copy_volume_name(iso_id: str) -> str:
