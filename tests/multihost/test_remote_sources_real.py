@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.multihost.conftest import LibvirtHost
 from vaporsite.errors import InvalidInput, NotFound, VaporError
 from vms.hypervisor.libvirt_driver import LibvirtDriver
 from vms.services.remote_images import inspect_remote_source
@@ -25,7 +25,7 @@ NAMES = ("rs-base.qcow2", "rs-top.qcow2", "rs-cut.qcow2", "rs-linked.qcow2", "rs
 
 
 @pytest.fixture
-def vh1(libvirt_hosts: list[LibvirtHost]) -> Iterator[tuple[LibvirtHost, LibvirtDriver]]:
+def vh1(libvirt_hosts: list[Any]) -> Iterator[tuple[Any, LibvirtDriver]]:
     host = libvirt_hosts[0]
     hv = LibvirtDriver(host.uri)
     try:
@@ -37,7 +37,7 @@ def vh1(libvirt_hosts: list[LibvirtHost]) -> Iterator[tuple[LibvirtHost, Libvirt
         hv.close()
 
 
-def image_on(host: LibvirtHost, hv: LibvirtDriver, name: str, *options: str) -> str:
+def image_on(host: Any, hv: LibvirtDriver, name: str, *options: str) -> str:
     """A volume of vh1's default pool holding a qcow2 made by qemu-img with `options`; its path on vh1."""
     volume = hv.create_volume("default", name, 64 * 2**20)
     local = host.data / "lib" / "images" / name
