@@ -42,6 +42,7 @@ bench: venv
 	  --uri qemu:///system --uri "$$(bash scripts/hosts.sh uri vh1)" --uri "$$(bash scripts/hosts.sh uri vh1 --tls)" $(CONNECTIONS_ARGS); \
 	  status=$$?; bash scripts/hosts.sh stop; exit $$status
 	$(PY) -m bench.hosts_bench --write $(HOSTS_ARGS)
+	bash scripts/hosts.sh start 1 && { $(PY) -m bench.iso_copy --write $(ISOCOPY_ARGS); rc=$$?; bash scripts/hosts.sh stop; exit $$rc; }
 
 # The reliability suites (hostile inputs, authorization, injected faults); their figures go to docs/RELIABILITY.md.
 # The SQLite pass records its cases; the PostgreSQL pass adds its own and writes the report.

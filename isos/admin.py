@@ -22,6 +22,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from guestos.choices import OsType
@@ -133,7 +134,7 @@ class IsoImageAdmin(ServiceSavedAdmin):
     readonly_fields = [
         "id", "path", "status_column", "human_size", "boot_type", "volume_label", "md5_hash", "sha256_hash",
         "source_url", "expected_checksum", "origin", "error", "added_at", "last_used", "use_count",
-        "used_by",
+        "used_by", "host_copies",
     ]  # fmt: skip
     filter_horizontal = ["tags"]
     actions = [
@@ -169,7 +170,7 @@ class IsoImageAdmin(ServiceSavedAdmin):
             ("Metadata", {"fields": ["os_type", "os_variant", "architecture", "description", "tags"]}),
             ("File", {"fields": ["human_size", "boot_type", "volume_label", "md5_hash", "sha256_hash"]}),
             ("Source", {"fields": ["origin", "source_url", "expected_checksum"] if obj.source_url else ["origin"]}),
-            ("Usage", {"fields": ["added_at", "last_used", "use_count", "used_by"]}),
+            ("Usage", {"fields": ["added_at", "last_used", "use_count", "used_by", "host_copies"]}),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: IsoImage | None = None) -> Any:
@@ -183,7 +184,8 @@ class IsoImageAdmin(ServiceSavedAdmin):
         return deleted, counts, perms_needed, []
 
     def delete_through_service(self, request: HttpRequest, obj: IsoImage) -> None:
-        services.iso_delete(iso=obj)
+        for note in services.iso_delete(iso=obj):  # copies left on hosts that are down
+            self.message_user(request, note, messages.WARNING)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         busy = IsoImage.objects.filter(status__in=BUSY_STATUSES).exists()
@@ -283,6 +285,15 @@ class IsoImageAdmin(ServiceSavedAdmin):
     def used_by(self, obj: IsoImage) -> str:
         names = obj.attachments.values_list("vm__name", flat=True)
         return format_html_join(", ", "{}", ((n,) for n in names)) or "-"
+
+    @admin.display(description="Copies on hosts")
+    def host_copies(self, obj: IsoImage) -> str:
+        """The copies remote hosts boot from (made by the VM app, `vms.services.iso_copies`), with their progress."""
+        rows = [
+            (c.host.name, c.get_status_display(), f"{c.progress:.0f}%" if c.progress is not None else "", c.path or c.error)
+            for c in obj.host_copies.select_related("host").order_by("host__name")
+        ]
+        return format_html_join(mark_safe("<br>"), "{}: {} {} {}", rows) or "-"
 
 
 @admin.register(IsoTag)

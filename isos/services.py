@@ -29,6 +29,7 @@ from isos.hashing import Digests
 from isos.inspect import guess_os, inspect_iso, is_iso_image
 from isos.models import IsoImage, IsoTag, IsoUpload, RetiredIsoId, new_iso_id
 from isos.partfile import remove_if_unowned
+from isos.signals import iso_deleted
 from vaporsite.errors import Conflict, InvalidInput, NotFound, VaporError
 from vaporsite.paths import guard_file, require_reachable_by_qemu
 
@@ -252,8 +253,11 @@ def temp_path(iso: IsoImage) -> Path:
     return final.with_name(f".{final.name}.{iso.pk}.part")
 
 
-def iso_delete(*, iso: IsoImage) -> None:
+def iso_delete(*, iso: IsoImage) -> list[str]:
     """Delete the entry; the file too when Vapor downloaded it. 409 while a VM uses it.
+
+    Returns notes on what is left to do (a copy on a host that is down: removed later), from the
+    receivers of `isos.signals.iso_deleted` (its copies on other hosts, `vms.services.iso_copies`).
 
     The row is locked first, as a VM creation locks the ISOs it attaches
     (vms.services.lifecycle._store): a VM created at the same moment either
@@ -285,6 +289,10 @@ def iso_delete(*, iso: IsoImage) -> None:
         final.unlink(missing_ok=True)
         remove_if_unowned(part)  # a download still writing it removes it itself within seconds
     log.info("deleted %s %s (file deleted: %s)", iso_id, iso.path, iso.downloaded)
+    notes: list[str] = []
+    for _receiver, answer in iso_deleted.send(sender=IsoImage, iso_id=iso_id):
+        notes.extend(answer or ())
+    return notes
 
 
 def iso_cancel(*, iso: IsoImage) -> IsoImage:

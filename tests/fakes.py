@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import shutil
 import socket
 import threading
@@ -133,6 +134,8 @@ class FakeHypervisor:
     firmware: FirmwareSupport = field(default_factory=lambda: FirmwareSupport(uefi=True, secure_boot=True, tpm=True))
     peers: dict[str, FakeHypervisor] = field(default_factory=dict)  # URI -> the host a migration there reaches
     jobs: dict[str, JobProgress] = field(default_factory=dict)  # domain -> the job domain_job() reports as running
+    uploaded_files: list[tuple[str, str, str]] = field(default_factory=list)  # (pool, volume, local path) per upload_volume_file
+    corrupt_uploads: bool = False  # upload_volume_file flips the copy's first byte
 
     def __post_init__(self) -> None:
         self.pools.setdefault("default", self.pool_dir)
@@ -188,6 +191,44 @@ class FakeHypervisor:
             raise Conflict(f"storage volume '{name}' exists already")
         path.write_bytes(data)
         return self.volume(pool, name)
+
+    def upload_volume_file(
+        self, pool: str, name: str, path: str, *, fmt: str = "raw", owned: bool = True, progress: Callable[[int, int], None] | None = None
+    ) -> VolumeInfo:
+        """As libvirt's stream upload: the file copied in chunks into the pool's directory (`corrupt_uploads`: the
+        copy's first byte flipped, as a bad link would); `progress(done, total)` after each chunk."""
+        self._call("upload_volume_file")
+        target = self._vol_path(pool, name)
+        if target.exists():
+            raise Conflict(f"storage volume '{name}' exists already")
+        total = Path(path).stat().st_size
+        done = 0
+        with open(path, "rb") as source, open(target, "wb") as sink:
+            while chunk := source.read(64 * 1024):
+                if done == 0 and self.corrupt_uploads:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                sink.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        self.uploaded_files.append((pool, name, path))
+        return self.volume(pool, name)
+
+    def volume_sha256(self, pool: str, name: str, *, progress: Callable[[int, int], None] | None = None) -> str:
+        self._call("volume_sha256")
+        path = self._vol_path(pool, name)
+        if not path.exists():
+            raise NotFound(f"no storage vol with matching name '{name}'")
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def read_volume(self, path: str, offset: int, length: int) -> bytes:
+        """As libvirt's stream download of a volume found by its exact path: only files directly in a pool's directory."""
+        self._call("read_volume")
+        if self.volume_by_path(path) is None or Path(path).is_symlink():
+            raise NotFound(f"{path} is no volume of a storage pool on the host", field="path")
+        with open(path, "rb") as source:
+            source.seek(offset)
+            return source.read(length)
 
     def clone_volume(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vms.jobs import vm_provision
 from vms.services.hosts import hosts_check
+from vms.services.iso_copies import iso_copies_remove
 from vms.services.metrics import metrics_sample
 from vms.services.states import vm_refresh_states
 
@@ -13,7 +14,9 @@ def provision_vm(vm_id: int) -> None:
 
 
 def refresh_vm_states() -> int:
-    """Scheduled every minute (migration 0004): store every VM's domain state."""
+    """Scheduled every minute (migration 0004): store every VM's domain state; remove the copies of deleted
+    ISOs that hosts which were down still hold (one query when there are none)."""
+    iso_copies_remove()
     return vm_refresh_states()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from guestos.choices import OsType
@@ -34,6 +35,36 @@ class IsoSerializer(serializers.ModelSerializer):
     def get_tags(self, obj: IsoImage) -> list[str]:
         # Uses the prefetched tags: no query per ISO.
         return [tag.name for tag in obj.tags.all()]
+
+
+class IsoHostCopySerializer(serializers.Serializer):
+    """A copy of the ISO on a remote host (issue 15): what that host's VMs boot from."""
+
+    host = serializers.CharField(source="host.name", read_only=True)
+    status = serializers.CharField(read_only=True, help_text="copying, ready or failed.")
+    progress = serializers.FloatField(read_only=True, allow_null=True, help_text="Percent of the bytes sent; 100 once checked.")
+    bytes_done = serializers.IntegerField(read_only=True)
+    bytes_total = serializers.IntegerField(read_only=True, allow_null=True)
+    path = serializers.CharField(read_only=True, help_text="The copy's file on that host.")
+    sha256 = serializers.CharField(read_only=True, help_text="As read back on that host.")
+    checked_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    error = serializers.CharField(read_only=True)
+
+
+class IsoDetailSerializer(IsoSerializer):
+    """One ISO with its copies on remote hosts (the list leaves them out)."""
+
+    host_copies = serializers.SerializerMethodField()
+
+    class Meta(IsoSerializer.Meta):
+        fields = [*IsoSerializer.Meta.fields, "host_copies"]
+        read_only_fields = fields
+
+    @extend_schema_field(IsoHostCopySerializer(many=True))
+    def get_host_copies(self, obj: IsoImage) -> list[dict[str, object]]:
+        # The VM app's rows, reached through their relation: the library does not import that app.
+        copies = obj.host_copies.select_related("host").order_by("host__name")
+        return list(IsoHostCopySerializer(copies, many=True).data)
 
 
 class _MetadataFields(StrictSerializer):

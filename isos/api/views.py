@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from isos import services
 from isos.api.serializers import (
     IsoCreateSerializer,
+    IsoDetailSerializer,
     IsoFilterSerializer,
     IsoSerializer,
     IsoUpdateSerializer,
@@ -78,9 +79,9 @@ class IsoItemView(APIView):
     def _get(self, iso_id: str) -> IsoImage:
         return get_object_or_404(iso_list(), pk=iso_id)
 
-    @extend_schema(operation_id="isos_retrieve", responses={200: IsoSerializer, 404: ErrorSerializer})
+    @extend_schema(operation_id="isos_retrieve", responses={200: IsoDetailSerializer, 404: ErrorSerializer})
     def get(self, request: Request, iso_id: str) -> Response:
-        return Response(IsoSerializer(self._get(iso_id)).data)
+        return Response(IsoDetailSerializer(self._get(iso_id)).data)
 
     @extend_schema(
         operation_id="isos_partial_update",

@@ -22,6 +22,7 @@ from django.conf import settings
 
 from vaporsite.errors import ServiceUnavailable, VaporError
 from vms.hypervisor.errors import UNAVAILABLE, from_libvirt
+from vms.hypervisor.uris import files_are_local
 
 logger = logging.getLogger("vapor.hypervisor")
 
@@ -88,8 +89,7 @@ class _NoAnswer(ServiceUnavailable):
 
 def _remote(uri: str) -> bool:
     """A URI that goes over the network (qemu+tcp://, qemu+tls://, qemu+ssh://, qemu://HOST/...)."""
-    scheme, _, rest = uri.partition("://")
-    return "+" in scheme or not (rest.startswith("/") or scheme == "test")
+    return not files_are_local(uri)
 
 
 class Connection:

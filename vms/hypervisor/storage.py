@@ -27,6 +27,7 @@ from vms.hypervisor.errors import (
     validate_name,
     validate_volume_name,
 )
+from vms.hypervisor.uris import files_are_local
 
 # Pool types whose target path is a directory of image files; the others
 # (logical, disk, iscsi ...) name a /dev path, which must never become an
@@ -191,6 +192,8 @@ class StorageMixin(Connection):
         Conflict when the name is taken; a half-made copy is deleted.
         """
         validate_volume_name(name)
+        if not files_are_local(self.uri):
+            return self._clone_on_remote(pool, name, source_path, source_format, linked=linked, fmt=fmt, capacity_bytes=capacity_bytes)
         source = self._clone_source(source_path)
         size = images.image_info(source, source_format, field="clone_from").virtual_size
         capacity = max(size, capacity_bytes or 0)
@@ -219,6 +222,43 @@ class StorageMixin(Connection):
                 # Let the pool see what qemu-img wrote (allocation).
                 target.refresh(0)
                 volume = target.storageVolLookupByName(name)
+            return self._volume_info(volume)
+
+    def _clone_on_remote(
+        self, pool: str, name: str, source_path: str, source_format: str, *, linked: bool, fmt: str, capacity_bytes: int | None
+    ) -> VolumeInfo:
+        """`clone_volume` on a host whose files are not this machine's: everything is done by the host's libvirt.
+
+        The source must be a volume of one of its pools (checked by the caller through the storage API,
+        `vms.services.remote_images`). Its size: the virtual size libvirt reads when its format is the
+        stated one, else (a raw file whose first bytes look like something else) the file's size. A full
+        copy is libvirt's `createXMLFrom`, which copies what it reads: only when it reads the source in the
+        stated format (else InvalidInput; a linked clone states the format itself and is always possible).
+        """
+        origin = self._volume_at(source_path)
+        if origin is None:
+            raise NotFound(f"{source_path} is no volume of a storage pool on the host", field="clone_from")
+        with calls(field="clone_from"):
+            probed = volume_format(origin.XMLDesc(0))
+            size = origin.info()[1] if probed == source_format else origin.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+        capacity = max(size, capacity_bytes or 0)
+        backing = {"backing_path": source_path, "backing_format": source_format} if linked else {}
+        document = clone_volume_xml(name, capacity, fmt, owner=None, **backing)
+        target = self._lookup_pool(pool)
+        with calls(field="name"):
+            if name in target.listVolumes():
+                raise Conflict(f"storage volume '{name}' exists already in pool '{pool}'", field="name")
+            if linked:
+                return self._volume_info(target.createXML(document, 0))
+            if probed != source_format:
+                raise InvalidInput(
+                    f"{source_path} reads as {probed or 'an unknown format'} to the host's libvirt, not {source_format}: "
+                    "a full copy on a remote host is libvirt's, which copies what it reads; make a linked clone instead",
+                    field="clone_from",
+                )
+            volume = self._create_from(target, document, origin, name)
+            if volume.info()[1] < capacity:
+                self._or_delete(volume, lambda: volume.resize(capacity, 0))
             return self._volume_info(volume)
 
     @staticmethod

@@ -25,6 +25,7 @@ from vms.hypervisor.documents.domain import parse_domain
 from vms.hypervisor.specs import CdromSpec, LiveDisk
 from vms.models import CdromAttachment, VirtualMachine
 from vms.services.devices import DeviceTarget, free_target, not_hotpluggable, record, vm_for_change
+from vms.services.iso_copies import iso_on_host
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,14 @@ def _lock_iso(iso: IsoImage) -> None:
         raise Conflict(f"ISO {iso.pk} was deleted meanwhile", field="iso", code="iso_deleted")
 
 
+def _path_on_host(target: DeviceTarget, image: IsoImage | None) -> str:
+    """The file the VM's host opens for `image` ("" for none): on a remote host its checked copy, made now if
+    missing (outside any transaction: it may take a while)."""
+    if image is None:
+        return ""
+    return iso_on_host(iso=image, host=target.vm.host, hv=target.hv)
+
+
 def _put_row(vm: VirtualMachine, target_dev: str, resolved: ResolvedIso | None, ref: str | None, boot_order: int | None) -> None:
     row = vm.cdroms.filter(target_dev=target_dev).first()
     if resolved is None:
@@ -113,13 +122,14 @@ def cdrom_change(
     drive = _live_disk(target, target_dev)
     resolved = _resolve(iso)
     image = resolved.iso if resolved else None
-    spec = CdromSpec(path=image.path if image else "", target_dev=target_dev, bus=drive.bus, boot_order=drive.boot_order)  # type: ignore[arg-type]
+    path = _path_on_host(target, image)
+    spec = CdromSpec(path=path, target_dev=target_dev, bus=drive.bus, boot_order=drive.boot_order)  # type: ignore[arg-type]
     step = f"{'insert' if image else 'eject'} CD-ROM {target_dev}"
     try:
         with transaction.atomic():
             _put_row(vm, target_dev, resolved, iso, drive.boot_order)
             target.hv.update_device(vm.name, cdrom_device_xml(spec), live=target.live)
-            message = f"{image.name} ({image.path})" if image else "empty"
+            message = f"{image.name} ({path})" if image else "empty"
             record(target, actor, step, f"{message}, {'live and persistent' if target.live else 'persistent'}", "vm.cdrom_change")
     except VaporError as exc:
         record(target, actor, step, exc.message, "vm.cdrom_change", EventStatus.FAILED)
@@ -138,7 +148,7 @@ def cdrom_add(*, vm: VirtualMachine, iso: str | None, hv: Hypervisor | None = No
     image = resolved.iso if resolved else None
     inactive = target.hv.domain_xml(vm.name, inactive=True)
     target_dev = free_target(inactive, "sata")
-    spec = CdromSpec(path=image.path if image else "", target_dev=target_dev)
+    spec = CdromSpec(path=_path_on_host(target, image), target_dev=target_dev)
     step = f"add CD-ROM {target_dev}"
     try:
         with transaction.atomic():

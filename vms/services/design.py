@@ -9,6 +9,8 @@ whether SMM comes with it, how the guest's clock runs. The builder
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from guestos import osinfo
 from vaporsite.errors import InvalidInput
 from vms.choices import DiskSource, NicType
@@ -68,8 +70,13 @@ def backing_for(disk: Disk) -> tuple[BackingSpec, ...] | None:
     return tuple(BackingSpec(path=str(link["path"]), format=link["format"]) for link in chain)
 
 
-def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpec:
-    """The domain as the VM's rows describe it, with every decision made."""
+def domain_spec(vm: VirtualMachine, *, password: str | None = None, iso_paths: Mapping[str, str] | None = None) -> DomainSpec:
+    """The domain as the VM's rows describe it, with every decision made.
+
+    `iso_paths`: ISO id -> the file the VM's host opens for it (a copy on a remote host,
+    `vms.services.iso_copies`); an ISO not named there is opened at its library path.
+    """
+    iso_paths = iso_paths or {}
     firmware, smm = firmware_for(uefi=vm.uefi, secure_boot=vm.secure_boot)
     os_id = osinfo.os_id_for(vm.os_variant) if vm.os_variant else ""
     clock_offset, hyperv_clock = clock_for(os_id)
@@ -85,7 +92,9 @@ def domain_spec(vm: VirtualMachine, *, password: str | None = None) -> DomainSpe
         )
         for d in vm.disks.all()
     )
-    cdroms = tuple(CdromSpec(path=c.iso.path, target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all())
+    cdroms = tuple(
+        CdromSpec(path=iso_paths.get(c.iso_id, c.iso.path), target_dev=c.target_dev, boot_order=c.boot_order) for c in vm.cdroms.all()
+    )
     cdroms += seed_cdroms(vm)
     nics = tuple(
         NicSpec(kind="network" if n.type == NicType.NAT else "bridge", source=n.source, model=n.model, mac=n.mac, boot_order=n.boot_order)  # type: ignore[arg-type]

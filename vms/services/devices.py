@@ -47,6 +47,7 @@ from vms.services.validation import (
     plan_disk,
     pool_room,
     pool_too_small,
+    remote_host,
 )
 
 log = logging.getLogger("vapor.vms")
@@ -128,6 +129,7 @@ def disk_attach(*, vm: VirtualMachine, request: DiskRequest, hv: Hypervisor | No
     pool = hv.pool(vm.storage_pool)
     if request.kind != "existing":
         check_pool_not_iso_dir(pool)
+    remote = remote_host(hv, vm.host)
     planned = plan_disk(
         request,
         order=order,
@@ -135,10 +137,11 @@ def disk_attach(*, vm: VirtualMachine, request: DiskRequest, hv: Hypervisor | No
         vm_name=vm.name,
         pool=pool,
         hv=hv,
-        roots=disk_roots(hv) if request.kind != "new" else [],  # a new volume has no source to guard
+        roots=disk_roots(hv) if request.kind != "new" and remote is None else [],  # a new volume has no source to guard
         target_dev=target_dev,
         boot_order=request.boot_order,
         host_uses=HostUses(hv),
+        remote=remote,
     )
     check_pool_room(pool, [planned], lambda d: "size" if request.size is not None else "clone_from")
     new_gb = disk_gb([planned.capacity_bytes]) if planned.source != DiskSource.EXISTING else 0

@@ -35,6 +35,7 @@ from vaporsite.errors import Conflict, NotFound, VaporError
 from vms import hypervisor
 from vms.host_models import DEFAULT_HOST, Host, HostHealth
 from vms.hypervisor import Hypervisor
+from vms.hypervisor.uris import files_are_local
 from vms.parallel import answer_timeout, ask_each
 from vms.services.requests import VmRequest
 
@@ -74,12 +75,6 @@ def host_usage(hosts: list[Host] | None = None) -> dict[int, HostUse]:
     from vms.services.hosts import hosts_usage
 
     return {pk: HostUse(use.memory_bytes // MIB, use.vcpus, use.vms) for pk, use in hosts_usage(hosts).items()}
-
-
-def uri_is_remote(uri: str) -> bool:
-    """A URI that reaches another machine (qemu+tcp://, qemu+ssh://, qemu://HOST/...): its files are not the portal's."""
-    scheme, _, rest = uri.partition("://")
-    return "+" in scheme or not (rest.startswith("/") or scheme == "test")
 
 
 def unavailable_reason(host: Host) -> str:
@@ -130,7 +125,7 @@ def _judge(host: Host, request: VmRequest, use: HostUse, *, budget: bool) -> _Ju
     judged = _Judged(host)
     try:
         hv = hypervisor.get_hypervisor(host.libvirt_uri)
-        host_fit(request, hv, local=not uri_is_remote(host.libvirt_uri))
+        host_fit(request, hv, local=files_are_local(host.libvirt_uri))
         if budget:
             judged.reasons, judged.left = budget_reasons(host, request, hv, use)
         judged.hv = hv
@@ -222,4 +217,4 @@ def _place_on(host: Host, request: VmRequest, hv: Hypervisor | None, *, requeste
     return Placement(host=host, hv=hv, requested=requested, free_memory_mb=left)
 
 
-__all__ = ["HostUse", "Placement", "budget_reasons", "host_usage", "place", "unavailable_reason", "uri_is_remote"]
+__all__ = ["HostUse", "Placement", "budget_reasons", "host_usage", "place", "unavailable_reason"]

@@ -15,13 +15,15 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from isos.models import IsoImage
 from vms import hypervisor
-from vms.choices import DiskSource
+from vms.choices import DiskSource, EventStatus
 from vms.hypervisor import Hypervisor
 from vms.hypervisor.documents.domain import domain_xml
-from vms.models import Disk, VirtualMachine
+from vms.models import Disk, VirtualMachine, VmEvent
 from vms.services.cloud_init import seed_files, seed_iso, seed_of
 from vms.services.design import domain_spec
+from vms.services.iso_copies import host_is_local, iso_on_host
 from vms.services.validation import source_recheck
 
 
@@ -77,8 +79,43 @@ def _seed_steps(vm: VirtualMachine, hv: Hypervisor) -> list[Step]:
     ]
 
 
+def _iso_copy_steps(vm: VirtualMachine, hv: Hypervisor) -> list[Step]:
+    """On a remote host, each library ISO the VM boots from is copied there once (none on a local host).
+
+    No undo: the copy is the host's, shared with every VM there that needs the ISO, and kept for
+    them; a copy that failed its check leaves nothing behind (`iso_on_host`). The progress goes on
+    the VM's event log, one event updated in place.
+    """
+    if host_is_local(vm.host):
+        return []
+    steps: list[Step] = []
+    for cdrom in vm.cdroms.all():
+        iso = cdrom.iso
+
+        def copy(iso: IsoImage = iso) -> None:
+            event = VmEvent.objects.create(vm=vm, step=f"copy ISO {iso.name} to host {vm.host.name}", status=EventStatus.INFO)
+
+            def progress(done: int, total: int) -> None:
+                percent = 100 * done // total if total else 100
+                VmEvent.objects.filter(pk=event.pk).update(message=f"{done} of {total} bytes sent ({percent}%)")
+
+            path = iso_on_host(iso=iso, host=vm.host, hv=hv, progress=progress)
+            VmEvent.objects.filter(pk=event.pk).update(message=f"{path}, sha256 checked on the host")
+
+        steps.append(Step(f"copy ISO {iso.name} to host {vm.host.name}", copy))
+    return steps
+
+
+def iso_paths(vm: VirtualMachine, hv: Hypervisor) -> dict[str, str]:
+    """ISO id -> the file the VM's host opens for it: the checked copy on a remote host (made if missing)."""
+    if host_is_local(vm.host):
+        return {}
+    return {c.iso_id: iso_on_host(iso=c.iso, host=vm.host, hv=hv) for c in vm.cdroms.all()}
+
+
 def provision_steps(vm: VirtualMachine, hv: Hypervisor, password: str | None) -> list[Step]:
-    steps = [_volume_steps(vm, hv, d) for d in vm.disks.all() if d.source != DiskSource.EXISTING]
+    steps = _iso_copy_steps(vm, hv)  # first: the longest and likeliest to fail, with nothing to undo
+    steps += [_volume_steps(vm, hv, d) for d in vm.disks.all() if d.source != DiskSource.EXISTING]
     steps += _seed_steps(vm, hv)
 
     def define() -> None:
@@ -87,7 +124,7 @@ def provision_steps(vm: VirtualMachine, hv: Hypervisor, password: str | None) ->
         for disk in vm.disks.all():
             if disk.source == DiskSource.EXISTING or disk.linked:
                 source_recheck(disk, hv)
-        hv.define_domain(domain_xml(domain_spec(vm, password=password)))
+        hv.define_domain(domain_xml(domain_spec(vm, password=password, iso_paths=iso_paths(vm, hv))))
 
     def undefine() -> None:
         hv.undefine_domain(vm.name)

@@ -27,13 +27,16 @@ from projects.models import Project
 from vaporsite.errors import Conflict, InvalidInput, NotFound
 from vaporsite.paths import absolute_path, guard_file, is_inside, real_roots
 from vms.choices import CdromSlot, DiskSource, VmStatus
+from vms.host_models import DEFAULT_HOST
 from vms.hypervisor import DiskUse, Hypervisor, PoolInfo, volume_exists
 from vms.hypervisor.images import ImageInfo, chain_record, check_image, check_image_chain, image_info
 from vms.hypervisor.specs import controllers_needed, target_devs
-from vms.models import Disk, NetworkInterface, TemplateDisk, VirtualMachine
+from vms.models import Disk, Host, NetworkInterface, TemplateDisk, VirtualMachine
 from vms.services.cloud_init import cloud_init_check, cloud_init_plan
+from vms.services.iso_copies import host_is_local
 from vms.services.placement import place
 from vms.services.plans import PlannedCdrom, PlannedDisk, PlannedNic, VmPlan
+from vms.services.remote_images import inspect_remote_source
 from vms.services.requests import DiskRequest, VmRequest
 from vms.services.template_apply import template_apply
 
@@ -80,7 +83,7 @@ def vm_validate(*, request: VmRequest, hv: Hypervisor | None = None, register_is
     pool = _pool(request, hv)
     _check_networks(request, hv)
     disk_orders, cdrom_order = _boot_orders(request)
-    disks = _plan_disks(request, hv, pool, disk_orders)
+    disks = _plan_disks(request, hv, pool, disk_orders, host=placement.host)
     cdroms = _plan_cdroms(request, register_isos, cdrom_order)
     seed_dev = target_devs([d.bus for d in request.disks] + ["sata"] * (len(cdroms) + 1))[-1]  # the seed's CD-ROM: after the ISOs
     seed = cloud_init_plan(vm_name=request.name, cloud_init=request.cloud_init, hv=hv, pool=pool, target_dev=seed_dev, actor=actor)
@@ -392,18 +395,26 @@ class CheckedSource:
     chain: list[dict[str, str | None]] | None
 
 
-def disk_source(disk: DiskRequest, field: str, roots: list[Path]) -> CheckedSource:
+def remote_host(hv: Hypervisor, host: Host | None = None) -> Hypervisor | None:
+    """`hv` when it drives a remote host (`host`, else the default host), whose files are checked through its
+    libvirt (`vms.services.remote_images`); None for the portal's own host, whose files are opened here."""
+    host = host or Host.objects.filter(name=DEFAULT_HOST).first()
+    return hv if host is not None and not host_is_local(host) else None
+
+
+def disk_source(disk: DiskRequest, field: str, roots: list[Path], *, remote: Hypervisor | None = None) -> CheckedSource:
     """An existing disk's or a clone's source, checked, with its capacity in bytes.
 
     A clone given a size is grown to it; smaller than its source is refused.
     A new volume has no source: path and format "", its size, no chain.
+    `remote`: the source is on that remote host, checked through its libvirt.
     """
     if disk.kind == "new":
         return CheckedSource("", "", (disk.size or 0) * GIB, None)
     raw = disk.path if disk.kind == "existing" else disk.clone_from
     source_format = disk.source_format or (disk.format if disk.kind == "existing" else "qcow2")
     key = "path" if disk.kind == "existing" else "clone_from"
-    resolved, info = _inspect_source(str(raw), source_format, sub_field(field, key), roots)
+    resolved, info = _inspect_source(str(raw), source_format, sub_field(field, key), roots, remote=remote)
     capacity = info.virtual_size
     if disk.size is not None:
         if disk.size * GIB < capacity:
@@ -434,7 +445,8 @@ def source_recheck(disk: Disk, hv: Hypervisor) -> None:
     """
     key = "path" if disk.source == DiskSource.EXISTING else "clone_from"
     field = f"disks.{disk.order}.{key}"
-    _, info = _inspect_source(disk.source_path, disk.source_format, field, disk_roots(hv))
+    remote = remote_host(hv, disk.vm.host)
+    _, info = _inspect_source(disk.source_path, disk.source_format, field, [] if remote else disk_roots(hv), remote=remote)
     found = chain_record(info)
     if disk.source_chain is not None and found != disk.source_chain:
         raise InvalidInput(
@@ -457,11 +469,16 @@ def _gb(size: int) -> str:
     return f"{size // GIB} GB" if size % GIB == 0 else f"{size / GIB:.2f} GB"
 
 
-def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path]) -> tuple[Path, ImageInfo]:
-    absolute_path(raw, field=field, note=" (protocol names such as json: or nbd: are refused)")
-    resolved = guard_file(raw, roots=roots, field=field, what="disk image")
-    # With the roots given, each backing file is checked before qemu-img opens it.
+def _inspect_source(raw: str, fmt: str, field: str, roots: list[Path], *, remote: Hypervisor | None = None) -> tuple[Path, ImageInfo]:
+    """The image `raw` as `fmt`, checked: on the portal's own host by opening it (path guard, qemu-img info of
+    the chain inside `roots`, qemu-img check); on a `remote` host through its libvirt (`remote_images`)."""
     try:
+        if remote is not None:
+            path, info = inspect_remote_source(raw, fmt, field, remote)
+            return Path(path), info
+        absolute_path(raw, field=field, note=" (protocol names such as json: or nbd: are refused)")
+        resolved = guard_file(raw, roots=roots, field=field, what="disk image")
+        # With the roots given, each backing file is checked before qemu-img opens it.
         info = image_info(str(resolved), fmt, roots=roots, field=field)
     except InvalidInput as exc:
         if "is not in" not in exc.message:  # qemu-img: "Image is not in qcow2 format"
@@ -486,8 +503,11 @@ class HostUses:
         return self._uses
 
 
-def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list[int | None]) -> tuple[PlannedDisk, ...]:
-    roots = disk_roots(hv)
+def _plan_disks(
+    request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list[int | None], *, host: Host | None = None
+) -> tuple[PlannedDisk, ...]:
+    remote = remote_host(hv, host)
+    roots = [] if remote else disk_roots(hv)
     if any(d.kind != "existing" for d in request.disks):
         check_pool_not_iso_dir(pool)
     targets = target_devs([d.bus for d in request.disks])  # CD-ROMs take the next sdX after these
@@ -504,6 +524,7 @@ def _plan_disks(request: VmRequest, hv: Hypervisor, pool: PoolInfo, orders: list
             target_dev=targets[index],
             boot_order=orders[index],
             host_uses=host_uses,
+            remote=remote,
         )
         for index, disk in enumerate(request.disks)
     ]
@@ -523,23 +544,26 @@ def plan_disk(
     target_dev: str,
     boot_order: int | None,
     host_uses: HostUses,
+    remote: Hypervisor | None = None,
 ) -> PlannedDisk:
     """One disk of a VM, checked against the library and the host (creation's and attach's rules):
-    the source's path guard and chain, the shared-writer rules, the new volume's free name."""
-    checked = disk_source(disk, field, roots)
+    the source's path guard and chain, the shared-writer rules, the new volume's free name.
+    `remote`: the VM's host is remote (`remote_host`): its files are checked through its libvirt."""
+    checked = disk_source(disk, field, roots, remote=remote)
     source_path, source_format, capacity = checked.path, checked.format, checked.capacity
     if disk.kind == "existing":
         path_field = sub_field(field, "path")
         _check_not_shared(source_path, disk.readonly, path_field)
         _check_not_owned(source_path, disk.readonly, path_field)
-        _check_not_in_iso_dir(source_path, disk.readonly, path_field)
-        _check_not_used_on_host(source_path, disk.readonly, path_field, host_uses())
+        if remote is None:  # the ISO directories are the portal's: a remote host's files are never in them
+            _check_not_in_iso_dir(source_path, disk.readonly, path_field)
+        _check_not_used_on_host(source_path, disk.readonly, path_field, host_uses(), remote is None)
         volume_name, path = "", source_path
     else:
         volume_name = f"{vm_name}-disk{order}.{'qcow2' if disk.format == 'qcow2' else 'img'}"
         path = str(Path(pool.path) / volume_name)
         # libvirt lists a file put in the pool's directory only after a refresh: look at both.
-        if volume_exists(hv, pool.name, volume_name) or os.path.lexists(path):
+        if volume_exists(hv, pool.name, volume_name) or (remote is None and os.path.lexists(path)):
             raise Conflict(f"volume {volume_name} already exists in pool {pool.name}", field=field or None, code="volume_exists")
     return PlannedDisk(
         order=order,
@@ -643,7 +667,7 @@ def check_pool_not_iso_dir(pool: PoolInfo) -> None:
         )
 
 
-def _check_not_used_on_host(path: str, readonly: bool, field: str, uses: list[DiskUse]) -> None:
+def _check_not_used_on_host(path: str, readonly: bool, field: str, uses: list[DiskUse], resolve: bool = True) -> None:
     """A file a domain on the host uses, Vapor's or not (one defined with virsh, say).
 
     Refused when either side would write it: a writable attachment of any
@@ -652,7 +676,8 @@ def _check_not_used_on_host(path: str, readonly: bool, field: str, uses: list[Di
     """
     writers, readers, backing = set(), set(), set()
     for use in uses:
-        if os.path.realpath(use.path) != path:
+        # Symlinks are resolved on the portal's own host; a remote host's paths are compared as libvirt states them.
+        if (os.path.realpath(use.path) if resolve else use.path) != path:
             continue
         if use.backing:
             backing.add(use.domain)
