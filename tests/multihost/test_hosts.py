@@ -296,7 +296,7 @@ def test_a_killed_host_answers_503_quickly_while_others_work_and_its_guest_survi
             print(f"\nmultihost: killed vh2: 503 after {on_kept * 1000:.0f} ms on a kept connection, {on_fresh * 1000:.0f} ms on a new one")
             assert on_kept < 5 and on_fresh < 5
             other = driver(vh1)
-            assert [p.name for p in other.list_pools()] == ["default"]
+            assert "default" in [p.name for p in other.list_pools()]  # other tests may add pools to vh1
             other.close()
         finally:
             restarted = hosts_sh("restart", vh2.name)
