@@ -417,3 +417,4 @@ class VmSnapshot(models.Model):
 # day two: cloud_init (its models live in their own module; imported here so the app registers them)
 from vms.cloud_init_models import SshPublicKey, TemplateCloudInit, VmCloudInit  # noqa: E402, F401
 from vms.host_models import Host, HostHealth  # noqa: E402, F401
+from vms.migration_models import MigrationStatus, VmMigration  # noqa: E402, F401  # several hosts: live migration

@@ -19,3 +19,10 @@ def refresh_vm_states() -> int:
 def sample_metrics() -> int:
     """Scheduled every minute (migration 0012): one metrics round; the number of VM samples written."""
     return metrics_sample().vm_samples
+
+
+def migrate_vm(migration_id: int) -> None:
+    """Queued by `vm_migrate` (several hosts: live migration)."""
+    from vms.services.migration import vm_migration_run
+
+    vm_migration_run(migration_id=migration_id)
