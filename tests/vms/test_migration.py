@@ -299,3 +299,45 @@ def test_a_viewer_of_the_project_may_not_migrate(bed: Bed, running):
     client.force_authenticate(user)
     refused(migrate(client, running), 403, "forbidden")
     assert client.get(f"{API}{running.pk}/migrations").status_code == 200
+
+
+# --- admin ------------------------------------------------------------------------------
+
+ADMIN_VM = "/admin/vms/virtualmachine/{}/change/"
+
+
+def test_admin_migrate_page_offers_usable_hosts_and_says_why_not(admin_client, bed: Bed, running, run_tasks):
+    Host.objects.filter(name="h3").update(maintenance=True)
+    page = admin_client.get(ADMIN_VM.format(running.pk))
+    assert 'id="vapor-migrate"' in page.content.decode() and 'id="vapor-vm-host">default<' in page.content.decode()
+    form = admin_client.get(f"/admin/vms/virtualmachine/{running.pk}/migrate/").content.decode()
+    assert '<option value="h2">h2</option>' in form
+    assert '<option value="h3" disabled>h3 — in maintenance</option>' in form
+    assert 'value="default"' not in form  # its own host is not offered
+    with run_tasks():
+        done = admin_client.post(f"/admin/vms/virtualmachine/{running.pk}/migrate/", {"host": "h2"})
+    assert done.status_code == 302 and done["Location"].endswith(ADMIN_VM.format(running.pk))
+    assert VmMigration.objects.get().status == "succeeded" and not VmMigration.objects.get().copy_storage
+    page = admin_client.get(ADMIN_VM.format(running.pk)).content.decode()
+    assert 'id="vapor-vm-host">h2<' in page and 'data-status="succeeded"' in page and "vapor-migration-progress" not in page
+
+
+def test_admin_refusal_is_shown_on_the_form(admin_client, bed: Bed, running):
+    refused = admin_client.post(f"/admin/vms/virtualmachine/{running.pk}/migrate/", {"host": "h2", "copy_storage": "on"})
+    assert refused.status_code == 409 and "there already" in refused.content.decode()
+    assert not VmMigration.objects.exists()
+
+
+def test_admin_vm_page_shows_a_queued_migration_with_cancel_and_refreshes(
+    admin_client, bed: Bed, running, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False):
+        admin_client.post(f"/admin/vms/virtualmachine/{running.pk}/migrate/", {"host": "h2"})
+    migration = VmMigration.objects.get()
+    VmMigration.objects.filter(pk=migration.pk).update(status="running", processed_bytes=300 * 2**20, total_bytes=600 * 2**20)
+    page = admin_client.get(ADMIN_VM.format(running.pk)).content.decode()
+    assert 'id="vapor-migration-progress"' in page and "50.0%" in page and 'http-equiv="refresh"' in page
+    assert 'id="vapor-migrate"' not in page  # no second migration while one runs
+    cancelled = admin_client.post(f"/admin/vms/virtualmachine/{running.pk}/migrations/{migration.pk}/cancel/")
+    assert cancelled.status_code == 302 and VmMigration.objects.get().cancel_requested
+    assert "Cancel asked." in admin_client.get(ADMIN_VM.format(running.pk)).content.decode()

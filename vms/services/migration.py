@@ -291,13 +291,18 @@ def vm_migration_run(*, migration_id: int) -> None:
         return
     try:
         source_hv = hypervisor.get_hypervisor(source.libvirt_uri)
-        dest_hv = hypervisor.get_hypervisor(dest.libvirt_uri)
-        # What libvirt will create on the destination (absent now): removed again if the migration fails.
-        made_there = [d.path for d in vm.disks.filter(readonly=False).exclude(path="")] if migration.copy_storage else []
-        made_there = [path for path in made_there if dest_hv.volume_by_path(path) is None]
     except VaporError as exc:
         _finish(migration, MigrationStatus.FAILED, exc.message, actor)
         return
+    dest_hv: Hypervisor | None = None
+    made_there: list[str] = []  # what libvirt will create on the destination (absent now): removed again on failure
+    try:
+        dest_hv = hypervisor.get_hypervisor(dest.libvirt_uri)
+        if migration.copy_storage:
+            paths = [d.path for d in vm.disks.filter(readonly=False).exclude(path="")]
+            made_there = [path for path in paths if dest_hv.volume_by_path(path) is None]
+    except VaporError as exc:  # the source's libvirtd connects to it itself: let it try, and say how that ended
+        log.warning("migration %s: the portal cannot reach %s: %s", migration.pk, dest.name, exc.message)
     _event(vm, EventStatus.INFO, f"migration {migration.pk} to {dest.name} started")
     started = time.monotonic()
     try:
@@ -372,8 +377,10 @@ def _remove_source_volumes(migration: VmMigration, source_hv: Hypervisor) -> Non
         _event(vm, EventStatus.INFO, words)
 
 
-def _remove_leftovers(dest_hv: Hypervisor, vm: VirtualMachine, paths: list[str]) -> None:
+def _remove_leftovers(dest_hv: Hypervisor | None, vm: VirtualMachine, paths: list[str]) -> None:
     """Files a failed copy-storage migration left on the destination, among those absent before it began."""
+    if dest_hv is None:
+        return
     for path in paths:
         with suppress(VaporError):
             found = dest_hv.volume_by_path(path)
