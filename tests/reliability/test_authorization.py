@@ -38,6 +38,8 @@ from tests.reliability.authz import HOST_LISTING, HypervisorSpy, changed_rows, m
 from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
+from vms.host_models import Host  # several hosts: live migration
+from vms.migration_models import VmMigration  # several hosts: live migration
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent, VmSnapshot, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
@@ -226,6 +228,31 @@ def snapshot_gone(status: int) -> Effect:  # day two: snapshots
         assert not VmSnapshot.objects.filter(name="seed-snap").exists(), "the snapshot row is still there"
         assert seen.spy.calls["delete_snapshot"] == 1 and seen.spy.inner.list_snapshots("seed-vm") == [], dict(seen.spy.calls)
         return "snapshot row deleted, delete_snapshot called"
+
+    return check
+
+
+# several hosts: live migration (effects)
+def migrated(code: int) -> Effect:
+    """The migration queued and run (django-q2's sync mode): seed-mover now on h2, recorded."""
+
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        migration = VmMigration.objects.get(vm_id=int(seen.seeds["mover"]))
+        assert migration.status == "succeeded", (migration.status, migration.error)
+        assert VirtualMachine.objects.get(pk=seen.seeds["mover"]).host.name == "h2"
+        assert seen.tasks >= 1 and seen.spy.calls["migrate_domain"] == 1, dict(seen.spy.calls)
+        return "migration queued and run, migrate_domain called, VM on h2"
+
+    return check
+
+
+def migration_cancelled(code: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        migration = VmMigration.objects.get(pk=seen.seeds["migration"])
+        assert migration.status == "cancelled" and migration.cancel_requested, migration.status
+        return "queued migration cancelled"
 
     return check
 
@@ -445,6 +472,19 @@ ACTIONS = [
            api=False, effect=powers(302, "revert_snapshot", "revert to snapshot seed-snap", "running")),
     Action("admin VM snapshot delete (confirm)", "POST", ADMIN + "vms/virtualmachine/{vm}/snapshots/seed-snap/delete/", "change",
            api=False, effect=snapshot_gone(302)),
+    # --- several hosts: live migration (seed-mover runs on the default host; seed-vm has a queued migration to h2)
+    Action("API POST vm migrate", "POST", API + "{mover}/migrate", "change", {"host": "h2", "copy_storage": False},
+           effect=migrated(202)),
+    Action("API GET vm migrations", "GET", API + "{vm}/migrations", "view", effect=shows('"destination":"h2"')),
+    Action("API GET vm migration", "GET", API + "{vm}/migrations/{migration}", "view", effect=shows('"status":"queued"')),
+    Action("API POST vm migration cancel", "POST", API + "{vm}/migrations/{migration}/cancel", "change",
+           effect=migration_cancelled(202)),
+    Action("admin VM migrate page", "GET", ADMIN + "vms/virtualmachine/{mover}/migrate/", "change", api=False,
+           effect=shows('id="vapor-migrate-form"', '<option value="h2">h2</option>')),
+    Action("admin VM migrate (submit)", "POST", ADMIN + "vms/virtualmachine/{mover}/migrate/", "change", {"host": "h2"},
+           api=False, effect=migrated(302)),
+    Action("admin VM migration cancel", "POST", ADMIN + "vms/virtualmachine/{vm}/migrations/{migration}/cancel/", "change",
+           api=False, effect=migration_cancelled(302)),
 ]  # fmt: skip
 
 
@@ -501,6 +541,18 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
     # The detach cell tests roles only (the snapshot guard has its own tests in tests/vms/test_disks_api.py):
     # the seed snapshot is recorded as holding no disk, so an allowed role may detach vda.
     VmSnapshot.objects.filter(name="seed-snap").update(disks=[])
+    # several hosts: live migration: host h2 (the spy's fake reaches it, sharing its pool directory), a VM to move
+    # (no snapshot, no ISO), and a queued migration of seed-vm to cancel.
+    h2_uri = "qemu+tcp://10.99.0.2/system"
+    spy.inner.peers[h2_uri] = FakeHypervisor(pool_dir=spy.inner.pool_dir)
+    with django_capture_on_commit_callbacks(execute=True):
+        mover = root.post(API + "create-enhanced", {"name": "seed-mover", "memory": 512, "vcpus": 1}, format="json")
+    assert mover.status_code == 202, mover.content
+    h2 = Host.objects.create(name="h2", uri=h2_uri)
+    seed_vm_row = VirtualMachine.objects.get(name="seed-vm")
+    migration = VmMigration.objects.create(vm=seed_vm_row, source=seed_vm_row.host, destination=h2, copy_storage=False)
+    others["mover"] = str(mover.json()["id"])
+    others["migration"] = str(migration.pk)
     spy.calls.clear()
     return {
         "vm": str(vm.json()["id"]),
@@ -664,6 +716,8 @@ CSRF_WRITES = [
     ),
     ("admin VM take snapshot", ADMIN + "vms/virtualmachine/{vm}/snapshots/take/", {"name": "csrf-snap", "memory": "on"}, False),
     ("admin VM disks attach", ADMIN + "vms/virtualmachine/{vm}/disks/attach/", {"size": "1", "bus": "virtio"}, False),  # day two: disks
+    ("API POST vm migrate", API + "{mover}/migrate", {"host": "h2", "copy_storage": False}, True),  # several hosts: live migration
+    ("admin VM migrate (submit)", ADMIN + "vms/virtualmachine/{mover}/migrate/", {"host": "h2"}, False),
 ]
 
 
