@@ -341,3 +341,13 @@ def test_admin_vm_page_shows_a_queued_migration_with_cancel_and_refreshes(
     cancelled = admin_client.post(f"/admin/vms/virtualmachine/{running.pk}/migrations/{migration.pk}/cancel/")
     assert cancelled.status_code == 302 and VmMigration.objects.get().cancel_requested
     assert "Cancel asked." in admin_client.get(ADMIN_VM.format(running.pk)).content.decode()
+
+
+def test_the_database_holds_one_unfinished_migration_per_vm(bed: Bed, running):
+    from django.db import IntegrityError, transaction
+
+    h2 = Host.objects.get(name="h2")
+    VmMigration.objects.create(vm=running, source=running.host, destination=h2, status="running")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        VmMigration.objects.create(vm=running, source=running.host, destination=h2)
+    VmMigration.objects.create(vm=running, source=running.host, destination=h2, status="failed")  # finished ones: any number
