@@ -351,3 +351,11 @@ def test_the_database_holds_one_unfinished_migration_per_vm(bed: Bed, running):
     with pytest.raises(IntegrityError), transaction.atomic():
         VmMigration.objects.create(vm=running, source=running.host, destination=h2)
     VmMigration.objects.create(vm=running, source=running.host, destination=h2, status="failed")  # finished ones: any number
+
+
+def test_power_actions_and_delete_wait_for_a_migration(vm_api, bed: Bed, running, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        assert migrate(vm_api, running).status_code == 202
+    for refused_call in (vm_api.post(f"{API}{running.pk}/force-stop"), vm_api.delete(f"{API}{running.pk}")):
+        assert refused_call.status_code == 409 and refused_call.json()["code"] == "migration_in_progress", refused_call.json()
+    assert bed.default.domains["mover"].state == "running" and VirtualMachine.objects.filter(pk=running.pk).exists()

@@ -111,6 +111,17 @@ def vm_migration_current(*, vm: VirtualMachine) -> VmMigration | None:
     return VmMigration.objects.select_related("source", "destination").filter(vm=vm, status__in=UNFINISHED_MIGRATIONS).first()
 
 
+def migration_busy(vm: VirtualMachine) -> Conflict | None:
+    """409 `migration_in_progress` while the VM has a queued or running migration (delete and power actions ask)."""
+    current = VmMigration.objects.filter(vm=vm, status__in=UNFINISHED_MIGRATIONS).select_related("destination").first()
+    if current is None:
+        return None
+    return Conflict(
+        f"VM {vm.name} is being migrated to {current.destination.name} (migration {current.pk}); wait for it or cancel it",
+        code="migration_in_progress",
+    )
+
+
 def migration_refusal(*, vm: VirtualMachine, host: Host) -> str:
     """Why `vm` may not go to `host` now, in words ("" when it may): the admin's destination list uses it.
     Only the checks that need no hypervisor call (the rest is asked when the migration is requested)."""
@@ -339,7 +350,8 @@ def _succeed(migration: VmMigration, actor: Actor, source_hv: Hypervisor, *, too
     vm, source, dest = migration.vm, migration.source, migration.destination
     now = timezone.now()
     with transaction.atomic():
-        VirtualMachine.objects.filter(pk=vm.pk).update(host=dest, state="running", state_checked_at=now)
+        # status too: a state refresh of the source in the moment between libvirt finishing and this may have said "missing"
+        VirtualMachine.objects.filter(pk=vm.pk).update(host=dest, status=VmStatus.RUNNING, state="running", state_checked_at=now)
         VmMigration.objects.filter(pk=migration.pk).update(
             status=MigrationStatus.SUCCEEDED, finished_at=now, error="", processed_bytes=_at_least_processed(migration)
         )
