@@ -472,18 +472,18 @@ ACTIONS = [
            api=False, effect=powers(302, "revert_snapshot", "revert to snapshot seed-snap", "running")),
     Action("admin VM snapshot delete (confirm)", "POST", ADMIN + "vms/virtualmachine/{vm}/snapshots/seed-snap/delete/", "change",
            api=False, effect=snapshot_gone(302)),
-    # --- several hosts: live migration (seed-mover runs on the default host; seed-vm has a queued migration to h2)
+    # --- several hosts: live migration (seed-mover runs on the default host; seed-migrating has a queued migration to h2)
     Action("API POST vm migrate", "POST", API + "{mover}/migrate", "change", {"host": "h2", "copy_storage": False},
            effect=migrated(202)),
-    Action("API GET vm migrations", "GET", API + "{vm}/migrations", "view", effect=shows('"destination":"h2"')),
-    Action("API GET vm migration", "GET", API + "{vm}/migrations/{migration}", "view", effect=shows('"status":"queued"')),
-    Action("API POST vm migration cancel", "POST", API + "{vm}/migrations/{migration}/cancel", "change",
+    Action("API GET vm migrations", "GET", API + "{migrating}/migrations", "view", effect=shows('"destination":"h2"')),
+    Action("API GET vm migration", "GET", API + "{migrating}/migrations/{migration}", "view", effect=shows('"status":"queued"')),
+    Action("API POST vm migration cancel", "POST", API + "{migrating}/migrations/{migration}/cancel", "change",
            effect=migration_cancelled(202)),
     Action("admin VM migrate page", "GET", ADMIN + "vms/virtualmachine/{mover}/migrate/", "change", api=False,
            effect=shows('id="vapor-migrate-form"', '<option value="h2">h2</option>')),
     Action("admin VM migrate (submit)", "POST", ADMIN + "vms/virtualmachine/{mover}/migrate/", "change", {"host": "h2"},
            api=False, effect=migrated(302)),
-    Action("admin VM migration cancel", "POST", ADMIN + "vms/virtualmachine/{vm}/migrations/{migration}/cancel/", "change",
+    Action("admin VM migration cancel", "POST", ADMIN + "vms/virtualmachine/{migrating}/migrations/{migration}/cancel/", "change",
            api=False, effect=migration_cancelled(302)),
 ]  # fmt: skip
 
@@ -542,15 +542,19 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
     # the seed snapshot is recorded as holding no disk, so an allowed role may detach vda.
     VmSnapshot.objects.filter(name="seed-snap").update(disks=[])
     # several hosts: live migration: host h2 (the spy's fake reaches it, sharing its pool directory), a VM to move
-    # (no snapshot, no ISO), and a queued migration of seed-vm to cancel.
+    # (no snapshot, no ISO), and another with a queued migration to cancel (a VM being migrated refuses deletes and power actions).
     h2_uri = "qemu+tcp://10.99.0.2/system"
     spy.inner.peers[h2_uri] = FakeHypervisor(pool_dir=spy.inner.pool_dir)
     with django_capture_on_commit_callbacks(execute=True):
         mover = root.post(API + "create-enhanced", {"name": "seed-mover", "memory": 512, "vcpus": 1}, format="json")
     assert mover.status_code == 202, mover.content
     h2 = Host.objects.create(name="h2", uri=h2_uri)
-    seed_vm_row = VirtualMachine.objects.get(name="seed-vm")
-    migration = VmMigration.objects.create(vm=seed_vm_row, source=seed_vm_row.host, destination=h2, copy_storage=False)
+    with django_capture_on_commit_callbacks(execute=True):
+        migrating = root.post(API + "create-enhanced", {"name": "seed-migrating", "memory": 512, "vcpus": 1}, format="json")
+    assert migrating.status_code == 202, migrating.content
+    migrating_row = VirtualMachine.objects.get(name="seed-migrating")
+    migration = VmMigration.objects.create(vm=migrating_row, source=migrating_row.host, destination=h2, copy_storage=False)
+    others["migrating"] = str(migrating_row.pk)
     others["mover"] = str(mover.json()["id"])
     others["migration"] = str(migration.pk)
     spy.calls.clear()
