@@ -418,3 +418,4 @@ class VmSnapshot(models.Model):
 from vms.cloud_init_models import SshPublicKey, TemplateCloudInit, VmCloudInit  # noqa: E402, F401
 from vms.host_models import Host, HostHealth  # noqa: E402, F401
 from vms.iso_copies import IsoCopyStatus, IsoHostCopy  # noqa: E402, F401
+from vms.migration_models import MigrationStatus, VmMigration  # noqa: E402, F401  # several hosts: live migration

@@ -28,3 +28,10 @@ def sample_metrics() -> int:
 def check_hosts() -> dict[str, str]:
     """Scheduled every minute (migration 0018): read every host in parallel; host name -> up/down."""
     return hosts_check()
+
+
+def migrate_vm(migration_id: int) -> None:
+    """Queued by `vm_migrate` (several hosts: live migration)."""
+    from vms.services.migration import vm_migration_run
+
+    vm_migration_run(migration_id=migration_id)

@@ -39,6 +39,7 @@ from tests.reliability.conftest import Tally
 from tests.support.isos import make_iso
 from tests.test_settings import manage
 from vms.host_models import Host
+from vms.migration_models import VmMigration  # several hosts: live migration
 from vms.models import CdromAttachment, Disk, NetworkInterface, VirtualMachine, VmEvent, VmSnapshot, VmTemplate
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
@@ -229,6 +230,31 @@ def snapshot_gone(status: int) -> Effect:  # day two: snapshots
         assert not VmSnapshot.objects.filter(name="seed-snap").exists(), "the snapshot row is still there"
         assert seen.spy.calls["delete_snapshot"] == 1 and seen.spy.inner.list_snapshots("seed-vm") == [], dict(seen.spy.calls)
         return "snapshot row deleted, delete_snapshot called"
+
+    return check
+
+
+# several hosts: live migration (effects)
+def migrated(code: int) -> Effect:
+    """The migration queued and run (django-q2's sync mode): seed-mover now on h2, recorded."""
+
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        migration = VmMigration.objects.get(vm_id=int(seen.seeds["mover"]))
+        assert migration.status == "succeeded", (migration.status, migration.error)
+        assert VirtualMachine.objects.get(pk=seen.seeds["mover"]).host.name == "h2"
+        assert seen.tasks >= 1 and seen.spy.calls["migrate_domain"] == 1, dict(seen.spy.calls)
+        return "migration queued and run, migrate_domain called, VM on h2"
+
+    return check
+
+
+def migration_cancelled(code: int) -> Effect:
+    def check(seen: Seen) -> str:
+        _status(seen, code)
+        migration = VmMigration.objects.get(pk=seen.seeds["migration"])
+        assert migration.status == "cancelled" and migration.cancel_requested, migration.status
+        return "queued migration cancelled"
 
     return check
 
@@ -481,6 +507,19 @@ ACTIONS = [
         Action("admin host delete (confirm)", "POST", ADMIN + "vms/host/{host}/delete/", "delete", {"post": "yes"}, api=False,
                effect=host_gone(302)),
     ]],
+    # --- several hosts: live migration (seed-mover runs on the default host; seed-migrating has a queued migration to h2)
+    Action("API POST vm migrate", "POST", API + "{mover}/migrate", "change", {"host": "h2", "copy_storage": False},
+           effect=migrated(202)),
+    Action("API GET vm migrations", "GET", API + "{migrating}/migrations", "view", effect=shows('"destination":"h2"')),
+    Action("API GET vm migration", "GET", API + "{migrating}/migrations/{migration}", "view", effect=shows('"status":"queued"')),
+    Action("API POST vm migration cancel", "POST", API + "{migrating}/migrations/{migration}/cancel", "change",
+           effect=migration_cancelled(202)),
+    Action("admin VM migrate page", "GET", ADMIN + "vms/virtualmachine/{mover}/migrate/", "change", api=False,
+           effect=shows('id="vapor-migrate-form"', '<option value="h2">h2</option>')),
+    Action("admin VM migrate (submit)", "POST", ADMIN + "vms/virtualmachine/{mover}/migrate/", "change", {"host": "h2"},
+           api=False, effect=migrated(302)),
+    Action("admin VM migration cancel", "POST", ADMIN + "vms/virtualmachine/{migrating}/migrations/{migration}/cancel/", "change",
+           api=False, effect=migration_cancelled(302)),
 ]  # fmt: skip
 
 
@@ -539,6 +578,22 @@ def seeded(spy: HypervisorSpy, iso_dirs: IsoDirs, iso_bytes: Path, django_captur
     # The detach cell tests roles only (the snapshot guard has its own tests in tests/vms/test_disks_api.py):
     # the seed snapshot is recorded as holding no disk, so an allowed role may detach vda.
     VmSnapshot.objects.filter(name="seed-snap").update(disks=[])
+    # several hosts: live migration: host h2 (the spy's fake reaches it, sharing its pool directory), a VM to move
+    # (no snapshot, no ISO), and another with a queued migration to cancel (a VM being migrated refuses deletes and power actions).
+    h2_uri = "qemu+tcp://10.99.0.2/system"
+    spy.inner.peers[h2_uri] = FakeHypervisor(pool_dir=spy.inner.pool_dir)
+    with django_capture_on_commit_callbacks(execute=True):
+        mover = root.post(API + "create-enhanced", {"name": "seed-mover", "memory": 512, "vcpus": 1}, format="json")
+    assert mover.status_code == 202, mover.content
+    h2 = Host.objects.create(name="h2", uri=h2_uri)
+    with django_capture_on_commit_callbacks(execute=True):
+        migrating = root.post(API + "create-enhanced", {"name": "seed-migrating", "memory": 512, "vcpus": 1}, format="json")
+    assert migrating.status_code == 202, migrating.content
+    migrating_row = VirtualMachine.objects.get(name="seed-migrating")
+    migration = VmMigration.objects.create(vm=migrating_row, source=migrating_row.host, destination=h2, copy_storage=False)
+    others["migrating"] = str(migrating_row.pk)
+    others["mover"] = str(mover.json()["id"])
+    others["migration"] = str(migration.pk)
     spy.calls.clear()
     return {
         "vm": str(vm.json()["id"]),
@@ -703,6 +758,8 @@ CSRF_WRITES = [
     ),
     ("admin VM take snapshot", ADMIN + "vms/virtualmachine/{vm}/snapshots/take/", {"name": "csrf-snap", "memory": "on"}, False),
     ("admin VM disks attach", ADMIN + "vms/virtualmachine/{vm}/disks/attach/", {"size": "1", "bus": "virtio"}, False),  # day two: disks
+    ("API POST vm migrate", API + "{mover}/migrate", {"host": "h2", "copy_storage": False}, True),  # several hosts: live migration
+    ("admin VM migrate (submit)", ADMIN + "vms/virtualmachine/{mover}/migrate/", {"host": "h2"}, False),
 ]
 
 

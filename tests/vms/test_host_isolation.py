@@ -189,3 +189,17 @@ def test_no_request_about_a_vm_on_a_dead_host_is_a_500(hosts, django_user_model,
     response = getattr(client, method)(url, body, format="json") if body is not None else getattr(client, method)(url)
     assert response.status_code in (409, 503), (response.status_code, response.content[:300])
     assert response.json()["code"] in ("host_down", "hypervisor_unavailable", "vm_busy"), response.json()
+
+
+def test_a_vm_being_migrated_is_left_to_its_migration(hosts):
+    from vms.migration_models import VmMigration
+
+    fleet(hosts, 1)
+    vm = VirtualMachine.objects.get(name="h2-vm0")
+    del hosts.by_uri[URIS["h2"]].domains["h2-vm0"]  # libvirt has moved it; Vapor has not changed its host yet
+    VmMigration.objects.create(vm=vm, source=vm.host, destination=Host.objects.get(name="h3"), status="running")
+    vm_refresh_states()
+    assert VirtualMachine.objects.get(name="h2-vm0").status == "running"  # not "missing"
+    VmMigration.objects.filter(vm=vm).update(status="failed")
+    vm_refresh_states()
+    assert VirtualMachine.objects.get(name="h2-vm0").status == "missing"

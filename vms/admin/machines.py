@@ -33,6 +33,7 @@ from vaporsite.errors import VaporError
 from vms import hypervisor
 from vms.admin import addresses as admin_addresses
 from vms.admin import create as admin_create
+from vms.admin import migration as admin_migration  # several hosts: live migration
 from vms.admin import snapshots as admin_snapshots  # day two: snapshots
 from vms.admin.cloud_init import cloud_init_context
 from vms.admin.disks import disk_urls, disks_context
@@ -212,6 +213,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             ),
             *admin_snapshots.snapshot_urls(self),  # day two: snapshots
             *disk_urls(self),  # day two: disks
+            *admin_migration.migration_urls(self),  # several hosts: live migration
         ]
         return own + super().get_urls()
 
@@ -245,6 +247,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             context.update(admin_snapshots.snapshot_context(self, request, obj))  # day two: snapshots
             context["cloud_init"] = cloud_init_context(request, obj, can_change=self.has_change_permission(request, obj))  # day two
             context.update(disks_context(self, request, obj))  # day two: disks
+            context.update(admin_migration.migration_context(self, request, obj))  # several hosts: live migration
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:

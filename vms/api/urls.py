@@ -16,6 +16,9 @@ from vms.api.snapshot_views import VmSnapshotCollectionView, VmSnapshotItemView,
 
 # day two: imports of cloud_init
 
+# several hosts: live migration
+from vms.api import migration_views  # isort: skip
+
 
 urlpatterns = [
     path("", views.VmCollectionView.as_view(), name="vm-list"),
@@ -38,5 +41,10 @@ urlpatterns = [
     path("<int:vm_id>/snapshots/<str:name>", VmSnapshotItemView.as_view(), name="vm-snapshot"),
     path("<int:vm_id>/snapshots/<str:name>/revert", VmSnapshotRevertView.as_view(), name="vm-snapshot-revert"),
     # day two: cloud_init
+    # several hosts: live migration
+    path("<int:vm_id>/migrate", migration_views.VmMigrateView.as_view(), name="vm-migrate"),
+    path("<int:vm_id>/migrations", migration_views.VmMigrationCollectionView.as_view(), name="vm-migrations"),
+    path("<int:vm_id>/migrations/<int:migration_id>", migration_views.VmMigrationItemView.as_view(), name="vm-migration"),
+    path("<int:vm_id>/migrations/<int:migration_id>/cancel", migration_views.VmMigrationCancelView.as_view(), name="vm-migration-cancel"),
     *[path(f"<int:vm_id>/{action}", view.as_view(), name=f"vm-{action}") for action, view in views.ACTION_VIEWS.items()],
 ]

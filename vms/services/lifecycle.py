@@ -241,6 +241,10 @@ def vm_action(*, vm: VirtualMachine, action: str, hv: Hypervisor | None = None, 
         )
     if vm.status in (VmStatus.PROVISIONING, VmStatus.DELETING, VmStatus.FAILED):
         raise Conflict(f"VM {vm.name} is {vm.status}; {action} is not possible", code="vm_busy")
+    from vms.services.migration import migration_busy  # several hosts: live migration
+
+    if (busy := migration_busy(vm)) is not None:
+        raise busy
     hv = hv or hypervisor.get_hypervisor(vm.host.libvirt_uri)
     method, status = ACTIONS[action]
     getattr(hv, method)(vm.name)
@@ -351,6 +355,10 @@ def vm_delete_plan(*, vm: VirtualMachine, keep_disks: bool = False) -> DeletePla
 def _delete_refusal(vm: VirtualMachine, keep_disks: bool) -> Conflict | None:
     if vm.status == VmStatus.PROVISIONING and claim_is_live(vm):
         return Conflict(f"VM {vm.name} is being provisioned; delete it when that has finished", code="vm_busy")
+    from vms.services.migration import migration_busy  # several hosts: live migration
+
+    if (busy := migration_busy(vm)) is not None:
+        return busy
     if not keep_disks:
         try:
             _refuse_if_a_linked_clone_base(vm)

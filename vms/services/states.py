@@ -39,6 +39,7 @@ from vms import hypervisor
 from vms.choices import EventStatus, VmStatus
 from vms.host_models import HostHealth
 from vms.hypervisor import DomainAddresses, DomainInfo, Hypervisor
+from vms.migration_models import UNFINISHED_MIGRATIONS
 from vms.models import VirtualMachine, VmEvent
 from vms.services.addresses import store_addresses
 
@@ -97,7 +98,9 @@ def synced_rows(ids: list[int] | None = None, *, host: int | None = None) -> lis
     the listing (provisioning defines it first), so a domain absent from the
     listing is really gone, not defined a moment after the listing.
     """
-    rows = VirtualMachine.objects.filter(status__in=SYNCED_STATUSES)
+    # A VM being migrated is the migration's to settle: between libvirt's end of the move and its host's
+    # change, its source would list it as gone.
+    rows = VirtualMachine.objects.filter(status__in=SYNCED_STATUSES).exclude(migrations__status__in=UNFINISHED_MIGRATIONS)
     if ids is not None:
         rows = rows.filter(pk__in=ids)
     if host is not None:
