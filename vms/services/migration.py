@@ -69,6 +69,7 @@ from vms.host_models import Host
 from vms.hypervisor import Hypervisor, JobProgress
 from vms.migration_models import UNFINISHED_MIGRATIONS, MigrationStatus, VmMigration
 from vms.models import VirtualMachine, VmEvent, VmSnapshot
+from vms.services.iso_copies import host_is_local, iso_on_host
 from vms.services.placement import HostUse, budget_reasons, host_usage, unavailable_reason
 from vms.services.requests import VmRequest
 
@@ -198,7 +199,12 @@ def _check_media(vm: VirtualMachine, dest: Host, dest_hv: Hypervisor) -> None:
     """Read-only files (ISOs, the cloud-init seed, read-only disks) must be at the same path on the destination."""
     from vms.services.cloud_init import seed_of
 
-    media = [(c.iso.path, f"ISO {c.iso_id} in CD-ROM {c.target_dev or c.slot}") for c in vm.cdroms.select_related("iso")]
+    # An ISO of a VM on a remote host is that host's copy, at the same path on every remote host: the task
+    # copies it to a remote destination before the move (`_isos_to_destination`); other paths must be there.
+    follows = not host_is_local(vm.host) and not host_is_local(dest)
+    media = [
+        (c.iso.path, f"ISO {c.iso_id} in CD-ROM {c.target_dev or c.slot}") for c in vm.cdroms.select_related("iso") if not follows
+    ]
     seed = seed_of(vm)
     if seed is not None:
         media.append((seed.path, f"the cloud-init seed in CD-ROM {seed.target_dev}"))
@@ -314,8 +320,14 @@ def vm_migration_run(*, migration_id: int) -> None:
             made_there = [path for path in paths if dest_hv.volume_by_path(path) is None]
     except VaporError as exc:  # the source's libvirtd connects to it itself: let it try, and say how that ended
         log.warning("migration %s: the portal cannot reach %s: %s", migration.pk, dest.name, exc.message)
-    _event(vm, EventStatus.INFO, f"migration {migration.pk} to {dest.name} started")
     started = time.monotonic()
+    try:
+        _isos_to_destination(vm, dest, dest_hv)
+    except VaporError as exc:
+        words = f"the VM's ISOs could not be copied to {dest.name}: {exc.message}"
+        _finish(migration, MigrationStatus.FAILED, words, actor, source_hv=source_hv)
+        return
+    _event(vm, EventStatus.INFO, f"migration {migration.pk} to {dest.name} started")
     try:
         source_hv.migrate_domain(
             vm.name,
@@ -335,6 +347,16 @@ def vm_migration_run(*, migration_id: int) -> None:
         _finish(migration, MigrationStatus.FAILED, words, actor, source_hv=source_hv)
         return
     _succeed(migration, actor, source_hv, took=time.monotonic() - started)
+
+
+def _isos_to_destination(vm: VirtualMachine, dest: Host, dest_hv: Hypervisor | None) -> None:
+    """Between remote hosts, the ISOs in the VM's CD-ROMs are the hosts' checked copies (vms.services.iso_copies),
+    at the same path on each: make sure the destination has its copy (made once, reused) before the move."""
+    if host_is_local(vm.host) or host_is_local(dest):
+        return
+    for cdrom in vm.cdroms.select_related("iso"):
+        path = iso_on_host(iso=cdrom.iso, host=dest, hv=dest_hv)
+        _event(vm, EventStatus.INFO, f"ISO {cdrom.iso_id} is on {dest.name} ({path})")
 
 
 def _progress(migration_id: int, job: JobProgress) -> None:
