@@ -9,11 +9,13 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from tests.fakes import FakeHosts
+from tests.fakes import FakeDomain, FakeHosts
 from tests.support.factories import VirtualMachineFactory
 from tests.support.projects import join
 from vms.host_models import Host
 from vms.hypervisor import HostResources
+from vms.hypervisor.documents.domain import domain_xml
+from vms.services.design import domain_spec
 from vms.services.hosts import hosts_check
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +37,8 @@ def test_the_list_shows_health_last_seen_vms_and_usage_in_a_fixed_number_of_quer
     h2 = Host.objects.create(name="h2", uri=H2)
     hosts.down(H2)
     hosts_check()
-    VirtualMachineFactory.create(name="on-h2", host=h2, status="running", vcpus=2, memory_mb=2048)
+    on_h2 = VirtualMachineFactory.create(name="on-h2", host=h2, status="running", vcpus=2, memory_mb=2048)
+    hosts.by_uri[H2].domains["on-h2"] = FakeDomain(xml=domain_xml(domain_spec(on_h2)), state="running")  # still there when h2 is back
     page = admin_client.get(LIST).content.decode()
     assert '<b class="vapor-health-down"' in page and '<b class="vapor-health-up"' in page
     assert "h2" in page and H2 in page and "<small>VAPOR_LIBVIRT_URI</small>" in page

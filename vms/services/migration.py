@@ -202,9 +202,7 @@ def _check_media(vm: VirtualMachine, dest: Host, dest_hv: Hypervisor) -> None:
     # An ISO of a VM on a remote host is that host's copy, at the same path on every remote host: the task
     # copies it to a remote destination before the move (`_isos_to_destination`); other paths must be there.
     follows = not host_is_local(vm.host) and not host_is_local(dest)
-    media = [
-        (c.iso.path, f"ISO {c.iso_id} in CD-ROM {c.target_dev or c.slot}") for c in vm.cdroms.select_related("iso") if not follows
-    ]
+    media = [(c.iso.path, f"ISO {c.iso_id} in CD-ROM {c.target_dev or c.slot}") for c in vm.cdroms.select_related("iso") if not follows]
     seed = seed_of(vm)
     if seed is not None:
         media.append((seed.path, f"the cloud-init seed in CD-ROM {seed.target_dev}"))
