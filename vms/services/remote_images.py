@@ -38,6 +38,8 @@ from vms.hypervisor.image_header import HEAD_BYTES, parse_qcow2
 from vms.hypervisor.images import MAX_CHAIN_DEPTH, ChainLink, ImageInfo, has_protocol
 from vms.hypervisor.specs import IMAGE_FORMATS
 
+PATH_MAX, NAME_MAX = 4096, 255  # Linux's limits: longer names are no file on the host
+
 
 def _pool_volume(hv: Hypervisor, name: str, *, field: str, what: str, top: bool) -> int:
     """The capacity of the volume at `name`, which must be a file in a file pool of the host."""
@@ -45,6 +47,8 @@ def _pool_volume(hv: Hypervisor, name: str, *, field: str, what: str, top: bool)
         raise InvalidInput(f"{what} is not a plain absolute file name", field=field)
     if posixpath.normpath(name) != name:
         raise InvalidInput(f"{what} is not a plain absolute file name (no . or .. or //)", field=field)
+    if len(name.encode()) >= PATH_MAX or any(len(part.encode()) > NAME_MAX for part in name.split("/")):
+        raise InvalidInput(f"{what} is longer than a file name on the host may be ({PATH_MAX} bytes, {NAME_MAX} a part)", field=field)
     directories = set(hv.pool_paths().values())
     volume = hv.volume_by_path(name)
     if volume is None or posixpath.dirname(name) not in directories:
