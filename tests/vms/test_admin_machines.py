@@ -213,7 +213,7 @@ def test_times_are_to_the_second_with_the_zone(admin_client, vm, settings):
 def test_the_list_has_few_combined_columns_and_every_power_action(admin_client, vm):
     html = admin_client.get(CHANGELIST).content.decode()
     columns = re.findall(r'<th scope="col" class="(?:sortable )?column-([a-z_]+)', html)
-    assert columns == ["name", "project", "status_badge", "console_link", "size", "host", "os", "checked"]
+    assert columns == ["name", "placed", "status_badge", "console_link", "size", "os", "checked"]
     assert "512 MB · 1 vCPU" in html
     for action in ("action_start", "action_stop", "action_force_stop", "action_reboot", "action_delete", "refresh_states"):
         assert f'value="{action}"' in html, action

@@ -106,7 +106,7 @@ def test_the_vm_list_shows_and_filters_by_host(admin_client, hosts):
     VirtualMachineFactory.create(name="on-default")
     VirtualMachineFactory.create(name="on-h2", host=h2)
     page = admin_client.get("/admin/vms/virtualmachine/").content.decode()
-    assert 'class="field-host nowrap">h2<' in page and 'class="field-host nowrap">default<' in page
+    assert '<small class="vapor-vm-host">on h2</small>' in page and '<small class="vapor-vm-host">on default</small>' in page
     only = admin_client.get(f"/admin/vms/virtualmachine/?host__id__exact={h2.pk}").content.decode()
     assert "on-h2" in only and "on-default" not in only
 
