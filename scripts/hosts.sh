@@ -20,7 +20,8 @@
 #     bind-mounted over /run/libvirt, /var/lib/libvirt, /var/cache/libvirt,
 #     /var/log/libvirt and /etc/libvirt, so its pools, domain definitions and
 #     sockets are its own, at the same paths as on every other host (what a
-#     copy-storage migration needs); and its own UTS namespace (hostname vhK) and
+#     copy-storage migration needs), and its network namespace's sysfs over
+#     /sys/class/net (so the bridges libvirt finds there are its own); and its own UTS namespace (hostname vhK) and
 #     host_uuid, so libvirt does not take two hosts for the same one;
 #   - TCP without authentication on its own address only (test only), and TLS
 #     beside it, with certificates from a test CA made here (var/hosts/pki; the
@@ -262,8 +263,15 @@ make_mounts() {
     umount "$mnt" 2>/dev/null || true
     umount "$uts" 2>/dev/null || true
     touch "$mnt" "$uts"
-    unshare --mount="$mnt" --uts="$uts" --propagation private sh -euc '
+    # Made from inside the host's network namespace, so the sysfs mounted here shows that namespace's
+    # interfaces: libvirtd's interface driver (the bridges a host offers) reads /sys/class/net. Only the
+    # network parts are bound over /sys: the rest (cgroups above all) stays the machine's.
+    nsenter --net="/run/netns/$(netns_of "$k")" unshare --mount="$mnt" --uts="$uts" --propagation private sh -euc '
         hostname "$1"
+        mkdir -p "$2/sys"
+        mount -t sysfs sysfs "$2/sys"
+        mount --bind "$2/sys/class/net" /sys/class/net
+        mount --bind "$2/sys/devices/virtual/net" /sys/devices/virtual/net
         mount --bind "$2/run" /run/libvirt
         mount --bind "$2/lib" /var/lib/libvirt
         mount --bind "$2/cache" /var/cache/libvirt

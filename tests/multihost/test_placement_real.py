@@ -32,6 +32,7 @@ from tests.support.guests import wait_for_text
 from vms.host_models import DEFAULT_HOST, Host
 from vms.hypervisor import forget_hypervisors
 from vms.models import VirtualMachine
+from vms.services.hosts import hosts_check
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.multihost, pytest.mark.slow, pytest.mark.django_db]
 
@@ -64,6 +65,7 @@ def placed_hosts(libvirt_hosts: list[LibvirtHost], shared_iso: Path, settings: A
         in_netns(host, "ip", "link", "add", BRIDGE, "type", "bridge")
         in_netns(host, "ip", "link", "set", BRIDGE, "up")
     forget_hypervisors()
+    assert hosts_check() == {DEFAULT_HOST: "up", "vh1": "up", "vh2": "up", "vh3": "up"}  # the schedule's first check
     try:
         yield libvirt_hosts
     finally:

@@ -387,7 +387,7 @@ class VirtualMachineAdmin(ProjectScopedAdmin, VaporModelAdmin):
             return format_html('{}<br><small class="vapor-state">{}</small>{}', badge, obj.state, ip)
         return format_html("{}{}", badge, ip)
 
-    @admin.display(description="Project · host", ordering="project__name")
+    @admin.display(description="Project", ordering="project__name")
     def placed(self, obj: VirtualMachine) -> str:
         """Its project, and beneath it the host it runs on: one column, so the list still fits 1280 px."""
         return format_html('{}<br><small class="vapor-vm-host">on {}</small>', obj.project, obj.host)
