@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -34,6 +33,7 @@ from vms import hypervisor
 from vms.choices import LIVE_STATUSES
 from vms.host_models import DEFAULT_HOST, HOST_NAME, Host, HostHealth
 from vms.models import VirtualMachine
+from vms.parallel import ask_each
 
 log = logging.getLogger("vapor.vms")
 
@@ -266,13 +266,10 @@ def hosts_check(*, hosts: Iterable[Host] | None = None, budget: float | None = N
     if not targets:
         return {}
     budget = check_budget() if budget is None else budget
-    pool = ThreadPoolExecutor(max_workers=min(16, len(targets)), thread_name_prefix="vapor-host-check")
-    futures = {host.pk: pool.submit(_read, host.libvirt_uri) for host in targets}
-    wait(list(futures.values()), timeout=budget)
-    pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a dead host is left to its own timeouts
+    answers = ask_each(lambda host: _read(host.libvirt_uri), targets, timeout=budget)  # a stuck host: its own timeouts
     results = {
-        pk: future.result() if future.done() else _Checked(facts=None, error=f"no answer within {budget:g} s")
-        for pk, future in futures.items()
+        host.pk: got if got is not None else _Checked(facts=None, error=f"no answer within {budget:g} s")
+        for host, got in zip(targets, answers, strict=True)
     }
     _store(results, timezone.now())
     health: dict[str, str] = {host.name: HostHealth.UP if results[host.pk].facts is not None else HostHealth.DOWN for host in targets}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -41,6 +40,7 @@ from vms.host_models import HostHealth
 from vms.hypervisor import DomainAddresses, DomainInfo, Hypervisor
 from vms.migration_models import UNFINISHED_MIGRATIONS
 from vms.models import VirtualMachine, VmEvent
+from vms.parallel import ask_each
 from vms.services.addresses import store_addresses
 
 log = logging.getLogger("vapor.vms")
@@ -211,12 +211,11 @@ def read_hosts(groups: dict[int, list[Row]], uris: dict[int, str], hv: Hyperviso
     if len(groups) == 1:
         (pk,) = groups
         return {pk: _read_host(uris[pk], names(pk), hv)}
-    pool = ThreadPoolExecutor(max_workers=min(16, len(groups)), thread_name_prefix="vapor-refresh")
-    futures = {pk: pool.submit(_read_host, uris[pk], names(pk), hv) for pk in groups}
     budget = check_budget()
-    wait(list(futures.values()), timeout=budget)
-    pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a dead host ends on its own timeouts
-    return {pk: f.result() if f.done() else _HostRead(None, None, f"no answer within {budget:g} s") for pk, f in futures.items()}
+    keys = list(groups)
+    answers = ask_each(lambda pk: _read_host(uris[pk], names(pk), hv), keys, timeout=budget)
+    silent = _HostRead(None, None, f"no answer within {budget:g} s")
+    return {pk: got if got is not None else silent for pk, got in zip(keys, answers, strict=True)}
 
 
 def vm_refresh_states(*, hv: Hypervisor | None = None, ids: list[int] | None = None) -> int:
