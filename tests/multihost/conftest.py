@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,26 @@ def shared_iso() -> Iterator[Path]:
         yield iso
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+GUEST_LOG_DIR = Path("/var/log/libvirt/qemu")  # inside each host's mount namespace
+
+
+@pytest.fixture
+def tcg_guests(shared_iso: Path, settings: Any) -> Path:
+    """Vapor's settings for TCG guests booting the shell ISO of the shared directory, logging their serial port
+    where LibvirtHost.serial_log finds it; the ISO."""
+    import dataclasses
+
+    from django.conf import settings as django_settings
+
+    settings.VAPOR = dataclasses.replace(
+        django_settings.VAPOR,
+        virt_type="qemu",
+        iso_dirs=(shared_iso.parent,),
+        iso_roots=(),
+        download_dir=shared_iso.parent,
+        serial_log_dir=GUEST_LOG_DIR,
+        q_timeout=900,  # a migration may take 600 s (two thirds)
+    )
+    return shared_iso

@@ -16,7 +16,6 @@ every host sees at the same path, a 1 GB qcow2 disk in vh1's `default` pool). Th
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import time
 import uuid
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 
 from tests.bootiso import SHELL_READY
 from tests.multihost.conftest import LibvirtHost, hosts_sh
@@ -42,7 +40,6 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.multihost, pytest.mark.slow, pyte
 API = "/api/v1/virtualmachines/"
 BOOT_TIMEOUT = 300.0
 MIGRATION_TIMEOUT = 300.0
-LOG_DIR = Path("/var/log/libvirt/qemu")  # inside each host's mount namespace
 
 
 def virsh(host: LibvirtHost, *args: str) -> None:
@@ -51,17 +48,8 @@ def virsh(host: LibvirtHost, *args: str) -> None:
 
 
 @pytest.fixture
-def vapor_on_hosts(libvirt_hosts: list[LibvirtHost], shared_iso: Path, settings: Any) -> Iterator[list[LibvirtHost]]:
+def vapor_on_hosts(libvirt_hosts: list[LibvirtHost], tcg_guests: Path) -> Iterator[list[LibvirtHost]]:
     """Host rows vh1..vh3; Vapor's settings for TCG guests whose ISO sits in the shared directory."""
-    settings.VAPOR = dataclasses.replace(
-        django_settings.VAPOR,
-        virt_type="qemu",
-        iso_dirs=(shared_iso.parent,),
-        iso_roots=(),
-        download_dir=shared_iso.parent,
-        serial_log_dir=LOG_DIR,
-        q_timeout=900,  # a migration may take 600 s (two thirds)
-    )
     for host in libvirt_hosts:
         Host.objects.create(name=host.name, uri=host.uri)
     forget_hypervisors()

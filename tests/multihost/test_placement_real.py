@@ -14,7 +14,6 @@ network namespaces only. VMs of 60% of one budget, with a NIC on that bridge, bo
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 
 from tests.bootiso import SHELL_READY
 from tests.multihost.conftest import LibvirtHost
@@ -39,7 +37,6 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.multihost, pytest.mark.slow, pyte
 BRIDGE = "br-mh"
 RATIO = 0.1  # of the host's memory: the budget
 BOOT_TIMEOUT = 300.0
-LOG_DIR = Path("/var/log/libvirt/qemu")  # inside each host's mount namespace
 
 
 def in_netns(host: LibvirtHost, *command: str) -> None:
@@ -48,15 +45,7 @@ def in_netns(host: LibvirtHost, *command: str) -> None:
 
 
 @pytest.fixture
-def placed_hosts(libvirt_hosts: list[LibvirtHost], shared_iso: Path, settings: Any) -> Iterator[list[LibvirtHost]]:
-    settings.VAPOR = dataclasses.replace(
-        django_settings.VAPOR,
-        virt_type="qemu",
-        iso_dirs=(shared_iso.parent,),
-        iso_roots=(),
-        download_dir=shared_iso.parent,
-        serial_log_dir=LOG_DIR,
-    )
+def placed_hosts(libvirt_hosts: list[LibvirtHost], tcg_guests: Path) -> Iterator[list[LibvirtHost]]:
     Host.objects.filter(name=DEFAULT_HOST).update(enabled=False)
     for host in libvirt_hosts:
         Host.objects.create(name=host.name, uri=host.uri, memory_overcommit=RATIO)
