@@ -256,12 +256,12 @@ def test_a_refused_migration_leaves_the_guest_running_on_the_source(libvirt_host
 
 
 @contextlib.contextmanager
-def slow_link(host: LibvirtHost) -> Iterator[None]:
-    """What the root namespace sends to the host (every other host's traffic to it) limited to 4 Mbit/s, on
-    the test bed's own veth. (Dropping the packets instead is no good: QEMU's NBD connect then blocks its
+def slow_link(host: LibvirtHost, rate: str = "4mbit") -> Iterator[None]:
+    """What the root namespace sends to the host (every other host's traffic to it) limited to `rate` (tc's
+    units), on the test bed's own veth. (Dropping the packets instead is no good: QEMU's NBD connect then blocks its
     monitor, and libvirt cannot abort the job until the connect times out, after minutes.)"""
     veth = f"vvh{host.name.removeprefix('vh')}r"
-    subprocess_ok(["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", "4mbit", "burst", "32kbit", "latency", "400ms"])
+    subprocess_ok(["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"])
     try:
         yield
     finally:
