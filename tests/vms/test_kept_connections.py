@@ -138,3 +138,23 @@ def test_a_dead_kept_connection_is_reopened(opens, timing) -> None:
     conn.closed = True  # keepalive or the daemon closed it
     assert driver._connection() is not conn  # type: ignore[attr-defined]
     assert opens == [REMOTE, REMOTE]
+
+
+def test_a_command_that_used_a_kept_connection_exits_without_a_traceback():
+    """The kept connections are closed at exit: left to the garbage collector, libvirt-python's finaliser ran
+    after its module was torn down and every management command that had asked the host (set-up's
+    vapor_bootstrap among them) ended with "Exception ignored in: virConnect.__del__" on stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = "from vms.hypervisor import get_hypervisor; print(get_hypervisor().list_domain_names())"
+    env = {**os.environ, "VAPOR_LIBVIRT_URI": "test:///default"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-v0", "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test" in result.stdout  # the test driver's one domain: the connection was used
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr

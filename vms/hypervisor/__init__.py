@@ -10,6 +10,8 @@ tests stays inside this package.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import socket
 import threading
@@ -374,6 +376,13 @@ def get_hypervisor(uri: str | None = None) -> Hypervisor:
         return driver
 
 
+def _close_kept_at_exit() -> None:
+    """Close the kept connections while the interpreter still works: left to the garbage collector at shutdown,
+    libvirt-python's own finaliser runs after its module is torn down and prints a traceback to stderr."""
+    with contextlib.suppress(Exception):  # a host gone away at exit is not worth a traceback either
+        forget_hypervisors()
+
+
 def console_hypervisor(uri: str | None = None) -> Hypervisor:
     """The kept driver for consoles on `uri`, with libvirt's event loop started first (the serial stream needs it)."""
     from vms.hypervisor.consoles import start_event_loop
@@ -403,6 +412,9 @@ def forget_hypervisors() -> None:
         discard = getattr(driver, "discard", None)
         if discard is not None:
             discard()
+
+
+atexit.register(_close_kept_at_exit)
 
 
 __all__ = [
