@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect
 from tests.browser.conftest import Portal, _manage
 from tests.integration.conftest import unique, virsh
 from tests.support.isos import make_iso
+from tests.support.sshkeys import ed25519_key
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.browser]
 
@@ -110,7 +111,15 @@ def test_create_page_fits_picks_from_the_host_and_shows_the_plan_in_view(page: P
     expect(warning).to_be_hidden()
     page.check("#id_uefi")
     expect(warning).to_be_visible()
+    # 5b. First boot: the cloud-init fields are folded away until asked for; filled in, they make a seed.
+    expect(page.locator("#id_ci_hostname")).to_be_hidden()
+    page.locator("#cloud-init-fields summary").click()
+    page.fill("#id_ci_hostname", "web-browser")
+    page.fill("#id_ci_ssh_keys", ed25519_key("ops@desk"))
+    page.fill("#id_ci_user_data", "#cloud-config\npackages: [nginx]\n")
+    page.fill("#id_max_memory", "1024")
     no_sideways_scroll(page)
+    page.locator("#cloud-init-fields").screenshot(path=str(shots / "04b-cloud-init.png"))
     page.screenshot(path=str(shots / "04-form-filled.png"), full_page=True)
 
     # 6. Dry run: the plan at the top, in view, with the server's own warning; nothing defined.
@@ -123,6 +132,7 @@ def test_create_page_fits_picks_from_the_host_and_shows_the_plan_in_view(page: P
     xml = plan.locator("pre").text_content() or ""
     assert f"<name>{vm_name}</name>" in xml and f"bridge='{bridge}'" in xml.replace('"', "'"), xml
     assert "ubuntu22.04" in xml or "ubuntu.com/ubuntu/22.04" in xml, xml
+    expect(plan).to_contain_text(f"create cloud-init seed {vm_name}-cidata.iso")
     no_sideways_scroll(page)
     page.screenshot(path=str(shots / "05-dry-run-plan.png"))
     assert virsh("dominfo", vm_name, check=False).returncode != 0, "a dry run defined the domain"

@@ -9,6 +9,7 @@ put on the field (or row) they name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ from vms.selectors import HostOffer, host_offer, placement_offer, template_list
 from vms.services import lifecycle as services
 from vms.services.lifecycle import DryRun
 from vms.services.placement import unavailable_reason
-from vms.services.requests import DiskRequest, GraphicsRequest, NicRequest, VmRequest
+from vms.services.requests import CloudInitRequest, DiskRequest, GraphicsRequest, NicRequest, VmRequest
 from vms.services.templates import template_data
 from vms.services.validation import boot_mismatch
 
@@ -280,7 +281,19 @@ class VmCreateForm(forms.Form):
     prefilled_from = forms.CharField(required=False, widget=forms.HiddenInput)
     name = forms.CharField(max_length=64, help_text="Letters, digits, '-', '_' and '.'; the libvirt domain's name.")
     memory = forms.IntegerField(label="Memory (MB)", initial=2048, min_value=1)
+    max_memory = forms.IntegerField(
+        label="Max memory (MB)",
+        required=False,
+        min_value=1,
+        help_text="How far the memory may be raised later while the VM runs. Empty: the memory above (raise it only when stopped).",
+    )
     vcpus = forms.IntegerField(label="vCPUs", initial=2, min_value=1)
+    max_vcpus = forms.IntegerField(
+        label="Max vCPUs",
+        required=False,
+        min_value=1,
+        help_text="How many vCPUs may be added later while the VM runs. Empty: the vCPUs above.",
+    )
     os_type = forms.ChoiceField(label="OS type", choices=[("", "(from the OS variant)"), *OsType.choices], required=False)
     os_variant = forms.CharField(
         label="OS variant",
@@ -306,6 +319,44 @@ class VmCreateForm(forms.Form):
         required=False,
         choices=[("", AUTOMATIC)],
         help_text="Where the VM runs. Automatic: the host with the most memory left among those that have what it asks for.",
+    )
+
+    # First boot (cloud-init NoCloud): each field left empty is the template's, else Vapor's default.
+    ci_enabled = forms.BooleanField(
+        label="Give it a cloud-init seed",
+        required=False,
+        help_text="For cloud images: host name, SSH keys and first-boot settings on a CD-ROM labelled cidata. "
+        "Filling in any field below ticks this.",
+    )
+    ci_hostname = forms.CharField(label="Host name", required=False, max_length=253, help_text="Empty: the template's, else the VM's name.")
+    ci_ssh_keys = forms.CharField(
+        label="SSH public keys",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "vapor-code", "spellcheck": "false"}),
+        help_text="One OpenSSH public key per line (ssh-ed25519 AAAA… comment). Empty: the template's, else those on your profile.",
+    )
+    ci_user_data = forms.CharField(
+        label="User data",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 8, "class": "vapor-code", "spellcheck": "false"}),
+        help_text="A #cloud-config document or a #! script. It may hold secrets: stored encrypted, never logged, "
+        "shown only to those who may change the VM. Empty: the template's.",
+    )
+    ci_network_config = forms.CharField(
+        label="Network config",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, "class": "vapor-code", "spellcheck": "false"}),
+        help_text="cloud-init's network YAML, version 1 or 2. Empty: the template's, else cloud-init's own (DHCP on the first NIC).",
+    )
+    ci_meta_data = forms.CharField(
+        label="Meta data",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "vapor-code", "spellcheck": "false"}),
+        help_text="A YAML mapping, merged under Vapor's instance-id and local-hostname. Empty: the template's.",
     )
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, request: HttpRequest, host: HostChoices, **kwargs: Any) -> None:
@@ -364,9 +415,68 @@ DEFAULT_NIC = {"type": NicType.NAT.value, "source": "default", "model": NicModel
 DiskFormSet = formset_factory(DiskForm, extra=0, can_delete=True)
 NicFormSet = formset_factory(NicForm, extra=0, can_delete=True)
 
-MAIN_FIELDS = {"project", "iso_path", "secondary_iso", "name", "memory", "vcpus", "os_type", "os_variant", "architecture",
-               "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "host"}  # fmt: skip
+MAIN_FIELDS = {"project", "iso_path", "secondary_iso", "name", "memory", "max_memory", "vcpus", "max_vcpus", "os_type", "os_variant",
+               "architecture", "uefi", "secure_boot", "tpm", "storage_pool", "autostart", "template", "host"}  # fmt: skip
 GRAPHICS_FIELDS = {"graphics.type": "graphics_type", "graphics.port": "graphics_port", "graphics.password": "graphics_password"}
+# The service's cloud_init fields -> the form's ("cloud_init.ssh_authorized_keys[2]" lands on the keys box, naming the line).
+CLOUD_INIT_FIELDS = {
+    "cloud_init": "ci_enabled",
+    "cloud_init.hostname": "ci_hostname",
+    "cloud_init.ssh_authorized_keys": "ci_ssh_keys",
+    "cloud_init.user_data": "ci_user_data",
+    "cloud_init.network_config": "ci_network_config",
+    "cloud_init.meta_data": "ci_meta_data",
+}
+CLOUD_INIT_TEXTS = ("ci_hostname", "ci_ssh_keys", "ci_user_data", "ci_network_config", "ci_meta_data")
+
+
+def _text(value: str | None) -> str | None:
+    """A text box's value as the service takes it: browsers send CRLF line ends (fatal to a #! script); blank is not given."""
+    text = (value or "").replace("\r\n", "\n").replace("\r", "\n")
+    return text if text.strip() else None
+
+
+def ssh_key_lines(value: str | None) -> list[str]:
+    return [line.strip() for line in (value or "").replace("\r", "\n").split("\n") if line.strip()]
+
+
+def cloud_init_from_form(data: dict[str, Any]) -> CloudInitRequest | None:
+    """The page's cloud-init fields as the API's `cloud_init` object: None when the box is unticked and every field
+    empty (the template's defaults, if any, then apply whole); else only what was filled in overrides them."""
+    texts = {name: _text(data.get(name)) for name in CLOUD_INIT_TEXTS}
+    if not data.get("ci_enabled") and not any(texts.values()):
+        return None
+    keys = ssh_key_lines(data.get("ci_ssh_keys"))
+    hostname = texts["ci_hostname"]
+    return CloudInitRequest(
+        user_data=texts["ci_user_data"],
+        ssh_authorized_keys=tuple(keys) if keys else None,
+        hostname=hostname.strip() if hostname else None,
+        network_config=texts["ci_network_config"],
+        meta_data=texts["ci_meta_data"],
+    )
+
+
+def template_cloud_init_note(template: VmTemplate | None) -> str:
+    """What a template's cloud-init defaults set (never their values: user_data may hold secrets), for the page's fieldset."""
+    if template is None:
+        return ""
+    defaults = template_data(template).cloud_init
+    if defaults is None:
+        return ""
+    parts = [
+        what
+        for what, present in (
+            ("user data", defaults.user_data is not None),
+            (f"{len(defaults.ssh_authorized_keys or ())} SSH key(s)", bool(defaults.ssh_authorized_keys)),
+            (f"host name {defaults.hostname}", bool(defaults.hostname)),
+            ("network config", defaults.network_config is not None),
+            ("meta data", defaults.meta_data is not None),
+        )
+        if present
+    ]
+    what = ", ".join(parts) if parts else "a seed with Vapor's defaults"
+    return f"Template {template.name} gives its VMs a cloud-init seed ({what}); the fields you fill in here replace its, one by one."
 
 
 def template_initial(template: VmTemplate) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -377,7 +487,9 @@ def template_initial(template: VmTemplate) -> tuple[dict[str, Any], list[dict[st
         "project": template.project.name,
         "prefilled_from": template.name,
         "memory": data.memory,
+        "max_memory": data.max_memory,
         "vcpus": data.vcpus,
+        "max_vcpus": data.max_vcpus,
         "os_type": data.os_type,
         "os_variant": data.os_variant,
         "architecture": data.architecture,
@@ -415,6 +527,9 @@ def build_request(form: VmCreateForm, disks: list[dict[str, Any]], nics: list[di
         name=data["name"],
         memory=data["memory"],
         vcpus=data["vcpus"],
+        max_memory=data.get("max_memory"),
+        max_vcpus=data.get("max_vcpus"),
+        cloud_init=cloud_init_from_form(data),
         disks=tuple(
             DiskRequest(
                 size=d.get("size"),
@@ -457,7 +572,11 @@ def place_error(
         "disks": ErrorRows(disk_formset, [disk_formset.forms[index] for index in disk_rows]),
         "networks": ErrorRows(nic_formset, [nic_formset.forms[index] for index in nic_rows]),
     }
-    show_service_error(exc, form, aliases=GRAPHICS_FIELDS, rows=rows)
+    key = re.fullmatch(r"cloud_init\.ssh_authorized_keys\[(\d+)\]", exc.field or "")
+    if key is not None:  # the Nth key given is the Nth non-blank line of the box
+        form.add_error("ci_ssh_keys", f"Line {int(key.group(1)) + 1}: {exc.message}")
+        return
+    show_service_error(exc, form, aliases={**GRAPHICS_FIELDS, **CLOUD_INIT_FIELDS}, rows=rows)
 
 
 def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
@@ -506,6 +625,8 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         nic_formset = NicFormSet(initial=nic_rows, prefix="networks", form_kwargs={"host": host})
     summary = error_summary(form, disk_formset, nic_formset)
     errors = len(summary)
+    picked = template_list(request.user).filter(name=form["template"].value() or "").first()
+    cloud_init_note = template_cloud_init_note(picked)
     context = {
         **site.each_context(request),
         "title": "Create virtual machine",
@@ -527,6 +648,9 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
         "media": model_admin.media + form.media,
         "has_view_permission": model_admin.has_view_permission(request),
         "main_fields": MAIN_FIELDS,
+        "cloud_init_note": cloud_init_note,
+        "cloud_init_open": bool(cloud_init_note)
+        or any(form[name].errors or form[name].value() for name in ("ci_enabled", *CLOUD_INIT_TEXTS)),
     }
     return render(request, "admin/vms/virtualmachine/create.html", context)
 
