@@ -36,6 +36,15 @@ SUITE = "concurrency (PostgreSQL)"
 ROUNDS = 20
 
 
+@pytest.fixture(autouse=True)
+def _default_host() -> None:
+    """The `default` Host row as every install has it (data migration 0017): these transactional tests flush the
+    database after each test, and without the row twenty racing creates would all try to make it at once."""
+    from vms.host_models import DEFAULT_HOST, Host
+
+    Host.objects.get_or_create(name=DEFAULT_HOST)
+
+
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHypervisor:
     pool_dir = tmp_path / "pool"
@@ -207,3 +216,52 @@ def test_twenty_parallel_writable_attachments_of_one_file_let_exactly_one_win(
     assert ok, codes
     assert len(writers) == 1 and writers[0][1] is False
     assert domains == [writers[0][0]] and VirtualMachine.objects.count() == 1
+
+
+def test_twenty_parallel_creates_over_two_hosts_with_room_for_three_each_make_exactly_six(tmp_path: Path, monkeypatch, tally):
+    """Issue 15's leftover: placement reads each host's room before anything is stored, so racing creates all saw
+    room for themselves. `placement_confirm` counts again under a lock on the chosen host's row. The creates go
+    to two projects (no project lock serialises them) and to automatic placement over two 3 GiB hosts."""
+    from django.conf import settings as django_settings
+
+    from tests.fakes import FakeHosts
+    from vms.host_models import Host
+    from vms.hypervisor import HostResources
+
+    assert connection.vendor == "postgresql"
+    hosts = FakeHosts(pool_root=tmp_path / "hosts")
+    size = HostResources(3 * 2**30, cpus=8, model="x86_64", hostname="fake-3g")
+    hosts.default = hosts.add(django_settings.VAPOR.libvirt_uri, host=size)
+    second = hosts.add("qemu+tcp://10.99.0.2/system", host=size)
+    monkeypatch.setattr("vms.hypervisor.get_hypervisor", hosts.get)
+    monkeypatch.setattr(Conf, "SYNC", True)
+    Host.objects.create(name="h2", uri="qemu+tcp://10.99.0.2/system")
+    user = UserFactory.create(username="host-racer")
+    for project in ("left", "right"):
+        join(user, "operator", project)
+    bodies: list[dict[str, object]] = [{} for _ in range(20)]
+
+    def create(index: int) -> Callable[[APIClient], int]:
+        def call(client: APIClient) -> int:
+            payload = _payload(f"h-{index}", memory=1024, project=("left", "right")[index % 2])
+            response = client.post(CREATE_URL, payload, format="json")
+            bodies[index] = response.json()
+            return int(response.status_code)
+
+        return call
+
+    codes = race(user, [create(i) for i in range(20)])
+    per_host = Counter(VirtualMachine.objects.values_list("host__name", flat=True))
+    domains = len(hosts.default.domains) + len(second.domains)
+    refused = [b for code, b in zip(codes, bodies, strict=True) if code == 409]
+    ok = sorted(codes) == [202] * 6 + [409] * 14
+    tally.record(
+        SUITE,
+        "20 parallel creates over 2 hosts with room for 3 VMs each",
+        refused=ok,
+        leftovers=abs(sum(per_host.values()) - 6) + abs(domains - 6),
+        detail=f"codes {dict(Counter(codes))}; VMs per host {dict(per_host)}; {domains} domain(s)",
+    )
+    assert ok, (codes, bodies)
+    assert per_host == {"default": 3, "h2": 3} and domains == 6
+    assert all(b["code"] in ("host_full", "no_host") for b in refused), refused

@@ -19,6 +19,14 @@ the candidates are filtered:
 
 and weighed: the most memory left after placing the VM, ties by name.
 
+Two creates placed at once must not both take the room a host has for one
+of them: in the transaction that stores the VM (`vm_create`), `place` locks
+the Host rows it weighs when there are several (every host for automatic
+placement, in name order; the named one otherwise) until that VM's row is committed, so a concurrent
+create waits and then counts it. Creates that need placement therefore
+queue behind each other for the time of their checks (milliseconds on kept
+connections; at most the answer timeout when a host is silent).
+
 A one-host install (a single Host row) places on that host without the
 budget of live VMs and without asking it twice: the validation that follows
 gives its errors exactly as before hosts existed. The chosen host's full
@@ -29,6 +37,9 @@ checks (path guard, image chains, name free on the host) run in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import QuerySet
 
 from projects.models import Project
 from vaporsite.errors import Conflict, NotFound, VaporError
@@ -157,12 +168,15 @@ def place(*, request: VmRequest, project: Project | None = None, hv: Hypervisor 
     default host (tests, commands): no placement then. Raises NotFound (field `host`) for an unknown
     host, Conflict `host_unavailable` / `host_full` for a named host that may not take it, and Conflict
     `no_host` (with `refused`: host -> reasons) when no host fits."""
+    # Budgets are weighed only with several hosts: only then are the rows locked (a one-host install queues nothing).
+    several = hv is None and Host.objects.count() > 1
+    rows = _locked_hosts() if several else Host.objects.all()
     if request.host:
-        host = Host.objects.filter(name=request.host).first()
+        host = rows.filter(name=request.host).first()
         if host is None:
             raise NotFound(f"host {request.host!r} does not exist", field="host", code="host_not_found")
         return _place_on(host, request, hv, requested=True, alone=not Host.objects.exclude(pk=host.pk).exists())
-    hosts = list(Host.objects.order_by("name"))
+    hosts = list(rows.order_by("name"))
     if hv is not None or len(hosts) <= 1:
         host = hosts[0] if hosts and hv is None else Host.objects.get_or_create(name=DEFAULT_HOST)[0]
         return _place_on(host, request, hv, requested=False, alone=len(hosts) <= 1)
@@ -190,6 +204,13 @@ def place(*, request: VmRequest, project: Project | None = None, hv: Hypervisor 
     best = min(fitting, key=lambda one: (-one.left, one.host.name))
     assert best.hv is not None
     return Placement(host=best.host, hv=best.hv, refused=dict(sorted(refused.items())), free_memory_mb=best.left)
+
+
+def _locked_hosts() -> QuerySet[Host]:
+    """Host rows locked until the caller's transaction ends (see the module's words); plain rows outside one."""
+    if transaction.get_connection().in_atomic_block:
+        return Host.objects.select_for_update()
+    return Host.objects.all()
 
 
 def _place_on(host: Host, request: VmRequest, hv: Hypervisor | None, *, requested: bool, alone: bool = False) -> Placement:
