@@ -125,3 +125,28 @@ def test_migrate_cancel_and_migrate_again_from_the_vm_page(portal: Portal, page:
         portal_api(portal, token, "DELETE", f"/api/v1/virtualmachines/{pk}")
         if guest.disk:
             remove_guest(guest, libvirt_hosts)
+
+
+def test_the_create_page_swaps_its_lists_for_the_host_chosen(portal: Portal, page: Page, libvirt_hosts: list[LibvirtHost]):  # noqa: F811
+    """The Host select of the create page: choosing a host puts that host's pools and networks in the lists
+    (read through `?host=NAME&lists=1`), without losing what was typed; screenshots before and after."""
+    shots = shots_dir("migration")
+    vh1 = libvirt_hosts[0]
+    _add_hosts(portal, libvirt_hosts)
+    log_in(page, portal)
+    page.goto(f"{portal.url}/admin/vms/virtualmachine/add/?host=default")
+    page.fill("#id_name", "typed-before")
+    local_pools = [o.get_attribute("value") for o in page.locator("#id_storage_pool option").all()]
+    assert portal.pool in local_pools, local_pools
+    _shot(page, shots, "6-create-page-default-host")
+    page.select_option("#id_host", "vh1")
+    wanted = sorted(p.name for p in driver(vh1).list_pools())
+    expect(page.locator("#id_storage_pool option")).to_have_count(len(wanted))
+    shown = sorted(o.get_attribute("value") or "" for o in page.locator("#id_storage_pool option").all())
+    assert shown == wanted and portal.pool not in shown, (shown, wanted)
+    networks = sorted(n.name for n in driver(vh1).list_networks())
+    sources = sorted(o.get_attribute("value") or "" for o in page.locator("#id_networks-0-source option").all())
+    assert sources == networks, (sources, networks)
+    assert page.input_value("#id_name") == "typed-before"
+    expect(page.locator("#host-lists-note")).to_have_count(0)
+    _shot(page, shots, "7-create-page-vh1-lists")

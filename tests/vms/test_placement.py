@@ -317,6 +317,20 @@ def test_the_create_page_offers_automatic_placement_and_each_host_with_why_not(a
     assert [value for value, _ in _options(one, "id_storage_pool")] == ["default"]
 
 
+def test_the_create_page_gives_its_script_a_hosts_lists_when_the_host_select_changes(admin_client, three):
+    """`?host=NAME&lists=1`: the pools (with their room), networks and bridges of that host, which the page's
+    script puts in place of the lists it shows (the browser test changes the select)."""
+    from tests.vms.test_admin import ADD
+
+    lists = admin_client.get(ADD + "?host=h2&lists=1").json()
+    assert [name for name, _label in lists["pools"]] == ["default", "fast"] and set(lists["pool_room"]) == {"default", "fast"}
+    assert [name for name, _label in lists["sources"]["bridge"]] == ["br-internal", "br0"] and lists["error"] == ""
+    h3 = admin_client.get(ADD + "?host=h3&lists=1").json()
+    assert [name for name, _label in h3["pools"]] == ["default"] and h3["sources"]["bridge"] == []
+    three.hosts.down(H3)
+    assert admin_client.get(ADD + "?host=h3&lists=1").json()["error"]  # an unreadable host says so; the page keeps its lists
+
+
 def test_the_create_page_places_shows_the_placement_in_the_dry_run_and_the_host_s_refusal_on_its_field(admin_client, three, run_tasks):
     from tests.vms.test_admin import ADD, form_data
 

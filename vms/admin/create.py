@@ -579,6 +579,11 @@ def place_error(
     show_service_error(exc, form, aliases={**GRAPHICS_FIELDS, **CLOUD_INIT_FIELDS}, rows=rows)
 
 
+def host_lists(host: HostChoices) -> dict[str, Any]:
+    """What the page's script needs to swap its lists when the Host select changes (`?host=NAME&lists=1`)."""
+    return {"pools": host.pools, "pool_room": host.pool_room, "sources": host.sources, "error": host.error}
+
+
 def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
     if not model_admin.has_add_permission(request):
         raise PermissionDenied
@@ -586,6 +591,8 @@ def create_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResp
     preview: DryRun | None = None
     # One read of the host for the whole page, every row shares it; trimmed to what the user's projects open.
     host = host_choices(page_offer(chosen_host(request)), open_to(project_choices(request)))
+    if request.method == "GET" and request.GET.get("lists"):
+        return JsonResponse(host_lists(host))
     if request.method == "POST":
         form = VmCreateForm(request.POST, admin_site=site, request=request, host=host)
         disk_formset = DiskFormSet(request.POST, prefix="disks")

@@ -22,6 +22,55 @@
     });
   }
 
+  // The Host select: the pools, networks and bridges offered become that host's (automatic: every usable host's).
+  var hostSelect = document.getElementById("id_host");
+  function hostNote(text) {
+    var note = document.getElementById("host-lists-note");
+    if (!note) {
+      note = document.createElement("p");
+      note.id = "host-lists-note";
+      note.className = "vapor-warning";
+      hostSelect.closest(".form-row").appendChild(note);
+    }
+    note.textContent = text;
+    note.hidden = !text;
+  }
+  if (hostSelect) {
+    hostSelect.addEventListener("change", function () {
+      var url = new URL(window.location.href);
+      url.searchParams.set("host", hostSelect.value);
+      url.searchParams.set("lists", "1");
+      fetch(url.toString(), {credentials: "same-origin", headers: {"Accept": "application/json"}})
+        .then(function (response) {
+          if (!response.ok) { throw new Error("HTTP " + response.status); }
+          return response.json();
+        })
+        .then(function (lists) {
+          if (lists.error) {
+            hostNote("This host's pools, networks and bridges could not be read (" + lists.error + "): the lists below are unchanged.");
+            return;
+          }
+          hostNote("");
+          data.sources = lists.sources;
+          data.pools = lists.pool_room;
+          var pool = document.getElementById("id_storage_pool");
+          if (pool && pool.tagName === "SELECT") {
+            var keep = pool.value;
+            var names = lists.pools.map(function (choice) { return choice[0]; });
+            pool.innerHTML = "";
+            lists.pools.forEach(function (choice) {
+              pool.add(new Option(choice[1], choice[0], false, choice[0] === keep));
+            });
+            if (names.indexOf(keep) < 0 && names.length) { pool.value = names[0]; }
+            if (!names.length) { pool.add(new Option("(the host has none)", "")); }
+          }
+          document.querySelectorAll("#nic-rows select[name$='-type']").forEach(fillSources);
+          poolRoom();
+        })
+        .catch(function (error) { hostNote("The host's lists could not be loaded (" + error.message + ")."); });
+    });
+  }
+
   // A NIC's source lists what the host has for the NIC's type: networks for NAT, bridges for a bridge.
   function fillSources(typeSelect) {
     var row = typeSelect.closest(".vapor-row");
