@@ -4,8 +4,9 @@
 #   bash scripts/test.sh [PYTEST ARGS...]      (or: make test ARGS="...")
 #
 # Two passes, both must pass:
-#   1. everything not marked `postgres`, on SQLite (incl. the real-libvirtd
-#      tests in tests/integration);
+#   1. everything not marked `postgres`, on SQLite (incl. the real-libvirtd,
+#      multi-host and browser tiers), in two parts run side by side (see
+#      "lanes" below);
 #   2. on PostgreSQL at 127.0.0.1:5432 (started here if it does not answer),
 #      with Redis at 127.0.0.1:6379 (likewise) for the scale-out test's
 #      brokers (tests/test_scaleout_pg.py):
@@ -13,10 +14,13 @@
 #      locking) and every other test that uses the database and needs no
 #      libvirtd (`--db-only`, tests/conftest.py), since PostgreSQL enforces
 #      what SQLite lets pass (column lengths, types, locking). Tests without a
-#      database would only run a second time, so they are deselected there.
+#      database would only run a second time, so they are deselected there,
+#      and so are the `sqlite_pass` ones (schemathesis; the authorization
+#      matrices, whose 750 cells test roles, not the database, and would
+#      double this pass).
 # A pass that collects no test fails too (pytest exit 5), so CI cannot go
-# green on an empty suite. With extra arguments (a subset run) one empty pass
-# is allowed as long as the other one ran tests.
+# green on an empty suite. With extra arguments (a subset run) an empty part
+# is allowed as long as another one ran tests.
 # With CI set (.ci/run), a skipped libvirt or browser test is a failure
 # (tests/conftest.py), and this script checks the junit files for one as well.
 #
@@ -34,10 +38,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$VAPOR_ROOT"
 
 STARTED_POSTGRES=""
+lane_pid="" # the background lane (see below), stopped if this script is interrupted
 STARTED_REDIS="" # the pid file of a redis-server this script started
 
 # shellcheck disable=SC2317  # called from the trap below
 finish() {
+    if [[ -n "$lane_pid" ]]; then
+        kill -TERM "$lane_pid" 2>/dev/null || true
+        lane_pid=""
+    fi
     # The multi-host tests' hosts (tests/multihost) stop with their session; this
     # catches an interrupted one. Only this checkout's hosts are touched.
     bash "${VAPOR_ROOT}/scripts/hosts.sh" stop 2>/dev/null || true
@@ -133,22 +142,54 @@ PG_URL="$(postgres_url)"
 export VAPOR_Q_SYNC=1 VAPOR_DOWNLOAD_ALLOW_PRIVATE=1
 RESULTS="${VAPOR_ROOT}/var/test-results"
 mkdir -p "$RESULTS"
-rm -f "${RESULTS}"/*.xml
+rm -f "${RESULTS}"/*.xml "${RESULTS}"/*.rc "${RESULTS}"/db-lane.log
 
-vapor_say "pass 1: pytest -m 'not postgres' on SQLite"
-sqlite_rc=0
-env -u DATABASE_URL "$VAPOR_PY" -m pytest -m "not postgres" --junitxml="${RESULTS}/sqlite.xml" "$@" || sqlite_rc=$?
+# The SQLite pass in two parts, run at the same time as two lanes:
+#   lane 1: the real-libvirtd, multi-host and browser tiers (`libvirt or browser`), which
+#           mostly wait on guests and browsers (about half a CPU), one test at a time;
+#   lane 2: the tests that need neither (the SQLite part), then the PostgreSQL pass:
+#           CPU-bound, so they use the other core meanwhile.
+# Their junit files are sqlite-real.xml, sqlite-db.xml and postgres.xml. Lane 2's output
+# is printed after lane 1's. VAPOR_TEST_LANES=0 runs the three one after another instead.
+LANE_LOG="${RESULTS}/db-lane.log"
+real_rc=0 sqlite_rc=0 postgres_rc=0
 
-vapor_say "pass 2: pytest -m 'postgres or not (libvirt or sqlite_pass)' --db-only on PostgreSQL"
-postgres_rc=0
-DATABASE_URL="$PG_URL" "$VAPOR_PY" -m pytest -m "postgres or not (libvirt or sqlite_pass)" --db-only --junitxml="${RESULTS}/postgres.xml" "$@" ||
-    postgres_rc=$?
+run_real_lane() {
+    vapor_say "pass 1 (lane 1): pytest -m 'not postgres and (libvirt or browser)' on SQLite"
+    env -u DATABASE_URL "$VAPOR_PY" -m pytest -m "not postgres and (libvirt or browser)" --junitxml="${RESULTS}/sqlite-real.xml" "$@"
+}
+
+run_db_lane() {
+    local rc=0
+    vapor_say "pass 1 (lane 2): pytest -m 'not postgres and not (libvirt or browser)' on SQLite"
+    env -u DATABASE_URL "$VAPOR_PY" -m pytest -m "not postgres and not (libvirt or browser)" --junitxml="${RESULTS}/sqlite-db.xml" "$@" || rc=$?
+    echo "$rc" >"${RESULTS}/sqlite-db.rc"
+    rc=0
+    vapor_say "pass 2 (lane 2): pytest -m 'postgres or not (libvirt or sqlite_pass)' --db-only on PostgreSQL"
+    DATABASE_URL="$PG_URL" "$VAPOR_PY" -m pytest -m "postgres or not (libvirt or sqlite_pass)" --db-only --junitxml="${RESULTS}/postgres.xml" "$@" || rc=$?
+    echo "$rc" >"${RESULTS}/postgres.rc"
+}
+
+if [[ "${VAPOR_TEST_LANES:-1}" == 0 ]]; then
+    run_real_lane "$@" || real_rc=$?
+    run_db_lane "$@"
+else
+    run_db_lane "$@" >"$LANE_LOG" 2>&1 &
+    lane_pid=$!
+    run_real_lane "$@" || real_rc=$?
+    vapor_say "lane 1 done; waiting for lane 2 (the SQLite part without libvirtd, then PostgreSQL)"
+    wait "$lane_pid" || true
+    lane_pid=""
+    cat "$LANE_LOG"
+fi
+sqlite_rc="$(cat "${RESULTS}/sqlite-db.rc" 2>/dev/null || echo 1)"
+postgres_rc="$(cat "${RESULTS}/postgres.rc" 2>/dev/null || echo 1)"
 
 status_of() {
     # 0 = passed. 5 = collected nothing: a failure, unless this is a subset run
-    # ($# > 0 in the caller) and the other pass ran tests.
-    local rc="$1" other="$2" subset="$3"
-    if ((rc == 5 && subset && other == 0)); then
+    # ($2 = 1) and another pass ran tests ($3 = 1).
+    local rc="$1" subset="$2" others_ran="$3"
+    if ((rc == 5 && subset && others_ran)); then
         echo 0
     else
         echo "$rc"
@@ -160,13 +201,15 @@ finish
 trap - EXIT
 
 subset=$(($# > 0 ? 1 : 0))
-sqlite_status="$(status_of "$sqlite_rc" "$postgres_rc" "$subset")"
-postgres_status="$(status_of "$postgres_rc" "$sqlite_rc" "$subset")"
-echo "test.sh: SQLite pass exit ${sqlite_rc}, PostgreSQL pass exit ${postgres_rc}"
+ran=$(((real_rc == 0) + (sqlite_rc == 0) + (postgres_rc == 0)))
+real_status="$(status_of "$real_rc" "$subset" $((ran > 0)))"
+sqlite_status="$(status_of "$sqlite_rc" "$subset" $((ran > 0)))"
+postgres_status="$(status_of "$postgres_rc" "$subset" $((ran > 0)))"
+echo "test.sh: SQLite pass exit ${real_rc} (libvirt and browser tiers) and ${sqlite_rc} (the rest), PostgreSQL pass exit ${postgres_rc}"
 # The distinct count, a CI check on skipped tiers, then one closing line for
 # both passes together, in the plain form CI reads.
 summary_rc=0
-"$VAPOR_PY" - "${RESULTS}/sqlite.xml" "${RESULTS}/postgres.xml" <<'PY' || summary_rc=$?
+"$VAPOR_PY" - "${RESULTS}/sqlite-real.xml" "${RESULTS}/sqlite-db.xml" "${RESULTS}/postgres.xml" <<'PY' || summary_rc=$?
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -181,14 +224,14 @@ for path in filter(os.path.exists, sys.argv[1:]):
     for suite in root.iter("testsuite"):
         for key in totals:
             totals[key] += int(suite.get(key, 0))
-    cases = ids.setdefault(os.path.basename(path), set())
+    cases = ids.setdefault(os.path.basename(path).removesuffix(".xml").split("-")[0], set())  # sqlite-real + sqlite-db: sqlite
     for case in root.iter("testcase"):
         test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
         cases.add(test_id)
         if case.find("skipped") is not None and test_id.startswith(TIERS):
             tier_skips.append(test_id)
 passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
-per_pass = ", ".join(f"{name.removesuffix('.xml')} {len(cases)}" for name, cases in ids.items())
+per_pass = ", ".join(f"{name} {len(cases)}" for name, cases in ids.items())
 print(f"distinct tests: {len(set().union(*ids.values()))} ({per_pass}; a test run in both passes counts once)")
 if in_ci and tier_skips:
     print(f"test.sh: {len(tier_skips)} libvirt/browser tests skipped under CI, which must run every tier:")
@@ -198,7 +241,7 @@ print(f"total: {passed} passed, {totals['failures'] + totals['errors']} failed, 
 sys.exit(3 if in_ci and tier_skips else 0)
 PY
 
-if ((sqlite_status != 0 || postgres_status != 0 || summary_rc != 0)); then
+if ((real_status != 0 || sqlite_status != 0 || postgres_status != 0 || summary_rc != 0)); then
     exit 1
 fi
 exit 0

@@ -643,6 +643,7 @@ def _denied(role: str, action: Action, response: Any) -> bool:
     return response.status_code == 403
 
 
+@pytest.mark.sqlite_pass  # roles, not database behaviour: the PostgreSQL pass would only run 669 seeded cells again
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("action", ACTIONS, ids=lambda a: a.name)
 def test_cell(
@@ -711,6 +712,7 @@ def _hidden(action: Action, response: Any, seeds: dict[str, str]) -> bool:
     return code == 403 or (code == 302 and response["Location"] == ADMIN)  # "does not exist" sends to the index
 
 
+@pytest.mark.sqlite_pass  # as test_cell
 @pytest.mark.parametrize("role", CROSS_ROLES)
 @pytest.mark.parametrize("action", CROSS_ACTIONS, ids=lambda a: a.name)
 def test_cross_project_cell(
