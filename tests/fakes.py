@@ -52,6 +52,7 @@ from vms.hypervisor.documents.hardware import (
     with_vcpus,
     without_interface,
 )
+from vms.hypervisor.documents.snapshot import NVRAM_DIR, parse_nvram_path, parse_tpm_state_path
 from vms.hypervisor.specs import LiveSnapshot, NicSpec, SnapshotDisk, SnapshotSpec
 
 
@@ -129,6 +130,7 @@ class FakeHypervisor:
     _console_sockets: dict[str, list[socket.socket]] = field(default_factory=dict)
     snapshots: dict[str, dict[str, tuple[LiveSnapshot, str, dict[str, bytes]]]] = field(default_factory=dict)  # domain -> name -> taken
     nvram: dict[str, bytes] = field(default_factory=dict)  # domain -> its UEFI variables, once it has some
+    host_files: set[str] = field(default_factory=set)  # other paths host_file_exists finds (a TPM state directory ...)
     device_changes: list[tuple[str, str, str, bool]] = field(default_factory=list)  # (call, domain, target dev, live)
     resized: dict[str, int] = field(default_factory=dict)  # target dev (live) or volume path (stopped) -> bytes
     firmware: FirmwareSupport = field(default_factory=lambda: FirmwareSupport(uefi=True, secure_boot=True, tpm=True))
@@ -679,6 +681,8 @@ class FakeHypervisor:
             moved = (domain.counters.memory_kib * 1024 if domain.counters else 0) + sum(p.stat().st_size for p in paths if p.exists())
             progress(JobProgress("migration_out", elapsed_ms=0, total_bytes=moved, processed_bytes=moved, remaining_bytes=0))
         dest.domains[name] = self.domains.pop(name)
+        if name in self.nvram:  # QEMU carries the variables; libvirt leaves the source's file behind
+            dest.nvram[name] = self.nvram[name]
         self.snapshots.pop(name, None)
         self._hang_up_consoles(name)
 
@@ -691,6 +695,30 @@ class FakeHypervisor:
         self._domain(name)
         if self.jobs.pop(name, None) is None:
             raise Conflict(f"no job runs on {name}", code="no_job")
+
+    def nvram_path(self, name: str) -> str:
+        self._call("nvram_path")
+        return parse_nvram_path(self._domain(name).xml, NVRAM_DIR)
+
+    def tpm_state_path(self, name: str) -> str:
+        self._call("tpm_state_path")
+        return parse_tpm_state_path(self._domain(name).xml)
+
+    def _nvram_owner(self, path: str) -> str | None:
+        """The domain whose variables `nvram` holds at `path` (libvirt's own file name in its directory)."""
+        return next((name for name in self.nvram if path == f"{NVRAM_DIR}/{name}_VARS.fd"), None)
+
+    def host_file_exists(self, path: str) -> bool:
+        self._call("host_file_exists")
+        return self._nvram_owner(path) is not None or path in self.host_files
+
+    def delete_host_file(self, path: str) -> bool:
+        self._call("delete_host_file")
+        owner = self._nvram_owner(path)
+        if owner is None:
+            return False
+        del self.nvram[owner]
+        return True
 
     def close(self) -> None:
         self._call("close")

@@ -24,6 +24,7 @@ from tests.support.isos import make_iso
 from vaporsite.errors import Conflict
 from vms.host_models import Host
 from vms.hypervisor import HostResources
+from vms.hypervisor.documents.domain import parse_domain
 from vms.migration_models import VmMigration
 from vms.models import CdromAttachment, VirtualMachine, VmEvent, VmSnapshot
 from vms.services.migration import vm_migration_run
@@ -155,6 +156,108 @@ def test_copy_storage_never_removes_an_existing_disk_given_by_path(vm_api, run_t
     assert VmEvent.objects.filter(vm=running, message__contains=f"kept (not Vapor's): {path}").exists()
 
 
+# --- UEFI: the variables move with the guest ------------------------------------------
+
+
+@pytest.fixture
+def uefi(vm_api, run_tasks, bed: Bed) -> VirtualMachine:
+    """A running UEFI VM (Secure Boot) whose variables the firmware has written (libvirt's file on the default host)."""
+    body = {"name": "efi", "memory": 512, "vcpus": 1, "disks": [{"size": 1}], "host": "default", "uefi": True, "secure_boot": True}
+    vm = create_vm(vm_api, run_tasks, body)
+    assert vm.status == "running" and vm.uefi, vm.error
+    bed.default.nvram["efi"] = b"variables the guest wrote"
+    return vm
+
+
+def test_a_uefi_vm_migrates_with_its_variables_and_the_sources_file_is_removed(vm_api, run_tasks, bed: Bed, uefi):
+    assert bed.default.nvram_path("efi") == "/var/lib/libvirt/qemu/nvram/efi_VARS.fd"
+    response = migrate(vm_api, uefi, run_tasks)
+    assert response.status_code == 202, response.json()
+    assert VmMigration.objects.get().status == "succeeded", VmMigration.objects.get().error
+    assert VirtualMachine.objects.get(pk=uefi.pk).host.name == "h2"
+    assert bed.h2.nvram["efi"] == b"variables the guest wrote" and "efi" not in bed.default.nvram
+    assert bed.default.calls["delete_host_file"] == 1
+    message = "removed the source's copy of its UEFI variables on default: /var/lib/libvirt/qemu/nvram/efi_VARS.fd"
+    assert VmEvent.objects.filter(vm=uefi, step="migrate", status="info", message=message).exists()
+    # and back: the file h2 holds goes the same way
+    bed.h2.peers[django_settings.VAPOR.libvirt_uri] = bed.default
+    bed.h2.pools["default"] = bed.default.pool_dir
+    assert migrate(vm_api, uefi, run_tasks, host="default").status_code == 202
+    assert bed.default.nvram["efi"] == b"variables the guest wrote" and "efi" not in bed.h2.nvram
+
+
+def test_a_uefi_vm_is_refused_when_the_destination_holds_its_variables_file(vm_api, bed: Bed, uefi):
+    bed.h2.nvram["efi"] = b"another domain's, or a directory both hosts share"
+    body = refused(migrate(vm_api, uefi), 409, "destination_storage")
+    assert "/var/lib/libvirt/qemu/nvram/efi_VARS.fd" in body["detail"] and "UEFI variables" in body["detail"]
+    assert bed.default.nvram["efi"] == b"variables the guest wrote" and bed.default.calls["migrate_domain"] == 0
+
+
+def test_a_file_that_appeared_on_the_destination_before_the_task_keeps_the_sources(
+    vm_api, bed: Bed, uefi, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert migrate(vm_api, uefi).status_code == 202
+    bed.h2.nvram["efi"] = b"there before the move"  # the directory may be one both hosts see: never remove it
+    for task in queued:
+        task()
+    assert VmMigration.objects.get().status == "succeeded"
+    assert bed.default.nvram["efi"] == b"variables the guest wrote" and bed.default.calls["delete_host_file"] == 0
+    assert VmEvent.objects.filter(vm=uefi, message__startswith="kept its UEFI variables on default").exists()
+
+
+def test_a_tpm_vm_migrates_unless_the_destination_holds_its_tpm_state(vm_api, run_tasks, bed: Bed):
+    body = {"name": "win", "memory": 512, "vcpus": 1, "disks": [{"size": 1}], "host": "default", "uefi": True, "tpm": True}
+    vm = create_vm(vm_api, run_tasks, body)
+    assert vm.status == "running" and vm.tpm, vm.error
+    state, domain_uuid = bed.default.tpm_state_path("win"), parse_domain(bed.default.domains["win"].xml).uuid
+    assert len(domain_uuid) == 36 and state == f"/var/lib/libvirt/swtpm/{domain_uuid}"
+    bed.h2.host_files.add(state)  # a directory both hosts share, or another domain's of the same UUID
+    detail = refused(migrate(vm_api, vm), 409, "destination_storage")["detail"]
+    assert f"{state} (its TPM state)" in detail and "UEFI" not in detail
+    bed.h2.host_files.clear()
+    assert migrate(vm_api, vm, run_tasks).status_code == 202
+    assert VmMigration.objects.get().status == "succeeded" and "win" in bed.h2.domains
+
+
+@pytest.mark.parametrize("how", ["failed", "cancelled"])
+def test_a_failed_or_cancelled_uefi_migration_keeps_the_sources_variables_and_removes_the_destinations(
+    vm_api, run_tasks, bed: Bed, uefi, monkeypatch, how: str
+):
+    original = bed.default.migrate_domain
+
+    def stops_halfway(name: str, dest_uri: str, **kwargs: Any) -> None:
+        bed.h2.nvram[name] = b"the firmware's template"  # libvirt made the destination's file before it failed
+        if how == "cancelled":
+            migration = VmMigration.objects.get()
+            assert vm_api.post(f"{API}{uefi.pk}/migrations/{migration.pk}/cancel").status_code == 202
+            original(name, dest_uri, **kwargs)  # its progress callback sees the cancel and raises
+        raise Conflict("the destination gave up")
+
+    monkeypatch.setattr(bed.default, "migrate_domain", stops_halfway)
+    assert migrate(vm_api, uefi, run_tasks).status_code == 202
+    assert VmMigration.objects.get().status == how
+    assert VirtualMachine.objects.get(pk=uefi.pk).host.name == "default"
+    assert bed.default.nvram["efi"] == b"variables the guest wrote" and "efi" not in bed.h2.nvram
+    assert bed.default.calls["delete_host_file"] == 0
+
+
+def test_a_reconciled_uefi_migration_keeps_the_sources_variables(vm_api, bed: Bed, uefi, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from vms.services.migration import vm_migrate
+
+    migration = vm_migrate(vm=uefi, host="h2", copy_storage=False)
+    bed.h2.domains["efi"] = bed.default.domains.pop("efi")  # it got there; the worker died before it said so
+    long_ago = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout + 60)
+    VmMigration.objects.filter(pk=migration.pk).update(status="running", claimed_at=long_ago, attempts=1)
+    vm_migration_run(migration_id=migration.pk)
+    assert VmMigration.objects.get().status == "succeeded" and bed.default.nvram["efi"] == b"variables the guest wrote"
+    assert VmEvent.objects.filter(vm=uefi, message__startswith="kept its UEFI variables on default").exists()
+
+
 # --- failure, cancel, twice -------------------------------------------------------------
 
 
@@ -251,14 +354,10 @@ def test_a_second_migration_while_one_is_queued_is_refused(vm_api, bed: Bed, run
     assert VmMigration.objects.count() == 1
 
 
-def test_snapshots_uefi_and_tpm_are_refused(vm_api, bed: Bed, running):
+def test_snapshots_are_refused(vm_api, bed: Bed, running):
     VmSnapshot.objects.create(vm=running, name="before", vm_state="running")
     refused(migrate(vm_api, running), 409, "has_snapshots")
-    VmSnapshot.objects.all().delete()
-    VirtualMachine.objects.filter(pk=running.pk).update(uefi=True)
-    refused(migrate(vm_api, running), 409, "firmware_state")
-    VirtualMachine.objects.filter(pk=running.pk).update(uefi=False, tpm=True)
-    refused(migrate(vm_api, running), 409, "firmware_state")
+    assert "mover" in bed.default.domains and bed.default.calls["migrate_domain"] == 0
 
 
 def test_an_iso_the_destination_lacks_is_refused_and_named(vm_api, bed: Bed, running, iso_dirs, tmp_path):

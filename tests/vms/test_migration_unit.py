@@ -134,3 +134,13 @@ def test_fake_abort_without_a_job_is_a_conflict(tmp_path: Path):
     assert source.domain_job("vm1") == JobProgress("migration_out", 10, 100, 50, 50)
     source.abort_migration("vm1")
     assert source.domain_job("vm1") is None
+
+
+def test_tpm_state_path_is_libvirts_directory_by_uuid_for_an_emulated_tpm_only():
+    from vms.hypervisor.documents.snapshot import parse_tpm_state_path
+
+    uuid = "254d56c0-e6a2-4a10-bd9a-cce3c4e158c9"
+    emulated = f"<domain><uuid>{uuid}</uuid><devices><tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm></devices></domain>"
+    assert parse_tpm_state_path(emulated) == f"/var/lib/libvirt/swtpm/{uuid}"
+    passthrough = f"<domain><uuid>{uuid}</uuid><devices><tpm><backend type='passthrough'/></tpm></devices></domain>"
+    assert parse_tpm_state_path(passthrough) == "" and parse_tpm_state_path(f"<domain><uuid>{uuid}</uuid><devices/></domain>") == ""

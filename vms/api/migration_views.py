@@ -23,10 +23,12 @@ ERRORS = {code: ErrorSerializer for code in (400, 403, 404, 409, 500, 503)}
 RULES = (
     " The VM must be running (409 `vm_not_running`). `host`: a host's name (404 `host_not_found`; 400 `same_host` for its own "
     "host; 409 `host_unavailable` when disabled, in maintenance or down; 409 `host_full` past its memory or vCPU budget). "
-    "Also 409 `migration_in_progress`, `has_snapshots` (delete them first), `firmware_state` (UEFI or TPM VMs), "
+    "Also 409 `migration_in_progress`, `has_snapshots` (delete them first), "
     "`readonly_media` (ISOs or the cloud-init seed the destination lacks at the same path: eject them first), "
-    "`destination_storage` (no pool for the disks' directory there, a file in the way, or not shared when copy_storage "
-    "is false), `disk_in_use` (a disk backs linked clones). The VM's `host` changes only once the migration succeeded; "
+    "`destination_storage` (no pool for the disks' directory there, a file in the way, not shared when copy_storage "
+    "is false, or the VM's UEFI variables file or TPM state already there), `disk_in_use` (a disk backs linked clones). "
+    "UEFI (Secure Boot too) and TPM VMs move with their variables and TPM state. The VM's `host` changes only once the "
+    "migration succeeded; "
     "a failed or cancelled one leaves it running on the source."
 )
 

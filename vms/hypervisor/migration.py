@@ -27,22 +27,41 @@ copied: their files must exist at the same path on the destination. Without
 
 A failed or aborted migration leaves the guest running on the source: libvirt
 only stops the source once the destination runs it.
+
+UEFI and TPM (libvirt 9.0 / QEMU 7.2 / swtpm 0.7, observed in tests/multihost):
+the UEFI variables travel inside the migration stream (QEMU's pflash device
+is RAM it migrates), libvirt makes the destination's NVRAM file from the
+firmware's template when the incoming domain starts, and QEMU writes the
+migrated variables over it once the guest runs there. The source's NVRAM
+file stays behind, like the disks. An emulated TPM's state travels in the
+stream too (QEMU fetches swtpm's state and hands it to the destination's
+swtpm, which writes it into its own state directory); libvirt removes the
+source's TPM state itself. `host_file_exists` and `delete_host_file` reach
+such files on any host through libvirt's storage (a pool of their directory,
+made for the call and destroyed after when the host has none; a dir pool
+lists subdirectories too), since the portal may not see the host's files.
 """
 
 from __future__ import annotations
 
 import logging
+import os.path
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import libvirt
 
 from vaporsite.errors import Conflict, HypervisorError, InvalidInput, VaporError
 from vms.hypervisor import JobProgress
-from vms.hypervisor._connection import Connection, calls, vapor_error
+from vms.hypervisor._connection import Connection, calls, lookup_or_none, vapor_error
+from vms.hypervisor.documents.pool import dir_pool_xml, pool_target_path, pool_type
+from vms.hypervisor.documents.snapshot import NVRAM_DIR, parse_nvram_path, parse_tpm_state_path
 from vms.hypervisor.errors import VIR_ERR_NO_STORAGE_POOL, VIR_ERR_NO_STORAGE_VOL, VIR_ERR_OPERATION_INVALID
+from vms.hypervisor.storage import _FILE_POOL_TYPES
 
 MIGRATE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
@@ -112,7 +131,70 @@ def migration_error(exc: libvirt.libvirtError, name: str, dest_uri: str) -> Vapo
 
 
 class MigrationMixin(Connection):
-    """`migrate_domain`, `domain_job`, `abort_migration`."""
+    """`migrate_domain`, `domain_job`, `abort_migration`; the NVRAM file a UEFI domain leaves behind."""
+
+    def nvram_path(self, name: str) -> str:
+        """The file of the domain's UEFI variables on this host, from its live definition ("" for BIOS)."""
+        domain = self._lookup_domain(name)  # type: ignore[attr-defined]
+        with calls(field="name"):
+            return parse_nvram_path(domain.XMLDesc(0), NVRAM_DIR)
+
+    def tpm_state_path(self, name: str) -> str:
+        """The directory of the domain's emulated TPM state on this host, by its UUID ("" without such a TPM)."""
+        domain = self._lookup_domain(name)  # type: ignore[attr-defined]
+        with calls(field="name"):
+            return parse_tpm_state_path(domain.XMLDesc(0))
+
+    def host_file_exists(self, path: str) -> bool:
+        """Whether this host holds a file or directory at `path` (an absolute path), seen through libvirt's storage."""
+        with self._directory_pool(os.path.dirname(os.path.normpath(path))) as pool:
+            return pool is not None and self._file_in(pool, path) is not None
+
+    def delete_host_file(self, path: str) -> bool:
+        """Remove the file at `path` on this host (True), or say it was not there (False)."""
+        with self._directory_pool(os.path.dirname(os.path.normpath(path))) as pool:
+            found = None if pool is None else self._file_in(pool, path)
+            if found is None:
+                return False
+            with calls():
+                found.delete(0)
+            return True
+
+    @staticmethod
+    def _file_in(pool: Any, path: str) -> Any:
+        return lookup_or_none(pool.storageVolLookupByName, os.path.basename(path), VIR_ERR_NO_STORAGE_VOL)
+
+    @contextmanager
+    def _directory_pool(self, directory: str) -> Iterator[Any]:
+        """An active pool of `directory`, refreshed: the host's own, or a transient one made for the call
+        and destroyed after (the directory and its files stay). None when the directory is not there."""
+        if not os.path.isabs(directory):
+            raise InvalidInput(f"{directory!r} is not an absolute directory", field="path")
+        conn = self._connection()
+        with calls():
+            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+                document = pool.XMLDesc(0)
+                if pool_type(document) in _FILE_POOL_TYPES and os.path.normpath(pool_target_path(document)) == directory:
+                    pool.refresh(0)
+                    break
+            else:
+                pool = None
+        if pool is not None:
+            yield pool
+            return
+        name = f"vapor-files-{uuid.uuid4().hex[:12]}"
+        try:
+            made = conn.storagePoolCreateXML(dir_pool_xml(name, directory), 0)
+        except libvirt.libvirtError as exc:
+            if "No such file or directory" in (exc.get_error_message() or ""):
+                yield None
+                return
+            raise vapor_error(exc) from exc
+        try:
+            yield made
+        finally:
+            with suppress(libvirt.libvirtError):
+                made.destroy()
 
     def domain_job(self, name: str) -> JobProgress | None:
         """The domain's running job (a migration, a save ...) and how far it got; None when none runs."""

@@ -21,14 +21,13 @@ import libvirt
 from vaporsite.errors import Conflict, HypervisorError, NotFound
 from vms.hypervisor import VolumeInfo
 from vms.hypervisor._connection import Connection, calls, lookup_or_none
-from vms.hypervisor.documents.snapshot import parse_nvram_path, parse_snapshot, snapshot_xml
+from vms.hypervisor.documents.snapshot import NVRAM_DIR, parse_nvram_path, parse_snapshot, snapshot_xml
 from vms.hypervisor.documents.volume import volume_xml
 from vms.hypervisor.errors import VIR_ERR_NO_DOMAIN, validate_volume_name
 from vms.hypervisor.specs import LiveSnapshot, SnapshotSpec
 from vms.hypervisor.storage import volume_owner
 
 VIR_ERR_NO_DOMAIN_SNAPSHOT = 72
-NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"  # libvirt's default (qemu.conf `nvram_dir`), where autoselected UEFI keeps its variables
 
 
 class SnapshotsMixin(Connection):

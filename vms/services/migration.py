@@ -21,9 +21,6 @@ Refused before anything is queued (HTTP status, code):
 - snapshots (409 `has_snapshots`): libvirt moves a domain's snapshot metadata
   with no migration flag, and QEMU's internal snapshots (with their memory
   state) would need to come along inside every qcow2 disk; delete them first;
-- UEFI or TPM (409 `firmware_state`): the UEFI variables (NVRAM) and the TPM
-  state are files beside the definition that a copy-storage migration does
-  not carry, so the guest would lose them at its next boot there;
 - read-only media the destination lacks at the same path (409
   `readonly_media`): ISOs in CD-ROM drives, the cloud-init seed, read-only
   disks. libvirt never copies read-only disks. Eject them first (the seed
@@ -31,18 +28,30 @@ Refused before anything is queued (HTTP status, code):
 - storage (409 `destination_storage`): with `copy_storage`, the destination
   needs a storage pool in the directory of each writable disk, and must not
   hold a file at that path already (libvirt would write the copy over it);
-  without it, every writable disk must be visible there already (shared);
+  without it, every writable disk must be visible there already (shared).
+  A UEFI VM's variables file (NVRAM) and an emulated TPM's state directory
+  must not be on the destination already: the migration writes the guest's
+  over them, and the source's are removed afterwards, which a directory both
+  hosts share would lose;
 - a disk of the VM that backs another VM's linked clone or a template
   (409 `disk_in_use`, copy_storage only): its file is removed from the source
   afterwards, which would leave those without their backing file.
+
+A UEFI VM (Secure Boot or not) moves with its variables, and an emulated TPM
+with its state: QEMU carries both in the migration stream, into the
+destination's NVRAM file at the same path and the destination's swtpm
+(vms/hypervisor/migration.py). libvirt removes the source's TPM state itself.
 
 After a successful copy-storage migration the source keeps its copy of the
 disks (libvirt undefines the domain, not its files): Vapor deletes the
 volumes it created itself (`Disk.created_by_vapor`, as `vm_delete` would);
 existing disks given by path are never touched (the VM now uses the copy
-at the same path on the destination). A failed or cancelled copy-storage
-migration leaves the volumes libvirt made on the destination: Vapor removes
-those it saw absent before the migration began.
+at the same path on the destination). The source's NVRAM file stays behind
+too, with or without copy_storage: Vapor removes it (as `vm_delete` would),
+if the destination had no file at that path before the move. A failed or
+cancelled migration leaves the volumes libvirt made on the destination, and
+its NVRAM file: Vapor removes those it saw absent before the migration
+began; the source keeps everything.
 """
 
 from __future__ import annotations
@@ -163,12 +172,6 @@ def vm_migrate(*, vm: VirtualMachine, host: str, copy_storage: bool = True, acto
                 f"VM {vm.name} has snapshots ({', '.join(snapshots)}): a live migration cannot take them along; delete them first",
                 code="has_snapshots",
             )
-        if vm.uefi or vm.tpm:
-            what = " and ".join(w for w, on in (("UEFI variables", vm.uefi), ("TPM state", vm.tpm)) if on)
-            raise Conflict(
-                f"VM {vm.name} keeps its {what} in files beside its definition that a migration does not carry; it cannot be migrated",
-                code="firmware_state",
-            )
         if copy_storage:
             from vms.services.lifecycle import _refuse_if_a_linked_clone_base
 
@@ -176,6 +179,8 @@ def vm_migrate(*, vm: VirtualMachine, host: str, copy_storage: bool = True, acto
         dest_hv = hypervisor.get_hypervisor(dest.libvirt_uri)
         _check_media(vm, dest, dest_hv)
         _check_storage(vm, dest, dest_hv, copy_storage=copy_storage)
+        if vm.uefi or vm.tpm:
+            _check_firmware_state(vm, dest, dest_hv)
         request = VmRequest(name=vm.name, memory=vm.memory_mb, vcpus=vm.vcpus)
         reasons, _left = budget_reasons(dest, request, dest_hv, host_usage([dest]).get(dest.pk, HostUse()))
         if reasons:
@@ -232,6 +237,26 @@ def _check_storage(vm: VirtualMachine, dest: Host, dest_hv: Hypervisor, *, copy_
             problems.append(f"disk {disk.target_dev}: {disk.path} is not visible there (no shared storage; copy the disks)")
     if problems:
         raise Conflict(f"host {dest.name} cannot hold the disks of VM {vm.name}: {'; '.join(problems)}", code="destination_storage")
+
+
+def _check_firmware_state(vm: VirtualMachine, dest: Host, dest_hv: Hypervisor) -> None:
+    """The destination must hold nothing where the VM keeps its UEFI variables or its TPM state (the same paths there)."""
+    source_hv = hypervisor.get_hypervisor(vm.host.libvirt_uri)
+    paths = [
+        (path, what)
+        for path, what in (
+            (source_hv.nvram_path(vm.name) if vm.uefi else "", "its UEFI variables"),
+            (source_hv.tpm_state_path(vm.name) if vm.tpm else "", "its TPM state"),
+        )
+        if path
+    ]
+    there = [f"{path} ({what})" for path, what in paths if dest_hv.host_file_exists(path)]
+    if there:
+        raise Conflict(
+            f"host {dest.name} holds a file where VM {vm.name} keeps {'; '.join(there)}: the migration would write over it "
+            "(another domain's, or a directory both hosts share)",
+            code="destination_storage",
+        )
 
 
 def _enqueue(migration_id: int) -> None:
@@ -311,13 +336,22 @@ def vm_migration_run(*, migration_id: int) -> None:
         return
     dest_hv: Hypervisor | None = None
     made_there: list[str] = []  # what libvirt will create on the destination (absent now): removed again on failure
+    nvram = ""  # the UEFI variables' file, at the same path on both hosts
+    nvram_made_there = False
+    if vm.uefi:
+        try:
+            nvram = source_hv.nvram_path(vm.name)
+        except VaporError as exc:  # the migration says how the source is
+            log.warning("migration %s: the UEFI variables of %s on %s cannot be found: %s", migration.pk, vm.name, source.name, exc.message)
     try:
         dest_hv = hypervisor.get_hypervisor(dest.libvirt_uri)
         if migration.copy_storage:
             paths = [d.path for d in vm.disks.filter(readonly=False).exclude(path="")]
             made_there = [path for path in paths if dest_hv.volume_by_path(path) is None]
+        nvram_made_there = bool(nvram) and not dest_hv.host_file_exists(nvram)
     except VaporError as exc:  # the source's libvirtd connects to it itself: let it try, and say how that ended
         log.warning("migration %s: the portal cannot reach %s: %s", migration.pk, dest.name, exc.message)
+    nvram_there = nvram if nvram_made_there else ""
     started = time.monotonic()
     try:
         _isos_to_destination(vm, dest, dest_hv)
@@ -336,15 +370,15 @@ def vm_migration_run(*, migration_id: int) -> None:
             progress=lambda job: _progress(migration.pk, job),
         )
     except MigrationCancelled:
-        _remove_leftovers(dest_hv, vm, made_there)
+        _remove_leftovers(dest_hv, vm, made_there, nvram_there)
         _finish(migration, MigrationStatus.CANCELLED, "cancelled", actor, source_hv=source_hv)
         return
     except Exception as exc:
-        _remove_leftovers(dest_hv, vm, made_there)
+        _remove_leftovers(dest_hv, vm, made_there, nvram_there)
         words = exc.message if isinstance(exc, VaporError) else f"{type(exc).__name__}: {exc}"
         _finish(migration, MigrationStatus.FAILED, words, actor, source_hv=source_hv)
         return
-    _succeed(migration, actor, source_hv, took=time.monotonic() - started)
+    _succeed(migration, actor, source_hv, took=time.monotonic() - started, nvram=nvram, nvram_made_there=nvram_made_there)
 
 
 def _isos_to_destination(vm: VirtualMachine, dest: Host, dest_hv: Hypervisor | None) -> None:
@@ -366,7 +400,9 @@ def _progress(migration_id: int, job: JobProgress) -> None:
         raise MigrationCancelled()
 
 
-def _succeed(migration: VmMigration, actor: Actor, source_hv: Hypervisor, *, took: float) -> None:
+def _succeed(
+    migration: VmMigration, actor: Actor, source_hv: Hypervisor, *, took: float, nvram: str = "", nvram_made_there: bool = False
+) -> None:
     vm, source, dest = migration.vm, migration.source, migration.destination
     now = timezone.now()
     with transaction.atomic():
@@ -380,6 +416,8 @@ def _succeed(migration: VmMigration, actor: Actor, source_hv: Hypervisor, *, too
     log.info("migrated %s from %s to %s in %.1f s", vm.name, source.name, dest.name, took)
     if migration.copy_storage:
         _remove_source_volumes(migration, source_hv)
+    if nvram:
+        _remove_source_nvram(migration, source_hv, nvram, made_there=nvram_made_there)
 
 
 def _at_least_processed(migration: VmMigration) -> int:
@@ -409,10 +447,35 @@ def _remove_source_volumes(migration: VmMigration, source_hv: Hypervisor) -> Non
         _event(vm, EventStatus.INFO, words)
 
 
-def _remove_leftovers(dest_hv: Hypervisor | None, vm: VirtualMachine, paths: list[str]) -> None:
-    """Files a failed copy-storage migration left on the destination, among those absent before it began."""
+def _remove_source_nvram(migration: VmMigration, source_hv: Hypervisor, path: str, *, made_there: bool) -> None:
+    """The source's NVRAM file (libvirt leaves it): removed once the VM runs on the destination with its own copy,
+    unless the destination had that file before (a directory both hosts see) or could not be asked."""
+    vm, source = migration.vm, migration.source
+    if not made_there:
+        why = "the destination had a file there before the move, or could not be asked"
+        _event(vm, EventStatus.INFO, f"kept its UEFI variables on {source.name} ({path}): {why}")
+        return
+    try:
+        if source_hv.domain_exists(vm.name):
+            _event(vm, EventStatus.FAILED, f"kept its UEFI variables on {source.name} ({path}): a domain {vm.name} is defined there")
+            return
+        removed = source_hv.delete_host_file(path)
+    except VaporError as exc:
+        _event(vm, EventStatus.FAILED, f"could not remove its UEFI variables ({path}) from {source.name}: {exc.message}")
+        return
+    if removed:
+        _event(vm, EventStatus.INFO, f"removed the source's copy of its UEFI variables on {source.name}: {path}")
+
+
+def _remove_leftovers(dest_hv: Hypervisor | None, vm: VirtualMachine, paths: list[str], nvram: str = "") -> None:
+    """Files a failed migration left on the destination, among those absent before it began: the disks libvirt
+    made there (copy_storage) and the NVRAM file libvirt made there from the firmware's template."""
     if dest_hv is None:
         return
+    if nvram:
+        with suppress(VaporError):
+            if not dest_hv.domain_exists(vm.name):
+                dest_hv.delete_host_file(nvram)
     for path in paths:
         with suppress(VaporError):
             found = dest_hv.volume_by_path(path)
@@ -452,6 +515,10 @@ def _reconcile(migration: VmMigration, actor: Actor) -> None:
         _finish(migration, MigrationStatus.FAILED, f"the worker stopped and the hosts could not be asked: {exc.message}", actor)
         return
     if there and not here:
-        _succeed(migration, actor, source_hv, took=0.0)
+        nvram = ""
+        if vm.uefi:
+            with suppress(VaporError):
+                nvram = hypervisor.get_hypervisor(dest.libvirt_uri).nvram_path(vm.name)
+        _succeed(migration, actor, source_hv, took=0.0, nvram=nvram)  # whether the destination had that file before is unknown: kept
     else:
         _finish(migration, MigrationStatus.FAILED, "the worker running it stopped", actor, source_hv=source_hv)

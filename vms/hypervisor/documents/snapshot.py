@@ -82,6 +82,10 @@ def _snapshot_disk(disk: etree._Element) -> SnapshotDisk:
     )
 
 
+SWTPM_DIR = "/var/lib/libvirt/swtpm"  # libvirt's default (qemu.conf `swtpm_storage_dir`): an emulated TPM's state, by domain UUID
+NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"  # libvirt's default (qemu.conf `nvram_dir`), where autoselected UEFI keeps its variables
+
+
 def parse_nvram_path(domain_xml: str, default_dir: str = "") -> str:
     """The file of a domain's UEFI variables: `<os><nvram>`, or (UEFI by firmware autoselection, where
     libvirt 9.0 names no file in the definition) `<default_dir>/<name>_VARS.fd`, libvirt's own; "" for BIOS."""
@@ -93,3 +97,11 @@ def parse_nvram_path(domain_xml: str, default_dir: str = "") -> str:
     loader = root.find("os/loader")
     efi = (os_element is not None and os_element.get("firmware") == "efi") or (loader is not None and loader.get("type") == "pflash")
     return f"{default_dir}/{(root.findtext('name') or '').strip()}_VARS.fd" if efi else ""
+
+
+def parse_tpm_state_path(domain_xml: str, default_dir: str = SWTPM_DIR) -> str:
+    """The directory where libvirt keeps a domain's emulated TPM state (`<default_dir>/<uuid>`); "" without one."""
+    root = parse(domain_xml, root="domain")
+    if root.find("devices/tpm/backend[@type='emulator']") is None:
+        return ""
+    return f"{default_dir}/{(root.findtext('uuid') or '').strip()}"
