@@ -114,7 +114,9 @@ def test_create_page_fits_picks_from_the_host_and_shows_the_plan_in_view(page: P
     # 5b. First boot: the cloud-init fields are folded away until asked for; filled in, they make a seed.
     expect(page.locator("#id_ci_hostname")).to_be_hidden()
     page.locator("#cloud-init-fields summary").click()
+    expect(page.locator("#id_ci_enabled")).not_to_be_checked()
     page.fill("#id_ci_hostname", "web-browser")
+    expect(page.locator("#id_ci_enabled")).to_be_checked()  # typing into a field asks for a seed, and the box says so
     page.fill("#id_ci_ssh_keys", ed25519_key("ops@desk"))
     page.fill("#id_ci_user_data", "#cloud-config\npackages: [nginx]\n")
     page.fill("#id_max_memory", "1024")

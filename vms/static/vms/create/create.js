@@ -26,6 +26,7 @@
   var hostSelect = document.getElementById("id_host");
   function hostNote(text) {
     var note = document.getElementById("host-lists-note");
+    if (!note && !text) { return; }
     if (!note) {
       note = document.createElement("p");
       note.id = "host-lists-note";
@@ -93,6 +94,11 @@
   });
   document.addEventListener("input", function (event) {
     if (event.target.matches && event.target.matches("#disk-rows input[name$='-size']")) { poolRoom(); }
+    // Typing into a cloud-init field asks for a seed: the box says so at once (the server reads it the same way).
+    if (event.target.matches && event.target.matches("#cloud-init-fields input[type='text'], #cloud-init-fields textarea")) {
+      var seed = document.getElementById("id_ci_enabled");
+      if (seed && event.target.value.trim()) { seed.checked = true; }
+    }
   });
 
   // Rows added in place from the empty row the page carries.
