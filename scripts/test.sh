@@ -16,8 +16,8 @@
 #      what SQLite lets pass (column lengths, types, locking). Tests without a
 #      database would only run a second time, so they are deselected there,
 #      and so are the `sqlite_pass` ones (schemathesis; the authorization
-#      matrices, whose 750 cells test roles, not the database, and would
-#      double this pass).
+#      matrices, whose 653 cells test roles, not the database, and took a
+#      third of this pass).
 # A pass that collects no test fails too (pytest exit 5), so CI cannot go
 # green on an empty suite. With extra arguments (a subset run) an empty part
 # is allowed as long as another one ran tests.

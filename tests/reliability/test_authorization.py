@@ -643,7 +643,7 @@ def _denied(role: str, action: Action, response: Any) -> bool:
     return response.status_code == 403
 
 
-@pytest.mark.sqlite_pass  # roles, not database behaviour: the PostgreSQL pass would only run 669 seeded cells again
+@pytest.mark.sqlite_pass  # roles, not database behaviour: the PostgreSQL pass would only run 428 seeded cells again
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("action", ACTIONS, ids=lambda a: a.name)
 def test_cell(
