@@ -141,6 +141,9 @@ def test_the_create_page_swaps_its_lists_for_the_host_chosen(portal: Portal, pag
     _shot(page, shots, "6-create-page-default-host")
     page.select_option("#id_host", "vh1")
     wanted = sorted(p.name for p in driver(vh1).list_pools())
+    # The lists are swapped once the script's request answers: wait for the local pool to go (a count alone can
+    # match before, when both hosts have as many pools).
+    expect(page.locator(f'#id_storage_pool option[value="{portal.pool}"]')).to_have_count(0)
     expect(page.locator("#id_storage_pool option")).to_have_count(len(wanted))
     shown = sorted(o.get_attribute("value") or "" for o in page.locator("#id_storage_pool option").all())
     assert shown == wanted and portal.pool not in shown, (shown, wanted)

@@ -229,7 +229,9 @@ def test_a_refused_migration_leaves_the_guest_running_on_the_source(libvirt_host
                 jobs.append(source.domain_job(name))
                 source.abort_migration(name)
 
-        with pytest.raises(VaporError) as aborted:
+        # Over a link slowed to 256 kbit/s: a small idle guest otherwise crosses before the first progress call (a
+        # CI run saw this migration succeed, so there was nothing to abort).
+        with slow_link(vh3, rate="256kbit"), pytest.raises(VaporError) as aborted:
             source.migrate_domain(name, vh3.uri, copy_storage=True, dest_address=vh3.address, timeout_s=120, progress=abort_once)
         # libvirt 9.0 reports an abort as such ("operation aborted: ... canceled by client") or, when it
         # lands while the disks are copied, as the copy failing ("Unable to write to socket: Broken pipe").
