@@ -243,17 +243,7 @@ def test_a_failed_or_cancelled_uefi_migration_keeps_the_sources_variables_and_re
 
 
 def test_a_reconciled_uefi_migration_keeps_the_sources_variables(vm_api, bed: Bed, uefi, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from vms.services.migration import vm_migrate
-
-    migration = vm_migrate(vm=uefi, host="h2", copy_storage=False)
-    bed.h2.domains["efi"] = bed.default.domains.pop("efi")  # it got there; the worker died before it said so
-    long_ago = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout + 60)
-    VmMigration.objects.filter(pk=migration.pk).update(status="running", claimed_at=long_ago, attempts=1)
-    vm_migration_run(migration_id=migration.pk)
+    vm_migration_run(migration_id=_died_mid_migration(bed, uefi, settings))
     assert VmMigration.objects.get().status == "succeeded" and bed.default.nvram["efi"] == b"variables the guest wrote"
     assert VmEvent.objects.filter(vm=uefi, message__startswith="kept its UEFI variables on default").exists()
 
@@ -309,17 +299,7 @@ def test_a_task_delivered_twice_migrates_once(vm_api, run_tasks, bed: Bed, runni
 
 
 def test_a_worker_that_died_mid_migration_is_reconciled_from_where_the_domain_runs(vm_api, bed: Bed, running, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from vms.services.migration import vm_migrate
-
-    migration = vm_migrate(vm=running, host="h2", copy_storage=False)
-    bed.h2.domains["mover"] = bed.default.domains.pop("mover")  # it got there; the worker died before it said so
-    long_ago = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout + 60)
-    VmMigration.objects.filter(pk=migration.pk).update(status="running", claimed_at=long_ago, attempts=1)
-    vm_migration_run(migration_id=migration.pk)
+    vm_migration_run(migration_id=_died_mid_migration(bed, running, settings))
     assert VmMigration.objects.get().status == "succeeded" and VirtualMachine.objects.get(pk=running.pk).host.name == "h2"
 
 
@@ -458,3 +438,19 @@ def test_power_actions_and_delete_wait_for_a_migration(vm_api, bed: Bed, running
     for refused_call in (vm_api.post(f"{API}{running.pk}/force-stop"), vm_api.delete(f"{API}{running.pk}")):
         assert refused_call.status_code == 409 and refused_call.json()["code"] == "migration_in_progress", refused_call.json()
     assert bed.default.domains["mover"].state == "running" and VirtualMachine.objects.filter(pk=running.pk).exists()
+
+
+def _died_mid_migration(bed: Bed, vm: VirtualMachine, settings) -> int:
+    """A migration of `vm` to h2 whose domain got there while the worker that ran it died before it said so:
+    claimed long ago, still `running`. Its id, for `vm_migration_run` to reconcile."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from vms.services.migration import vm_migrate
+
+    migration = vm_migrate(vm=vm, host="h2", copy_storage=False)
+    bed.h2.domains[vm.name] = bed.default.domains.pop(vm.name)
+    long_ago = timezone.now() - timedelta(seconds=settings.VAPOR.q_timeout + 60)
+    VmMigration.objects.filter(pk=migration.pk).update(status="running", claimed_at=long_ago, attempts=1)
+    return migration.pk
