@@ -265,6 +265,17 @@ def page_offer(host: Host | None) -> HostOffer:
     return placement_offer([h for h in Host.objects.order_by("name") if not unavailable_reason(h)])
 
 
+def code_box(label: str, rows: int, help_text: str) -> forms.CharField:
+    """An optional text box for a document or keys: fixed-width, unspell-checked, taken as typed (not stripped)."""
+    return forms.CharField(
+        label=label,
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": rows, "class": "vapor-code", "spellcheck": "false"}),
+        help_text=help_text,
+    )
+
+
 class VmCreateForm(forms.Form):
     project = forms.ModelChoiceField(
         queryset=Project.objects.none(),
@@ -329,35 +340,23 @@ class VmCreateForm(forms.Form):
         "Filling in any field below ticks this.",
     )
     ci_hostname = forms.CharField(label="Host name", required=False, max_length=253, help_text="Empty: the template's, else the VM's name.")
-    ci_ssh_keys = forms.CharField(
-        label="SSH public keys",
-        required=False,
-        strip=False,
-        widget=forms.Textarea(attrs={"rows": 3, "class": "vapor-code", "spellcheck": "false"}),
-        help_text="One OpenSSH public key per line (ssh-ed25519 AAAA… comment). Empty: the template's, else those on your profile.",
+    ci_ssh_keys = code_box(
+        "SSH public keys",
+        3,
+        "One OpenSSH public key per line (ssh-ed25519 AAAA… comment). Empty: the template's, else those on your profile.",
     )
-    ci_user_data = forms.CharField(
-        label="User data",
-        required=False,
-        strip=False,
-        widget=forms.Textarea(attrs={"rows": 8, "class": "vapor-code", "spellcheck": "false"}),
-        help_text="A #cloud-config document or a #! script. It may hold secrets: stored encrypted, never logged, "
+    ci_user_data = code_box(
+        "User data",
+        8,
+        "A #cloud-config document or a #! script. It may hold secrets: stored encrypted, never logged, "
         "shown only to those who may change the VM. Empty: the template's.",
     )
-    ci_network_config = forms.CharField(
-        label="Network config",
-        required=False,
-        strip=False,
-        widget=forms.Textarea(attrs={"rows": 4, "class": "vapor-code", "spellcheck": "false"}),
-        help_text="cloud-init's network YAML, version 1 or 2. Empty: the template's, else cloud-init's own (DHCP on the first NIC).",
+    ci_network_config = code_box(
+        "Network config",
+        4,
+        "cloud-init's network YAML, version 1 or 2. Empty: the template's, else cloud-init's own (DHCP on the first NIC).",
     )
-    ci_meta_data = forms.CharField(
-        label="Meta data",
-        required=False,
-        strip=False,
-        widget=forms.Textarea(attrs={"rows": 3, "class": "vapor-code", "spellcheck": "false"}),
-        help_text="A YAML mapping, merged under Vapor's instance-id and local-hostname. Empty: the template's.",
-    )
+    ci_meta_data = code_box("Meta data", 3, "A YAML mapping, merged under Vapor's instance-id and local-hostname. Empty: the template's.")
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, request: HttpRequest, host: HostChoices, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
