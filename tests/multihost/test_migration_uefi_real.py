@@ -18,10 +18,8 @@ the firmware stores it in its flash, so in vh1's NVRAM file). Then:
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +28,9 @@ import pytest
 from tests.bootiso import SHELL_READY
 from tests.multihost.conftest import LibvirtHost
 from tests.multihost.test_hosts import RemoteGuest, driver, remove_guest, say_hello, serial_exchange
+from tests.multihost.test_migration_api_real import poll, vapor_on_hosts, virsh  # noqa: F401 (vapor_on_hosts: a fixture)
 from tests.support.api import post_create
 from tests.support.guests import wait_for_text
-from vms.host_models import Host
-from vms.hypervisor import forget_hypervisors
 from vms.models import VirtualMachine, VmEvent
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.multihost, pytest.mark.slow, pytest.mark.django_db]
@@ -50,20 +47,6 @@ def nvram_file(host: LibvirtHost, name: str) -> Path:
     return host.data / "lib" / "qemu" / "nvram" / f"{name}_VARS.fd"
 
 
-def virsh(host: LibvirtHost, *args: str) -> None:
-    result = subprocess.run(["virsh", "-c", host.uri, *args], capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-
-
-def poll(vm_api: Any, url: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = vm_api.get(url).json()
-        if body["status"] not in ("queued", "running") or time.monotonic() > deadline:
-            return body
-        time.sleep(0.5)
-
-
 def tpm_permall(host: LibvirtHost, state_dir: str) -> Path:
     """swtpm's permanent state file of the TPM whose state directory (on the host) is `state_dir`."""
     return host.data / "lib" / "swtpm" / Path(state_dir).name / "tpm2" / "tpm2-00.permall"
@@ -74,19 +57,11 @@ def read_variable(hv: Any, name: str) -> str:
     return serial_exchange(hv, name, f"cat {EFIVARS}/{VARIABLE}; echo; echo RE''AD", "READ")
 
 
-@pytest.fixture
-def vapor_on_hosts(libvirt_hosts: list[LibvirtHost], tcg_guests: Path) -> Iterator[list[LibvirtHost]]:
-    for host in libvirt_hosts:
-        Host.objects.create(name=host.name, uri=host.uri)
-    forget_hypervisors()
-    try:
-        yield libvirt_hosts
-    finally:
-        forget_hypervisors()
-
-
 def test_a_uefi_vm_migrates_with_its_variables_and_boots_from_them_there(
-    vm_api: Any, run_tasks: Any, vapor_on_hosts: list[LibvirtHost], shared_iso: Path
+    vm_api: Any,
+    run_tasks: Any,
+    vapor_on_hosts: list[LibvirtHost],  # noqa: F811 (the imported fixture)
+    shared_iso: Path,
 ) -> None:
     vh1, vh2, vh3 = vapor_on_hosts
     name = f"efimig-{uuid.uuid4().hex[:8]}"
